@@ -1,0 +1,123 @@
+"""`harness`: argument parsing, exit codes, the one-line error printer. Imports the rest lazily
+so `--help` and `validate` stay fast."""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+EXIT_BAD_INPUT = 2
+
+
+def _quiet() -> None:
+    """Library chatter off: the harness prints its own progress lines."""
+    import logging
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    for name in ("mlflow", "alembic", "optuna", "httpx", "datasets"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    import warnings
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM ends runs the way Ctrl-C does (MLflow run KILLED, Optuna trial FAIL)."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    signal.signal(signal.SIGTERM, handler)
+
+
+def cmd_validate(args) -> int:
+    from harness import recipe, run
+    r = recipe.load(args.recipe, args.set)
+    run.check(r)
+    if r.sweep.space:
+        from harness import sweep
+        sweep.load_space(r)
+    print(f"{args.recipe}: ok ({r.method}, model {r.model.name}, "
+          f"{len(r.eval.goldensets)} golden set(s), objective {r.sweep.objective})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from harness import recipe, report, run
+    from harness.tracking import Tracker
+    r = recipe.load(args.recipe, args.set)
+    prep = run.prepare(r)
+    tracker = Tracker(r)
+    prep.before = run.evaluate_base(prep)
+    outcome = run.run_one(prep, r, tracker, r.name, nested=False)
+    path = report.write_run(r, outcome, prep.before, tracker)
+    tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
+    key = r.sweep.objective
+    run.say(f"{key}: {outcome.comparison['before'][key]:.4g} -> "
+            f"{outcome.comparison['after'][key]:.4g}; run {outcome.run_id}; report {path}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from harness import recipe, sweep
+    r = recipe.load(args.recipe, args.set)
+    out = sweep.run_sweep(r, n_trials=args.n_trials)
+    print(f"best trial {out['best_trial']}: {r.sweep.objective} = {out['best_value']:.4g} "
+          f"{out['best_params']}\nreport: {out['report']}")
+    return 0
+
+
+def cmd_ui(args) -> int:
+    import subprocess
+    uri = args.backend_store_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})", flush=True)
+    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                            "--host", args.host, "--port", str(args.port)])
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="harness", description="Fine-tune with TRL from YAML recipes; "
+                                "sweep with Optuna; evaluate before/after; track in MLflow.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def recipe_cmd(name, fn, help_):
+        c = sub.add_parser(name, help=help_, description=help_)
+        c.add_argument("recipe", help="recipe YAML, e.g. recipes/sft_math.yaml")
+        c.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="override a recipe key, e.g. --set trainer.learning_rate=1e-4")
+        c.set_defaults(fn=fn)
+        return c
+
+    recipe_cmd("validate", cmd_validate, "check a recipe (and its sweep file and golden sets) "
+               "without training")
+    recipe_cmd("train", cmd_train, "one run with the recipe's values: before/after eval, MLflow, "
+               "report")
+    s = recipe_cmd("sweep", cmd_sweep, "an Optuna study over the recipe's sweep file; the same "
+                   "command resumes it")
+    s.add_argument("--n-trials", type=int, help="trials to finish (default: the sweep file's)")
+    u = sub.add_parser("ui", help="the MLflow UI on the harness's tracking store")
+    u.add_argument("--backend-store-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
+    u.add_argument("--host", default="127.0.0.1")
+    u.add_argument("--port", type=int, default=5000)
+    u.set_defaults(fn=cmd_ui)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from harness.errors import HarnessError
+    _quiet()
+    _sigterm_as_interrupt()
+    try:
+        return args.fn(args)
+    except HarnessError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted: runs marked KILLED; the same command resumes", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Training data: loading with `datasets`, format detection, checks, conversion to TRL's shapes.
+
+Every supervised format becomes TRL's conversational prompt/completion rows, so SFTTrainer masks
+the prompt (loss on the answer only) the way TRL documents; plain text stays language modeling.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.recipe import DataSpec
+
+BUILTIN = "builtin:math"
+LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
+
+# format -> columns that identify it, in detection order
+FORMATS = {
+    "messages": ("messages",),
+    "prompt_completion": ("prompt", "completion"),
+    "instruction": ("instruction", "output"),
+    "question_answer": ("question", "answer"),
+    "text": ("text",),
+}
+ROLES = ("system", "user", "assistant")
+
+
+def _check_json_lines(path: Path) -> None:
+    """datasets reports a bad JSON line as a pyarrow error without its line: find it first."""
+    with path.open(encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HarnessError(f"not valid JSON ({e.msg})", file=str(path), row=i) from None
+            if not isinstance(row, dict):
+                raise HarnessError("each line must be a JSON object", file=str(path), row=i)
+
+
+def load_source(source: str, split: str = "train", subset: str | None = None,
+                key: str = "data.train"):
+    """A `datasets.Dataset` from a local file or folder, or a Hub dataset id."""
+    import datasets
+    datasets.disable_progress_bars()
+    p = Path(source).expanduser()
+    try:
+        if p.is_file():
+            builder = LOCAL_BUILDERS.get(p.suffix.lower())
+            if builder is None:
+                raise HarnessError(f"unsupported file type {p.suffix!r} (use "
+                                   f"{', '.join(LOCAL_BUILDERS)})", file=source, key=key)
+            if p.suffix.lower() == ".jsonl":
+                _check_json_lines(p)
+            ds = datasets.load_dataset(builder, data_files=str(p), split="train")
+        elif p.is_dir():
+            ds = datasets.load_dataset(str(p), split=split)
+        elif source.startswith((".", "/", "~")) or source.count("/") > 1:
+            raise HarnessError(f"dataset path {source!r} does not exist", key=key)
+        else:
+            from harness import hub
+            if not hub.go_offline_if_unreachable():
+                pass  # a cached copy still loads; a missing one fails at once below
+            ds = datasets.load_dataset(source, subset, split=split)
+    except HarnessError:
+        raise
+    except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise HarnessError(f"cannot load dataset {source!r}: {first}", key=key) from None
+    except Exception as e:  # pyarrow parse errors and the like: still the user's file
+        if type(e).__module__.startswith(("pyarrow", "datasets")):
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise HarnessError(f"cannot read dataset: {first}", file=source, key=key) from None
+        raise
+    if len(ds) == 0:
+        raise HarnessError("the dataset has no rows", file=source, key=key)
+    return ds
+
+
+def detect_format(columns: list[str], source: str, key: str = "data.format") -> str:
+    for fmt, needed in FORMATS.items():
+        if all(c in columns for c in needed):
+            return fmt
+    known = "; ".join(f"{f}: {', '.join(c)}" for f, c in FORMATS.items())
+    raise HarnessError(f"cannot tell the row format from columns {columns} (expected {known})",
+                       file=source, key=key)
+
+
+def _check_messages(msgs, source: str, row: int) -> None:
+    if not isinstance(msgs, list) or not msgs:
+        raise HarnessError("messages must be a non-empty list", file=source, row=row)
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(
+                m.get("content"), str):
+            raise HarnessError(f"messages[{i}] must be {{role: system|user|assistant, content: "
+                               "str}", file=source, row=row)
+        if m["role"] == "system" and i != 0:
+            raise HarnessError(f"messages[{i}]: a system turn must come first", file=source, row=row)
+        if i and m["role"] == msgs[i - 1]["role"]:
+            raise HarnessError(f"messages[{i}]: two {m['role']} turns in a row", file=source, row=row)
+    if msgs[-1]["role"] != "assistant":
+        raise HarnessError("the last turn must be the assistant's", file=source, row=row)
+
+
+def to_prompt_completion(row: dict, fmt: str, source: str, index: int) -> dict:
+    """One row as TRL conversational prompt/completion (or {'text'} for plain text)."""
+    def need(*cols):
+        for c in cols:
+            v = row.get(c)
+            if not isinstance(v, str) or not v.strip():
+                raise HarnessError(f"column {c!r} is empty or not a string", file=source, row=index)
+    if fmt == "messages":
+        msgs = row["messages"]
+        _check_messages(msgs, source, index)
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+    if fmt == "prompt_completion":
+        p, c = row["prompt"], row["completion"]
+        if isinstance(p, list) and isinstance(c, list):
+            _check_messages(p + c, source, index)
+            return {"prompt": p, "completion": c}
+        need("prompt", "completion")
+        return {"prompt": [{"role": "user", "content": p}],
+                "completion": [{"role": "assistant", "content": c}]}
+    if fmt == "instruction":
+        need("instruction", "output")
+        extra = row.get("input") or ""
+        user = row["instruction"] + (f"\n\n{extra}" if extra.strip() else "")
+        return {"prompt": [{"role": "user", "content": user}],
+                "completion": [{"role": "assistant", "content": row["output"]}]}
+    if fmt == "question_answer":
+        need("question", "answer")
+        return {"prompt": [{"role": "user", "content": row["question"]}],
+                "completion": [{"role": "assistant", "content": row["answer"]}]}
+    need("text")
+    return {"text": row["text"]}
+
+
+def load_train(spec: DataSpec, seed: int):
+    """(train, eval or None, info) as TRL-ready datasets; info goes to tracking as params."""
+    import datasets
+    if spec.train == BUILTIN:
+        from harness import mathgen
+        raw = datasets.Dataset.from_list(
+            mathgen.generate_rows(spec.builtin_rows, spec.builtin_seed, spec.builtin_max_operand))
+    else:
+        raw = load_source(spec.train, spec.split, spec.subset)
+    fmt = spec.format if spec.format != "auto" else detect_format(raw.column_names, spec.train)
+    needed = FORMATS[fmt]
+    missing = [c for c in needed if c not in raw.column_names]
+    if missing:
+        raise HarnessError(f"format {fmt} needs columns {missing}, found {raw.column_names}",
+                           file=spec.train, key="data.format")
+    skip = min(spec.skip_rows, len(raw))
+    # converted in file order, so an error's row number is the row's line in the file
+    rows = [to_prompt_completion(r, fmt, spec.train, skip + i + 1)
+            for i, r in enumerate(raw.select(range(skip, len(raw))))]
+    if spec.shuffle:
+        random.Random(seed).shuffle(rows)
+    n_eval = spec.eval_rows
+    n_train = len(rows) - n_eval if spec.max_rows is None else min(spec.max_rows, len(rows) - n_eval)
+    if n_train <= 0:
+        raise HarnessError(f"no training rows left ({len(rows)} rows, {n_eval} held out for eval)",
+                           file=spec.train, key="data.eval_rows")
+    train = datasets.Dataset.from_list(rows[n_eval:n_eval + n_train])
+    evalset = datasets.Dataset.from_list(rows[:n_eval]) if n_eval else None
+    info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval,
+            "fingerprint": raw._fingerprint}
+    return train, evalset, info

@@ -1,0 +1,32 @@
+"""The one error type the harness raises for bad input, and the did-you-mean helper.
+
+The CLI prints a HarnessError as a single line and exits 2; anything else is a bug and keeps
+its traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class HarnessError(Exception):
+    """Bad input from the user: carries where it was found (file, YAML key path, data row)."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
+                 row: int | None = None):
+        self.message, self.file, self.key, self.row = message, file, key, row
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [str(self.file)] if self.file else []
+        if self.row is not None:
+            where.append(f"row {self.row}")
+        if self.key:
+            where.append(self.key)
+        return ": ".join(where + [self.message])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """'; did you mean X?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]}?" if close else ""

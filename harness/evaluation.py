@@ -1,0 +1,139 @@
+"""Scoring a model on golden sets: batched greedy generation, reference perplexity, metrics,
+and the before/after comparison. Knows nothing of MLflow or Optuna."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from harness import metrics
+from harness.goldensets import GoldenSet
+
+
+@dataclass
+class SetResult:
+    name: str
+    metrics: dict[str, float]
+    #: per example: prompt, reference, prediction and one score per metric
+    examples: list[dict] = field(default_factory=list)
+
+
+def chat_prompt(tok, prompt: str, system: str | None = None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": prompt}]
+
+
+def render(tok, messages: list[dict], completion: str | None = None) -> str:
+    """Text the model sees, the way TRL renders conversational prompt/completion rows."""
+    if completion is None:
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tok.apply_chat_template(messages + [{"role": "assistant", "content": completion}],
+                                   tokenize=False)
+
+
+def _batches(order: list[int], size: int):
+    for i in range(0, len(order), size):
+        yield order[i:i + size]
+
+
+def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy continuations; left padding and length-sorted batches (less padding, and the
+    same batches every time, so results are deterministic)."""
+    import torch
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    out: list[str] = [""] * len(texts)
+    side, tok.padding_side = tok.padding_side, "left"
+    try:
+        for idx in _batches(order, batch_size):
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     temperature=None, top_p=None, top_k=None,
+                                     pad_token_id=tok.pad_token_id)
+            for row, i in enumerate(idx):
+                out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: int):
+    """Per example: summed NLL (nats) of the tokens of full[len(prompt):], and their count."""
+    import torch
+    nll, counts = [0.0] * len(prompts), [0] * len(prompts)
+    side, tok.padding_side = tok.padding_side, "right"
+    try:
+        for idx in _batches(list(range(len(prompts))), batch_size):
+            enc = tok([fulls[i] for i in idx], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model.device)
+            labels = enc["input_ids"].clone()
+            labels[enc["attention_mask"] == 0] = -100
+            for row, i in enumerate(idx):
+                n_prompt = len(tok(prompts[i], add_special_tokens=False)["input_ids"])
+                labels[row, :n_prompt] = -100
+            with torch.inference_mode():
+                logits = model(**enc).logits[:, :-1].float()
+            target = labels[:, 1:]
+            lp = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0),
+                                                   reduction="none")
+            lp = lp * (target != -100)
+            for row, i in enumerate(idx):
+                nll[i] = lp[row].sum().item()
+                counts[i] = int((target[row] != -100).sum())
+    finally:
+        tok.padding_side = side
+    return nll, counts
+
+
+def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
+                 max_new_tokens: int | None = None) -> SetResult:
+    was_training = model.training
+    model.eval()
+    m = gs.manifest
+    msgs = [chat_prompt(tok, p, m.system_prompt) for p in gs.prompts]
+    prompts = [render(tok, x) for x in msgs]
+    preds = generate(model, tok, prompts, max_new_tokens or m.max_new_tokens, batch_size)
+    columns = {"predictions": preds, "references": gs.references}
+    if "perplexity" in m.metrics:
+        fulls = [render(tok, x, ref) for x, ref in zip(msgs, gs.references)]
+        columns["nll"], columns["tokens"] = reference_nll(model, tok, prompts, fulls, batch_size)
+    examples = [{"prompt": p, "reference": r, "prediction": y}
+                for p, r, y in zip(gs.prompts, gs.references, preds)]
+    values = {}
+    for name in m.metrics:
+        metric = metrics.load(name)
+        wanted = {k: columns[k] for k in metric.features}
+        res = metric.compute(per_example=True, **wanted)
+        values[name] = res[name]
+        for ex, s in zip(examples, res["scores"]):
+            ex[name] = s
+    model.train(was_training)
+    return SetResult(gs.name, values, examples)
+
+
+def evaluate_model(model, tok, goldensets: list[GoldenSet], batch_size: int = 32,
+                   max_new_tokens: int | None = None) -> dict[str, SetResult]:
+    return {gs.name: evaluate_set(model, tok, gs, batch_size, max_new_tokens) for gs in goldensets}
+
+
+def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:
+    """{'math/numeric_accuracy': 0.4, ...}: the keys recipes and reports use."""
+    return {f"{s}/{k}": v for s, r in results.items() for k, v in r.metrics.items()}
+
+
+def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
+    """Deltas per metric and per-example fixed/broken counts for 0/1 metrics."""
+    b, a = flat_metrics(before), flat_metrics(after)
+    delta = {k: a[k] - b[k] for k in a if k in b and not (math.isnan(a[k]) or math.isnan(b[k]))}
+    changes = {}
+    for name, res in after.items():
+        for metric_name in res.metrics:
+            if not metrics.load(metric_name).binary:
+                continue
+            pairs = zip(before[name].examples, res.examples)
+            fixed = sum(1 for x, y in pairs if x[metric_name] < y[metric_name])
+            broken = sum(1 for x, y in zip(before[name].examples, res.examples)
+                         if x[metric_name] > y[metric_name])
+            changes[f"{name}/{metric_name}"] = {"fixed": fixed, "broken": broken}
+    return {"before": b, "after": a, "delta": delta, "changes": changes}

@@ -1,0 +1,33 @@
+"""What every shipped metric adds to `evaluate.Metric`: per-example scores for paired tests."""
+from __future__ import annotations
+
+import datasets
+import evaluate
+
+STRINGS = datasets.Features({"predictions": datasets.Value("string"),
+                             "references": datasets.Value("string")})
+
+
+class HarnessMetric(evaluate.Metric):
+    """`compute(..., per_example=True)` adds the list of per-example scores under 'scores'."""
+    features = STRINGS
+    higher_is_better = True
+    #: per-example scores are 0/1 (McNemar) rather than continuous (bootstrap)
+    binary = True
+
+    def _info(self):
+        return evaluate.MetricInfo(description=(self.__doc__ or "").strip(), citation="",
+                                   inputs_description="", features=self.features)
+
+    def score_examples(self, **columns) -> list[float]:
+        raise NotImplementedError
+
+    def aggregate(self, scores: list[float], **columns) -> float:
+        return sum(scores) / len(scores) if scores else float("nan")
+
+    def _compute(self, per_example: bool = False, **columns):
+        scores = self.score_examples(**columns)
+        out = {self.name: self.aggregate(scores, **columns)}
+        if per_example:
+            out["scores"] = scores
+        return out

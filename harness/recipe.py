@@ -1,0 +1,289 @@
+"""Recipes are data: one pydantic schema, YAML loading, `--set` overrides, errors that name the key.
+
+Knows nothing of torch, transformers, trl, mlflow or optuna, so `harness validate` and `--help`
+stay fast. The TRL config section (`trainer:`) is checked against the TRL dataclass by
+harness.train.check_trainer_fields, which the pipeline calls right after load().
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
+
+from harness.errors import HarnessError, did_you_mean
+
+EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSpec(Section):
+    name: str = Field(EMBEDDED_MODEL, description="Hub id, local path, or embedded:<name>.")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 on CPU, bfloat16 on a GPU that supports it.")
+    trust_remote_code: bool = Field(False, description="Run model code from the Hub repo.")
+    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2...")
+
+
+class AdapterSpec(Section):
+    type: Literal["lora", "none"] = Field("lora", description="lora, or none for full fine-tuning.")
+    r: int = Field(16, gt=0, description="LoRA rank.")
+    alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
+    target_modules: str | list[str] = Field("all-linear", description="Modules LoRA wraps.")
+
+
+class DataSpec(Section):
+    train: str = Field("builtin:math", description="builtin:math, a local JSONL/CSV/Parquet file "
+                       "or directory, or a Hub dataset id.")
+    split: str = Field("train", description="Split to read from a Hub or directory dataset.")
+    subset: str | None = Field(None, description="Hub dataset config name (e.g. 'main').")
+    format: Literal["auto", "messages", "instruction", "prompt_completion", "question_answer",
+                    "text"] = Field("auto", description="Row format; auto detects from columns.")
+    max_rows: int | None = Field(None, gt=0, description="Use the first N rows (after shuffling).")
+    eval_rows: int = Field(0, ge=0, description="Hold out N rows for eval loss.")
+    skip_rows: int = Field(0, ge=0, description="Drop the first N rows (keep a held-out slice).")
+    shuffle: bool = Field(True, description="Shuffle rows with the recipe seed before slicing.")
+    builtin_rows: int = Field(256, gt=0, description="Rows the builtin:math generator makes.")
+    builtin_seed: int = Field(1234, description="Seed of the builtin:math generator.")
+    builtin_max_operand: int = Field(20, ge=2, description="Largest operand builtin:math uses.")
+
+
+class EvalSpec(Section):
+    goldensets: list[str] = Field(default_factory=lambda: ["goldensets/math.yaml"],
+                                  description="Golden-set manifests, scored before and after.")
+    max_examples: int | None = Field(None, gt=0, description="Score only the first N examples.")
+    batch_size: int = Field(32, gt=0, description="Generation batch size.")
+    max_new_tokens: int | None = Field(None, gt=0, description="Overrides the manifests' value.")
+
+
+class SweepSpec(Section):
+    space: str | None = Field(None, description="Sweep file under sweeps/ (space, sampler, trials).")
+    objective: str = Field("math/accuracy", description="Golden-set metric to optimize, after "
+                           "training: <goldenset>/<metric>.")
+    direction: Literal["maximize", "minimize"] = "maximize"
+    study_name: str | None = Field(None, description="Optuna study name; default: recipe name.")
+    storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///optuna.db.")
+
+
+class TrackingSpec(Section):
+    uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI "
+                            "or sqlite:///mlflow.db.")
+    experiment: str | None = Field(None, description="MLflow experiment; default: recipe name.")
+
+
+class ParamSpace(Section):
+    """One searched recipe key: float/int ranges (log for learning rates) or categorical."""
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="Sample on a log scale (float/int).")
+    step: float | None = None
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _complete(self):
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("categorical needs a non-empty 'choices' list")
+        elif self.low is None or self.high is None or self.low > self.high:
+            raise ValueError(f"{self.type} needs low <= high")
+        elif self.log and self.low <= 0:
+            raise ValueError("log scale needs low > 0")
+        return self
+
+
+class SweepFile(Section):
+    """A file under sweeps/: what to search and how long."""
+    n_trials: int = Field(3, gt=0, description="Trials to finish (a resumed study counts the "
+                          "ones already complete).")
+    timeout_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
+    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    seed: int = 0
+    params: dict[str, ParamSpace] = Field(..., min_length=1, description="Recipe key path -> "
+                                          "space, e.g. trainer.learning_rate.")
+
+
+class Recipe(Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the study, "
+                      "experiment and report folder.")
+    method: str = Field("sft", description="Trainer from the registry: sft.")
+    seed: int = 42
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    adapter: AdapterSpec = Field(default_factory=AdapterSpec)
+    data: DataSpec = Field(default_factory=DataSpec)
+    trainer: dict[str, Any] = Field(default_factory=dict, description="Fields of the TRL config "
+                                    "of the method (SFTConfig...), passed through.")
+    eval: EvalSpec = Field(default_factory=EvalSpec)
+    sweep: SweepSpec = Field(default_factory=SweepSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    output_dir: str = Field("outputs", description="Where checkpoints and adapters go.")
+    reports_dir: str = Field("reports", description="Where markdown reports go.")
+
+    @field_validator("trainer")
+    @classmethod
+    def _no_nested_harness_keys(cls, v: dict) -> dict:
+        for k in v:
+            if not isinstance(k, str):
+                raise ValueError(f"keys must be strings, got {k!r}")
+        return v
+
+    # where the recipe came from, so later checks (trainer fields, data rows) can name the file
+    _source: str = "<recipe>"
+
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def resolve(self, path: str) -> Path:
+        """A path in the recipe, relative to the working directory (as the CLI is run)."""
+        return Path(path).expanduser()
+
+    def to_dict(self) -> dict:
+        return self.model_dump(mode="json")
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- loading and overrides
+
+def _error_from_validation(exc: ValidationError, file: str, data: dict,
+                           schema: type[BaseModel] | None = None) -> HarnessError:
+    """Every schema error in one message, each naming its YAML key path."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc)
+        if err["type"] == "extra_forbidden":
+            parent = _model_at(schema or Recipe, loc[:-1])
+            fields = parent.model_fields if parent else {}
+            lines.append(f"{key}: unknown key{did_you_mean(loc[-1], fields)}")
+        else:
+            got = _value_at(data, loc)
+            shown = f" (got {got!r})" if got is not _MISSING else ""
+            lines.append(f"{key}: {err['msg'].lower()}{shown}")
+    # one line for one error; several are joined so every mistake shows in one message
+    return HarnessError("; ".join(lines), file=file)
+
+
+_MISSING = object()
+
+
+def _value_at(data: Any, loc: list[str]) -> Any:
+    for p in loc:
+        if isinstance(data, dict) and p in data:
+            data = data[p]
+        elif isinstance(data, list) and p.isdigit() and int(p) < len(data):
+            data = data[int(p)]
+        else:
+            return _MISSING
+    return data
+
+
+def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    for p in loc:
+        field = model.model_fields.get(p)
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def parse_value(text: str) -> Any:
+    """A --set value is YAML: 1e-4, true, [8, 16], null all mean what they say."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_override(data: dict, dotted: str, value: Any, file: str = "--set") -> None:
+    """Set data[a][b]... = value for 'a.b...'; intermediate mappings are created."""
+    parts = dotted.split(".")
+    if not all(parts):
+        raise HarnessError(f"bad key path {dotted!r}", file=file)
+    node = data
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.get(p)
+        if nxt is None:
+            nxt = node[p] = {}
+        if not isinstance(nxt, dict):
+            raise HarnessError(f"{'.'.join(parts[:i + 1])} is not a mapping", file=file, key=dotted)
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_sets(sets: list[str] | None) -> dict[str, Any]:
+    out = {}
+    for s in sets or []:
+        key, eq, value = s.partition("=")
+        if not eq or not key.strip():
+            raise HarnessError(f"expected KEY=VALUE, got {s!r}", file="--set")
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def read_yaml(path: str | Path, what: str = "recipe") -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise HarnessError(f"{what} file not found", file=str(path))
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise HarnessError(f"malformed YAML{at}: {problem}", file=str(path)) from None
+    if not isinstance(data, dict):
+        raise HarnessError(f"the {what} must be a mapping of keys, got {type(data).__name__}",
+                           file=str(path))
+    return data
+
+
+def build(data: dict, source: str = "<recipe>", overrides: dict[str, Any] | None = None) -> Recipe:
+    data = copy.deepcopy(data)
+    for k, v in (overrides or {}).items():
+        apply_override(data, k, v)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise _error_from_validation(e, source, data) from None
+    recipe._source = source
+    return recipe
+
+
+def load_sweep_file(path: str | Path, recipe: Recipe) -> SweepFile:
+    """A sweep file, with each searched key checked by applying its first value to the recipe."""
+    data = read_yaml(path, "sweep file")
+    try:
+        space = SweepFile.model_validate(data)
+    except ValidationError as e:
+        raise _error_from_validation(e, str(path), data, SweepFile) from None
+    for key, p in space.params.items():
+        try:
+            with_values(recipe, {key: p.choices[0] if p.choices else p.low})
+        except HarnessError as e:
+            raise HarnessError(f"searched key does not fit the recipe: {e.message}",
+                               file=str(path), key=f"params.{key}") from None
+    return space
+
+
+def load(path: str | Path, sets: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raises HarnessError naming the file and key."""
+    return build(read_yaml(path), str(path), parse_sets(sets))
+
+
+def with_values(recipe: Recipe, values: dict[str, Any]) -> Recipe:
+    """The recipe with dotted-key values applied (a trial's parameters), validated again."""
+    return build(recipe.to_dict(), recipe.source, values)

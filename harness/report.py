@@ -1,0 +1,102 @@
+"""Markdown reports from what tracking and evaluation return: reports/<name>/report.md."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import yaml
+
+from harness.evaluation import SetResult
+from harness.recipe import Recipe
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(headers: list[str], rows: list[list]) -> str:
+    cell = lambda v: _fmt(v).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def before_after(comparison: dict) -> str:
+    rows = []
+    for k, after in comparison["after"].items():
+        before = comparison["before"].get(k, float("nan"))
+        ch = comparison["changes"].get(k)
+        rows.append([k, before, after, f"{comparison['delta'].get(k, float('nan')):+.4g}",
+                     f"{ch['fixed']} / {ch['broken']}" if ch else ""])
+    return table(["metric", "before", "after", "delta", "fixed / broken"], rows)
+
+
+def _short(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int = 6) -> str:
+    """A handful per golden set: changed cases first (fixed, then broken), then the rest."""
+    out = []
+    for name, res in after.items():
+        key = next(iter(res.metrics))  # the set's first metric decides fixed/broken
+        pairs = list(zip(before[name].examples, res.examples))
+        ranked = ([p for p in pairs if p[1][key] > p[0][key]] + [p for p in pairs if p[1][key] <
+                  p[0][key]] + [p for p in pairs if p[1][key] == p[0][key]])[:n]
+        rows = [[_short(b["prompt"], 100), _short(b["reference"].split("####")[-1], 20),
+                 _short(b["prediction"]), b[key], _short(a["prediction"]), a[key]]
+                for b, a in ranked]
+        out.append(f"### {name}\n\n" + table(["prompt", "reference", "before", key, "after", key],
+                                              rows))
+    return "\n\n".join(out)
+
+
+def _write(recipe: Recipe, name: str, body: list[str]) -> Path:
+    path = Path(recipe.reports_dir) / name / "report.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    head = [f"# {name}", "", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
+            f"trl-harness from `{recipe.source}` (method `{recipe.method}`, model "
+            f"`{recipe.model.name}`).", ""]
+    tail = ["", "## Recipe", "", "```yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False)
+            .rstrip(), "```", ""]
+    path.write_text("\n".join(head + body + tail))
+    return path
+
+
+def write_sweep(recipe: Recipe, study, before: dict, tracker) -> Path:
+    from harness import run
+    key = recipe.sweep.objective
+    best = study.best_trial
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        after = t.user_attrs.get("after", {})
+        rows.append([t.number, t.state.name, *[t.params.get(p, "") for p in best.params],
+                     t.value if t.value is not None else "",
+                     *[after.get(k, "") for k in sorted(after) if k != key],
+                     t.user_attrs.get("mlflow_run_id", "")])
+    extra = sorted(k for k in best.user_attrs.get("after", {}) if k != key)
+    body = ["## Best trial", "",
+            f"Trial {best.number}: **{key} = {best.value:.4g}** ({recipe.sweep.direction}), "
+            f"MLflow run `{best.user_attrs.get('mlflow_run_id', '')}` in experiment "
+            f"`{tracker.experiment}` ({tracker.uri}).", "",
+            table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
+            "## All trials", "",
+            table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
+    saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
+    if saved:
+        after = run.results_from_json(saved["after"])
+        body += ["## Before / after (best trial)", "", before_after(saved["comparison"]), "",
+                 "## Examples (best trial)", "", examples(before, after)]
+    return _write(recipe, study.study_name, body)
+
+
+def write_run(recipe: Recipe, outcome, before: dict, tracker) -> Path:
+    body = ["## Run", "", f"MLflow run `{outcome.run_id}` in experiment `{tracker.experiment}` "
+            f"({tracker.uri}); adapter in `{outcome.adapter_dir}`.", "",
+            table(["train metric", "value"], [[k, v] for k, v in outcome.train_metrics.items()]),
+            "", "## Before / after", "", before_after(outcome.comparison), "",
+            "## Examples", "", examples(before, outcome.after)]
+    return _write(recipe, recipe.name, body)

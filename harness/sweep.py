@@ -1,0 +1,153 @@
+"""The Optuna study: space, sampler, storage, resume; one nested MLflow run per trial."""
+from __future__ import annotations
+
+import math
+
+from harness import run
+from harness.errors import HarnessError
+from harness.recipe import ParamSpace, Recipe, SweepFile, load_sweep_file, with_values
+from harness.registry import Registry
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+SAMPLERS: Registry = Registry("sampler")
+
+
+@SAMPLERS.register("tpe")
+def _tpe(space: SweepFile):
+    import optuna
+    return optuna.samplers.TPESampler(seed=space.seed)
+
+
+@SAMPLERS.register("random")
+def _random(space: SweepFile):
+    import optuna
+    return optuna.samplers.RandomSampler(seed=space.seed)
+
+
+@SAMPLERS.register("grid")
+def _grid(space: SweepFile):
+    import optuna
+    grid = {}
+    for key, p in space.params.items():
+        if p.type != "categorical":
+            raise HarnessError("grid sampling needs categorical choices", key=f"params.{key}")
+        grid[key] = p.choices
+    return optuna.samplers.GridSampler(grid, seed=space.seed)
+
+
+def suggest(trial, key: str, p: ParamSpace):
+    if p.type == "float":
+        return trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
+    if p.type == "int":
+        return trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
+    return trial.suggest_categorical(key, p.choices)
+
+
+def load_space(recipe: Recipe) -> SweepFile:
+    if not recipe.sweep.space:
+        raise HarnessError("a sweep needs a sweep file", file=recipe.source, key="sweep.space")
+    from harness import train
+    space = load_sweep_file(recipe.sweep.space, recipe)
+    probe = with_values(recipe, {k: p.choices[0] if p.choices else p.low
+                                 for k, p in space.params.items()})
+    try:
+        train.check_trainer_fields(probe)
+    except HarnessError as e:
+        raise HarnessError(e.message, file=recipe.sweep.space) from None
+    return space
+
+
+def study_name(recipe: Recipe) -> str:
+    return recipe.sweep.study_name or recipe.name
+
+
+def open_study(recipe: Recipe, space: SweepFile):
+    """Create or load the study. RDB storage with heartbeats, so a trial whose process died is
+    failed after the grace period and retried by the next start with the same parameters."""
+    import optuna
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    url = recipe.sweep.storage or DEFAULT_STORAGE
+    storage = RDBStorage(url, heartbeat_interval=30, grace_period=90,
+                         failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+    study = optuna.create_study(study_name=study_name(recipe), storage=storage,
+                                sampler=SAMPLERS.get(space.sampler, key="sampler")(space),
+                                direction=recipe.sweep.direction, load_if_exists=True)
+    return study
+
+
+def finished(study) -> list:
+    import optuna
+    return [t for t in study.get_trials(deepcopy=False)
+            if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
+    import optuna
+    from harness import report
+    from harness.tracking import KIND_TAG, STUDY_TAG, Tracker
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = load_space(recipe)
+    prep = run.prepare(recipe)
+    study = open_study(recipe, space)
+    optuna.storages.fail_stale_trials(study)
+    name = study_name(recipe)
+    tracker = Tracker(recipe)
+    parent_id = tracker.find_sweep_run(name)
+    key = recipe.sweep.objective
+    total = n_trials or space.n_trials
+    tags = {STUDY_TAG: name, KIND_TAG: "sweep", "harness.recipe": recipe.name,
+            "harness.method": recipe.method, "harness.model": recipe.model.name,
+            "harness.objective": key}
+    with tracker.run(name, run_id=parent_id, tags=None if parent_id else tags,
+                     description=f"Optuna study '{name}': {key} ({recipe.sweep.direction})") \
+            as parent:
+        if parent_id:
+            run.say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
+        else:
+            tracker.log_params({"recipe": recipe.to_dict(), "sweep": space.model_dump(mode="json"),
+                                "storage": recipe.sweep.storage or DEFAULT_STORAGE})
+            tracker.log_dict(recipe.to_dict(), "recipe.yaml")
+        saved = tracker.load_json(parent, "eval/before.json")
+        if saved:
+            prep.before = run.results_from_json(saved)
+        else:
+            prep.before = run.evaluate_base(prep)
+            tracker.log_dict(run.results_to_json(prep.before), "eval/before.json")
+            from harness.evaluation import flat_metrics
+            tracker.log_metrics({f"before/{k}": v for k, v in flat_metrics(prep.before).items()})
+
+        def objective(trial):
+            values = {k: suggest(trial, k, p) for k, p in space.params.items()}
+            shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
+                              f"{k.split('.')[-1]}={v}" for k, v in values.items())
+            run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}")
+            outcome = run.run_one(prep, with_values(recipe, values), tracker,
+                                  f"trial-{trial.number}", nested=True,
+                                  tags={STUDY_TAG: name, "harness.trial": trial.number})
+            trial.set_user_attr("mlflow_run_id", outcome.run_id)
+            trial.set_user_attr("adapter_dir", outcome.adapter_dir)
+            trial.set_user_attr("after", outcome.comparison["after"])
+            value = outcome.objective(key)
+            run.say(f"trial {trial.number}: {key} {value:.4g} "
+                    f"(base {outcome.comparison['before'][key]:.4g})")
+            if math.isnan(value):
+                raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
+            return value
+
+        remaining = total - len(finished(study))
+        if remaining > 0:
+            study.optimize(objective, n_trials=remaining, timeout=space.timeout_s)
+        best = study.best_trial
+        tracker.log_metrics({f"best/{key}": best.value})
+        tracker.set_tags({"harness.best_trial": best.number,
+                          "harness.best_run_id": best.user_attrs.get("mlflow_run_id", "")})
+        tracker.log_params({f"best.{k}": v for k, v in best.params.items()})
+        if best.user_attrs.get("adapter_dir"):
+            from pathlib import Path
+            if Path(best.user_attrs["adapter_dir"]).is_dir():
+                tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
+        path = report.write_sweep(recipe, study, prep.before, tracker)
+        tracker.log_artifacts(str(path.parent), "report")
+        run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
+        return {"study": name, "best_trial": best.number, "best_value": best.value,
+                "best_params": best.params, "parent_run_id": parent, "report": str(path)}

@@ -1,0 +1,123 @@
+"""A registry of trainers (sft; dpo and reward later): recipe -> TRL config + trainer.
+
+Knows nothing of Optuna or MLflow: a sweep hands it callbacks, tracking hands it `report_to`.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from importlib.metadata import version
+
+from harness import models
+from harness.errors import HarnessError, did_you_mean
+from harness.recipe import Recipe
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class TrainerKind:
+    name: str
+    config_class: str  # "module:Class" of the TRL config dataclass the `trainer:` section fills
+    trainer_class: str
+    task: str = "causal-lm"
+
+    def config_cls(self):
+        mod, _, cls = self.config_class.partition(":")
+        return getattr(importlib.import_module(mod), cls)
+
+    def trainer_cls(self):
+        mod, _, cls = self.trainer_class.partition(":")
+        return getattr(importlib.import_module(mod), cls)
+
+
+TRAINERS: Registry[TrainerKind] = Registry("trainer")
+TRAINERS.register("sft")(TrainerKind("sft", "trl:SFTConfig", "trl:SFTTrainer"))
+
+# keys the harness owns: set from other recipe sections or by the harness itself
+OWNED = {"output_dir": "output_dir", "seed": "seed"}
+
+
+def kind(recipe: Recipe) -> TrainerKind:
+    return TRAINERS.get(recipe.method, file=recipe.source, key="method")
+
+
+def trainer_fields(k: TrainerKind) -> set[str]:
+    """Field names of the TRL config dataclass; cached per trl/transformers version because
+    importing trl takes seconds and `harness validate` must stay fast."""
+    tag = f"{k.config_class}-{version('trl')}-{version('transformers')}".replace(":", "_")
+    cache = models.cache_dir() / "fields" / f"{tag}.json"
+    if cache.is_file():
+        return set(json.loads(cache.read_text()))
+    names = sorted(f.name for f in fields(k.config_cls()) if f.init)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp")
+    tmp.write_text(json.dumps(names))
+    tmp.replace(cache)
+    return set(names)
+
+
+def check_trainer_fields(recipe: Recipe) -> None:
+    """Every key under `trainer:` must be a field of the method's TRL config; all bad keys at once."""
+    k = kind(recipe)
+    known = trainer_fields(k)
+    bad = []
+    for key in recipe.trainer:
+        if key in OWNED:
+            bad.append(f"trainer.{key}: set by the recipe's top-level {OWNED[key]!r}")
+        elif key not in known:
+            bad.append(f"trainer.{key}: unknown key{did_you_mean(key, known)}")
+    if bad:
+        raise HarnessError("; ".join(bad), file=recipe.source)
+
+
+def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
+                 report_to: list[str] | None = None, has_eval: bool = False):
+    """The TRL config: the harness's device-aware defaults, then the recipe's `trainer:` keys."""
+    defaults = dict(
+        output_dir=output_dir, seed=recipe.seed, bf16=plan.bf16, fp16=plan.dtype == "float16",
+        gradient_checkpointing=plan.gradient_checkpointing, report_to=report_to or "none",
+        logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
+        learning_rate=2e-4 if recipe.adapter.type == "lora" else 2e-5,
+        dataloader_pin_memory=plan.device == "cuda", eval_strategy="epoch" if has_eval else "no",
+        disable_tqdm=not sys.stderr.isatty(),
+    )
+    kwargs = {**defaults, **recipe.trainer}
+    try:
+        return kind(recipe).config_cls()(**kwargs)
+    except (ValueError, TypeError) as e:
+        raise HarnessError(f"invalid TRL config: {str(e).splitlines()[0]}", file=recipe.source,
+                           key="trainer") from None
+
+
+@dataclass
+class TrainResult:
+    trainer: object
+    model: object  # the trained model (a PeftModel with LoRA)
+    metrics: dict
+    log_history: list
+
+
+def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan, output_dir: str,
+          callbacks: list | None = None, report_to: list[str] | None = None) -> TrainResult:
+    k = kind(recipe)
+    config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
+    trainer = k.trainer_cls()(
+        model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=tok, peft_config=models.lora_config(recipe.adapter),
+        callbacks=callbacks or [])
+    out = trainer.train()
+    metrics = dict(out.metrics)
+    if eval_ds is not None:
+        metrics.update(trainer.evaluate())
+    return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
+
+
+def save(result: TrainResult, path: str) -> str:
+    """The adapter (or full model) and tokenizer, loadable with from_pretrained."""
+    result.trainer.save_model(path)
+    return path
+
+
