@@ -28,16 +28,20 @@ ROLES = ("system", "user", "assistant")
 
 def _check_json_lines(path: Path) -> None:
     """datasets reports a bad JSON line as a pyarrow error without its line: find it first."""
+    rows = 0
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f, 1):
             if not line.strip():
                 continue
+            rows += 1
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise HarnessError(f"not valid JSON ({e.msg})", file=str(path), row=i) from None
             if not isinstance(row, dict):
                 raise HarnessError("each line must be a JSON object", file=str(path), row=i)
+    if not rows:
+        raise HarnessError("the dataset has no rows", file=str(path))
 
 
 def load_source(source: str, split: str = "train", subset: str | None = None,
@@ -52,6 +56,8 @@ def load_source(source: str, split: str = "train", subset: str | None = None,
             if builder is None:
                 raise HarnessError(f"unsupported file type {p.suffix!r} (use "
                                    f"{', '.join(LOCAL_BUILDERS)})", file=source, key=key)
+            if p.stat().st_size == 0:
+                raise HarnessError("the dataset has no rows", file=source, key=key)
             if p.suffix.lower() == ".jsonl":
                 _check_json_lines(p)
             ds = datasets.load_dataset(builder, data_files=str(p), split="train")

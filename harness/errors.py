@@ -28,5 +28,9 @@ class HarnessError(Exception):
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """'; did you mean X?' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    choices = [str(c) for c in choices]
+    close = difflib.get_close_matches(str(word), choices, n=1, cutoff=0.6)
+    if not close:  # short names: 'rank' for 'r', 'alpha_lora' for 'alpha'
+        close = sorted((c for c in choices if str(word).startswith(c) or c.startswith(str(word))),
+                       key=len, reverse=True)
     return f"; did you mean {close[0]}?" if close else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -200,10 +201,28 @@ def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
+_FLOAT = re.compile(r"^[-+]?(\.\d+|\d+(\.\d*)?)([eE][-+]?\d+)$")
+
+
+def _floats(value: Any) -> Any:
+    """YAML 1.1 (PyYAML) reads 3e-4 as a string; every ML config means the number."""
+    if isinstance(value, str) and _FLOAT.match(value):
+        return float(value)
+    if isinstance(value, dict):
+        return {k: _floats(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_floats(v) for v in value]
+    return value
+
+
+def safe_load(text: str) -> Any:
+    return _floats(yaml.safe_load(text))
+
+
 def parse_value(text: str) -> Any:
-    """A --set value is YAML: 1e-4, true, [8, 16], null all mean what they say."""
+    """A --set value is YAML: 3e-4, true, [8, 16], null all mean what they say."""
     try:
-        return yaml.safe_load(text)
+        return safe_load(text)
     except yaml.YAMLError:
         return text
 
@@ -239,7 +258,7 @@ def read_yaml(path: str | Path, what: str = "recipe") -> dict:
     if not p.is_file():
         raise HarnessError(f"{what} file not found", file=str(path))
     try:
-        data = yaml.safe_load(p.read_text())
+        data = safe_load(p.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

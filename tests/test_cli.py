@@ -1,0 +1,67 @@
+"""The command line as a user runs it: exit codes, one-line errors, start-up time."""
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def harness(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "harness", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_help_is_fast_and_lists_commands():
+    t = time.monotonic()
+    out = harness("--help")
+    assert time.monotonic() - t < 5
+    assert out.returncode == 0
+    for cmd in ("validate", "train", "sweep", "ui"):
+        assert cmd in out.stdout
+
+
+def test_validate_ok():
+    out = harness("validate", "recipes/sft_math.yaml")
+    assert out.returncode == 0, out.stderr
+    assert "ok" in out.stdout
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--set", "trainer.lerning_rate=1e-4"],
+     "recipes/sft_math.yaml: trainer.lerning_rate: unknown key; did you mean learning_rate?"),
+    (["--set", "adapter.r=0"], "adapter.r: input should be greater than 0"),
+    (["--set", "sweep.objective=math/acuracy"], "did you mean math/numeric_accuracy?"),
+    (["--set", "eval.goldensets=[nope.yaml]"], "eval.goldensets.0: golden-set manifest"),
+])
+def test_bad_input_is_one_line_exit_2(args, needle):
+    out = harness("validate", "recipes/sft_math.yaml", *args)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_train_with_bad_data_leaves_no_run_running(recipe_dict, write_recipe, tmp_path):
+    (tmp_path / "bad.jsonl").write_text('{"question": "a", "answer": "b"}\nnot json\n')
+    recipe_dict["data"]["train"] = str(tmp_path / "bad.jsonl")
+    out = harness("train", write_recipe(recipe_dict))
+    assert out.returncode == 2 and "bad.jsonl: row 2: not valid JSON" in out.stderr
+    errors = [x for x in out.stderr.splitlines() if not x.startswith("[harness]")]
+    assert len(errors) == 1 and errors[0].startswith("error: ") and "Traceback" not in out.stderr
+    import mlflow
+    mlflow.set_tracking_uri(recipe_dict["tracking"]["uri"])
+    exp = mlflow.get_experiment_by_name("tiny")
+    assert exp is None or all(r.info.status != "RUNNING" for r in
+                              mlflow.MlflowClient().search_runs([exp.experiment_id]))
+    mlflow.set_tracking_uri(None)
+
+
+def test_train_command_end_to_end(recipe_dict, write_recipe, tmp_path):
+    out = harness("train", write_recipe(recipe_dict), "--set", "trainer.max_steps=1")
+    assert out.returncode == 0, out.stderr
+    assert "math/numeric_accuracy:" in out.stderr
+    report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert "## Before / after" in report

@@ -1,0 +1,98 @@
+import pytest
+
+from conftest import SHARED, jsonl
+from harness import data
+from harness.errors import HarnessError
+from harness.recipe import DataSpec
+
+USER = {"role": "user", "content": "What is 2 + 3?"}
+BOT = {"role": "assistant", "content": "2 + 3 = 5\n#### 5"}
+
+
+@pytest.mark.parametrize("row, fmt", [
+    ({"messages": [USER, BOT]}, "messages"),
+    ({"instruction": "Add.", "input": "2 and 3", "output": "5"}, "instruction"),
+    ({"prompt": "2+3?", "completion": "5"}, "prompt_completion"),
+    ({"prompt": [USER], "completion": [BOT]}, "prompt_completion"),
+    ({"question": "2+3?", "answer": "#### 5"}, "question_answer"),
+    ({"text": "Once upon a time"}, "text"),
+])
+def test_every_format_becomes_trl_prompt_completion(tmp_path, row, fmt):
+    path = jsonl(tmp_path / "d.jsonl", [row, row])
+    train, ev, info = data.load_train(DataSpec(train=path), seed=0)
+    assert info["format"] == fmt and len(train) == 2 and ev is None
+    got = train[0]
+    if fmt == "text":
+        assert got["text"] == "Once upon a time"
+        return
+    assert got["prompt"][-1]["role"] == "user" and got["completion"][0]["role"] == "assistant"
+    if fmt == "instruction":
+        assert got["prompt"][0]["content"] == "Add.\n\n2 and 3"
+
+
+def test_csv_and_parquet_load(tmp_path):
+    import pandas as pd
+    df = pd.DataFrame({"question": ["a?", "b?"], "answer": ["#### 1", "#### 2"]})
+    df.to_csv(tmp_path / "d.csv", index=False)
+    df.to_parquet(tmp_path / "d.parquet")
+    for name in ("d.csv", "d.parquet"):
+        train, _, info = data.load_train(DataSpec(train=str(tmp_path / name)), seed=0)
+        assert len(train) == 2 and info["format"] == "question_answer"
+
+
+def test_gsm8k_slices_hold_out_eval_and_skip_rows():
+    spec = DataSpec(train=str(SHARED / "data/gsm8k/train.jsonl"), skip_rows=40, max_rows=30,
+                    eval_rows=10)
+    train, ev, info = data.load_train(spec, seed=3)
+    assert (len(train), len(ev)) == (30, 10)
+    first40 = {r["question"] for r in data.load_source(spec.train).select(range(40))}
+    assert not first40 & {r["prompt"][0]["content"] for r in train}
+
+
+def test_builtin_math_needs_no_files():
+    train, _, info = data.load_train(DataSpec(builtin_rows=12, builtin_seed=5), seed=0)
+    assert len(train) == 12 and train[0]["completion"][0]["content"].splitlines()[-1][:5] == "#### "
+
+
+@pytest.mark.parametrize("rows, needle", [
+    (['{"question": "a", "answer": "b"}', "{not json"], "row 2: not valid JSON"),
+    (['["a", "b"]'], "row 1: each line must be a JSON object"),
+    ([{"q": "a", "a": "b"}], "cannot tell the row format from columns ['q', 'a']"),
+    ([{"question": "a", "answer": ""}], "row 1: column 'answer' is empty"),
+    ([{"messages": [BOT, USER]}], "row 1: the last turn must be the assistant's"),
+    ([{"messages": [USER, USER, BOT]}], "row 1: messages[1]: two user turns in a row"),
+    ([{"messages": [USER, {"role": "system", "content": "x"}, BOT]}],
+     "messages[1]: a system turn must come first"),
+    ([{"messages": [{"role": "robot", "content": "x"}, BOT]}], "messages[0] must be {role"),
+])
+def test_bad_rows_name_file_and_row(tmp_path, rows, needle):
+    path = jsonl(tmp_path / "bad.jsonl", rows)
+    with pytest.raises(HarnessError) as e:
+        data.load_train(DataSpec(train=path, shuffle=False), seed=0)
+    assert needle in str(e.value) and str(e.value).startswith(path)
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(HarnessError, match="empty.jsonl: (data.train: )?the dataset has no rows"):
+        data.load_train(DataSpec(train=str(tmp_path / "empty.jsonl")), seed=0)
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(HarnessError, match="blank.jsonl: (data.train: )?the dataset has no rows"):
+        data.load_train(DataSpec(train=str(tmp_path / "blank.jsonl")), seed=0)
+    with pytest.raises(HarnessError, match="does not exist"):
+        data.load_train(DataSpec(train="./nope/data.jsonl"), seed=0)
+    (tmp_path / "d.txt").write_text("x")
+    with pytest.raises(HarnessError, match="unsupported file type"):
+        data.load_train(DataSpec(train=str(tmp_path / "d.txt")), seed=0)
+
+
+def test_unreachable_hub_dataset_fails_fast(monkeypatch):
+    import time
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+    from harness import hub
+    hub.reachable.cache_clear()
+    t = time.monotonic()
+    with pytest.raises(HarnessError, match="cannot load dataset 'openai/gsm8k'"):
+        data.load_source("openai/gsm8k", "train", "main")
+    assert time.monotonic() - t < 30
+    hub.reachable.cache_clear()

@@ -1,0 +1,70 @@
+import math
+
+import pytest
+import torch
+
+from harness import evaluation, goldensets, models
+from harness.recipe import ModelSpec
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    spec = ModelSpec(name=tiny_model_dir)
+    plan = models.device_plan(spec)
+    return models.load_model(spec, plan), models.load_tokenizer(spec)
+
+
+def test_batched_left_padded_generation_matches_one_by_one(tiny):
+    model, tok = tiny
+    texts = [evaluation.render(tok, [{"role": "user", "content": q}])
+             for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3"]]
+    batched = evaluation.generate(model, tok, texts, max_new_tokens=8, batch_size=3)
+    single = [evaluation.generate(model, tok, [t], 8, 1)[0] for t in texts]
+    assert batched == single
+    assert batched == evaluation.generate(model, tok, texts, 8, 2)  # deterministic
+    assert tok.padding_side == "right"  # restored
+
+
+def test_reference_nll_matches_the_model_loss_on_answer_tokens(tiny):
+    model, tok = tiny
+    msgs = [{"role": "user", "content": "What is 2 + 3?"}]
+    prompt = evaluation.render(tok, msgs)
+    full = evaluation.render(tok, msgs, "2 + 3 = 5\n#### 5")
+    assert full.startswith(prompt)
+    nll, counts = evaluation.reference_nll(model, tok, [prompt, prompt], [full, full + "x"], 2)
+    ids = tok(full, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    labels = ids.clone()
+    labels[:, :n_prompt] = -100
+    with torch.no_grad():
+        loss = model(input_ids=ids, labels=labels).loss.item()
+    assert counts[0] == ids.shape[1] - n_prompt
+    assert nll[0] / counts[0] == pytest.approx(loss, rel=1e-4)
+    assert counts[1] > counts[0]  # right padding of the shorter row is not counted
+
+
+def test_evaluate_set_scores_and_compares(tiny, tiny_goldenset):
+    model, tok = tiny
+    gs = goldensets.load(tiny_goldenset)
+    res = evaluation.evaluate_set(model, tok, gs, batch_size=4)
+    assert set(res.metrics) == {"numeric_accuracy", "answer_format", "perplexity"}
+    assert len(res.examples) == 4 and math.isfinite(res.metrics["perplexity"])
+    fake_after = evaluation.SetResult("math", dict(res.metrics, numeric_accuracy=1.0),
+                                      [dict(e, numeric_accuracy=1.0) for e in res.examples])
+    cmp = evaluation.compare({"math": res}, {"math": fake_after})
+    assert cmp["delta"]["math/numeric_accuracy"] == pytest.approx(1.0 - res.metrics[
+        "numeric_accuracy"])
+    fixed = sum(1 for e in res.examples if e["numeric_accuracy"] == 0)
+    assert cmp["changes"]["math/numeric_accuracy"] == {"fixed": fixed, "broken": 0}
+
+
+def test_golden_set_manifest_errors(tmp_path):
+    from harness.errors import HarnessError
+    m = tmp_path / "g.yaml"
+    m.write_text("name: g\nsource: g.jsonl\nmetrics: [numeric_acc]\n")
+    with pytest.raises(HarnessError, match=r"g.yaml: metrics.0: unknown metric 'numeric_acc'; "
+                                           "did you mean numeric_accuracy"):
+        goldensets.load_manifest(str(m))
+    m.write_text("name: g\nsource: g.jsonl\nmetrics: [exact_match]\nprompt: q\n")
+    with pytest.raises(HarnessError, match="prompt: unknown key; did you mean prompt_field"):
+        goldensets.load_manifest(str(m))

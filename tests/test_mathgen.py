@@ -1,0 +1,28 @@
+import re
+
+from harness import mathgen
+from harness.answers import extract_number
+
+
+def test_same_seed_same_problems_other_seed_other_problems():
+    assert mathgen.generate_rows(20, seed=1) == mathgen.generate_rows(20, seed=1)
+    assert mathgen.generate_rows(20, seed=1) != mathgen.generate_rows(20, seed=2)
+
+
+def test_solutions_are_worked_correct_and_end_in_the_answer():
+    for p in mathgen.generate(500, seed=7):
+        lines = p.solution.splitlines()
+        assert lines[-1] == f"#### {p.answer_value}"
+        for a, op, b, r in re.findall(r"(\d+) ([-+*/]) (\d+) = (-?\d+)", p.solution):
+            assert {"+": int(a) + int(b), "-": int(a) - int(b), "*": int(a) * int(b),
+                    "/": int(a) // int(b)}[op] == int(r)
+        assert len(re.findall(r" = ", p.solution)) == len(p.steps)
+        assert extract_number(p.solution) == p.answer_value
+        assert p.answer_value >= 0
+
+
+def test_any_size_and_all_templates_used():
+    rows = mathgen.generate(2000, seed=0)
+    assert len(rows) == 2000
+    assert len({p.steps[0].text.split("{")[0][:8] for p in rows}) >= 5
+    assert max(len(p.steps) for p in rows) == 2
