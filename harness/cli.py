@@ -17,6 +17,8 @@ def _quiet() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not sys.stderr.isatty():  # progress bars only where a person watches
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     for name in ("mlflow", "alembic", "optuna", "httpx", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import warnings

@@ -12,11 +12,11 @@ from pathlib import Path
 from harness.errors import HarnessError
 from harness.recipe import DataSpec
 
-BUILTIN = "builtin:math"
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 # format -> columns that identify it, in detection order
 FORMATS = {
+    "preference": ("chosen", "rejected"),
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "output"),
@@ -24,6 +24,24 @@ FORMATS = {
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
+#: what each kind of trainer reads
+KINDS = {"supervised": ("messages", "prompt_completion", "instruction", "question_answer", "text"),
+         "preference": ("preference",)}
+
+
+def builtin_rows(spec: DataSpec) -> list[dict] | None:
+    """Rows of a built-in generator named by `data.train`, or None for any other source."""
+    from harness import mathgen
+    makers = {"builtin:math": mathgen.generate_rows,
+              "builtin:math_preferences": mathgen.generate_preference_rows}
+    if not spec.train.startswith("builtin:"):
+        return None
+    if spec.train not in makers:
+        from harness.errors import did_you_mean
+        raise HarnessError(f"unknown built-in data {spec.train!r}"
+                           f"{did_you_mean(spec.train, makers)} (known: {', '.join(makers)})",
+                           key="data.train")
+    return makers[spec.train](spec.builtin_rows, spec.builtin_seed, spec.builtin_max_operand)
 
 
 def _check_json_lines(path: Path) -> None:
@@ -110,13 +128,16 @@ def _check_messages(msgs, source: str, row: int) -> None:
         raise HarnessError("the last turn must be the assistant's", file=source, row=row)
 
 
-def to_prompt_completion(row: dict, fmt: str, source: str, index: int) -> dict:
-    """One row as TRL conversational prompt/completion (or {'text'} for plain text)."""
+def to_trl(row: dict, fmt: str, source: str, index: int) -> dict:
+    """One row in TRL's conversational shape: prompt/completion, prompt/chosen/rejected, or
+    {'text'} for plain language modeling."""
     def need(*cols):
         for c in cols:
             v = row.get(c)
             if not isinstance(v, str) or not v.strip():
                 raise HarnessError(f"column {c!r} is empty or not a string", file=source, row=index)
+    if fmt == "preference":
+        return _preference(row, source, index, need)
     if fmt == "messages":
         msgs = row["messages"]
         _check_messages(msgs, source, index)
@@ -143,25 +164,44 @@ def to_prompt_completion(row: dict, fmt: str, source: str, index: int) -> dict:
     return {"text": row["text"]}
 
 
-def load_train(spec: DataSpec, seed: int):
+def _preference(row: dict, source: str, index: int, need) -> dict:
+    """Explicit prompt (plain or chat) or implicit-prompt chat pairs, as TRL documents them."""
+    chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
+    if isinstance(chosen, list) and isinstance(rejected, list):
+        for msgs in (chosen, rejected):  # implicit prompt: the shared turns are the prompt
+            _check_messages((prompt or []) + msgs, source, index)
+        return {"prompt": prompt, "chosen": chosen, "rejected": rejected} if prompt else {
+            "chosen": chosen, "rejected": rejected}
+    need("chosen", "rejected", *(["prompt"] if prompt is not None else []))
+    if prompt is None:
+        return {"chosen": chosen, "rejected": rejected}  # plain implicit-prompt pair
+    return {"prompt": [{"role": "user", "content": prompt}],
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}]}
+
+
+def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
     """(train, eval or None, info) as TRL-ready datasets; info goes to tracking as params."""
     import datasets
-    if spec.train == BUILTIN:
-        from harness import mathgen
-        raw = datasets.Dataset.from_list(
-            mathgen.generate_rows(spec.builtin_rows, spec.builtin_seed, spec.builtin_max_operand))
-    else:
-        raw = load_source(spec.train, spec.split, spec.subset)
+    rows = builtin_rows(spec)
+    raw = datasets.Dataset.from_list(rows) if rows else load_source(spec.train, spec.split,
+                                                                     spec.subset)
     fmt = spec.format if spec.format != "auto" else detect_format(raw.column_names, spec.train)
     needed = FORMATS[fmt]
     missing = [c for c in needed if c not in raw.column_names]
     if missing:
         raise HarnessError(f"format {fmt} needs columns {missing}, found {raw.column_names}",
                            file=spec.train, key="data.format")
+    if fmt not in KINDS[kind]:
+        raise HarnessError(f"a {kind} trainer cannot train on {fmt} rows (it reads "
+                           f"{', '.join(KINDS[kind])})", file=spec.train, key="data.train")
     skip = min(spec.skip_rows, len(raw))
     # converted in file order, so an error's row number is the row's line in the file
-    rows = [to_prompt_completion(r, fmt, spec.train, skip + i + 1)
+    rows = [to_trl(r, fmt, spec.train, skip + i + 1)
             for i, r in enumerate(raw.select(range(skip, len(raw))))]
+    if fmt == "preference" and all(r["chosen"] == r["rejected"] for r in rows):
+        raise HarnessError("chosen equals rejected on every row: nothing to prefer",
+                           file=spec.train, row=skip + 1)
     if spec.shuffle:
         random.Random(seed).shuffle(rows)
     n_eval = spec.eval_rows

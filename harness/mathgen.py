@@ -7,7 +7,7 @@ the same steps.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 NAMES = ["Ava", "Ben", "Chloe", "Dan", "Ella", "Finn", "Grace", "Hugo", "Ivy", "Jack", "Kira",
          "Leo", "Maya", "Nora", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Umar", "Vera",
@@ -46,6 +46,26 @@ class Problem:
     @property
     def solution(self) -> str:
         return "\n".join(s.render() for s in self.steps) + f"\n#### {self.answer_value}"
+
+    def flawed_solution(self, rng: random.Random) -> str:
+        """A plausible wrong solution: one step's result is off and later steps carry the error
+        forward, or (half the time on multi-step problems) only the final number is wrong."""
+        if len(self.steps) > 1 and rng.random() < 0.5:
+            wrong = self.answer_value + rng.choice([-10, -2, -1, 1, 2, 10])
+            body = "\n".join(s.render() for s in self.steps)
+            return f"{body}\n#### {wrong}"
+        bad = rng.randrange(len(self.steps))
+        lines, carried = [], {}
+        for i, step in enumerate(self.steps):
+            step = replace(step, a=carried.get(step.a, step.a), b=carried.get(step.b, step.b))
+            result = step.result
+            if i == bad:
+                result += rng.choice([-3, -2, -1, 1, 2, 3])
+            carried[self.steps[i].result] = result
+            lines.append(step.render(result))
+        if result == self.answer_value:  # the error did not reach the end: make the end wrong
+            result += 1
+        return "\n".join(lines) + f"\n#### {result}"
 
 
 def _pick(rng: random.Random, hi: int) -> dict:
@@ -140,3 +160,14 @@ def generate(n: int, seed: int = 0, max_operand: int = 20) -> list[Problem]:
 def generate_rows(n: int, seed: int = 0, max_operand: int = 20) -> list[dict]:
     """Rows in GSM8K's own shape: {"question", "answer"} with the answer ending in '#### N'."""
     return [{"question": p.question, "answer": p.solution} for p in generate(n, seed, max_operand)]
+
+
+def generate_preference_rows(n: int, seed: int = 0, max_operand: int = 20) -> list[dict]:
+    """Preference rows for DPO and reward modeling: the worked solution as `chosen`, a flawed
+    one (wrong intermediate step carried forward, or a wrong final number) as `rejected`."""
+    rng = random.Random(seed + 1_000_003)  # flaws drawn apart from the problems' own stream
+    rows = []
+    for p in generate(n, seed, max_operand):
+        rejected = p.flawed_solution(rng)
+        rows.append({"prompt": p.question, "chosen": p.solution, "rejected": rejected})
+    return rows

@@ -132,7 +132,7 @@ class Recipe(Section):
 
     @field_validator("trainer")
     @classmethod
-    def _no_nested_harness_keys(cls, v: dict) -> dict:
+    def _string_keys(cls, v: dict) -> dict:
         for k in v:
             if not isinstance(k, str):
                 raise ValueError(f"keys must be strings, got {k!r}")
@@ -145,14 +145,11 @@ class Recipe(Section):
     def source(self) -> str:
         return self._source
 
-    def resolve(self, path: str) -> Path:
-        """A path in the recipe, relative to the working directory (as the CLI is run)."""
-        return Path(path).expanduser()
-
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
 
     def fingerprint(self) -> str:
+        """Short hash of the resolved recipe: equal recipes, equal runs (tagged on every run)."""
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 

@@ -116,7 +116,8 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run."""
     from harness.tracking import KIND_TAG
     tags = {KIND_TAG: "trial" if nested else "train", "harness.recipe": recipe.name,
-            "harness.method": recipe.method, "harness.model": recipe.model.name, **(tags or {})}
+            "harness.method": recipe.method, "harness.model": recipe.model.name, "harness.recipe_hash": recipe.fingerprint(),
+            **(tags or {})}
     with tracker.run(run_name, nested=nested, tags=tags) as run_id:
         tracker.log_params({"recipe": recipe.to_dict(), **prep.plan.as_params(),
                             "data": prep.data_info})

@@ -7,7 +7,6 @@ from __future__ import annotations
 import importlib
 import json
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 

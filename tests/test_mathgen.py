@@ -26,3 +26,16 @@ def test_any_size_and_all_templates_used():
     assert len(rows) == 2000
     assert len({p.steps[0].text.split("{")[0][:8] for p in rows}) >= 5
     assert max(len(p.steps) for p in rows) == 2
+
+
+def test_preference_rows_reject_a_plausible_wrong_solution():
+    rows = mathgen.generate_preference_rows(300, seed=4)
+    assert rows == mathgen.generate_preference_rows(300, seed=4)
+    for r in rows:
+        assert r["chosen"] != r["rejected"]
+        assert extract_number(r["chosen"]) != extract_number(r["rejected"])
+        assert r["rejected"].splitlines()[-1].startswith("#### ")
+    # both kinds of flaw occur: a wrong step carried forward, and only the final number wrong
+    same_body = sum(r["chosen"].rsplit("\n", 1)[0] == r["rejected"].rsplit("\n", 1)[0]
+                    for r in rows)
+    assert 0 < same_body < len(rows)
