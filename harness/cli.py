@@ -49,9 +49,9 @@ def cmd_train(args) -> int:
     from harness import recipe, report, run
     from harness.tracking import Tracker
     r = recipe.load(args.recipe, args.set)
-    prep = run.prepare(r)
     tracker = Tracker(r)
-    prep.before = run.evaluate_base(prep)
+    prep = run.prepare(r, tracker)
+    run.evaluate_start(prep)
     outcome = run.run_one(prep, r, tracker, r.name, nested=False)
     path = report.write_run(r, outcome, prep.before, tracker)
     tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)

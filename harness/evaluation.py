@@ -86,25 +86,75 @@ def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: 
     return nll, counts
 
 
-def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
-                 max_new_tokens: int | None = None) -> SetResult:
-    was_training = model.training
-    model.eval()
+def reward_scores(model, tok, texts: list[str], batch_size: int) -> list[float]:
+    """The one-logit head's score of each text (a reward model)."""
+    import torch
+    out: list[float] = []
+    side, tok.padding_side = tok.padding_side, "right"
+    try:
+        for idx in _batches(list(range(len(texts))), batch_size):
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
+                      add_special_tokens=False).to(model.device)
+            with torch.inference_mode():
+                out += model(**enc).logits[:, 0].float().tolist()
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def response_scores(model, tok, msgs: list[list[dict]], responses: list[str], batch_size: int,
+                    task: str) -> list[float]:
+    """How much the model likes each response to its prompt: a reward model's score, or a causal
+    LM's summed log-probability of the response."""
+    fulls = [render(tok, m, r) for m, r in zip(msgs, responses)]
+    if task == "seq-cls":
+        return reward_scores(model, tok, fulls, batch_size)
+    nll, _ = reference_nll(model, tok, [render(tok, m) for m in msgs], fulls, batch_size)
+    return [-x for x in nll]
+
+
+def _columns(model, tok, gs: GoldenSet, batch_size: int, max_new_tokens: int | None,
+             task: str) -> tuple[dict, list[dict]]:
+    """The inputs metrics take (predictions, nll, chosen_scores, ...) and the example rows."""
     m = gs.manifest
     msgs = [chat_prompt(tok, p, m.system_prompt) for p in gs.prompts]
+    if gs.is_preference:
+        cols = {"chosen_scores": response_scores(model, tok, msgs, gs.chosen, batch_size, task),
+                "rejected_scores": response_scores(model, tok, msgs, gs.rejected, batch_size,
+                                                   task)}
+        rows = [{"prompt": p, "chosen": c, "rejected": r, "chosen_score": cs, "rejected_score": rs}
+                for p, c, r, cs, rs in zip(gs.prompts, gs.chosen, gs.rejected,
+                                           cols["chosen_scores"], cols["rejected_scores"])]
+        return cols, rows
+    if task == "seq-cls":  # a reward model does not generate: it scores the references
+        cols = {"reward_scores": response_scores(model, tok, msgs, gs.references, batch_size,
+                                                 task)}
+        return cols, [{"prompt": p, "reference": r} for p, r in zip(gs.prompts, gs.references)]
     prompts = [render(tok, x) for x in msgs]
     preds = generate(model, tok, prompts, max_new_tokens or m.max_new_tokens, batch_size)
-    columns = {"predictions": preds, "references": gs.references}
-    if "perplexity" in m.metrics:
-        fulls = [render(tok, x, ref) for x, ref in zip(msgs, gs.references)]
-        columns["nll"], columns["tokens"] = reference_nll(model, tok, prompts, fulls, batch_size)
-    examples = [{"prompt": p, "reference": r, "prediction": y}
-                for p, r, y in zip(gs.prompts, gs.references, preds)]
+    cols = {"predictions": preds, "references": gs.references}
+    fulls = [render(tok, x, ref) for x, ref in zip(msgs, gs.references)]
+    cols["nll"], cols["tokens"] = reference_nll(model, tok, prompts, fulls, batch_size)
+    return cols, [{"prompt": p, "reference": r, "prediction": y}
+                  for p, r, y in zip(gs.prompts, gs.references, preds)]
+
+
+def metric_names(manifest, task: str) -> list[str]:
+    """The manifest's metrics; a reward model on a generation set reports reference_reward."""
+    if task == "seq-cls" and manifest.task != "preference":
+        return ["reference_reward"]
+    return list(manifest.metrics)
+
+
+def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
+                 max_new_tokens: int | None = None, task: str = "causal-lm") -> SetResult:
+    was_training = model.training
+    model.eval()
+    columns, examples = _columns(model, tok, gs, batch_size, max_new_tokens, task)
     values = {}
-    for name in m.metrics:
+    for name in metric_names(gs.manifest, task):
         metric = metrics.load(name)
-        wanted = {k: columns[k] for k in metric.features}
-        res = metric.compute(per_example=True, **wanted)
+        res = metric.compute(per_example=True, **{k: columns[k] for k in metric.features})
         values[name] = res[name]
         for ex, s in zip(examples, res["scores"]):
             ex[name] = s
@@ -112,9 +162,24 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
     return SetResult(gs.name, values, examples)
 
 
+def check_fit(gs: GoldenSet, task: str = "causal-lm") -> None:
+    """Each metric must take what this kind of golden set provides."""
+    from harness.errors import HarnessError
+    provided = ({"chosen_scores", "rejected_scores"} if gs.is_preference else
+                {"predictions", "references", "nll", "tokens", "reward_scores"})
+    for i, name in enumerate(gs.manifest.metrics):
+        needs = set(metrics.load(name).features)
+        if not needs <= provided:
+            raise HarnessError(f"metric {name!r} does not fit a {gs.manifest.task} golden set "
+                               f"(it needs {', '.join(sorted(needs))})", file=gs.path,
+                               key=f"metrics.{i}")
+
+
 def evaluate_model(model, tok, goldensets: list[GoldenSet], batch_size: int = 32,
-                   max_new_tokens: int | None = None) -> dict[str, SetResult]:
-    return {gs.name: evaluate_set(model, tok, gs, batch_size, max_new_tokens) for gs in goldensets}
+                   max_new_tokens: int | None = None, task: str = "causal-lm"
+                   ) -> dict[str, SetResult]:
+    return {gs.name: evaluate_set(model, tok, gs, batch_size, max_new_tokens, task)
+            for gs in goldensets}
 
 
 def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:
@@ -131,9 +196,22 @@ def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
         for metric_name in res.metrics:
             if not metrics.load(metric_name).binary:
                 continue
-            pairs = zip(before[name].examples, res.examples)
-            fixed = sum(1 for x, y in pairs if x[metric_name] < y[metric_name])
-            broken = sum(1 for x, y in zip(before[name].examples, res.examples)
-                         if x[metric_name] > y[metric_name])
+            pairs = list(zip(before[name].examples, res.examples))
+            fixed = sum(x[metric_name] < y[metric_name] for x, y in pairs)
+            broken = sum(x[metric_name] > y[metric_name] for x, y in pairs)
             changes[f"{name}/{metric_name}"] = {"fixed": fixed, "broken": broken}
     return {"before": b, "after": a, "delta": delta, "changes": changes}
+
+
+INPUTS = ("prompt", "reference", "chosen", "rejected")
+
+
+def paired_rows(before: SetResult, after: SetResult) -> list[dict]:
+    """One row per example: its inputs, then each output and score as before/... and after/..."""
+    rows = []
+    for b, a in zip(before.examples, after.examples):
+        row = {k: b[k] for k in INPUTS if k in b}
+        row.update({f"before/{k}": v for k, v in b.items() if k not in INPUTS})
+        row.update({f"after/{k}": v for k, v in a.items() if k not in INPUTS})
+        rows.append(row)
+    return rows

@@ -16,12 +16,16 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of its metric keys.")
     description: str = ""
-    task: Literal["math", "generation"] = Field("math", description="What kind of answers.")
+    task: Literal["math", "generation", "preference"] = Field(
+        "math", description="math/generation: the model answers prompts; preference: the model "
+        "scores chosen against rejected responses.")
     source: str = Field(..., description="JSONL/CSV/Parquet beside the manifest, or a Hub id.")
     split: str = "test"
     subset: str | None = None
     prompt_field: str = "question"
     reference_field: str = "answer"
+    chosen_field: str = "chosen"
+    rejected_field: str = "rejected"
     system_prompt: str | None = Field(None, description="None: the chat template's default.")
     metrics: list[str] = Field(..., min_length=1)
     max_new_tokens: int = Field(128, gt=0)
@@ -34,11 +38,17 @@ class GoldenSet:
     manifest: Manifest
     path: str  # the manifest file
     prompts: list[str]
-    references: list[str]
+    references: list[str]  # generation sets
+    chosen: list[str] | None = None  # preference sets
+    rejected: list[str] | None = None
 
     @property
     def name(self) -> str:
         return self.manifest.name
+
+    @property
+    def is_preference(self) -> bool:
+        return self.manifest.task == "preference"
 
 
 def load_manifest(path: str) -> Manifest:
@@ -58,18 +68,25 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
     local = Path(path).parent / m.source
     source = str(local) if local.exists() else m.source
     ds = load_source(source, m.split, m.subset, key="source")
-    for field in (m.prompt_field, m.reference_field):
-        if field not in ds.column_names:
-            raise HarnessError(f"column {field!r} not in {ds.column_names}", file=path,
-                               key="prompt_field" if field == m.prompt_field else "reference_field")
+    keys = ["prompt_field"] + (["chosen_field", "rejected_field"] if m.task == "preference"
+                               else ["reference_field"])
+    for key in keys:
+        if getattr(m, key) not in ds.column_names:
+            raise HarnessError(f"column {getattr(m, key)!r} not in {ds.column_names}", file=path,
+                               key=key)
     end = len(ds) if m.limit is None else min(len(ds), m.offset + m.limit)
     if max_examples:
         end = min(end, m.offset + max_examples)
     rows = ds.select(range(min(m.offset, end), end))
     if len(rows) == 0:
         raise HarnessError("no examples left after offset/limit", file=path)
-    prompts, refs = rows[m.prompt_field], rows[m.reference_field]
-    for i, (p, r) in enumerate(zip(prompts, refs), m.offset + 1):
-        if not (isinstance(p, str) and p.strip() and isinstance(r, str) and r.strip()):
-            raise HarnessError("empty prompt or reference", file=source, row=i)
-    return GoldenSet(m, path, list(prompts), list(refs))
+    columns = {k: list(rows[getattr(m, k)]) for k in keys}
+    for i, values in enumerate(zip(*columns.values()), m.offset + 1):
+        for key, v in zip(keys, values):
+            if not (isinstance(v, str) and v.strip()):
+                raise HarnessError(f"{getattr(m, key)!r} is empty or not a string", file=source,
+                                   row=i)
+    prompts = columns["prompt_field"]
+    if m.task == "preference":
+        return GoldenSet(m, path, prompts, [], columns["chosen_field"], columns["rejected_field"])
+    return GoldenSet(m, path, prompts, columns["reference_field"])

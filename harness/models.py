@@ -33,6 +33,10 @@ class DevicePlan:
 
 def device_plan(spec: ModelSpec) -> DevicePlan:
     import torch
+    if spec.quantization != "none" and not torch.cuda.is_available():
+        raise HarnessError(f"quantization {spec.quantization!r} (QLoRA via bitsandbytes) needs a "
+                           "CUDA GPU and this machine has none; use quantization: none",
+                           key="model.quantization")
     if torch.cuda.is_available():
         dtype = "bfloat16" if spec.dtype == "auto" and torch.cuda.is_bf16_supported() else spec.dtype
         dtype = "float16" if dtype == "auto" else dtype
@@ -109,8 +113,24 @@ def load_tokenizer(spec: ModelSpec, path: str | None = None):
     return tok
 
 
+def quantization_config(spec: ModelSpec):
+    if spec.quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def is_adapter(path: str | Path) -> bool:
+    return (Path(path) / "adapter_config.json").is_file()
+
+
 def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
-               task: str = "causal-lm"):
+               task: str = "causal-lm", adapter: str | None = None):
+    """The model for `task` ('causal-lm' or 'seq-cls', a one-logit reward head), with an earlier
+    result's adapter merged in when `adapter` names one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
@@ -118,17 +138,26 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
     kwargs = {"num_labels": 1} if task != "causal-lm" else {}
     if spec.attn_implementation:
         kwargs["attn_implementation"] = spec.attn_implementation
+    quant = quantization_config(spec)
+    if quant is not None:
+        kwargs["quantization_config"] = quant
     try:
         model = cls.from_pretrained(path, revision=spec.revision, dtype=getattr(torch, plan.dtype),
                                     trust_remote_code=spec.trust_remote_code, **kwargs)
     except (OSError, ValueError) as e:
         raise _hub_error("model", spec.name, e) from None
-    return model.to(plan.device)
+    if task != "causal-lm" and model.config.pad_token_id is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    if adapter:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model if quant is not None else model.to(plan.device)
 
 
-def lora_config(adapter: AdapterSpec, task_type: str = "CAUSAL_LM"):
+def lora_config(adapter: AdapterSpec, task: str = "causal-lm"):
     if adapter.type == "none":
         return None
     from peft import LoraConfig
     return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
-                      target_modules=adapter.target_modules, task_type=task_type)
+                      target_modules=adapter.target_modules,
+                      task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")

@@ -33,6 +33,13 @@ class ModelSpec(Section):
         "auto", description="auto: float32 on CPU, bfloat16 on a GPU that supports it.")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub repo.")
     attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2...")
+    quantization: Literal["none", "4bit"] = Field(
+        "none", description="4bit: QLoRA (bitsandbytes NF4, double quantization, bf16 compute); "
+        "needs a CUDA GPU.")
+    init_from: str | None = Field(
+        None, description="Start from an earlier result: an MLflow run id (a train run, a sweep "
+        "or its best trial) or a path to an adapter or model folder. It is merged into the base "
+        "and becomes the 'before' side; the base is still reported.")
 
 
 class AdapterSpec(Section):
@@ -117,7 +124,7 @@ class SweepFile(Section):
 class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the study, "
                       "experiment and report folder.")
-    method: str = Field("sft", description="Trainer from the registry: sft.")
+    method: str = Field("sft", description="Trainer from the registry: sft, dpo, reward.")
     seed: int = 42
     model: ModelSpec = Field(default_factory=ModelSpec)
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)

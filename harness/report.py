@@ -24,18 +24,31 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def before_after(comparison: dict) -> str:
+    base = comparison.get("base")
     rows = []
     for k, after in comparison["after"].items():
         before = comparison["before"].get(k, float("nan"))
         ch = comparison["changes"].get(k)
-        rows.append([k, before, after, f"{comparison['delta'].get(k, float('nan')):+.4g}",
+        rows.append([*([base.get(k, "")] if base else []), before, after,
+                     f"{comparison['delta'].get(k, float('nan')):+.4g}",
                      f"{ch['fixed']} / {ch['broken']}" if ch else ""])
-    return table(["metric", "before", "after", "delta", "fixed / broken"], rows)
+        rows[-1].insert(0, k)
+    return table(["metric", *(["base"] if base else []), "before", "after", "delta",
+                  "fixed / broken"], rows)
 
 
 def _short(text: str, n: int = 160) -> str:
-    text = " ".join(text.split())
+    text = " ".join(str(text).split())
     return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _shown(ex: dict) -> str:
+    """What a model produced for one example: its generation, or its preference scores."""
+    if "prediction" in ex:
+        return _short(ex["prediction"])
+    if "chosen_score" in ex:
+        return f"chosen {ex['chosen_score']:.4g} vs rejected {ex['rejected_score']:.4g}"
+    return ""
 
 
 def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int = 6) -> str:
@@ -46,11 +59,11 @@ def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int =
         pairs = list(zip(before[name].examples, res.examples))
         ranked = ([p for p in pairs if p[1][key] > p[0][key]] + [p for p in pairs if p[1][key] <
                   p[0][key]] + [p for p in pairs if p[1][key] == p[0][key]])[:n]
-        rows = [[_short(b["prompt"], 100), _short(b["reference"].split("####")[-1], 20),
-                 _short(b["prediction"]), b[key], _short(a["prediction"]), a[key]]
-                for b, a in ranked]
-        out.append(f"### {name}\n\n" + table(["prompt", "reference", "before", key, "after", key],
-                                              rows))
+        rows = [[_short(b["prompt"], 100),
+                 _short(b.get("reference", b.get("chosen", "")).split("####")[-1], 20),
+                 _shown(b), b[key], _shown(a), a[key]] for b, a in ranked]
+        out.append(f"### {name}\n\n" + table(["prompt", "reference", "before", key, "after",
+                                                key], rows))
     return "\n\n".join(out)
 
 

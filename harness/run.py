@@ -23,27 +23,37 @@ class Prepared:
     """What every trial of a sweep shares: resolved model, tokenizer, data, golden sets, base
     scores. Built once, so a sweep loads and scores the base model once."""
     recipe: Recipe
+    task: str  # causal-lm or seq-cls, from the trainer kind
     plan: models.DevicePlan
-    model_path: str
+    model_path: str  # the base model (or init_from's full model)
     tok: object
     goldens: list
+    init_adapter: str | None = None  # init_from's adapter, merged into the base
     train_ds: object = None
     eval_ds: object = None
     data_info: dict = field(default_factory=dict)
     before: dict = field(default_factory=dict)  # golden set -> SetResult
+    base: dict = field(default_factory=dict)  # the original base, when init_from is set
+
+    def load_model(self, adapter: bool = True):
+        """A fresh copy of the starting model (the base, or the base with init_from merged)."""
+        return models.load_model(self.recipe.model, self.plan, self.model_path, self.task,
+                                 self.init_adapter if adapter else None)
 
 
 def check(recipe: Recipe) -> list:
     """Everything `harness validate` checks without loading a model: schema (done by load),
     the TRL fields, golden-set manifests and the objective."""
     train.check_trainer_fields(recipe)
+    task = train.kind(recipe).task
     manifests = []
     for i, path in enumerate(recipe.eval.goldensets):
         if not Path(path).is_file():
             raise HarnessError(f"golden-set manifest {path!r} not found", file=recipe.source,
                                key=f"eval.goldensets.{i}")
         manifests.append(goldensets.load_manifest(path))
-    keys = [f"{m.name}/{metric}" for m in manifests for metric in m.metrics]
+    keys = [f"{m.name}/{metric}" for m in manifests
+            for metric in evaluation.metric_names(m, task)]
     if recipe.sweep.objective not in keys:
         from harness.errors import did_you_mean
         raise HarnessError(f"objective {recipe.sweep.objective!r} is no golden-set metric of this "
@@ -55,15 +65,41 @@ def check(recipe: Recipe) -> list:
     return manifests
 
 
-def prepare(recipe: Recipe) -> Prepared:
+def resolve_init(recipe: Recipe, tracker) -> str | None:
+    """init_from as a local folder: a path as given, or an MLflow run's adapter."""
+    ref = recipe.model.init_from
+    if ref is None:
+        return None
+    if Path(ref).expanduser().is_dir():
+        return str(Path(ref).expanduser())
+    if ref.startswith((".", "/", "~")):
+        raise HarnessError(f"init_from path {ref!r} does not exist", file=recipe.source,
+                           key="model.init_from")
+    run_id = ref.removeprefix("runs:/").strip("/")
+    dest = Path(recipe.output_dir) / recipe.name / f"init-{run_id}"
+    return tracker.fetch_adapter(run_id, str(dest))
+
+
+def prepare(recipe: Recipe, tracker=None) -> Prepared:
     check(recipe)
+    k = train.kind(recipe)
     plan = models.device_plan(recipe.model)
     say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
     path = models.resolve(recipe.model)
     tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.eval.goldensets]
-    prep = Prepared(recipe, plan, path, tok, goldens)
-    prep.train_ds, prep.eval_ds, prep.data_info = data.load_train(recipe.data, recipe.seed)
+    for g in goldens:
+        evaluation.check_fit(g, k.task)
+    prep = Prepared(recipe, k.task, plan, path, tok, goldens)
+    init = resolve_init(recipe, tracker)
+    if init and models.is_adapter(init):
+        prep.init_adapter = init
+    elif init:
+        prep.model_path = init
+    if init:
+        say(f"starting from {recipe.model.init_from} ({init})")
+    prep.train_ds, prep.eval_ds, prep.data_info = data.load_train(recipe.data, recipe.seed,
+                                                                  k.data_kind)
     say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
         f"golden sets: {', '.join(f'{g.name} ({len(g.prompts)})' for g in goldens)}")
     return prep
@@ -71,16 +107,19 @@ def prepare(recipe: Recipe) -> Prepared:
 
 def evaluate(prep: Prepared, model) -> dict:
     return evaluation.evaluate_model(model, prep.tok, prep.goldens, prep.recipe.eval.batch_size,
-                                     prep.recipe.eval.max_new_tokens)
+                                     prep.recipe.eval.max_new_tokens, prep.task)
 
 
-def evaluate_base(prep: Prepared) -> dict:
-    say("scoring the base model on the golden sets")
-    model = models.load_model(prep.recipe.model, prep.plan, prep.model_path)
-    results = evaluate(prep, model)
-    del model
-    gc.collect()
-    return results
+def evaluate_start(prep: Prepared) -> None:
+    """Score the starting model ('before'); with init_from, the original base too ('base')."""
+    say("scoring the starting model on the golden sets")
+    for side, with_init in (("before", True), ("base", False)):
+        if side == "base" and not prep.recipe.model.init_from:
+            break
+        model = prep.load_model(adapter=with_init)
+        setattr(prep, side, evaluate(prep, model))
+        del model
+        gc.collect()
 
 
 def results_to_json(results: dict) -> dict:
@@ -89,6 +128,14 @@ def results_to_json(results: dict) -> dict:
 
 def results_from_json(d: dict) -> dict:
     return {k: evaluation.SetResult(**v) for k, v in d.items()}
+
+
+def start_to_json(prep: Prepared) -> dict:
+    return {"before": results_to_json(prep.before), "base": results_to_json(prep.base)}
+
+
+def start_from_json(prep: Prepared, d: dict) -> None:
+    prep.before, prep.base = results_from_json(d["before"]), results_from_json(d["base"])
 
 
 @dataclass
@@ -105,43 +152,52 @@ class Outcome:
 
 
 def log_comparison(tracker, comparison: dict) -> None:
-    for side in ("before", "after", "delta"):
-        tracker.log_metrics({f"{side}/{k}": v for k, v in comparison[side].items()})
+    for side in ("base", "before", "after", "delta"):
+        tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()})
     for key, c in comparison["changes"].items():
         tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})
+
+
+def run_tags(recipe: Recipe) -> dict:
+    """Tags every run of a recipe carries, so the MLflow UI can filter and compare them."""
+    tags = {"harness.recipe": recipe.name, "harness.method": recipe.method,
+            "harness.model": recipe.model.name, "harness.recipe_hash": recipe.fingerprint()}
+    if recipe.model.init_from:
+        tags["harness.init_from"] = recipe.model.init_from  # lineage: the run this one builds on
+    return tags
 
 
 def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: bool,
             tags: dict | None = None, callbacks: list | None = None) -> Outcome:
     """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run."""
     from harness.tracking import KIND_TAG
-    tags = {KIND_TAG: "trial" if nested else "train", "harness.recipe": recipe.name,
-            "harness.method": recipe.method, "harness.model": recipe.model.name, "harness.recipe_hash": recipe.fingerprint(),
-            **(tags or {})}
+    tags = {**run_tags(recipe), KIND_TAG: "trial" if nested else "train", **(tags or {})}
     with tracker.run(run_name, nested=nested, tags=tags) as run_id:
         tracker.log_params({"recipe": recipe.to_dict(), **prep.plan.as_params(),
                             "data": prep.data_info})
         tracker.log_dict(recipe.to_dict(), "recipe.yaml")
         train_ds, eval_ds = prep.train_ds, prep.eval_ds
         if recipe.data != prep.recipe.data:  # a trial that changes the data reloads it
-            train_ds, eval_ds, _ = data.load_train(recipe.data, recipe.seed)
-        model = models.load_model(recipe.model, prep.plan, prep.model_path)
+            train_ds, eval_ds, _ = data.load_train(recipe.data, recipe.seed,
+                                                   train.kind(recipe).data_kind)
+        model = prep.load_model()
         out_dir = str(Path(recipe.output_dir) / recipe.name / run_id)
         say(f"{run_name}: training ({len(train_ds)} rows)")
         result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan, out_dir,
                              callbacks=callbacks, report_to=tracker.report_to)
         adapter_dir = train.save(result, str(Path(out_dir) / "final"))
+        tracker.set_tags({"harness.adapter_dir": str(Path(adapter_dir).resolve())})
+        if not nested:  # a sweep uploads only its best trial's adapter
+            tracker.log_artifacts(adapter_dir, "adapter")
         say(f"{run_name}: scoring the tuned model")
         after = evaluate(prep, result.model)
         comparison = evaluation.compare(prep.before, after)
+        if prep.base:
+            comparison["base"] = evaluation.flat_metrics(prep.base)
         log_comparison(tracker, comparison)
         for name, res in after.items():
-            rows = [{"prompt": b["prompt"], "reference": b["reference"],
-                     "before": b["prediction"], "after": a["prediction"],
-                     **{f"before/{m}": b[m] for m in res.metrics},
-                     **{f"after/{m}": a[m] for m in res.metrics}}
-                    for b, a in zip(prep.before[name].examples, res.examples)]
-            tracker.log_table(rows, f"eval/{name}_examples.json")
+            tracker.log_table(evaluation.paired_rows(prep.before[name], res),
+                              f"eval/{name}_examples.json")
         tracker.log_dict({"comparison": comparison, "after": results_to_json(after)},
                          "eval/results.json")
         outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics,

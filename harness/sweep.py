@@ -82,22 +82,24 @@ def finished(study) -> list:
 
 
 def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
+    import warnings
+
     import optuna
     from harness import report
     from harness.tracking import KIND_TAG, STUDY_TAG, Tracker
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    # heartbeats and stale-trial repair are marked experimental; they are what resume relies on
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     space = load_space(recipe)
-    prep = run.prepare(recipe)
+    tracker = Tracker(recipe)
+    prep = run.prepare(recipe, tracker)
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
     name = study_name(recipe)
-    tracker = Tracker(recipe)
     parent_id = tracker.find_sweep_run(name)
     key = recipe.sweep.objective
     total = n_trials or space.n_trials
-    tags = {STUDY_TAG: name, KIND_TAG: "sweep", "harness.recipe": recipe.name,
-            "harness.method": recipe.method, "harness.model": recipe.model.name,
-            "harness.objective": key}
+    tags = {**run.run_tags(recipe), STUDY_TAG: name, KIND_TAG: "sweep", "harness.objective": key}
     with tracker.run(name, run_id=parent_id, tags=None if parent_id else tags,
                      description=f"Optuna study '{name}': {key} ({recipe.sweep.direction})") \
             as parent:
@@ -107,14 +109,16 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
             tracker.log_params({"recipe": recipe.to_dict(), "sweep": space.model_dump(mode="json"),
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
-        saved = tracker.load_json(parent, "eval/before.json")
-        if saved:
-            prep.before = run.results_from_json(saved)
+        saved = tracker.load_json(parent, "eval/start.json")
+        if saved:  # a resumed study: the starting model was scored already
+            run.start_from_json(prep, saved)
         else:
-            prep.before = run.evaluate_base(prep)
-            tracker.log_dict(run.results_to_json(prep.before), "eval/before.json")
+            run.evaluate_start(prep)
+            tracker.log_dict(run.start_to_json(prep), "eval/start.json")
             from harness.evaluation import flat_metrics
-            tracker.log_metrics({f"before/{k}": v for k, v in flat_metrics(prep.before).items()})
+            for side in ("before", "base"):
+                tracker.log_metrics({f"{side}/{k}": v
+                                     for k, v in flat_metrics(getattr(prep, side)).items()})
 
         def objective(trial):
             values = {k: suggest(trial, k, p) for k, p in space.params.items()}

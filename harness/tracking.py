@@ -124,6 +124,34 @@ class Tracker:
         except (MlflowException, OSError):  # no such artifact: the caller computes it
             return None
 
-    def run_url(self, run_id: str) -> str:
-        exp = self.mlflow.get_experiment_by_name(self.experiment)
-        return f"#/experiments/{exp.experiment_id}/runs/{run_id}"
+    def _has_artifact(self, run_id: str, path: str) -> bool:
+        return bool(self.client.list_artifacts(run_id, path))
+
+    def fetch_adapter(self, run_id: str, dest: str) -> str:
+        """The adapter a run produced, as a local folder: its `adapter/` or `best_adapter/`
+        artifact, its sweep's `best_adapter/` when it is that sweep's best trial, or the folder
+        its `harness.adapter_dir` tag names."""
+        from mlflow.exceptions import MlflowException
+
+        from harness.errors import HarnessError
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise HarnessError(f"no MLflow run {run_id!r} in {self.uri}",
+                               key="model.init_from") from None
+        tags = run.data.tags
+        sources = [(run_id, "adapter"), (run_id, "best_adapter")]
+        parent = tags.get("mlflow.parentRunId")
+        if parent and self.client.get_run(parent).data.tags.get("harness.best_run_id") == run_id:
+            sources.append((parent, "best_adapter"))
+        for rid, path in sources:
+            if self._has_artifact(rid, path):
+                Path(dest).mkdir(parents=True, exist_ok=True)
+                return self.mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=path,
+                                                                dst_path=dest)
+        local = tags.get("harness.adapter_dir")
+        if local and Path(local).is_dir():
+            return local
+        raise HarnessError(f"MLflow run {run_id!r} has no adapter (no adapter/ or best_adapter/ "
+                           "artifact, and its local adapter folder is gone)",
+                           key="model.init_from")

@@ -1,4 +1,4 @@
-"""A registry of trainers (sft; dpo and reward later): recipe -> TRL config + trainer.
+"""A registry of trainers (sft, dpo, reward): recipe -> TRL config + trainer.
 
 Knows nothing of Optuna or MLflow: a sweep hands it callbacks, tracking hands it `report_to`.
 """
@@ -21,7 +21,10 @@ class TrainerKind:
     name: str
     config_class: str  # "module:Class" of the TRL config dataclass the `trainer:` section fills
     trainer_class: str
-    task: str = "causal-lm"
+    task: str = "causal-lm"  # or "seq-cls": a one-logit sequence-classification (reward) head
+    data_kind: str = "supervised"  # or "preference" (harness.data.KINDS)
+    lora_lr: float = 2e-4  # default learning rates, LoRA and full fine-tuning
+    full_lr: float = 2e-5
 
     def config_cls(self):
         mod, _, cls = self.config_class.partition(":")
@@ -34,6 +37,12 @@ class TrainerKind:
 
 TRAINERS: Registry[TrainerKind] = Registry("trainer")
 TRAINERS.register("sft")(TrainerKind("sft", "trl:SFTConfig", "trl:SFTTrainer"))
+# with LoRA and no ref_model, DPOTrainer's reference is the adapter-disabled base: no second copy
+TRAINERS.register("dpo")(TrainerKind("dpo", "trl:DPOConfig", "trl:DPOTrainer",
+                                     data_kind="preference", lora_lr=5e-5, full_lr=1e-6))
+TRAINERS.register("reward")(TrainerKind("reward", "trl:RewardConfig", "trl:RewardTrainer",
+                                        task="seq-cls", data_kind="preference", lora_lr=1e-4,
+                                        full_lr=1e-5))
 
 # keys the harness owns: set from other recipe sections or by the harness itself
 OWNED = {"output_dir": "output_dir", "seed": "seed"}
@@ -67,7 +76,14 @@ def check_trainer_fields(recipe: Recipe) -> None:
         if key in OWNED:
             bad.append(f"trainer.{key}: set by the recipe's top-level {OWNED[key]!r}")
         elif key not in known:
-            bad.append(f"trainer.{key}: unknown key{did_you_mean(key, known)}")
+            others = [o for o in TRAINERS if o != k.name and key in trainer_fields(TRAINERS.get(o))]
+            if others:
+                bad.append(f"trainer.{key}: an option of {', '.join(others)}, not of {k.name} "
+                           f"({k.config_class.split(':')[1]})")
+            else:
+                bad.append(f"trainer.{key}: unknown key{did_you_mean(key, known)}")
+    if k.task != "causal-lm" and recipe.eval.max_new_tokens is not None:
+        bad.append(f"eval.max_new_tokens: a {k.name} model scores text and does not generate")
     if bad:
         raise HarnessError("; ".join(bad), file=recipe.source)
 
@@ -75,17 +91,18 @@ def check_trainer_fields(recipe: Recipe) -> None:
 def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
                  report_to: list[str] | None = None, has_eval: bool = False):
     """The TRL config: the harness's device-aware defaults, then the recipe's `trainer:` keys."""
+    k = kind(recipe)
     defaults = dict(
         output_dir=output_dir, seed=recipe.seed, bf16=plan.bf16, fp16=plan.dtype == "float16",
         gradient_checkpointing=plan.gradient_checkpointing, report_to=report_to or "none",
         logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
-        learning_rate=2e-4 if recipe.adapter.type == "lora" else 2e-5,
+        learning_rate=k.lora_lr if recipe.adapter.type == "lora" else k.full_lr,
         dataloader_pin_memory=plan.device == "cuda", eval_strategy="epoch" if has_eval else "no",
         disable_tqdm=not sys.stderr.isatty(),
     )
     kwargs = {**defaults, **recipe.trainer}
     try:
-        return kind(recipe).config_cls()(**kwargs)
+        return k.config_cls()(**kwargs)
     except (ValueError, TypeError) as e:
         raise HarnessError(f"invalid TRL config: {str(e).splitlines()[0]}", file=recipe.source,
                            key="trainer") from None
@@ -105,7 +122,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
     trainer = k.trainer_cls()(
         model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tok, peft_config=models.lora_config(recipe.adapter),
+        processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
         callbacks=callbacks or [])
     out = trainer.train()
     metrics = dict(out.metrics)

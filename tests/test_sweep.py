@@ -50,7 +50,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert {"recipe.yaml", "eval"} <= arts
     table = json.loads(open(client.download_artifacts(
         t0.info.run_id, "eval/math_examples.json", str(tmp_path))).read())
-    assert len(table["data"]) == 4 and "after" in table["columns"]
+    assert len(table["data"]) == 4 and "after/prediction" in table["columns"]
 
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_adapter", "report", "eval"} <= parent_arts
@@ -69,7 +69,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert sum(x.data.tags.get("harness.kind") == "sweep" for x in runs) == 1
     assert sum(x.data.tags.get("harness.kind") == "trial" for x in runs) == 3
     assert len(client.get_metric_history(parent.info.run_id,
-                                         "before/math/numeric_accuracy")) == 1
+                                         "before/math/numeric_accuracy")) == 1  # scored once
     assert all(x.info.status == "FINISHED" for x in runs)
     # a finished study: running again adds nothing
     sweep.run_sweep(r3, n_trials=3)

@@ -6,6 +6,8 @@ import evaluate
 
 STRINGS = datasets.Features({"predictions": datasets.Value("string"),
                              "references": datasets.Value("string")})
+PAIR_SCORES = datasets.Features({"chosen_scores": datasets.Value("float64"),
+                                 "rejected_scores": datasets.Value("float64")})
 
 
 class HarnessMetric(evaluate.Metric):
