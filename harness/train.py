@@ -46,6 +46,8 @@ TRAINERS.register("reward")(TrainerKind("reward", "trl:RewardConfig", "trl:Rewar
 
 # keys the harness owns: set from other recipe sections or by the harness itself
 OWNED = {"output_dir": "output_dir", "seed": "seed"}
+# TrainingArguments fields that only mean something for a causal LM that generates
+CAUSAL_LM_ONLY = ("neftune_noise_alpha",)
 
 
 def kind(recipe: Recipe) -> TrainerKind:
@@ -75,6 +77,8 @@ def check_trainer_fields(recipe: Recipe) -> None:
     for key in recipe.trainer:
         if key in OWNED:
             bad.append(f"trainer.{key}: set by the recipe's top-level {OWNED[key]!r}")
+        elif k.task != "causal-lm" and key in CAUSAL_LM_ONLY:
+            bad.append(f"trainer.{key}: a causal-LM option; a {k.name} model does not generate")
         elif key not in known:
             others = [o for o in TRAINERS if o != k.name and key in trainer_fields(TRAINERS.get(o))]
             if others:

@@ -96,3 +96,37 @@ def test_unreachable_hub_dataset_fails_fast(monkeypatch):
         data.load_source("openai/gsm8k", "train", "main")
     assert time.monotonic() - t < 30
     hub.reachable.cache_clear()
+
+
+@pytest.mark.parametrize("row", [
+    {"prompt": "2+3?", "chosen": "#### 5", "rejected": "#### 6"},
+    {"prompt": [USER], "chosen": [BOT], "rejected": [{"role": "assistant", "content": "#### 6"}]},
+    {"chosen": [USER, BOT], "rejected": [USER, {"role": "assistant", "content": "#### 6"}]},
+])
+def test_preference_formats_explicit_and_implicit_prompt(tmp_path, row):
+    path = jsonl(tmp_path / "p.jsonl", [row, row])
+    train, _, info = data.load_train(DataSpec(train=path), seed=0, kind="preference")
+    assert info["format"] == "preference" and len(train) == 2
+    got = train[0]
+    assert got["chosen"] != got["rejected"]
+    assert ("prompt" in got) == ("prompt" in row)
+
+
+@pytest.mark.parametrize("rows, needle", [
+    ([{"prompt": "a", "chosen": "x"}], "cannot tell the row format"),
+    ([{"prompt": "a", "chosen": "x", "rejected": ""}], "row 1: column 'rejected' is empty"),
+    ([{"prompt": "a", "chosen": "x", "rejected": "x"}] * 3, "chosen equals rejected on every row"),
+])
+def test_bad_preference_rows(tmp_path, rows, needle):
+    path = jsonl(tmp_path / "p.jsonl", rows)
+    with pytest.raises(HarnessError) as e:
+        data.load_train(DataSpec(train=path, shuffle=False), seed=0, kind="preference")
+    assert needle in str(e.value) and path in str(e.value)
+
+
+def test_builtin_preferences_and_unknown_builtin():
+    train, _, info = data.load_train(DataSpec(train="builtin:math_preferences", builtin_rows=6),
+                                     seed=0, kind="preference")
+    assert len(train) == 6 and info["format"] == "preference"
+    with pytest.raises(HarnessError, match="did you mean builtin:math"):
+        data.load_train(DataSpec(train="builtin:maths"), seed=0)

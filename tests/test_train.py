@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from harness import data, models, recipe, train
@@ -23,9 +25,10 @@ def test_cpu_defaults_are_fp32_without_gradient_checkpointing(recipe_dict, tmp_p
 
 def _run(recipe_dict, tmp_path, **over):
     r, plan = build(recipe_dict, **over)
+    k = train.kind(r)
     tok = models.load_tokenizer(r.model)
-    model = models.load_model(r.model, plan)
-    tr, ev, _ = data.load_train(r.data, r.seed)
+    model = models.load_model(r.model, plan, task=k.task)
+    tr, ev, _ = data.load_train(r.data, r.seed, k.data_kind)
     return r, train.train(r, model, tok, tr, ev, plan, str(tmp_path / "out"))
 
 
@@ -70,3 +73,59 @@ def test_invalid_trl_value_names_the_section(recipe_dict, tmp_path):
     r, plan = build(recipe_dict, **{"trainer.lr_scheduler_type": "bogus"})
     with pytest.raises(HarnessError, match="test.yaml: trainer: invalid TRL config"):
         train.build_config(r, plan, str(tmp_path))
+
+
+def _preference_recipe(recipe_dict, method, **over):
+    d = dict(recipe_dict, method=method)
+    d["data"] = {"train": "builtin:math_preferences", "builtin_rows": 8}
+    d["trainer"] = {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128}
+    return _run(d, Path(recipe_dict["output_dir"]), **over)
+
+
+def test_dpo_with_lora_uses_the_adapter_disabled_base_as_reference(recipe_dict):
+    r, res = _preference_recipe(recipe_dict, "dpo", **{"data.eval_rows": 4})
+    from peft import PeftModel
+    assert isinstance(res.model, PeftModel)
+    assert res.trainer.ref_model is None  # no second copy of the weights
+    logged = {k for h in res.log_history for k in h}
+    assert {"rewards/margins", "rewards/accuracies", "loss"} <= logged
+    assert "eval_rewards/margins" in res.metrics and "eval_rewards/accuracies" in res.metrics
+
+
+def test_dpo_with_precomputed_reference_log_probs(recipe_dict):
+    _, res = _preference_recipe(recipe_dict, "dpo", **{"trainer.precompute_ref_log_probs": True})
+    assert res.trainer.args.precompute_ref_log_probs is True
+    assert res.metrics["train_loss"] > 0
+
+
+def test_reward_model_is_a_one_logit_classifier_with_lora(recipe_dict):
+    _, res = _preference_recipe(recipe_dict, "reward")
+    base = res.model.get_base_model()
+    assert type(base).__name__ == "LlamaForSequenceClassification"
+    assert base.config.num_labels == 1 and res.model.peft_config["default"].task_type == "SEQ_CLS"
+    assert res.metrics["train_loss"] > 0
+
+
+def test_reward_recipe_rejects_causal_lm_options(recipe_dict):
+    from harness.errors import HarnessError
+    d = dict(recipe_dict, method="reward")
+    d["trainer"] = {"neftune_noise_alpha": 5, "packing": True}
+    with pytest.raises(HarnessError) as e:
+        train.check_trainer_fields(recipe.build(d, "reward.yaml"))
+    assert "trainer.neftune_noise_alpha: a causal-LM option" in str(e.value)
+    assert "trainer.packing: an option of sft, not of reward (RewardConfig)" in str(e.value)
+
+
+def test_qlora_is_rejected_on_a_cpu_up_front(recipe_dict):
+    from harness.errors import HarnessError
+    r = recipe.build(recipe_dict, "q.yaml", {"model.quantization": "4bit"})
+    with pytest.raises(HarnessError, match="model.quantization: quantization '4bit' .* needs a CUDA"):
+        models.device_plan(r.model)
+
+
+def test_sft_data_in_a_dpo_recipe_names_the_key(recipe_dict, tmp_path):
+    from harness.errors import HarnessError
+    r = recipe.build(dict(recipe_dict, method="dpo"), "d.yaml")
+    with pytest.raises(HarnessError, match="data.train: a preference trainer cannot train on "
+                                           "question_answer rows"):
+        data.load_train(r.data, r.seed, "preference")

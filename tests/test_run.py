@@ -1,0 +1,71 @@
+"""The one-run pipeline across trainers, and SFT -> DPO chaining through a real MLflow store."""
+import pytest
+
+from harness import recipe, run
+from harness.tracking import Tracker
+
+
+def _train(recipe_dict, **over):
+    r = recipe.build(recipe_dict, "t.yaml", over)
+    tracker = Tracker(r)
+    prep = run.prepare(r, tracker)
+    run.evaluate_start(prep)
+    return run.run_one(prep, r, tracker, r.name, nested=False), tracker, prep
+
+
+@pytest.fixture
+def pref_goldenset(tmp_path):
+    from conftest import ROOT
+    rows = (ROOT / "goldensets" / "math_preferences.jsonl").read_text().splitlines()[:4]
+    (tmp_path / "pref.jsonl").write_text("\n".join(rows) + "\n")
+    m = tmp_path / "pref.yaml"
+    m.write_text("name: prefs\ntask: preference\nsource: pref.jsonl\nprompt_field: prompt\n"
+                 "metrics: [pairwise_accuracy, score_margin]\n")
+    return str(m)
+
+
+def test_reward_run_scores_pairs_and_reference_answers(recipe_dict, pref_goldenset):
+    d = dict(recipe_dict, method="reward",
+             data={"train": "builtin:math_preferences", "builtin_rows": 8},
+             trainer={"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128})
+    d["eval"] = dict(d["eval"], goldensets=[pref_goldenset] + d["eval"]["goldensets"])
+    d["sweep"] = dict(d["sweep"], objective="prefs/pairwise_accuracy")
+    out, tracker, prep = _train(d)
+    after = out.comparison["after"]
+    assert set(after) == {"prefs/pairwise_accuracy", "prefs/score_margin",
+                          "math/reference_reward"}
+    assert 0 <= after["prefs/pairwise_accuracy"] <= 1
+    ex = out.after["prefs"].examples[0]
+    assert ex["pairwise_accuracy"] == float(ex["chosen_score"] > ex["rejected_score"])
+
+
+def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
+    import mlflow
+    sft, tracker, _ = _train(recipe_dict, **{"trainer.learning_rate": 5e-3})
+    client = mlflow.MlflowClient()
+    assert any(a.path == "adapter" for a in client.list_artifacts(sft.run_id))
+
+    d = dict(recipe_dict, method="dpo", name="tiny-dpo",
+             data={"train": "builtin:math_preferences", "builtin_rows": 8},
+             trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
+    d["model"] = dict(d["model"], init_from=sft.run_id)
+    d["eval"] = dict(d["eval"], goldensets=d["eval"]["goldensets"] + [pref_goldenset])
+    dpo, tracker, prep = _train(d)
+    assert prep.init_adapter  # the SFT adapter, downloaded from MLflow and merged
+    run_ = client.get_run(dpo.run_id)
+    assert run_.data.tags["harness.init_from"] == sft.run_id
+    m = run_.data.metrics
+    # "before" is the SFT model: its scores equal the SFT run's "after"; the base is kept too
+    sft_after = client.get_run(sft.run_id).data.metrics
+    assert m["before/math/perplexity"] == pytest.approx(sft_after["after/math/perplexity"],
+                                                        rel=1e-4)
+    assert m["base/math/perplexity"] == pytest.approx(sft_after["before/math/perplexity"],
+                                                      rel=1e-4)
+    assert m["before/math/perplexity"] != pytest.approx(m["base/math/perplexity"], rel=1e-3)
+    assert "after/prefs/pairwise_accuracy" in m
+
+
+def test_init_from_unknown_run_is_one_line(recipe_dict):
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="model.init_from: no MLflow run 'deadbeef'"):
+        _train(recipe_dict, **{"model.init_from": "deadbeef"})
