@@ -2,10 +2,9 @@
 and the before/after comparison. Knows nothing of MLflow or Optuna."""
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
-from harness import metrics
+from harness import goldensets, metrics
 from harness.goldensets import GoldenSet
 
 
@@ -15,6 +14,10 @@ class SetResult:
     metrics: dict[str, float]
     #: per example: prompt, reference, prediction and one score per metric
     examples: list[dict] = field(default_factory=list)
+    #: the metrics' inputs per example (predictions, nll, ...), for paired resampling
+    columns: dict[str, list] = field(default_factory=dict)
+    #: the arguments each metric was computed with (labels, normalization)
+    metric_args: dict[str, dict] = field(default_factory=dict)
 
 
 def chat_prompt(tok, prompt: str, system: str | None = None) -> list[dict]:
@@ -151,15 +154,15 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
     was_training = model.training
     model.eval()
     columns, examples = _columns(model, tok, gs, batch_size, max_new_tokens, task)
-    values = {}
+    values, args = {}, {}
     for name in metric_names(gs.manifest, task):
-        metric = metrics.load(name)
-        res = metric.compute(per_example=True, **{k: columns[k] for k in metric.features})
+        args[name] = goldensets.metric_args(gs.manifest, name)
+        res = metrics.compute(name, columns, args[name])
         values[name] = res[name]
         for ex, s in zip(examples, res["scores"]):
             ex[name] = s
     model.train(was_training)
-    return SetResult(gs.name, values, examples)
+    return SetResult(gs.name, values, examples, columns, args)
 
 
 def check_fit(gs: GoldenSet, task: str = "causal-lm") -> None:
@@ -188,19 +191,30 @@ def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:
 
 
 def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
-    """Deltas per metric and per-example fixed/broken counts for 0/1 metrics."""
-    b, a = flat_metrics(before), flat_metrics(after)
-    delta = {k: a[k] - b[k] for k in a if k in b and not (math.isnan(a[k]) or math.isnan(b[k]))}
-    changes = {}
+    """Per metric key ('math/numeric_accuracy'): before, after, delta with its paired bootstrap
+    95% CI, a paired test's p-value, and fixed/broken example counts for 0/1 metrics."""
+    from harness import stats
+    out = {side: {} for side in ("before", "after", "delta", "ci_low", "ci_high", "p_value",
+                                 "test", "changes")}
     for name, res in after.items():
+        prev = before[name]
         for metric_name in res.metrics:
-            if not metrics.load(metric_name).binary:
-                continue
-            pairs = list(zip(before[name].examples, res.examples))
-            fixed = sum(x[metric_name] < y[metric_name] for x, y in pairs)
-            broken = sum(x[metric_name] > y[metric_name] for x, y in pairs)
-            changes[f"{name}/{metric_name}"] = {"fixed": fixed, "broken": broken}
-    return {"before": b, "after": a, "delta": delta, "changes": changes}
+            metric = metrics.load(metric_name)
+            args = {**metrics.module_and_args(metric_name)[1],
+                    **res.metric_args.get(metric_name, {})}
+            feats = list(metric.features)
+            d = stats.paired(metric, args, [e[metric_name] for e in prev.examples],
+                             [e[metric_name] for e in res.examples],
+                             {k: prev.columns[k] for k in feats}, {k: res.columns[k] for k in feats})
+            key = f"{name}/{metric_name}"
+            for side, v in d.as_dict().items():
+                out[side][key] = v
+            if metric.binary:
+                pairs = list(zip(prev.examples, res.examples))
+                out["changes"][key] = {
+                    "fixed": sum(x[metric_name] < y[metric_name] for x, y in pairs),
+                    "broken": sum(x[metric_name] > y[metric_name] for x, y in pairs)}
+    return out
 
 
 INPUTS = ("prompt", "reference", "chosen", "rejected")

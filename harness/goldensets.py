@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -16,13 +16,19 @@ class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of its metric keys.")
     description: str = ""
-    task: Literal["math", "generation", "preference"] = Field(
-        "math", description="math/generation: the model answers prompts; preference: the model "
-        "scores chosen against rejected responses.")
+    task: Literal["math", "generation", "classification", "preference"] = Field(
+        "math", description="math/generation/classification: the model answers prompts; "
+        "preference: the model scores chosen against rejected responses.")
     source: str = Field(..., description="JSONL/CSV/Parquet beside the manifest, or a Hub id.")
     split: str = "test"
     subset: str | None = None
     prompt_field: str = "question"
+    prompt_template: str | None = Field(None, description="Python format string over the row's "
+                                        "fields, e.g. 'Summarize:\\n\\n{document}'; default: "
+                                        "the prompt_field as is.")
+    labels: list[str] | None = Field(None, description="classification: the allowed answers.")
+    metric_args: dict[str, dict[str, Any]] = Field(default_factory=dict, description="Keyword "
+                                                   "arguments per metric, e.g. normalization.")
     reference_field: str = "answer"
     chosen_field: str = "chosen"
     rejected_field: str = "rejected"
@@ -59,7 +65,23 @@ def load_manifest(path: str) -> Manifest:
         raise _error_from_validation(e, path, data, Manifest) from None
     for i, name in enumerate(m.metrics):
         metrics.check(name, file=path, key=f"metrics.{i}")
+    for name in m.metric_args:
+        if name not in m.metrics:
+            raise HarnessError(f"arguments for {name!r}, which is not in metrics",
+                               file=path, key=f"metric_args.{name}")
+    if (m.task == "classification") != bool(m.labels):
+        raise HarnessError("labels: a classification set needs labels, and only it takes them",
+                           file=path, key="labels")
     return m
+
+
+def metric_args(m: Manifest, name: str) -> dict:
+    """What a metric is called with beyond its inputs: the manifest's args, and the labels of a
+    classification set."""
+    args = dict(m.metric_args.get(name, {}))
+    if m.labels and name in ("accuracy", "macro_f1"):
+        args.setdefault("labels", m.labels)
+    return args
 
 
 def load(path: str, max_examples: int | None = None) -> GoldenSet:
@@ -68,12 +90,18 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
     local = Path(path).parent / m.source
     source = str(local) if local.exists() else m.source
     ds = load_source(source, m.split, m.subset, key="source")
-    keys = ["prompt_field"] + (["chosen_field", "rejected_field"] if m.task == "preference"
-                               else ["reference_field"])
+    keys = (["prompt_field"] if m.prompt_template is None else []) + (
+        ["chosen_field", "rejected_field"] if m.task == "preference" else ["reference_field"])
     for key in keys:
         if getattr(m, key) not in ds.column_names:
             raise HarnessError(f"column {getattr(m, key)!r} not in {ds.column_names}", file=path,
                                key=key)
+    if m.prompt_template is not None:
+        try:
+            ds = ds.map(lambda row: {"_prompt": m.prompt_template.format(**row)})
+        except (KeyError, IndexError, ValueError) as e:
+            raise HarnessError(f"template needs field {e} (columns: {ds.column_names})",
+                               file=path, key="prompt_template") from None
     end = len(ds) if m.limit is None else min(len(ds), m.offset + m.limit)
     if max_examples:
         end = min(end, m.offset + max_examples)
@@ -86,7 +114,7 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
             if not (isinstance(v, str) and v.strip()):
                 raise HarnessError(f"{getattr(m, key)!r} is empty or not a string", file=source,
                                    row=i)
-    prompts = columns["prompt_field"]
+    prompts = list(rows["_prompt"]) if m.prompt_template is not None else columns["prompt_field"]
     if m.task == "preference":
         return GoldenSet(m, path, prompts, [], columns["chosen_field"], columns["rejected_field"])
     return GoldenSet(m, path, prompts, columns["reference_field"])

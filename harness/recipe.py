@@ -69,6 +69,9 @@ class DataSpec(Section):
 class EvalSpec(Section):
     goldensets: list[str] = Field(default_factory=lambda: ["goldensets/math.yaml"],
                                   description="Golden-set manifests, scored before and after.")
+    forgetting_guard: str | None = Field(
+        "goldensets/general_knowledge.yaml", description="A general-knowledge set scored before "
+        "and after every run beside the golden sets, so catastrophic forgetting shows; null: off.")
     max_examples: int | None = Field(None, gt=0, description="Score only the first N examples.")
     batch_size: int = Field(32, gt=0, description="Generation batch size.")
     max_new_tokens: int | None = Field(None, gt=0, description="Overrides the manifests' value.")
@@ -154,6 +157,12 @@ class Recipe(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    @property
+    def all_goldensets(self) -> list[str]:
+        guard = self.eval.forgetting_guard
+        return self.eval.goldensets + ([guard] if guard and guard not in self.eval.goldensets
+                                       else [])
 
     def fingerprint(self) -> str:
         """Short hash of the resolved recipe: equal recipes, equal runs (tagged on every run)."""

@@ -24,17 +24,20 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def before_after(comparison: dict) -> str:
+    """A row per metric: (base,) before, after, delta with its 95% CI, the paired test's p."""
     base = comparison.get("base")
     rows = []
     for k, after in comparison["after"].items():
-        before = comparison["before"].get(k, float("nan"))
         ch = comparison["changes"].get(k)
-        rows.append([*([base.get(k, "")] if base else []), before, after,
-                     f"{comparison['delta'].get(k, float('nan')):+.4g}",
+        ci = (f" [{comparison['ci_low'][k]:+.3g}, {comparison['ci_high'][k]:+.3g}]"
+              if k in comparison.get("ci_low", {}) else "")
+        p = comparison.get("p_value", {}).get(k)
+        rows.append([k, *([base.get(k, "")] if base else []), comparison["before"].get(k, ""),
+                     after, f"{comparison['delta'].get(k, float('nan')):+.4g}{ci}",
+                     f"{p:.3g} ({comparison['test'][k]})" if p is not None else "",
                      f"{ch['fixed']} / {ch['broken']}" if ch else ""])
-        rows[-1].insert(0, k)
-    return table(["metric", *(["base"] if base else []), "before", "after", "delta",
-                  "fixed / broken"], rows)
+    return table(["metric", *(["base"] if base else []), "before", "after",
+                  "delta [95% CI]", "p (paired test)", "fixed / broken"], rows)
 
 
 def _short(text: str, n: int = 160) -> str:

@@ -47,10 +47,12 @@ def check(recipe: Recipe) -> list:
     train.check_trainer_fields(recipe)
     task = train.kind(recipe).task
     manifests = []
-    for i, path in enumerate(recipe.eval.goldensets):
+    for i, path in enumerate(recipe.all_goldensets):
         if not Path(path).is_file():
+            key = f"eval.goldensets.{i}" if i < len(recipe.eval.goldensets) else \
+                "eval.forgetting_guard"
             raise HarnessError(f"golden-set manifest {path!r} not found", file=recipe.source,
-                               key=f"eval.goldensets.{i}")
+                               key=key)
         manifests.append(goldensets.load_manifest(path))
     keys = [f"{m.name}/{metric}" for m in manifests
             for metric in evaluation.metric_names(m, task)]
@@ -87,7 +89,7 @@ def prepare(recipe: Recipe, tracker=None) -> Prepared:
     say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
     path = models.resolve(recipe.model)
     tok = models.load_tokenizer(recipe.model, path)
-    goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.eval.goldensets]
+    goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
     for g in goldens:
         evaluation.check_fit(g, k.task)
     prep = Prepared(recipe, k.task, plan, path, tok, goldens)
@@ -152,7 +154,7 @@ class Outcome:
 
 
 def log_comparison(tracker, comparison: dict) -> None:
-    for side in ("base", "before", "after", "delta"):
+    for side in ("base", "before", "after", "delta", "ci_low", "ci_high", "p_value"):
         tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()})
     for key, c in comparison["changes"].items():
         tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})

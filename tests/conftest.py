@@ -56,7 +56,7 @@ def recipe_dict(tmp_path, tiny_model_dir, tiny_goldenset) -> dict:
         "adapter": {"r": 4, "alpha": 8},
         "data": {"train": "builtin:math", "builtin_rows": 8},
         "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128},
-        "eval": {"goldensets": [tiny_goldenset], "batch_size": 4},
+        "eval": {"goldensets": [tiny_goldenset], "batch_size": 4, "forgetting_guard": None},
         "sweep": {"space": str(space), "objective": "math/numeric_accuracy",
                   "storage": f"sqlite:///{tmp_path}/optuna.db"},
         "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},

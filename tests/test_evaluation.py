@@ -49,13 +49,20 @@ def test_evaluate_set_scores_and_compares(tiny, tiny_goldenset):
     res = evaluation.evaluate_set(model, tok, gs, batch_size=4)
     assert set(res.metrics) == {"numeric_accuracy", "answer_format", "perplexity"}
     assert len(res.examples) == 4 and math.isfinite(res.metrics["perplexity"])
+    # a model that answers every question right: predictions are the references
+    perfect = dict(res.columns, predictions=list(res.columns["references"]))
     fake_after = evaluation.SetResult("math", dict(res.metrics, numeric_accuracy=1.0),
-                                      [dict(e, numeric_accuracy=1.0) for e in res.examples])
+                                      [dict(e, numeric_accuracy=1.0) for e in res.examples],
+                                      perfect, res.metric_args)
     cmp = evaluation.compare({"math": res}, {"math": fake_after})
-    assert cmp["delta"]["math/numeric_accuracy"] == pytest.approx(1.0 - res.metrics[
-        "numeric_accuracy"])
+    key = "math/numeric_accuracy"
+    assert cmp["delta"][key] == pytest.approx(1.0 - res.metrics["numeric_accuracy"])
     fixed = sum(1 for e in res.examples if e["numeric_accuracy"] == 0)
-    assert cmp["changes"]["math/numeric_accuracy"] == {"fixed": fixed, "broken": 0}
+    assert cmp["changes"][key] == {"fixed": fixed, "broken": 0}
+    assert cmp["ci_low"][key] <= cmp["delta"][key] <= cmp["ci_high"][key]
+    assert cmp["test"][key] == "McNemar (exact)"
+    assert cmp["p_value"][key] == pytest.approx(0.5 ** (fixed - 1) if fixed else 1.0)
+    assert cmp["delta"]["math/perplexity"] == 0 and cmp["p_value"]["math/perplexity"] == 1.0
 
 
 def test_golden_set_manifest_errors(tmp_path):

@@ -14,8 +14,13 @@ from harness.errors import HarnessError, did_you_mean
 HERE = Path(__file__).parent
 
 
+# names served by one module with fixed arguments
+VARIANTS = {f"rouge{t}": ("rouge", {"rouge_type": f"rouge{t}"}) for t in ("1", "2", "L", "Lsum")}
+
+
 def names() -> list[str]:
-    return sorted(p.name for p in HERE.iterdir() if (p / f"{p.name}.py").is_file())
+    modules = [p.name for p in HERE.iterdir() if (p / f"{p.name}.py").is_file()]
+    return sorted([m for m in modules if m != "rouge"] + list(VARIANTS))
 
 
 def check(name: str, **where) -> str:
@@ -25,8 +30,25 @@ def check(name: str, **where) -> str:
     return name
 
 
+def module_and_args(name: str) -> tuple[str, dict]:
+    return VARIANTS.get(check(name), (name, {}))
+
+
 @functools.cache
+def _load_module(module: str):
+    import evaluate
+    return evaluate.load(str(HERE / module))
+
+
 def load(name: str):
     """The metric as an `evaluate.EvaluationModule` (its class is a HarnessMetric)."""
-    import evaluate
-    return evaluate.load(str(HERE / check(name)))
+    return _load_module(module_and_args(name)[0])
+
+
+def compute(name: str, columns: dict, args: dict | None = None) -> dict:
+    """{name: value, 'scores': per-example} for the inputs among `columns` the metric takes."""
+    module, fixed = module_and_args(name)
+    metric = _load_module(module)
+    out = metric.compute(per_example=True, **{k: columns[k] for k in metric.features},
+                         **fixed, **(args or {}))
+    return {name: out[metric.name], "scores": out["scores"]}

@@ -14,8 +14,11 @@ class HarnessMetric(evaluate.Metric):
     """`compute(..., per_example=True)` adds the list of per-example scores under 'scores'."""
     features = STRINGS
     higher_is_better = True
-    #: per-example scores are 0/1 (McNemar) rather than continuous (bootstrap)
+    #: per-example scores are 0/1 (McNemar) rather than continuous (Wilcoxon)
     binary = True
+    #: the value is computed over the whole corpus, not a mean of per-example scores
+    #: (tested by paired bootstrap)
+    corpus = False
 
     def _info(self):
         return evaluate.MetricInfo(description=(self.__doc__ or "").strip(), citation="",
@@ -28,6 +31,7 @@ class HarnessMetric(evaluate.Metric):
         return sum(scores) / len(scores) if scores else float("nan")
 
     def _compute(self, per_example: bool = False, **columns):
+        """Extra keyword arguments (normalization options, labels...) reach both methods."""
         scores = self.score_examples(**columns)
         out = {self.name: self.aggregate(scores, **columns)}
         if per_example:

@@ -10,6 +10,7 @@ from harness.metrics import base
 class Perplexity(base.HarnessMetric):
     """exp(total NLL / total tokens) over the reference continuations; inputs are each example's
     summed negative log-likelihood (nats) and its token count. Per-example: exp(nll / tokens)."""
+    corpus = True
     features = datasets.Features({"nll": datasets.Value("float64"), "tokens": datasets.Value("int64")})
     higher_is_better = False
     binary = False
