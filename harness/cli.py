@@ -55,9 +55,12 @@ def cmd_train(args) -> int:
     outcome = run.run_one(prep, r, tracker, r.name, nested=False)
     path = report.write_run(r, outcome, prep.before, tracker)
     tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
-    key = r.sweep.objective
-    run.say(f"{key}: {outcome.comparison['before'][key]:.4g} -> "
-            f"{outcome.comparison['after'][key]:.4g}; run {outcome.run_id}; report {path}")
+    cmp = outcome.comparison
+    for key in [r.sweep.objective] if r.sweep.objective in cmp["after"] else list(cmp["after"]):
+        run.say(f"{key}: {cmp['before'][key]:.4g} -> {cmp['after'][key]:.4g} "
+                f"({cmp['delta'][key]:+.4g}, 95% CI [{cmp['ci_low'][key]:+.3g}, "
+                f"{cmp['ci_high'][key]:+.3g}], p={cmp['p_value'][key]:.3g})")
+    run.say(f"run {outcome.run_id}; report {path}")
     return 0
 
 
@@ -67,6 +70,25 @@ def cmd_sweep(args) -> int:
     out = sweep.run_sweep(r, n_trials=args.n_trials)
     print(f"best trial {out['best_trial']}: {r.sweep.objective} = {out['best_value']:.4g} "
           f"{out['best_params']}\nreport: {out['report']}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from harness import recipe, run, scoring
+    from harness.tracking import Tracker
+    data = recipe.read_yaml(args.recipe) if args.recipe else {}
+    data.setdefault("name", args.name)
+    sets = list(args.set or [])
+    if args.goldenset:
+        sets.append(f"eval.goldensets={args.goldenset}")
+    r = recipe.build(data, args.recipe or "harness eval", recipe.parse_sets(sets))
+    out = scoring.run_eval(r, args.model, args.before, Tracker(r))
+    if out["comparison"]:
+        for k, d in out["comparison"]["delta"].items():
+            run.say(f"{k}: {out['comparison']['before'][k]:.4g} -> "
+                    f"{out['comparison']['after'][k]:.4g} ({d:+.4g}, p="
+                    f"{out['comparison']['p_value'][k]:.3g})")
+    print(f"run {out['run_id']}; report: {out['report']}")
     return 0
 
 
@@ -98,6 +120,17 @@ def parser() -> argparse.ArgumentParser:
     s = recipe_cmd("sweep", cmd_sweep, "an Optuna study over the recipe's sweep file; the same "
                    "command resumes it")
     s.add_argument("--n-trials", type=int, help="trials to finish (default: the sweep file's)")
+    e = sub.add_parser("eval", help="score a model on golden sets without training, alone or "
+                       "against --before", description="MODEL: embedded:<name>, a Hub id, a model "
+                       "or adapter folder, or an MLflow run id (runs:/<id> or the bare id).")
+    e.add_argument("model")
+    e.add_argument("--before", metavar="MODEL", help="score this too and compare (paired)")
+    e.add_argument("--goldenset", action="append", metavar="MANIFEST",
+                   help="golden-set manifest (repeatable); default: the recipe's, else math")
+    e.add_argument("--recipe", help="take golden sets, tracking and eval settings from a recipe")
+    e.add_argument("--name", default="eval", help="experiment and report name (default: eval)")
+    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    e.set_defaults(fn=cmd_eval)
     u = sub.add_parser("ui", help="the MLflow UI on the harness's tracking store")
     u.add_argument("--backend-store-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
     u.add_argument("--host", default="127.0.0.1")

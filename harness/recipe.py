@@ -79,7 +79,7 @@ class EvalSpec(Section):
 
 class SweepSpec(Section):
     space: str | None = Field(None, description="Sweep file under sweeps/ (space, sampler, trials).")
-    objective: str = Field("math/accuracy", description="Golden-set metric to optimize, after "
+    objective: str = Field("math/numeric_accuracy", description="Golden-set metric to optimize, after "
                            "training: <goldenset>/<metric>.")
     direction: Literal["maximize", "minimize"] = "maximize"
     study_name: str | None = Field(None, description="Optuna study name; default: recipe name.")

@@ -116,3 +116,18 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker) -> Path:
             "", "## Before / after", "", before_after(outcome.comparison), "",
             "## Examples", "", examples(before, outcome.after)]
     return _write(recipe, recipe.name, body)
+
+
+def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | None, tracker,
+               run_id: str) -> Path:
+    from harness.evaluation import flat_metrics
+    body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
+            f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
+    if comparison:
+        body += ["## Before / after", "", before_after(comparison), "", "## Examples", "",
+                 examples(results["before"], results["after"])]
+    else:
+        body += ["## Scores", "", table(["metric", "value"], [[k, v] for k, v in
+                                                               flat_metrics(results["after"])
+                                                               .items()])]
+    return _write(recipe, recipe.name, body)

@@ -56,7 +56,7 @@ def check(recipe: Recipe) -> list:
         manifests.append(goldensets.load_manifest(path))
     keys = [f"{m.name}/{metric}" for m in manifests
             for metric in evaluation.metric_names(m, task)]
-    if recipe.sweep.objective not in keys:
+    if recipe.sweep.space and recipe.sweep.objective not in keys:
         from harness.errors import did_you_mean
         raise HarnessError(f"objective {recipe.sweep.objective!r} is no golden-set metric of this "
                            f"recipe{did_you_mean(recipe.sweep.objective, keys)} (known: "
@@ -82,7 +82,7 @@ def resolve_init(recipe: Recipe, tracker) -> str | None:
     return tracker.fetch_adapter(run_id, str(dest))
 
 
-def prepare(recipe: Recipe, tracker=None) -> Prepared:
+def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
     check(recipe)
     k = train.kind(recipe)
     plan = models.device_plan(recipe.model)
@@ -100,10 +100,14 @@ def prepare(recipe: Recipe, tracker=None) -> Prepared:
         prep.model_path = init
     if init:
         say(f"starting from {recipe.model.init_from} ({init})")
+    sets = ", ".join(f"{g.name} ({len(g.prompts)})" for g in goldens)
+    if not with_data:
+        say(f"golden sets: {sets}")
+        return prep
     prep.train_ds, prep.eval_ds, prep.data_info = data.load_train(recipe.data, recipe.seed,
                                                                   k.data_kind)
     say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
-        f"golden sets: {', '.join(f'{g.name} ({len(g.prompts)})' for g in goldens)}")
+        f"golden sets: {sets}")
     return prep
 
 

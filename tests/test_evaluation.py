@@ -75,3 +75,46 @@ def test_golden_set_manifest_errors(tmp_path):
     m.write_text("name: g\nsource: g.jsonl\nmetrics: [exact_match]\nprompt: q\n")
     with pytest.raises(HarnessError, match="prompt: unknown key; did you mean prompt_field"):
         goldensets.load_manifest(str(m))
+
+
+def test_every_shipped_golden_set_loads_and_fits_its_metrics():
+    from conftest import ROOT
+    shipped = sorted((ROOT / "goldensets").glob("*.yaml"))
+    names = set()
+    for path in shipped:
+        if "shared" in path.name or path.name == "gsm8k.yaml":  # need ../shared or the Hub
+            continue
+        gs = goldensets.load(str(path))
+        evaluation.check_fit(gs)
+        names.add(gs.name)
+        assert len(gs.prompts) >= 16 and all(p.strip() for p in gs.prompts)
+    assert {"math", "math_preferences", "summarize", "qa", "classify", "rewrite",
+            "general_knowledge"} <= names
+
+
+def test_prompt_templates_and_labels(tmp_path):
+    (tmp_path / "c.jsonl").write_text('{"text": "Great!", "label": "positive"}\n')
+    m = tmp_path / "c.yaml"
+    m.write_text("name: c\ntask: classification\nsource: c.jsonl\nreference_field: label\n"
+                 "prompt_template: 'Sentiment? {text}'\nlabels: [positive, negative]\n"
+                 "metrics: [accuracy, macro_f1]\n")
+    gs = goldensets.load(str(m))
+    assert gs.prompts == ["Sentiment? Great!"] and gs.references == ["positive"]
+    assert goldensets.metric_args(gs.manifest, "macro_f1") == {"labels": ["positive",
+                                                                          "negative"]}
+    m.write_text("name: c\ntask: classification\nsource: c.jsonl\nreference_field: label\n"
+                 "prompt_template: 'Sentiment? {body}'\nlabels: [positive]\nmetrics: [accuracy]\n")
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="prompt_template: template needs field 'body'"):
+        goldensets.load(str(m))
+
+
+def test_metric_that_does_not_fit_the_task_is_named(tmp_path):
+    from harness.errors import HarnessError
+    (tmp_path / "p.jsonl").write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n')
+    m = tmp_path / "p.yaml"
+    m.write_text("name: p\ntask: preference\nsource: p.jsonl\nprompt_field: prompt\n"
+                 "metrics: [pairwise_accuracy, bleu]\n")
+    with pytest.raises(HarnessError, match=r"p.yaml: metrics.1: metric 'bleu' does not fit a "
+                                           "preference golden set"):
+        evaluation.check_fit(goldensets.load(str(m)))

@@ -1,0 +1,66 @@
+"""`harness eval`: score any model on golden sets without training, alone or as a
+before/after pair. load -> validate -> score -> compare -> track -> report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness import evaluation, run
+from harness.errors import HarnessError
+from harness.recipe import Recipe, build
+
+
+def model_fields(ref: str, tracker) -> dict:
+    """The recipe's `model:` section for a model reference: a Hub id, a local model folder,
+    embedded:<name>, an adapter folder (its base from adapter_config.json), or an MLflow run id
+    (`runs:/<id>` or the bare id; the run's base model and its adapter)."""
+    p = Path(ref).expanduser()
+    if (p / "adapter_config.json").is_file():
+        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise HarnessError("adapter_config.json names no base model", file=str(p))
+        return {"name": base, "init_from": str(p)}
+    if p.exists() or ref.startswith("embedded:") or (not ref.startswith("runs:/") and "/" in ref):
+        return {"name": ref}
+    run_id = ref.removeprefix("runs:/").strip("/")
+    from mlflow.exceptions import MlflowException
+    try:
+        params = tracker.client.get_run(run_id).data.params
+    except MlflowException:
+        raise HarnessError(f"{ref!r} is no model path, Hub id or MLflow run in {tracker.uri}",
+                           key="model") from None
+    return {"name": params.get("recipe.model.name", ""), "init_from": run_id}
+
+
+def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> dict:
+    """Score `after_ref` (and `before_ref`) on the recipe's golden sets; one MLflow run."""
+    from harness import report
+    from harness.tracking import KIND_TAG
+    sides = {"after": after_ref, **({"before": before_ref} if before_ref else {})}
+    results = {}
+    for side, ref in sides.items():
+        r = build(base.to_dict(), base.source, {"model": model_fields(ref, tracker)})
+        prep = run.prepare(r, tracker, with_data=False)
+        run.say(f"scoring {side}: {ref}")
+        results[side] = run.evaluate(prep, prep.load_model())
+    tags = {KIND_TAG: "eval", "harness.model": after_ref,
+            **({"harness.before_model": before_ref} if before_ref else {})}
+    with tracker.run(base.name, tags=tags) as run_id:
+        tracker.log_params({"eval.model": after_ref, "eval.before": before_ref or "",
+                            "eval.goldensets": base.all_goldensets})
+        if before_ref:
+            comparison = evaluation.compare(results["before"], results["after"])
+            run.log_comparison(tracker, comparison)
+            for name, res in results["after"].items():
+                tracker.log_table(evaluation.paired_rows(results["before"][name], res),
+                                  f"eval/{name}_examples.json")
+        else:
+            comparison = None
+            tracker.log_metrics(evaluation.flat_metrics(results["after"]))
+            for name, res in results["after"].items():
+                tracker.log_table(res.examples, f"eval/{name}_examples.json")
+        tracker.log_dict({k: run.results_to_json(v) for k, v in results.items()},
+                         "eval/results.json")
+        path = report.write_eval(base, sides, results, comparison, tracker, run_id)
+        tracker.log_artifacts(str(path.parent), "report")
+    return {"run_id": run_id, "report": str(path), "results": results, "comparison": comparison}
