@@ -38,22 +38,32 @@ def _batches(order: list[int], size: int):
         yield order[i:i + size]
 
 
-def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
+             static_cache: bool | None = None, **generate_kwargs) -> list[str]:
     """Greedy continuations; left padding and length-sorted batches (less padding, and the
-    same batches every time, so results are deterministic)."""
+    same batches every time, so results are deterministic).
+
+    static_cache (default: on a CUDA device) decodes with a static KV cache, which transformers
+    compiles into CUDA graphs: prompt lengths are padded to multiples of 64 and every batch
+    keeps the same size, so a handful of shapes are compiled once and then replayed."""
     import torch
+    static = model.device.type == "cuda" if static_cache is None else static_cache
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     out: list[str] = [""] * len(texts)
+    extra = {"cache_implementation": "static"} if static else {}
     side, tok.padding_side = tok.padding_side, "left"
     try:
         for idx in _batches(order, batch_size):
-            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
-                      add_special_tokens=False).to(model.device)
+            batch = [texts[i] for i in idx]
+            if static:  # a short last batch would be a new shape to compile: fill it up
+                batch += [batch[-1]] * (min(batch_size, len(texts)) - len(batch))
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False,
+                      pad_to_multiple_of=64 if static else None).to(model.device)
             with torch.inference_mode():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      temperature=None, top_p=None, top_k=None,
-                                     pad_token_id=tok.pad_token_id)
+                                     pad_token_id=tok.pad_token_id, **extra, **generate_kwargs)
             for row, i in enumerate(idx):
                 out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
     finally:

@@ -118,3 +118,11 @@ def test_metric_that_does_not_fit_the_task_is_named(tmp_path):
     with pytest.raises(HarnessError, match=r"p.yaml: metrics.1: metric 'bleu' does not fit a "
                                            "preference golden set"):
         evaluation.check_fit(goldensets.load(str(m)))
+
+
+def test_static_cache_path_gives_the_same_greedy_outputs(tiny):
+    model, tok = tiny
+    texts = [evaluation.render(tok, [{"role": "user", "content": q}])
+             for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3"]]
+    dynamic = evaluation.generate(model, tok, texts, 6, 2, static_cache=False)
+    assert evaluation.generate(model, tok, texts, 6, 2, static_cache=True) == dynamic
