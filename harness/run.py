@@ -112,7 +112,8 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
 
 
 def evaluate(prep: Prepared, model) -> dict:
-    return evaluation.evaluate_model(model, prep.tok, prep.goldens, prep.recipe.eval.batch_size,
+    batch = prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
+    return evaluation.evaluate_model(model, prep.tok, prep.goldens, batch,
                                      prep.recipe.eval.max_new_tokens, prep.task)
 
 
