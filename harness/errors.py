@@ -34,3 +34,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         close = sorted((c for c in choices if str(word).startswith(c) or c.startswith(str(word))),
                        key=len, reverse=True)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+class TrialPruned(Exception):
+    """A sweep trial stopped early by its pruner; its MLflow run ends KILLED, tagged PRUNED."""
+    mlflow_status = "KILLED"

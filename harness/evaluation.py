@@ -223,10 +223,11 @@ def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
             for side, v in d.as_dict().items():
                 out[side][key] = v
             if metric.binary:
-                pairs = list(zip(prev.examples, res.examples))
-                out["changes"][key] = {
-                    "fixed": sum(x[metric_name] < y[metric_name] for x, y in pairs),
-                    "broken": sum(x[metric_name] > y[metric_name] for x, y in pairs)}
+                pairs = list(enumerate(zip(prev.examples, res.examples)))
+                fixed = [i for i, (x, y) in pairs if x[metric_name] < y[metric_name]]
+                broken = [i for i, (x, y) in pairs if x[metric_name] > y[metric_name]]
+                out["changes"][key] = {"fixed": len(fixed), "broken": len(broken),
+                                       "fixed_ids": fixed, "broken_ids": broken}
     return out
 
 

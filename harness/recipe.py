@@ -114,13 +114,33 @@ class ParamSpace(Section):
         return self
 
 
+class PrunerSpec(Section):
+    """Stops unpromising trials early on an intermediate objective reported during training."""
+    type: Literal["none", "median", "hyperband", "successive_halving"] = "none"
+    every_steps: int = Field(4, gt=0, description="Report the intermediate objective every N "
+                             "training steps.")
+    intermediate: Literal["objective", "eval_loss"] = Field(
+        "objective", description="objective: the sweep's golden-set metric on the first "
+        "`examples` examples; eval_loss: the trainer's loss on data.eval_rows.")
+    examples: int = Field(8, gt=0, description="Golden-set examples scored at each report.")
+    n_startup_trials: int = Field(1, ge=0, description="median: trials finished before pruning.")
+    n_warmup_steps: int = Field(0, ge=0, description="median: steps before a trial can be pruned.")
+    min_resource: int = Field(1, gt=0, description="hyperband / successive_halving: reports "
+                              "before the first rung.")
+    reduction_factor: int = Field(3, ge=2, description="hyperband / successive_halving.")
+
+
 class SweepFile(Section):
     """A file under sweeps/: what to search and how long."""
+    pruner: PrunerSpec = Field(default_factory=PrunerSpec)
     n_trials: int = Field(3, gt=0, description="Trials to finish (a resumed study counts the "
                           "ones already complete).")
     timeout_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
     sampler: Literal["tpe", "random", "grid"] = "tpe"
     seed: int = 0
+    heartbeat_s: int = Field(30, gt=0, description="Trials beat this often while they run.")
+    grace_s: int = Field(90, gt=0, description="A trial silent this long is failed (its process "
+                         "died) and retried once by the next start.")
     params: dict[str, ParamSpace] = Field(..., min_length=1, description="Recipe key path -> "
                                           "space, e.g. trainer.learning_rate.")
 

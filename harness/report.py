@@ -54,6 +54,21 @@ def _shown(ex: dict) -> str:
     return ""
 
 
+def changed(before: dict[str, SetResult], comparison: dict, n: int = 10) -> str:
+    """Per 0/1 metric, the examples the tuning fixed and the ones it broke (prompts, by row)."""
+    lines = []
+    for key, ch in comparison["changes"].items():
+        if not (ch["fixed"] or ch["broken"]) or "fixed_ids" not in ch:
+            continue
+        exs = before[key.split("/")[0]].examples
+        for kind in ("fixed", "broken"):
+            ids = ch[f"{kind}_ids"]
+            shown = "; ".join(f"#{i + 1} {_short(exs[i]['prompt'], 60)}" for i in ids[:n])
+            more = f"; and {len(ids) - n} more" if len(ids) > n else ""
+            lines.append(f"- `{key}` {kind} {len(ids)}" + (f": {shown}{more}" if ids else ""))
+    return "\n".join(lines) or "No example changed on a 0/1 metric."
+
+
 def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int = 6) -> str:
     """A handful per golden set: changed cases first (fixed, then broken), then the rest."""
     out = []
@@ -71,8 +86,7 @@ def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int =
 
 
 def _write(recipe: Recipe, name: str, body: list[str]) -> Path:
-    path = Path(recipe.reports_dir) / name / "report.md"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = report_dir(recipe, name) / "report.md"
     head = [f"# {name}", "", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
             f"trl-harness from `{recipe.source}` (method `{recipe.method}`, model "
             f"`{recipe.model.name}`).", ""]
@@ -82,18 +96,24 @@ def _write(recipe: Recipe, name: str, body: list[str]) -> Path:
     return path
 
 
-def write_sweep(recipe: Recipe, study, before: dict, tracker) -> Path:
+def report_dir(recipe: Recipe, name: str) -> Path:
+    path = Path(recipe.reports_dir) / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] = ()) -> Path:
     from harness import run
     key = recipe.sweep.objective
     best = study.best_trial
+    extra = sorted(k for k in best.user_attrs.get("after", {}) if k != key)
     rows = []
     for t in study.get_trials(deepcopy=False):
         after = t.user_attrs.get("after", {})
+        # a pruned trial's value is its last intermediate report, not the objective
         rows.append([t.number, t.state.name, *[t.params.get(p, "") for p in best.params],
-                     t.value if t.value is not None else "",
-                     *[after.get(k, "") for k in sorted(after) if k != key],
+                     after.get(key, ""), *[after.get(k, "") for k in extra],
                      t.user_attrs.get("mlflow_run_id", "")])
-    extra = sorted(k for k in best.user_attrs.get("after", {}) if k != key)
     body = ["## Best trial", "",
             f"Trial {best.number}: **{key} = {best.value:.4g}** ({recipe.sweep.direction}), "
             f"MLflow run `{best.user_attrs.get('mlflow_run_id', '')}` in experiment "
@@ -101,10 +121,13 @@ def write_sweep(recipe: Recipe, study, before: dict, tracker) -> Path:
             table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
+    if images:
+        body += ["## Study", ""] + [f"![{i[:-4].replace('_', ' ')}]({i})" for i in images] + [""]
     saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
     if saved:
         after = run.results_from_json(saved["after"])
         body += ["## Before / after (best trial)", "", before_after(saved["comparison"]), "",
+                 "## Fixed and broken (best trial)", "", changed(before, saved["comparison"]), "",
                  "## Examples (best trial)", "", examples(before, after)]
     return _write(recipe, study.study_name, body)
 
@@ -114,6 +137,7 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker) -> Path:
             f"({tracker.uri}); adapter in `{outcome.adapter_dir}`.", "",
             table(["train metric", "value"], [[k, v] for k, v in outcome.train_metrics.items()]),
             "", "## Before / after", "", before_after(outcome.comparison), "",
+            "## Fixed and broken", "", changed(before, outcome.comparison), "",
             "## Examples", "", examples(before, outcome.after)]
     return _write(recipe, recipe.name, body)
 
@@ -124,8 +148,9 @@ def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | No
     body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
             f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
     if comparison:
-        body += ["## Before / after", "", before_after(comparison), "", "## Examples", "",
-                 examples(results["before"], results["after"])]
+        body += ["## Before / after", "", before_after(comparison), "",
+                 "## Fixed and broken", "", changed(results["before"], comparison), "",
+                 "## Examples", "", examples(results["before"], results["after"])]
     else:
         body += ["## Scores", "", table(["metric", "value"], [[k, v] for k, v in
                                                                flat_metrics(results["after"])

@@ -174,12 +174,30 @@ def run_tags(recipe: Recipe) -> dict:
     return tags
 
 
+def slice_score(prep: Prepared, model, key: str, n: int) -> float:
+    """`key` ('math/numeric_accuracy') on the first n examples of its golden set: the cheap
+    intermediate objective a pruner watches during training."""
+    import dataclasses as dc
+    name, metric = key.split("/", 1)
+    gs = next(g for g in prep.goldens if g.name == name)
+    part = dc.replace(gs, prompts=gs.prompts[:n], references=gs.references[:n],
+                      chosen=gs.chosen and gs.chosen[:n], rejected=gs.rejected and gs.rejected[:n])
+    batch = prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
+    return evaluation.evaluate_set(model, prep.tok, part, batch, prep.recipe.eval.max_new_tokens,
+                                   prep.task).metrics[metric]
+
+
 def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: bool,
-            tags: dict | None = None, callbacks: list | None = None) -> Outcome:
-    """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run."""
+            tags: dict | None = None, callbacks: list | None = None,
+            on_start=None) -> Outcome:
+    """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run.
+    A callback that sets `pruned` ends the run KILLED (tagged PRUNED) with TrialPruned."""
+    from harness.errors import TrialPruned
     from harness.tracking import KIND_TAG
     tags = {**run_tags(recipe), KIND_TAG: "trial" if nested else "train", **(tags or {})}
     with tracker.run(run_name, nested=nested, tags=tags) as run_id:
+        if on_start:
+            on_start(run_id)
         tracker.log_params({"recipe": recipe.to_dict(), **prep.plan.as_params(),
                             "data": prep.data_info})
         tracker.log_dict(recipe.to_dict(), "recipe.yaml")
@@ -192,6 +210,10 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         say(f"{run_name}: training ({len(train_ds)} rows)")
         result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan, out_dir,
                              callbacks=callbacks, report_to=tracker.report_to)
+        stopped = next((cb for cb in callbacks or [] if getattr(cb, "pruned", False)), None)
+        if stopped:
+            tracker.set_tags({"harness.trial_state": "PRUNED"})
+            raise TrialPruned(f"pruned at step {result.trainer.state.global_step}")
         adapter_dir = train.save(result, str(Path(out_dir) / "final"))
         tracker.set_tags({"harness.adapter_dir": str(Path(adapter_dir).resolve())})
         if not nested:  # a sweep uploads only its best trial's adapter

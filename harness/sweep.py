@@ -4,8 +4,9 @@ from __future__ import annotations
 import math
 
 from harness import run
-from harness.errors import HarnessError
-from harness.recipe import ParamSpace, Recipe, SweepFile, load_sweep_file, with_values
+from harness.errors import HarnessError, TrialPruned
+from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
+                            with_values)
 from harness.registry import Registry
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
@@ -35,6 +36,65 @@ def _grid(space: SweepFile):
     return optuna.samplers.GridSampler(grid, seed=space.seed)
 
 
+PRUNERS: Registry = Registry("pruner")
+
+
+@PRUNERS.register("none")
+def _no_pruner(spec: PrunerSpec):
+    import optuna
+    return optuna.pruners.NopPruner()
+
+
+@PRUNERS.register("median")
+def _median(spec: PrunerSpec):
+    import optuna
+    return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials,
+                                       n_warmup_steps=spec.n_warmup_steps)
+
+
+@PRUNERS.register("hyperband")
+def _hyperband(spec: PrunerSpec):
+    import optuna
+    return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource,
+                                          reduction_factor=spec.reduction_factor)
+
+
+@PRUNERS.register("successive_halving")
+def _sha(spec: PrunerSpec):
+    import optuna
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource,
+                                                  reduction_factor=spec.reduction_factor)
+
+
+def pruning_callback(trial, spec: PrunerSpec, prep, key: str, direction: str, tracker):
+    """A TrainerCallback that reports the intermediate objective to the trial every
+    `spec.every_steps` steps (or at each evaluation, for eval_loss) and stops training when the
+    pruner says so. eval_loss is negated for a maximized objective, so 'better' agrees."""
+    from transformers import TrainerCallback
+
+    class Pruning(TrainerCallback):
+        pruned = False
+
+        def _report(self, value: float, step: int, control) -> None:
+            trial.report(value, step)
+            tracker.log_metrics({"intermediate/value": value}, step=step)
+            if trial.should_prune():
+                self.pruned = True
+                control.should_training_stop = True
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if spec.intermediate == "objective" and state.global_step % spec.every_steps == 0:
+                self._report(run.slice_score(prep, model, key, spec.examples),
+                             state.global_step, control)
+
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if spec.intermediate == "eval_loss" and metrics and "eval_loss" in metrics:
+                sign = -1.0 if direction == "maximize" else 1.0
+                self._report(sign * metrics["eval_loss"], state.global_step, control)
+
+    return Pruning()
+
+
 def suggest(trial, key: str, p: ParamSpace):
     if p.type == "float":
         return trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
@@ -54,7 +114,60 @@ def load_space(recipe: Recipe) -> SweepFile:
         train.check_trainer_fields(probe)
     except HarnessError as e:
         raise HarnessError(e.message, file=recipe.sweep.space) from None
+    if space.pruner.type != "none" and space.pruner.intermediate == "eval_loss" \
+            and not recipe.data.eval_rows:
+        raise HarnessError("eval_loss needs held-out rows: set data.eval_rows in the recipe",
+                           file=recipe.sweep.space, key="pruner.intermediate")
     return space
+
+
+def trial_values(space: SweepFile, trial) -> dict:
+    """The trial's suggested recipe values, plus what the pruner needs from the trainer."""
+    values = {k: suggest(trial, k, p) for k, p in space.params.items()}
+    if space.pruner.type != "none" and space.pruner.intermediate == "eval_loss":
+        values.update({"trainer.eval_strategy": "steps",
+                       "trainer.eval_steps": space.pruner.every_steps})
+    return values
+
+
+def plots(study, out_dir) -> list[str]:
+    """Optuna's matplotlib plots as PNGs beside the report: optimization history, parameter
+    importances, parallel coordinates (each only when the study has what it needs)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    wanted = [("optimization_history.png", ovm.plot_optimization_history, 1),
+              ("param_importances.png", ovm.plot_param_importances, 2),
+              ("parallel_coordinate.png", ovm.plot_parallel_coordinate, 2)]
+    made = []
+    for name, plot, needs in wanted:
+        if len(done) < needs:
+            continue
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError):  # e.g. importances when no parameter varies
+            continue
+        fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
+        fig.set_size_inches(8, 5)
+        fig.tight_layout()
+        fig.savefig(out_dir / name, dpi=100)
+        plt.close(fig)
+        made.append(name)
+    return made
+
+
+def repair_killed_runs(study, tracker) -> None:
+    """Trials whose process died are failed by Optuna's heartbeat; end their MLflow runs KILLED
+    too, so none stays RUNNING."""
+    import optuna
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
+        run_id = t.user_attrs.get("mlflow_run_id")
+        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
+            tracker.client.set_tag(run_id, "harness.trial_state", "FAIL")
+            tracker.client.set_terminated(run_id, "KILLED")
 
 
 def study_name(recipe: Recipe) -> str:
@@ -67,10 +180,12 @@ def open_study(recipe: Recipe, space: SweepFile):
     import optuna
     from optuna.storages import RDBStorage, RetryFailedTrialCallback
     url = recipe.sweep.storage or DEFAULT_STORAGE
-    storage = RDBStorage(url, heartbeat_interval=30, grace_period=90,
+    storage = RDBStorage(url, heartbeat_interval=space.heartbeat_s, grace_period=space.grace_s,
                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
     study = optuna.create_study(study_name=study_name(recipe), storage=storage,
                                 sampler=SAMPLERS.get(space.sampler, key="sampler")(space),
+                                pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
+                                    space.pruner),
                                 direction=recipe.sweep.direction, load_if_exists=True)
     return study
 
@@ -95,6 +210,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
     prep = run.prepare(recipe, tracker)
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
+    repair_killed_runs(study, tracker)
     name = study_name(recipe)
     parent_id = tracker.find_sweep_run(name)
     key = recipe.sweep.objective
@@ -121,14 +237,21 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
 
         def objective(trial):
-            values = {k: suggest(trial, k, p) for k, p in space.params.items()}
+            values = trial_values(space, trial)
             shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
                               f"{k.split('.')[-1]}={v}" for k, v in values.items())
             run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}")
-            outcome = run.run_one(prep, with_values(recipe, values), tracker,
-                                  f"trial-{trial.number}", nested=True,
-                                  tags={STUDY_TAG: name, "harness.trial": trial.number})
-            trial.set_user_attr("mlflow_run_id", outcome.run_id)
+            callbacks = [] if space.pruner.type == "none" else [
+                pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
+            try:
+                outcome = run.run_one(
+                    prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
+                    nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number},
+                    callbacks=callbacks,
+                    on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+            except TrialPruned as e:
+                run.say(f"trial {trial.number}: {e}")
+                raise optuna.TrialPruned(str(e)) from None
             trial.set_user_attr("adapter_dir", outcome.adapter_dir)
             trial.set_user_attr("after", outcome.comparison["after"])
             value = outcome.objective(key)
@@ -150,7 +273,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
             from pathlib import Path
             if Path(best.user_attrs["adapter_dir"]).is_dir():
                 tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
-        path = report.write_sweep(recipe, study, prep.before, tracker)
+        images = plots(study, report.report_dir(recipe, name))
+        path = report.write_sweep(recipe, study, prep.before, tracker, images)
         tracker.log_artifacts(str(path.parent), "report")
         run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
         return {"study": name, "best_trial": best.number, "best_value": best.value,

@@ -57,7 +57,8 @@ class Tracker:
     @contextmanager
     def run(self, name: str | None = None, *, nested: bool = False, run_id: str | None = None,
             tags: dict | None = None, description: str | None = None) -> Iterator[str]:
-        """A run that never stays RUNNING: FAILED on error, KILLED on Ctrl-C."""
+        """A run that never stays RUNNING: FAILED on error, KILLED on Ctrl-C or SIGTERM (and
+        on an exception that says `mlflow_status`, such as a pruned trial)."""
         mlflow = self.mlflow
         active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
                                   tags=tags, description=description)
@@ -66,8 +67,8 @@ class Tracker:
         except KeyboardInterrupt:
             self._end("KILLED")
             raise
-        except BaseException:
-            self._end("FAILED")
+        except BaseException as e:
+            self._end(getattr(e, "mlflow_status", "FAILED"))
             raise
         self._end("FINISHED")
 

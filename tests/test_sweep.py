@@ -59,6 +59,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "## All trials" in report and "## Before / after (best trial)" in report
     assert "math/numeric_accuracy" in report and "## Examples (best trial)" in report
+    assert "## Fixed and broken (best trial)" in report and "delta [95% CI]" in report
 
     # the same command resumes the study: one more trial, same parent, base not re-scored
     r3 = recipe.build(recipe_dict, "tiny.yaml", {})
@@ -90,3 +91,103 @@ def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
     statuses = {x.data.tags.get("harness.kind"): x.info.status
                 for x in client.search_runs([exp.experiment_id])}
     assert statuses == {"sweep": "FAILED", "trial": "FAILED"}
+
+
+@pytest.mark.parametrize("method, space", [
+    ("dpo", "trainer.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}\n"
+            "  trainer.beta: {type: float, low: 0.05, high: 0.5, log: true}\n"
+            "  adapter.r: {type: categorical, choices: [4, 8]}\n"
+            "  trainer.num_train_epochs: {type: int, low: 1, high: 2}\n"),
+    ("reward", "trainer.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}\n"
+               "  adapter.r: {type: categorical, choices: [4, 8]}\n"),
+])
+def test_dpo_and_reward_sweeps(recipe_dict, tmp_path, client, method, space):
+    import optuna
+    (tmp_path / "pspace.yaml").write_text(f"n_trials: 2\nsampler: random\nparams:\n  {space}")
+    from conftest import ROOT
+    pref = tmp_path / "pref.jsonl"
+    pref.write_text("\n".join((ROOT / "goldensets/math_preferences.jsonl").read_text()
+                              .splitlines()[:4]) + "\n")
+    (tmp_path / "pref.yaml").write_text("name: prefs\ntask: preference\nsource: pref.jsonl\n"
+                                        "prompt_field: prompt\n"
+                                        "metrics: [pairwise_accuracy, score_margin]\n")
+    d = dict(recipe_dict, method=method, name=f"tiny-{method}",
+             data={"train": "builtin:math_preferences", "builtin_rows": 8},
+             trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
+    d["eval"] = dict(d["eval"], goldensets=[str(tmp_path / "pref.yaml")])
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "pspace.yaml"),
+                      objective="prefs/pairwise_accuracy")
+    out = sweep.run_sweep(recipe.build(d, f"{method}.yaml"))
+    study = optuna.load_study(study_name=f"tiny-{method}", storage=d["sweep"]["storage"])
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    assert set(study.trials[0].params) == {k.split(":")[0].strip()
+                                           for k in space.splitlines() if k.strip()}
+    assert 0 <= out["best_value"] <= 1
+
+
+def test_pruned_trials_end_pruned_in_optuna_and_killed_in_mlflow(recipe_dict, tmp_path, client):
+    import optuna
+    # a good and a hopeless learning rate; random sampler seed 6 draws good, good, hopeless
+    (tmp_path / "prune.yaml").write_text(
+        "n_trials: 3\nsampler: random\nseed: 6\n"
+        "pruner: {type: median, intermediate: eval_loss, every_steps: 1, n_startup_trials: 1}\n"
+        "params:\n  trainer.learning_rate: {type: categorical, choices: [3.0e-2, 1.0e-7]}\n")
+    d = dict(recipe_dict, data={"train": "builtin:math", "builtin_rows": 16, "eval_rows": 4})
+    d["trainer"] = dict(d["trainer"], max_steps=4)
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "prune.yaml"))
+    sweep.run_sweep(recipe.build(d, "p.yaml"))
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    states = {t.number: (t.state.name, t.params["trainer.learning_rate"]) for t in study.trials}
+    pruned = [n for n, (s, _) in states.items() if s == "PRUNED"]
+    assert pruned, states
+    assert all(states[n][1] == 1e-7 for n in pruned)  # only the hopeless rate is pruned
+    assert all(s == "COMPLETE" for s, lr in states.values() if lr == 3e-2)
+    t = study.trials[pruned[0]]
+    assert max(t.intermediate_values) < 4  # stopped before the last step
+    r = client.get_run(t.user_attrs["mlflow_run_id"])
+    assert r.info.status == "KILLED" and r.data.tags["harness.trial_state"] == "PRUNED"
+    assert client.get_metric_history(r.info.run_id, "intermediate/value")  # partial curve kept
+    report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert "PRUNED" in report and "optimization_history.png" in report
+    assert (tmp_path / "reports" / "tiny" / "optimization_history.png").stat().st_size > 1000
+
+
+def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, write_recipe,
+                                                         client):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    (tmp_path / "slow.yaml").write_text(
+        "n_trials: 2\nsampler: random\nheartbeat_s: 1\ngrace_s: 2\nparams:\n"
+        "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    d = dict(recipe_dict)
+    d["trainer"] = dict(d["trainer"], max_steps=400)  # long enough to be killed mid-training
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "slow.yaml"))
+    path = write_recipe(d)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", path],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "trial-0: training" in line:
+            break
+    time.sleep(3)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    time.sleep(3)  # past the grace period: the trial is stale
+
+    d["trainer"] = dict(d["trainer"], max_steps=2)
+    sweep.run_sweep(recipe.build(d, path))
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    states = [t.state.name for t in study.trials]
+    assert states[0] == "FAIL" and states.count("COMPLETE") == 2
+    retried = [t for t in study.trials[1:] if t.params == study.trials[0].params]
+    assert retried  # the interrupted parameters ran again
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    killed = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
+    assert killed.info.status == "KILLED"
+    assert sum(r.data.tags.get("harness.kind") == "sweep" for r in runs) == 1
