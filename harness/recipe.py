@@ -145,6 +145,17 @@ class SweepFile(Section):
                                           "space, e.g. trainer.learning_rate.")
 
 
+class EarlyStoppingSpec(Section):
+    """Stop a run when eval loss on data.eval_rows has not improved for `patience`
+    evaluations; the best checkpoint is loaded back at the end (transformers'
+    EarlyStoppingCallback with load_best_model_at_end)."""
+    patience: int = Field(3, gt=0, description="Evaluations without improvement before stopping.")
+    threshold: float = Field(0.0, ge=0, description="Least improvement that counts.")
+    eval_steps: int = Field(10, gt=0, description="Evaluate (and checkpoint) every N steps.")
+    metric: str = Field("eval_loss", description="Trainer metric to watch (lower is better for "
+                        "eval_loss; others are taken as higher-is-better).")
+
+
 class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the study, "
                       "experiment and report folder.")
@@ -156,6 +167,8 @@ class Recipe(Section):
     trainer: dict[str, Any] = Field(default_factory=dict, description="Fields of the TRL config "
                                     "of the method (SFTConfig...), passed through.")
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    early_stopping: EarlyStoppingSpec | None = Field(None, description="Early stopping on "
+                                                     "held-out eval loss; needs data.eval_rows.")
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     output_dir: str = Field("outputs", description="Where checkpoints and adapters go.")
@@ -178,6 +191,12 @@ class Recipe(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_eval_rows(self):
+        if self.early_stopping and not self.data.eval_rows:
+            raise ValueError("early_stopping needs held-out rows: set data.eval_rows")
+        return self
 
     @property
     def all_goldensets(self) -> list[str]:
@@ -205,8 +224,11 @@ def _error_from_validation(exc: ValidationError, file: str, data: dict,
             lines.append(f"{key}: unknown key{did_you_mean(loc[-1], fields)}")
         else:
             got = _value_at(data, loc)
-            shown = f" (got {got!r})" if got is not _MISSING else ""
-            lines.append(f"{key}: {err['msg'].lower()}{shown}")
+            shown = f" (got {got!r})" if got is not _MISSING and not isinstance(
+                got, (dict, list)) else ""
+            msg = err["msg"].removeprefix("Value error, ")
+            msg = msg[0].lower() + msg[1:]
+            lines.append(f"{key}: {msg}{shown}" if key else msg)
     # one line for one error; several are joined so every mistake shows in one message
     return HarnessError("; ".join(lines), file=file)
 

@@ -104,6 +104,12 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         dataloader_pin_memory=plan.device == "cuda", eval_strategy="epoch" if has_eval else "no",
         disable_tqdm=not sys.stderr.isatty(),
     )
+    es = recipe.early_stopping
+    if es:  # evaluate and checkpoint together, keep the best, load it back at the end
+        defaults.update(eval_strategy="steps", eval_steps=es.eval_steps, save_strategy="steps",
+                        save_steps=es.eval_steps, save_total_limit=2, load_best_model_at_end=True,
+                        metric_for_best_model=es.metric,
+                        greater_is_better=es.metric not in ("eval_loss", "loss"))
     kwargs = {**defaults, **recipe.trainer}
     try:
         return k.config_cls()(**kwargs)
@@ -124,10 +130,15 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
           callbacks: list | None = None, report_to: list[str] | None = None) -> TrainResult:
     k = kind(recipe)
     config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
+    callbacks = list(callbacks or [])
+    if recipe.early_stopping:
+        from transformers import EarlyStoppingCallback
+        callbacks.append(EarlyStoppingCallback(recipe.early_stopping.patience,
+                                               recipe.early_stopping.threshold))
     trainer = k.trainer_cls()(
         model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
         processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
-        callbacks=callbacks or [])
+        callbacks=callbacks)
     out = trainer.train()
     metrics = dict(out.metrics)
     if eval_ds is not None:

@@ -57,8 +57,10 @@ def test_evaluate_set_scores_and_compares(tiny, tiny_goldenset):
     cmp = evaluation.compare({"math": res}, {"math": fake_after})
     key = "math/numeric_accuracy"
     assert cmp["delta"][key] == pytest.approx(1.0 - res.metrics["numeric_accuracy"])
-    fixed = sum(1 for e in res.examples if e["numeric_accuracy"] == 0)
-    assert cmp["changes"][key] == {"fixed": fixed, "broken": 0}
+    fixed_ids = [i for i, e in enumerate(res.examples) if e["numeric_accuracy"] == 0]
+    fixed = len(fixed_ids)
+    assert cmp["changes"][key] == {"fixed": fixed, "broken": 0, "fixed_ids": fixed_ids,
+                                   "broken_ids": []}
     assert cmp["ci_low"][key] <= cmp["delta"][key] <= cmp["ci_high"][key]
     assert cmp["test"][key] == "McNemar (exact)"
     assert cmp["p_value"][key] == pytest.approx(0.5 ** (fixed - 1) if fixed else 1.0)

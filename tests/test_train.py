@@ -129,3 +129,20 @@ def test_sft_data_in_a_dpo_recipe_names_the_key(recipe_dict, tmp_path):
     with pytest.raises(HarnessError, match="data.train: a preference trainer cannot train on "
                                            "question_answer rows"):
         data.load_train(r.data, r.seed, "preference")
+
+
+def test_early_stopping_stops_and_keeps_the_best_checkpoint(recipe_dict, tmp_path):
+    r, res = _run(recipe_dict, tmp_path, **{
+        "data.builtin_rows": 16, "data.eval_rows": 4, "trainer.max_steps": 40,
+        "trainer.learning_rate": 1e-12,  # the eval loss cannot improve: patience runs out
+        "early_stopping": {"patience": 2, "eval_steps": 1}})
+    state = res.trainer.state
+    assert state.global_step == 3  # the first eval sets the best; two more without improvement
+    assert state.best_model_checkpoint and state.best_model_checkpoint.endswith("checkpoint-1")
+    assert res.trainer.args.load_best_model_at_end
+
+
+def test_early_stopping_needs_eval_rows(recipe_dict):
+    from harness.errors import HarnessError
+    with pytest.raises(HarnessError, match="early_stopping needs held-out rows"):
+        recipe.build(recipe_dict, "e.yaml", {"early_stopping": {"patience": 2}})
