@@ -32,15 +32,29 @@ def tiny_model_dir(tmp_path_factory) -> str:
     return str(out)
 
 
+def small_goldenset(tmp_path, shipped: str, manifest: str, rows: int = 4) -> str:
+    """The first rows of a shipped golden set's JSONL under tmp_path, with `manifest` (YAML text
+    whose source is <stem>.jsonl) beside it."""
+    lines = (ROOT / "goldensets" / shipped).read_text().splitlines()[:rows]
+    (tmp_path / shipped).write_text("\n".join(lines) + "\n")
+    path = tmp_path / shipped.replace(".jsonl", ".yaml")
+    path.write_text(f"source: {shipped}\n{manifest}")
+    return str(path)
+
+
 @pytest.fixture
 def tiny_goldenset(tmp_path) -> str:
     """Four rows of the real math golden set, short generations."""
-    rows = (ROOT / "goldensets" / "math.jsonl").read_text().splitlines()[:4]
-    (tmp_path / "gold.jsonl").write_text("\n".join(rows) + "\n")
-    manifest = tmp_path / "gold.yaml"
-    manifest.write_text("name: math\ntask: math\nsource: gold.jsonl\nmax_new_tokens: 6\n"
-                        "metrics: [numeric_accuracy, answer_format, perplexity]\n")
-    return str(manifest)
+    return small_goldenset(tmp_path, "math.jsonl", "name: math\ntask: math\nmax_new_tokens: 6\n"
+                           "metrics: [numeric_accuracy, answer_format, perplexity]\n")
+
+
+@pytest.fixture
+def pref_goldenset(tmp_path) -> str:
+    """Four rows of the math preference golden set."""
+    return small_goldenset(tmp_path, "math_preferences.jsonl",
+                           "name: prefs\ntask: preference\nprompt_field: prompt\n"
+                           "metrics: [pairwise_accuracy, score_margin]\n")
 
 
 @pytest.fixture

@@ -13,17 +13,6 @@ def _train(recipe_dict, **over):
     return run.run_one(prep, r, tracker, r.name, nested=False), tracker, prep
 
 
-@pytest.fixture
-def pref_goldenset(tmp_path):
-    from conftest import ROOT
-    rows = (ROOT / "goldensets" / "math_preferences.jsonl").read_text().splitlines()[:4]
-    (tmp_path / "pref.jsonl").write_text("\n".join(rows) + "\n")
-    m = tmp_path / "pref.yaml"
-    m.write_text("name: prefs\ntask: preference\nsource: pref.jsonl\nprompt_field: prompt\n"
-                 "metrics: [pairwise_accuracy, score_margin]\n")
-    return str(m)
-
-
 def test_reward_run_scores_pairs_and_reference_answers(recipe_dict, pref_goldenset):
     d = dict(recipe_dict, method="reward",
              data={"train": "builtin:math_preferences", "builtin_rows": 8},

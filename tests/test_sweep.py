@@ -101,20 +101,14 @@ def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
     ("reward", "trainer.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}\n"
                "  adapter.r: {type: categorical, choices: [4, 8]}\n"),
 ])
-def test_dpo_and_reward_sweeps(recipe_dict, tmp_path, client, method, space):
+def test_dpo_and_reward_sweeps(recipe_dict, tmp_path, client, method, space,
+                               pref_goldenset):
     import optuna
     (tmp_path / "pspace.yaml").write_text(f"n_trials: 2\nsampler: random\nparams:\n  {space}")
-    from conftest import ROOT
-    pref = tmp_path / "pref.jsonl"
-    pref.write_text("\n".join((ROOT / "goldensets/math_preferences.jsonl").read_text()
-                              .splitlines()[:4]) + "\n")
-    (tmp_path / "pref.yaml").write_text("name: prefs\ntask: preference\nsource: pref.jsonl\n"
-                                        "prompt_field: prompt\n"
-                                        "metrics: [pairwise_accuracy, score_margin]\n")
     d = dict(recipe_dict, method=method, name=f"tiny-{method}",
              data={"train": "builtin:math_preferences", "builtin_rows": 8},
              trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
-    d["eval"] = dict(d["eval"], goldensets=[str(tmp_path / "pref.yaml")])
+    d["eval"] = dict(d["eval"], goldensets=[pref_goldenset])
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "pspace.yaml"),
                       objective="prefs/pairwise_accuracy")
     out = sweep.run_sweep(recipe.build(d, f"{method}.yaml"))
