@@ -23,12 +23,10 @@ def model_fields(ref: str, tracker) -> dict:
     if p.exists() or ref.startswith("embedded:") or (not ref.startswith("runs:/") and "/" in ref):
         return {"name": ref}
     run_id = ref.removeprefix("runs:/").strip("/")
-    from mlflow.exceptions import MlflowException
-    try:
-        params = tracker.client.get_run(run_id).data.params
-    except MlflowException:
+    params = tracker.run_params(run_id)
+    if params is None:
         raise HarnessError(f"{ref!r} is no model path, Hub id or MLflow run in {tracker.uri}",
-                           key="model") from None
+                           key="model")
     return {"name": params.get("recipe.model.name", ""), "init_from": run_id}
 
 

@@ -125,6 +125,14 @@ class Tracker:
         except (MlflowException, OSError):  # no such artifact: the caller computes it
             return None
 
+    def run_params(self, run_id: str) -> dict | None:
+        """A run's params, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+        try:
+            return self.client.get_run(run_id).data.params
+        except MlflowException:
+            return None
+
     def _has_artifact(self, run_id: str, path: str) -> bool:
         return bool(self.client.list_artifacts(run_id, path))
 
