@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
@@ -54,19 +55,26 @@ def kind(recipe: Recipe) -> TrainerKind:
     return TRAINERS.get(recipe.method, file=recipe.source, key="method")
 
 
+def _fields_cache(k: TrainerKind):
+    tag = f"{k.config_class}-{version('trl')}-{version('transformers')}".replace(":", "_")
+    return models.cache_dir() / "fields" / f"{tag}.json"
+
+
 def trainer_fields(k: TrainerKind) -> set[str]:
     """Field names of the TRL config dataclass; cached per trl/transformers version because
-    importing trl takes seconds and `harness validate` must stay fast."""
-    tag = f"{k.config_class}-{version('trl')}-{version('transformers')}".replace(":", "_")
-    cache = models.cache_dir() / "fields" / f"{tag}.json"
-    if cache.is_file():
-        return set(json.loads(cache.read_text()))
-    names = sorted(f.name for f in fields(k.config_cls()) if f.init)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
-    tmp.write_text(json.dumps(names))
-    tmp.replace(cache)
-    return set(names)
+    importing trl takes seconds and `harness validate` must stay fast. A miss fills the cache
+    for every registered trainer at once (one import of trl)."""
+    cache = _fields_cache(k)
+    if not cache.is_file():
+        for other in TRAINERS:
+            o = TRAINERS.get(other)
+            names = sorted(f.name for f in fields(o.config_cls()) if f.init)
+            path = _fields_cache(o)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(names))
+            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+    return set(json.loads(cache.read_text()))
 
 
 def check_trainer_fields(recipe: Recipe) -> None:
