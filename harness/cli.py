@@ -100,10 +100,17 @@ def cmd_ui(args) -> int:
                             "--host", args.host, "--port", str(args.port)])
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        """One line and exit 2, like every other bad input (argparse adds the usage block)."""
+        self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="harness", description="Fine-tune with TRL from YAML recipes; "
+    p = _Parser(prog="harness", description="Fine-tune with TRL from YAML recipes; "
                                 "sweep with Optuna; evaluate before/after; track in MLflow.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
 
     def recipe_cmd(name, fn, help_):
         c = sub.add_parser(name, help=help_, description=help_)

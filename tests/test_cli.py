@@ -65,3 +65,16 @@ def test_train_command_end_to_end(recipe_dict, write_recipe, tmp_path):
     assert "math/numeric_accuracy:" in out.stderr
     report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "## Before / after" in report
+
+
+@pytest.mark.parametrize("args, needle", [
+    ([], "required: COMMAND"),
+    (["train"], "harness train: the following arguments are required: recipe"),
+    (["sweep", "recipes/sft_math.yaml", "--n-trials", "two"], "invalid int value: 'two'"),
+    (["swep", "recipes/sft_math.yaml"], "invalid choice: 'swep'"),
+    (["train", "recipes/nope.yaml"], "recipes/nope.yaml: recipe file not found"),
+])
+def test_bad_command_lines_are_one_line_exit_2(args, needle):
+    out = harness(*args)
+    assert out.returncode == 2 and needle in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
