@@ -7,6 +7,8 @@ import os
 import signal
 import sys
 
+from harness.errors import HarnessError  # light: no heavy imports
+
 EXIT_BAD_INPUT = 2
 
 
@@ -66,8 +68,15 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from harness import recipe, sweep
-    r = recipe.load(args.recipe, args.set)
-    out = sweep.run_sweep(r, n_trials=args.n_trials)
+    sets = list(args.set or []) + ([f"sweep.storage={args.storage}"] if args.storage else [])
+    r = recipe.load(args.recipe, sets)
+    if args.worker_of:
+        parent, _, index = args.worker_of.partition(":")
+        sweep.run_worker(r, args.n_trials, parent, int(index or 1))
+        return 0
+    if args.workers < 1:
+        raise HarnessError(f"--workers must be at least 1, got {args.workers}", file="--workers")
+    out = sweep.run_sweep(r, n_trials=args.n_trials, workers=args.workers)
     print(f"best trial {out['best_trial']}: {r.sweep.objective} = {out['best_value']:.4g} "
           f"{out['best_params']}\nreport: {out['report']}")
     return 0
@@ -93,11 +102,23 @@ def cmd_eval(args) -> int:
 
 
 def cmd_ui(args) -> int:
+    """`mlflow ui` (harness ui) or `mlflow server` serving artifacts (harness server), bound to
+    127.0.0.1 unless --host says otherwise; the store URI's password is never printed."""
     import subprocess
+
+    from harness.tracking import redact
     uri = args.backend_store_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
-    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})", flush=True)
-    return subprocess.call([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-                            "--host", args.host, "--port", str(args.port)])
+    if uri.startswith("http"):
+        raise HarnessError(f"{uri} is a tracking server; give its database as "
+                           "--backend-store-uri", file="--backend-store-uri")
+    what = "server" if args.command == "server" else "ui"
+    cmd = [sys.executable, "-m", "mlflow", what, "--backend-store-uri", uri, "--host", args.host,
+           "--port", str(args.port)]
+    if what == "server":
+        cmd += ["--artifacts-destination", args.artifacts_destination]
+    print(f"MLflow {what} on http://{args.host}:{args.port} (store {redact(uri)}); for "
+          f"workers: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", flush=True)
+    return subprocess.call(cmd)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,6 +148,11 @@ def parser() -> argparse.ArgumentParser:
     s = recipe_cmd("sweep", cmd_sweep, "an Optuna study over the recipe's sweep file; the same "
                    "command resumes it")
     s.add_argument("--n-trials", type=int, help="trials to finish (default: the sweep file's)")
+    s.add_argument("--workers", type=int, default=1, help="processes running trials in "
+                   "parallel (needs a PostgreSQL storage and an MLflow server or database)")
+    s.add_argument("--storage", help="Optuna storage URL; several machines running the same "
+                   "command with one PostgreSQL URL join one study")
+    s.add_argument("--worker-of", help=argparse.SUPPRESS)  # a spawned worker: the sweep's run id
     e = sub.add_parser("eval", help="score a model on golden sets without training, alone or "
                        "against --before", description="MODEL: embedded:<name>, a Hub id, a model "
                        "or adapter folder, or an MLflow run id (runs:/<id> or the bare id).")
@@ -138,17 +164,22 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default="eval", help="experiment and report name (default: eval)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
     e.set_defaults(fn=cmd_eval)
-    u = sub.add_parser("ui", help="the MLflow UI on the harness's tracking store")
-    u.add_argument("--backend-store-uri", help="default: MLFLOW_TRACKING_URI or sqlite:///mlflow.db")
-    u.add_argument("--host", default="127.0.0.1")
-    u.add_argument("--port", type=int, default=5000)
-    u.set_defaults(fn=cmd_ui)
+    for name, help_ in (("ui", "the MLflow UI on the harness's tracking store"),
+                        ("server", "an MLflow tracking server (artifacts served) for parallel "
+                                   "sweep workers, e.g. on PostgreSQL")):
+        u = sub.add_parser(name, help=help_, description=help_)
+        u.add_argument("--backend-store-uri", help="default: MLFLOW_TRACKING_URI or "
+                       "sqlite:///mlflow.db; for workers postgresql://user@host/db")
+        u.add_argument("--host", default="127.0.0.1")
+        u.add_argument("--port", type=int, default=5000)
+        if name == "server":
+            u.add_argument("--artifacts-destination", default="./mlartifacts")
+        u.set_defaults(fn=cmd_ui)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from harness.errors import HarnessError
     _quiet()
     _sigterm_as_interrupt()
     try:

@@ -174,7 +174,7 @@ def study_name(recipe: Recipe) -> str:
     return recipe.sweep.study_name or recipe.name
 
 
-def open_study(recipe: Recipe, space: SweepFile):
+def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
     """Create or load the study. RDB storage with heartbeats, so a trial whose process died is
     failed after the grace period and retried by the next start with the same parameters."""
     import optuna
@@ -183,7 +183,9 @@ def open_study(recipe: Recipe, space: SweepFile):
     storage = RDBStorage(url, heartbeat_interval=space.heartbeat_s, grace_period=space.grace_s,
                          failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
     study = optuna.create_study(study_name=study_name(recipe), storage=storage,
-                                sampler=SAMPLERS.get(space.sampler, key="sampler")(space),
+                                # workers draw apart: the same seed would repeat parameters
+                                sampler=SAMPLERS.get(space.sampler, key="sampler")(
+                                    space.model_copy(update={"seed": space.seed + worker})),
                                 pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
                                     space.pruner),
                                 direction=recipe.sweep.direction, load_if_exists=True)
@@ -196,17 +198,124 @@ def finished(study) -> list:
             if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
 
 
-def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
+def _stop_at(total: int):
+    """Stop a worker once finished + running trials reach `total`, so parallel workers share
+    one budget without overshooting it (Optuna's MaxTrialsCallback, counting running ones)."""
+    import optuna
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+              optuna.trial.TrialState.RUNNING)
+
+    def callback(study, trial):
+        if len(study.get_trials(deepcopy=False, states=states)) >= total:
+            study.stop()
+    return callback
+
+
+def _setup():
     import warnings
 
     import optuna
-    from harness import report
-    from harness.tracking import KIND_TAG, STUDY_TAG, Tracker
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     # heartbeats and stale-trial repair are marked experimental; they are what resume relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    return optuna
+
+
+def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: str, total: int):
+    import optuna
+
+    from harness.tracking import STUDY_TAG
+    name, key = study_name(recipe), recipe.sweep.objective
+
+    def objective(trial):
+        values = trial_values(space, trial)
+        shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
+                          f"{k.split('.')[-1]}={v}" for k, v in values.items())
+        run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}")
+        callbacks = [] if space.pruner.type == "none" else [
+            pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
+        try:
+            outcome = run.run_one(
+                prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
+                nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
+                                   "mlflow.parentRunId": parent},
+                callbacks=callbacks,
+                on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+        except TrialPruned as e:
+            run.say(f"trial {trial.number}: {e}")
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("adapter_dir", outcome.adapter_dir)
+        trial.set_user_attr("after", outcome.comparison["after"])
+        value = outcome.objective(key)
+        run.say(f"trial {trial.number}: {key} {value:.4g} "
+                f"(base {outcome.comparison['before'][key]:.4g})")
+        if math.isnan(value):
+            raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
+        return value
+    return objective
+
+
+def _optimize(recipe, space, prep, tracker, study, parent, total) -> None:
+    if total - len(finished(study)) > 0:
+        study.optimize(_objective(recipe, space, prep, tracker, study, parent, total),
+                       timeout=space.timeout_s, callbacks=[_stop_at(total)])
+
+
+def check_parallel(recipe: Recipe, tracker) -> None:
+    """Several processes need stores made for concurrency: never SQLite (Optuna's docs; MLflow
+    on SQLite fails with 'database is locked')."""
+    storage = recipe.sweep.storage or DEFAULT_STORAGE
+    if storage.startswith("sqlite"):
+        raise HarnessError("parallel workers need a server-backed Optuna storage, e.g. "
+                           "--storage postgresql://user@host/db", key="sweep.storage")
+    if tracker.uri.startswith(("sqlite", "file:")) or "://" not in tracker.uri:
+        raise HarnessError("parallel workers need an MLflow tracking server or database, e.g. "
+                           "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (harness server) or "
+                           "postgresql://...", key="tracking.uri")
+
+
+def _spawn_workers(recipe: Recipe, parent: str, total: int, workers: int) -> None:
+    """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+    path = Path(recipe.output_dir) / recipe.name / f"sweep-recipe-{parent}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--n-trials", str(total),
+           "--worker-of"]
+    procs = [subprocess.Popen(cmd + [f"{parent}:{i + 1}"]) for i in range(workers)]
+    codes = [p.wait() for p in procs]
+    if any(codes):
+        raise RuntimeError(f"sweep workers exited with {codes}")
+
+
+def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) -> None:
+    """One of several processes joining a study: trials only, no base scoring, no report."""
+    _setup()
+    from harness.tracking import Tracker
     space = load_space(recipe)
     tracker = Tracker(recipe)
+    prep = run.prepare(recipe, tracker)
+    saved = tracker.load_json(parent, "eval/start.json")
+    if not saved:
+        raise HarnessError(f"sweep run {parent!r} has no eval/start.json to join",
+                           key="--worker-of")
+    run.start_from_json(prep, saved)
+    study = open_study(recipe, space, worker=index)
+    _optimize(recipe, space, prep, tracker, study, parent, n_trials or space.n_trials)
+
+
+def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> dict:
+    optuna = _setup()
+    from harness import report
+    from harness.tracking import KIND_TAG, STUDY_TAG, Tracker
+    space = load_space(recipe)
+    tracker = Tracker(recipe)
+    if workers > 1:
+        check_parallel(recipe, tracker)
     prep = run.prepare(recipe, tracker)
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
@@ -235,35 +344,11 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None) -> dict:
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
-
-        def objective(trial):
-            values = trial_values(space, trial)
-            shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
-                              f"{k.split('.')[-1]}={v}" for k, v in values.items())
-            run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}")
-            callbacks = [] if space.pruner.type == "none" else [
-                pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
-            try:
-                outcome = run.run_one(
-                    prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
-                    nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number},
-                    callbacks=callbacks,
-                    on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
-            except TrialPruned as e:
-                run.say(f"trial {trial.number}: {e}")
-                raise optuna.TrialPruned(str(e)) from None
-            trial.set_user_attr("adapter_dir", outcome.adapter_dir)
-            trial.set_user_attr("after", outcome.comparison["after"])
-            value = outcome.objective(key)
-            run.say(f"trial {trial.number}: {key} {value:.4g} "
-                    f"(base {outcome.comparison['before'][key]:.4g})")
-            if math.isnan(value):
-                raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
-            return value
-
-        remaining = total - len(finished(study))
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, timeout=space.timeout_s)
+        if workers > 1:
+            run.say(f"{workers} workers joining study {name!r}")
+            _spawn_workers(recipe, parent, total, workers)
+        else:
+            _optimize(recipe, space, prep, tracker, study, parent, total)
         best = study.best_trial
         tracker.log_metrics({f"best/{key}": best.value})
         tracker.set_tags({"harness.best_trial": best.number,

@@ -60,6 +60,9 @@ class Tracker:
         """A run that never stays RUNNING: FAILED on error, KILLED on Ctrl-C or SIGTERM (and
         on an exception that says `mlflow_status`, such as a pruned trial)."""
         mlflow = self.mlflow
+        # a worker process has no active parent: the mlflow.parentRunId tag nests the run
+        nested = nested and mlflow.active_run() is not None
+        tags = {k: redact(str(v)) for k, v in (tags or {}).items()} or None
         active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
                                   tags=tags, description=description)
         try:

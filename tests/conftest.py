@@ -92,3 +92,31 @@ def write_recipe(tmp_path):
 def jsonl(path: Path, rows: list) -> str:
     path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
     return str(path)
+
+
+# A PostgreSQL server for concurrency tests: HARNESS_TEST_POSTGRES (a SQLAlchemy URL to its
+# maintenance database; .ci/run installs and starts one) or the local socket's default cluster.
+PG = os.environ.get("HARNESS_TEST_POSTGRES",
+                    "postgresql+psycopg2:///postgres?host=/var/run/postgresql")
+
+
+@pytest.fixture
+def pg_database():
+    """A factory of fresh, empty PostgreSQL databases, dropped after the test."""
+    import uuid
+
+    import sqlalchemy
+    engine = sqlalchemy.create_engine(PG, isolation_level="AUTOCOMMIT")
+    made = []
+
+    def make() -> str:
+        name = f"harness_test_{uuid.uuid4().hex[:10]}"
+        with engine.connect() as c:
+            c.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+        made.append(name)
+        return str(engine.url.set(database=name).render_as_string(hide_password=False))
+    yield make
+    with engine.connect() as c:
+        for name in made:
+            c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    engine.dispose()
