@@ -178,10 +178,10 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
     """Create or load the study. RDB storage with heartbeats, so a trial whose process died is
     failed after the grace period and retried by the next start with the same parameters."""
     import optuna
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     url = recipe.sweep.storage or DEFAULT_STORAGE
     storage = RDBStorage(url, heartbeat_interval=space.heartbeat_s, grace_period=space.grace_s,
-                         failed_trial_callback=RetryFailedTrialCallback(max_retry=1))
+                         failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
     study = optuna.create_study(study_name=study_name(recipe), storage=storage,
                                 # workers draw apart: the same seed would repeat parameters
                                 sampler=SAMPLERS.get(space.sampler, key="sampler")(
