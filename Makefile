@@ -21,5 +21,8 @@ setup: $(VENV)/.installed
 demo: setup
 	$(VENV)/bin/harness sweep recipes/sft_math.yaml
 
+# the concurrency tests run against a real PostgreSQL (Debian's package, started here)
 test: setup
-	$(PY) -m pytest -q
+	bash tests/start_postgres.sh
+	HARNESS_TEST_POSTGRES="postgresql+psycopg2:///postgres?host=/var/run/postgresql" \
+		$(PY) -m pytest -q
