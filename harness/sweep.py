@@ -159,6 +159,18 @@ def plots(study, out_dir) -> list[str]:
     return made
 
 
+def retry_interrupted(study) -> None:
+    """Queue again, once, the parameters of trials stopped by Ctrl-C or SIGTERM (a SIGKILLed
+    trial is retried by the heartbeat callback instead)."""
+    import optuna
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") \
+                and t.number not in retried:
+            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
 def repair_killed_runs(study, tracker) -> None:
     """Trials whose process died are failed by Optuna's heartbeat; end their MLflow runs KILLED
     too, so none stays RUNNING."""
@@ -215,7 +227,7 @@ def _setup():
     import warnings
 
     import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the harness says what trials do
     # heartbeats and stale-trial repair are marked experimental; they are what resume relies on
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
@@ -244,6 +256,9 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
         except TrialPruned as e:
             run.say(f"trial {trial.number}: {e}")
             raise optuna.TrialPruned(str(e)) from None
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the next start retries these values
+            trial.set_user_attr("interrupted", True)
+            raise
         trial.set_user_attr("adapter_dir", outcome.adapter_dir)
         trial.set_user_attr("after", outcome.comparison["after"])
         value = outcome.objective(key)
@@ -320,6 +335,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
     repair_killed_runs(study, tracker)
+    retry_interrupted(study)
     name = study_name(recipe)
     parent_id = tracker.find_sweep_run(name)
     key = recipe.sweep.objective

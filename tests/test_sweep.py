@@ -250,3 +250,46 @@ def test_parallel_workers_refuse_sqlite(recipe_dict):
     from harness.errors import HarnessError
     with pytest.raises(HarnessError, match="sweep.storage: parallel workers need a server-backed"):
         sweep.run_sweep(recipe.build(recipe_dict, "t.yaml"), workers=2)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_ends_runs_killed_and_the_rerun_retries(recipe_dict, tmp_path,
+                                                                   write_recipe, client, sig):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import optuna
+    (tmp_path / "two.yaml").write_text(
+        "n_trials: 2\nsampler: random\nparams:\n"
+        "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    d = dict(recipe_dict)
+    d["trainer"] = dict(d["trainer"], max_steps=400)
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "two.yaml"))
+    path = write_recipe(d)
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", path],
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stderr:
+        if "trial-0: training" in line:
+            break
+    time.sleep(2)
+    proc.send_signal(getattr(signal, sig))
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) != 0
+    assert "Traceback" not in rest and "interrupted" in rest
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    assert [t.state.name for t in study.trials] == ["FAIL"]
+    exp = client.get_experiment_by_name("tiny")
+    statuses = {r.data.tags["harness.kind"]: r.info.status
+                for r in client.search_runs([exp.experiment_id])}
+    assert statuses == {"sweep": "KILLED", "trial": "KILLED"}
+
+    d["trainer"] = dict(d["trainer"], max_steps=2)
+    sweep.run_sweep(recipe.build(d, path))
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert study.trials[1].params == study.trials[0].params  # the interrupted values, again
+    runs = client.search_runs([exp.experiment_id])
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    assert sum(r.data.tags["harness.kind"] == "sweep" for r in runs) == 1
