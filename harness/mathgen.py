@@ -130,7 +130,7 @@ def _days_then_more(rng, hi):
 
 def _two_buyers(rng, hi):
     v = _pick(rng, hi)
-    n, f, a, b, c, it = v["name"], v["friend"], v["a"], v["b"], v["c"], v["item"]
+    n, f, a, b, it = v["name"], v["friend"], v["a"], v["b"], v["item"]
     s1 = Step(a, "+", b, f"{f} has {{eq}} {it}.")
     s2 = Step(a, "+", s1.result, f"Together they have {{eq}} {it}.")
     q = (f"{n} has {a} {it}. {f} has {b} more {it} than {n}. "

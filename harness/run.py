@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
