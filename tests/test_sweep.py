@@ -146,20 +146,16 @@ def test_pruned_trials_end_pruned_in_optuna_and_killed_in_mlflow(recipe_dict, tm
     assert (tmp_path / "reports" / "tiny" / "optimization_history.png").stat().st_size > 1000
 
 
-def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, write_recipe,
-                                                         client):
-    import os
-    import signal
+def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = ""):
+    """`harness sweep` in a subprocess, returned once its first trial is training (400 steps,
+    long enough to be stopped mid-trial): (recipe dict, recipe path, process)."""
     import subprocess
     import sys
-    import time
-
-    import optuna
     (tmp_path / "slow.yaml").write_text(
-        "n_trials: 2\nsampler: random\nheartbeat_s: 1\ngrace_s: 2\nparams:\n"
+        f"n_trials: 2\nsampler: random\n{extra}params:\n"
         "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
     d = dict(recipe_dict)
-    d["trainer"] = dict(d["trainer"], max_steps=400)  # long enough to be killed mid-training
+    d["trainer"] = dict(d["trainer"], max_steps=400)
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "slow.yaml"))
     path = write_recipe(d)
     proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", path],
@@ -167,6 +163,18 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, 
     for line in proc.stderr:
         if "trial-0: training" in line:
             break
+    return d, path, proc
+
+
+def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, write_recipe,
+                                                         client):
+    import os
+    import signal
+    import time
+
+    import optuna
+    d, path, proc = _sweep_in_training(recipe_dict, tmp_path, write_recipe,
+                                       "heartbeat_s: 1\ngrace_s: 2\n")
     time.sleep(3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -256,23 +264,10 @@ def test_parallel_workers_refuse_sqlite(recipe_dict):
 def test_sigterm_or_ctrl_c_ends_runs_killed_and_the_rerun_retries(recipe_dict, tmp_path,
                                                                    write_recipe, client, sig):
     import signal
-    import subprocess
-    import sys
     import time
 
     import optuna
-    (tmp_path / "two.yaml").write_text(
-        "n_trials: 2\nsampler: random\nparams:\n"
-        "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
-    d = dict(recipe_dict)
-    d["trainer"] = dict(d["trainer"], max_steps=400)
-    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "two.yaml"))
-    path = write_recipe(d)
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", path],
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stderr:
-        if "trial-0: training" in line:
-            break
+    d, path, proc = _sweep_in_training(recipe_dict, tmp_path, write_recipe)
     time.sleep(2)
     proc.send_signal(getattr(signal, sig))
     rest = proc.stderr.read()
