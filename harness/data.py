@@ -85,8 +85,7 @@ def load_source(source: str, split: str = "train", subset: str | None = None,
             raise HarnessError(f"dataset path {source!r} does not exist", key=key)
         else:
             from harness import hub
-            if not hub.go_offline_if_unreachable():
-                pass  # a cached copy still loads; a missing one fails at once below
+            hub.go_offline_if_unreachable()  # a cached copy still loads; else it fails at once
             ds = datasets.load_dataset(source, subset, split=split)
     except HarnessError:
         raise
