@@ -24,5 +24,6 @@ demo: setup
 # the concurrency tests run against a real PostgreSQL (Debian's package, started here)
 test: setup
 	bash tests/start_postgres.sh
+	bash tests/ui/setup.sh
 	HARNESS_TEST_POSTGRES="postgresql+psycopg2:///postgres?host=/var/run/postgresql" \
 		$(PY) -m pytest -q

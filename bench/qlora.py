@@ -15,15 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-
-def random_model(config_dir: str, out: str) -> str:
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    torch.manual_seed(0)
-    cfg = AutoConfig.from_pretrained(config_dir)
-    AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(out)
-    AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
-    return out
+from common import random_model
 
 
 def measure(model_dir: str, method: str, quant: str, steps: int, gsm8k: str | None) -> dict:

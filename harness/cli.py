@@ -21,6 +21,7 @@ def _quiet() -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if not sys.stderr.isatty():  # progress bars only where a person watches
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic", "optuna", "httpx", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import warnings
@@ -48,15 +49,24 @@ def cmd_validate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from harness import recipe, report, run
+    from harness import distributed, recipe, run
     from harness.tracking import Tracker
     r = recipe.load(args.recipe, args.set)
-    tracker = Tracker(r)
-    prep = run.prepare(r, tracker)
-    run.evaluate_start(prep)
-    outcome = run.run_one(prep, r, tracker, r.name, nested=False)
-    path = report.write_run(r, outcome, prep.before, tracker)
-    tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
+    if args.processes < 1:
+        raise HarnessError(f"--processes must be at least 1, got {args.processes}",
+                           file="--processes")
+    if args.processes > 1 and distributed.world_size() == 1:
+        run.check(r)  # bad input fails here, once, not in every process
+        tracker = Tracker(r)  # the experiment exists before the ranks start
+        sets = [x for s in args.set or [] for x in ("--set", s)]
+        init = run.resolve_init(r, tracker)  # an MLflow run's adapter, downloaded once
+        if init and init != r.model.init_from:
+            sets += ["--set", f"model.init_from={init}"]
+        return distributed.launch(["train", args.recipe, *sets], args.processes)
+    distributed.setup()
+    outcome, path = run.train_and_report(r, Tracker(r) if distributed.is_main() else None)
+    if outcome is None:  # not rank 0
+        return 0
     cmp = outcome.comparison
     for key in [r.sweep.objective] if r.sweep.objective in cmp["after"] else list(cmp["after"]):
         run.say(f"{key}: {cmp['before'][key]:.4g} -> {cmp['after'][key]:.4g} "
@@ -77,8 +87,15 @@ def cmd_sweep(args) -> int:
     if args.workers < 1:
         raise HarnessError(f"--workers must be at least 1, got {args.workers}", file="--workers")
     out = sweep.run_sweep(r, n_trials=args.n_trials, workers=args.workers)
-    print(f"best trial {out['best_trial']}: {r.sweep.objective} = {out['best_value']:.4g} "
-          f"{out['best_params']}\nreport: {out['report']}")
+    params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
+                       for k, v in out["best_params"].items())
+    before = f"{out['before_value']:.4g} -> " if out.get("before_value") is not None else ""
+    print(f"\nsweep {out['study']}: {out['trials']} trials finished\n"
+          f"best trial {out['best_trial']}: {r.sweep.objective} {before}{out['best_value']:.4g}\n"
+          f"best params: {params}\n"
+          f"runs: experiment {out['experiment']!r} in {out['tracking']} (sweep run "
+          f"{out['parent_run_id']}, best run {out['best_run_id']}); see them with `harness ui`\n"
+          f"report: {out['report']}")
     return 0
 
 
@@ -98,6 +115,35 @@ def cmd_eval(args) -> int:
                     f"{out['comparison']['after'][k]:.4g} ({d:+.4g}, p="
                     f"{out['comparison']['p_value'][k]:.3g})")
     print(f"run {out['run_id']}; report: {out['report']}")
+    return 0
+
+
+def _store(args) -> str:
+    return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+
+
+def cmd_rerun(args) -> int:
+    from harness import logged_runs, run
+    out = logged_runs.rerun(_store(args), args.run_id)
+    for key, (was, now) in out["after"].items():
+        diff = f"{now - was:+.4g}" if was is not None else "not logged before"
+        run.say(f"{key}: logged {was if was is None else f'{was:.4g}'}, rerun {now:.4g} ({diff})")
+    print(f"run {out['run_id']} (rerun of {out['of']}); report: {out['report']}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness import logged_runs
+    print(f"report: {logged_runs.rebuild_report(_store(args), args.run_id)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from harness import logged_runs
+    out = logged_runs.export(_store(args), args.run_id, args.out_dir, args.merge, args.register)
+    what = "merged model" if out["merged"] else "adapter"
+    reg = f"; registered as {args.register} version {out['version']}" if args.register else ""
+    print(f"{what} of run {out['run_id']} in {out['path']}{reg}")
     return 0
 
 
@@ -143,15 +189,19 @@ def parser() -> argparse.ArgumentParser:
 
     recipe_cmd("validate", cmd_validate, "check a recipe (and its sweep file and golden sets) "
                "without training")
-    recipe_cmd("train", cmd_train, "one run with the recipe's values: before/after eval, MLflow, "
-               "report")
+    t = recipe_cmd("train", cmd_train, "one run with the recipe's values: before/after eval, "
+                   "MLflow, report")
+    t.add_argument("--processes", type=int, default=1, help="data-parallel processes (DDP "
+                   "through torchrun: one GPU each, or gloo on a CPU); rank 0 scores and logs")
     s = recipe_cmd("sweep", cmd_sweep, "an Optuna study over the recipe's sweep file; the same "
                    "command resumes it")
     s.add_argument("--n-trials", type=int, help="trials to finish (default: the sweep file's)")
     s.add_argument("--workers", type=int, default=1, help="processes running trials in "
-                   "parallel (needs a PostgreSQL storage and an MLflow server or database)")
-    s.add_argument("--storage", help="Optuna storage URL; several machines running the same "
-                   "command with one PostgreSQL URL join one study")
+                   "parallel (needs --storage journal:///path.log or postgresql://..., and an "
+                   "MLflow server or database)")
+    s.add_argument("--storage", help="Optuna storage URL: sqlite:///optuna.db (default), "
+                   "journal:///path/study.log (several workers on one machine), postgresql://... "
+                   "(several machines running the same command join one study)")
     s.add_argument("--worker-of", help=argparse.SUPPRESS)  # a spawned worker: the sweep's run id
     e = sub.add_parser("eval", help="score a model on golden sets without training, alone or "
                        "against --before", description="MODEL: embedded:<name>, a Hub id, a model "
@@ -164,6 +214,28 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--name", default="eval", help="experiment and report name (default: eval)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
     e.set_defaults(fn=cmd_eval)
+    store_help = "the MLflow store holding the run (default: MLFLOW_TRACKING_URI or " \
+        "sqlite:///mlflow.db)"
+    rr = sub.add_parser("rerun", help="train a logged run again from its manifest and compare "
+                        "its metrics", description="RUN_ID: a `harness train` run, a trial, or "
+                        "a sweep (its best trial).")
+    rr.add_argument("run_id")
+    rr.add_argument("--tracking-uri", help=store_help)
+    rr.set_defaults(fn=cmd_rerun)
+    rp = sub.add_parser("report", help="rebuild a run's or a sweep's report (markdown and "
+                        "PNGs) from MLflow and log it to the run again")
+    rp.add_argument("run_id")
+    rp.add_argument("--tracking-uri", help=store_help)
+    rp.set_defaults(fn=cmd_report)
+    x = sub.add_parser("export", help="write a run's model for use elsewhere: its adapter, or "
+                       "merged into its base (--merge), with the tokenizer and chat template")
+    x.add_argument("run_id")
+    x.add_argument("out_dir")
+    x.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
+    x.add_argument("--register", metavar="NAME", help="also register it in the MLflow Model "
+                   "Registry under NAME, with the run's metrics as version tags")
+    x.add_argument("--tracking-uri", help=store_help)
+    x.set_defaults(fn=cmd_export)
     for name, help_ in (("ui", "the MLflow UI on the harness's tracking store"),
                         ("server", "an MLflow tracking server (artifacts served) for parallel "
                                    "sweep workers, e.g. on PostgreSQL")):
@@ -186,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted: runs marked KILLED; the same command resumes", file=sys.stderr)
         return 130

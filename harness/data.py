@@ -213,3 +213,29 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
     info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval,
             "fingerprint": raw._fingerprint}
     return train, evalset, info
+
+
+def check_lengths(ds, tok, max_length: int | None, source: str, sample: int = 256) -> int:
+    """Refuse data whose every row is longer than max_length (TRL would truncate each one, the
+    answers first). Checks up to `sample` rows; returns how many of them are longer."""
+    if not max_length or ds is None or len(ds) == 0:
+        return 0
+    rows = ds.select(range(min(sample, len(ds))))
+
+    def length(row) -> int:
+        if "messages" in row:
+            msgs = row["messages"]
+        elif "completion" in row:
+            msgs = row["prompt"] + row["completion"]
+        elif "chosen" in row:
+            msgs = row["prompt"] + row["chosen"]
+        else:
+            return len(tok(row["text"])["input_ids"])
+        return len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])
+    lengths = [length(r) for r in rows]
+    longer = sum(n > max_length for n in lengths)
+    if longer == len(lengths):
+        raise HarnessError(f"every row is longer than trainer.max_length={max_length} tokens "
+                           f"(the shortest of {len(lengths)} checked has {min(lengths)}); raise "
+                           "trainer.max_length", file=source, key="trainer.max_length")
+    return longer

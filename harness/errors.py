@@ -11,6 +11,7 @@ from collections.abc import Iterable
 
 class HarnessError(Exception):
     """Bad input from the user: carries where it was found (file, YAML key path, data row)."""
+    exit_code = 2
 
     def __init__(self, message: str, *, file: str | None = None, key: str | None = None,
                  row: int | None = None):
@@ -24,6 +25,13 @@ class HarnessError(Exception):
         if self.key:
             where.append(self.key)
         return ": ".join(where + [self.message])
+
+
+class TrainingFault(HarnessError):
+    """Training went wrong, not the input as written: a NaN or inf loss, out of GPU memory, a
+    full disk. One line saying what to change; the run ends FAILED and a sweep goes on with its
+    next trial."""
+    exit_code = 1
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:

@@ -34,7 +34,13 @@ def render(tok, messages: list[dict], completion: str | None = None) -> str:
 
 
 def _batches(order: list[int], size: int):
-    for i in range(0, len(order), size):
+    """Batches of indices, with a progress bar where a person watches (stderr is a terminal)."""
+    import sys
+
+    from tqdm.auto import tqdm
+    starts = range(0, len(order), size)
+    for i in tqdm(starts, desc="scoring", unit="batch", leave=False,
+                  disable=len(starts) < 2 or not sys.stderr.isatty()):
         yield order[i:i + size]
 
 
@@ -178,16 +184,16 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
     return SetResult(gs.name, values, examples, columns, args)
 
 
-def check_fit(gs: GoldenSet, task: str = "causal-lm") -> None:
+def check_fit(manifest, path: str) -> None:
     """Each metric must take what this kind of golden set provides."""
     from harness.errors import HarnessError
-    provided = ({"chosen_scores", "rejected_scores"} if gs.is_preference else
+    provided = ({"chosen_scores", "rejected_scores"} if manifest.task == "preference" else
                 {"predictions", "references", "nll", "tokens", "reward_scores"})
-    for i, name in enumerate(gs.manifest.metrics):
-        needs = set(metrics.load(name).features)
+    for i, name in enumerate(manifest.metrics):
+        needs = metrics.features(name)
         if not needs <= provided:
-            raise HarnessError(f"metric {name!r} does not fit a {gs.manifest.task} golden set "
-                               f"(it needs {', '.join(sorted(needs))})", file=gs.path,
+            raise HarnessError(f"metric {name!r} does not fit a {manifest.task} golden set "
+                               f"(it needs {', '.join(sorted(needs))})", file=path,
                                key=f"metrics.{i}")
 
 

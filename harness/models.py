@@ -21,11 +21,16 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class DevicePlan:
-    """What the harness picks for this machine; logged as params, each overridable in the recipe."""
+    """What the harness picks for this machine; logged as params, each overridable in the recipe
+    (model.dtype, model.attn_implementation, or the trainer key of the same name)."""
     device: str
     dtype: str
     bf16: bool
     gradient_checkpointing: bool
+    packing: bool = False  # SFT: padding-free best-fit packing of rows into max_length bins
+    attention: str = "sdpa"  # for padding-free training; evaluation keeps the model's own
+    optim: str = "adamw_torch"
+    adapter_dtype: str = "float32"  # LoRA weights
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items()}
@@ -40,10 +45,13 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
     if torch.cuda.is_available():
         dtype = "bfloat16" if spec.dtype == "auto" and torch.cuda.is_bf16_supported() else spec.dtype
         dtype = "float16" if dtype == "auto" else dtype
-        return DevicePlan("cuda", dtype, dtype == "bfloat16", False)
+        from harness import attention
+        return DevicePlan("cuda", dtype, dtype == "bfloat16", False, packing=True,
+                          attention=spec.attn_implementation or attention.NAME,
+                          optim="adamw_torch_fused", adapter_dtype=dtype)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
-    return DevicePlan("cpu", dtype, False, False)
+    return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa")
 
 
 def _embedded_path(name: str) -> Path:
@@ -136,7 +144,9 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     path = path or resolve(spec)
     kwargs = {"num_labels": 1} if task != "causal-lm" else {}
-    if spec.attn_implementation:
+    from harness import attention
+    # harness_varlen serves padding-free training only (harness.train switches to it)
+    if spec.attn_implementation and spec.attn_implementation != attention.NAME:
         kwargs["attn_implementation"] = spec.attn_implementation
     quant = quantization_config(spec)
     if quant is not None:

@@ -48,6 +48,10 @@ class AdapterSpec(Section):
     alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: str | list[str] = Field("all-linear", description="Modules LoRA wraps.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="dtype of the LoRA weights. auto: the model's dtype on a GPU (no casts "
+        "around every adapter; TRL does the same for QLoRA and ZeRO-3), float32 on a CPU. "
+        "float32: peft's default upcast.")
 
 
 class DataSpec(Section):
@@ -84,7 +88,8 @@ class SweepSpec(Section):
                            "training: <goldenset>/<metric>.")
     direction: Literal["maximize", "minimize"] = "maximize"
     study_name: str | None = Field(None, description="Optuna study name; default: recipe name.")
-    storage: str | None = Field(None, description="Optuna storage URL; default sqlite:///optuna.db.")
+    storage: str | None = Field(None, description="Optuna storage URL: sqlite:///optuna.db "
+                                "(default), journal:///path/study.log, postgresql://...")
 
 
 class TrackingSpec(Section):
@@ -125,8 +130,8 @@ class PrunerSpec(Section):
     examples: int = Field(8, gt=0, description="Golden-set examples scored at each report.")
     n_startup_trials: int = Field(1, ge=0, description="median: trials finished before pruning.")
     n_warmup_steps: int = Field(0, ge=0, description="median: steps before a trial can be pruned.")
-    min_resource: int = Field(1, gt=0, description="hyperband / successive_halving: reports "
-                              "before the first rung.")
+    min_resource: int = Field(1, gt=0, description="hyperband / successive_halving: "
+                              "training steps before the first rung.")
     reduction_factor: int = Field(3, ge=2, description="hyperband / successive_halving.")
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import yaml
 
+from harness import plots
 from harness.evaluation import SetResult
 from harness.recipe import Recipe
 
@@ -85,13 +86,18 @@ def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int =
     return "\n\n".join(out)
 
 
+def _image(name: str | None) -> list[str]:
+    return [f"![{name[:-4].replace('_', ' ')}]({name})", ""] if name else []
+
+
 def _write(recipe: Recipe, name: str, body: list[str]) -> Path:
     path = report_dir(recipe, name) / "report.md"
     head = [f"# {name}", "", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
             f"trl-harness from `{recipe.source}` (method `{recipe.method}`, model "
             f"`{recipe.model.name}`).", ""]
-    tail = ["", "## Recipe", "", "```yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False)
-            .rstrip(), "```", ""]
+    from harness.tracking import redact_tree
+    tail = ["", "## Recipe", "", "```yaml", yaml.safe_dump(redact_tree(recipe.to_dict()),
+                                                         sort_keys=False).rstrip(), "```", ""]
     path.write_text("\n".join(head + body + tail))
     return path
 
@@ -114,6 +120,10 @@ def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] 
         rows.append([t.number, t.state.name, *[t.params.get(p, "") for p in best.params],
                      after.get(key, ""), *[after.get(k, "") for k in extra],
                      t.user_attrs.get("mlflow_run_id", "")])
+    out = report_dir(recipe, study.study_name)
+    curves = {f"trial {t.number}" + ("" if t.state.name == "COMPLETE" else f" ({t.state.name})"):
+              tracker.curves(t.user_attrs.get("mlflow_run_id", ""))
+              for t in study.get_trials(deepcopy=False)}
     body = ["## Best trial", "",
             f"Trial {best.number}: **{key} = {best.value:.4g}** ({recipe.sweep.direction}), "
             f"MLflow run `{best.user_attrs.get('mlflow_run_id', '')}` in experiment "
@@ -121,25 +131,31 @@ def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] 
             table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
+    body += ["## Training", ""] + _image(plots.loss_curves(curves, out))
     if images:
-        body += ["## Study", ""] + [f"![{i[:-4].replace('_', ' ')}]({i})" for i in images] + [""]
+        body += ["## Study", ""] + [line for i in images for line in _image(i)]
     saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
     if saved:
         after = run.results_from_json(saved["after"])
         body += ["## Before / after (best trial)", "", before_after(saved["comparison"]), "",
+                 *_image(plots.before_after(saved["comparison"], out)),
                  "## Fixed and broken (best trial)", "", changed(before, saved["comparison"]), "",
                  "## Examples (best trial)", "", examples(before, after)]
     return _write(recipe, study.study_name, body)
 
 
-def write_run(recipe: Recipe, outcome, before: dict, tracker) -> Path:
+def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None = None) -> Path:
+    name = name or recipe.name
+    out = report_dir(recipe, name)
     body = ["## Run", "", f"MLflow run `{outcome.run_id}` in experiment `{tracker.experiment}` "
             f"({tracker.uri}); adapter in `{outcome.adapter_dir}`.", "",
             table(["train metric", "value"], [[k, v] for k, v in outcome.train_metrics.items()]),
-            "", "## Before / after", "", before_after(outcome.comparison), "",
+            "", *_image(plots.loss_curves({name: tracker.curves(outcome.run_id)}, out)),
+            "## Before / after", "", before_after(outcome.comparison), "",
+            *_image(plots.before_after(outcome.comparison, out)),
             "## Fixed and broken", "", changed(before, outcome.comparison), "",
             "## Examples", "", examples(before, outcome.after)]
-    return _write(recipe, recipe.name, body)
+    return _write(recipe, name, body)
 
 
 def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | None, tracker,

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import data, evaluation, goldensets, models, train
+from harness import data, evaluation, goldensets, manifest, models, train
 from harness.errors import HarnessError
 from harness.recipe import Recipe
 
@@ -53,6 +53,7 @@ def check(recipe: Recipe) -> list:
             raise HarnessError(f"golden-set manifest {path!r} not found", file=recipe.source,
                                key=key)
         manifests.append(goldensets.load_manifest(path))
+        evaluation.check_fit(manifests[-1], path)
     keys = [f"{m.name}/{metric}" for m in manifests
             for metric in evaluation.metric_names(m, task)]
     if recipe.sweep.space and recipe.sweep.objective not in keys:
@@ -89,8 +90,7 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
     path = models.resolve(recipe.model)
     tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
-    for g in goldens:
-        evaluation.check_fit(g, k.task)
+    train.check_device(recipe, plan)
     prep = Prepared(recipe, k.task, plan, path, tok, goldens)
     init = resolve_init(recipe, tracker)
     if init and models.is_adapter(init):
@@ -105,6 +105,11 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
         return prep
     prep.train_ds, prep.eval_ds, prep.data_info = data.load_train(recipe.data, recipe.seed,
                                                                   k.data_kind)
+    max_length = recipe.trainer.get("max_length", train.default_field(recipe, "max_length"))
+    longer = data.check_lengths(prep.train_ds, tok, max_length, recipe.data.train)
+    if longer:
+        say(f"warning: {longer} of the first rows are longer than max_length={max_length} and "
+            "will be truncated")
     say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
         f"golden sets: {sets}")
     return prep
@@ -164,6 +169,20 @@ def log_comparison(tracker, comparison: dict) -> None:
         tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})
 
 
+def headline(recipe: Recipe, run_name: str, comparison: dict) -> str:
+    """One scannable line for the UI: what ran, and the objective (or first metric) before and
+    after with its CI."""
+    key = recipe.sweep.objective if recipe.sweep.objective in comparison["after"] else \
+        next(iter(comparison["after"]), None)
+    text = f"{run_name}: {recipe.method} on {recipe.model.name} (recipe {recipe.name})"
+    if key:
+        ci = (f" [{comparison['ci_low'][key]:+.3g}, {comparison['ci_high'][key]:+.3g}]"
+              if key in comparison.get("ci_low", {}) else "")
+        text += (f"; {key} {comparison['before'][key]:.4g} -> {comparison['after'][key]:.4g} "
+                 f"({comparison['delta'][key]:+.4g}{ci})")
+    return text
+
+
 def run_tags(recipe: Recipe) -> dict:
     """Tags every run of a recipe carries, so the MLflow UI can filter and compare them."""
     tags = {"harness.recipe": recipe.name, "harness.method": recipe.method,
@@ -171,6 +190,24 @@ def run_tags(recipe: Recipe) -> dict:
     if recipe.model.init_from:
         tags["harness.init_from"] = recipe.model.init_from  # lineage: the run this one builds on
     return tags
+
+
+def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: str | None = None):
+    """The `harness train` pipeline: prepare, score the start, train and score one run, write
+    its report. Returns (Outcome, report path)."""
+    from harness import distributed, report
+    prep = prepare(recipe, tracker)
+    if not distributed.is_main():  # other ranks train alongside rank 0, which scores and logs
+        import tempfile
+        with tempfile.TemporaryDirectory() as out:
+            train.train(recipe, prep.load_model(), prep.tok, prep.train_ds, prep.eval_ds,
+                        prep.plan, out)
+        return None, None
+    evaluate_start(prep)
+    outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags)
+    path = report.write_run(recipe, outcome, prep.before, tracker, name)
+    tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
+    return outcome, path
 
 
 def slice_score(prep: Prepared, model, key: str, n: int) -> float:
@@ -204,11 +241,20 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         if recipe.data != prep.recipe.data:  # a trial that changes the data reloads it
             train_ds, eval_ds, _ = data.load_train(recipe.data, recipe.seed,
                                                    train.kind(recipe).data_kind)
+        manifest.log(tracker, dataclasses.replace(prep, recipe=recipe), train_ds)
         model = prep.load_model()
         out_dir = str(Path(recipe.output_dir) / recipe.name / run_id)
         say(f"{run_name}: training ({len(train_ds)} rows)")
-        result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan, out_dir,
-                             callbacks=callbacks, report_to=tracker.report_to)
+        try:
+            result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan, out_dir,
+                                 callbacks=callbacks, report_to=tracker.report_to)
+        except HarnessError as e:  # the run ends FAILED; the reason is on it
+            tracker.set_tags({"harness.error": str(e)})
+            raise
+        from harness import distributed
+        if distributed.world_size() > 1:
+            tracker.log_params(distributed.params(result.trainer.args))
+            tracker.log_metrics({"distributed/in_sync": result.metrics["distributed/in_sync"]})
         stopped = next((cb for cb in callbacks or [] if getattr(cb, "pruned", False)), None)
         if stopped:
             tracker.set_tags({"harness.trial_state": "PRUNED"})
@@ -223,11 +269,12 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         if prep.base:
             comparison["base"] = evaluation.flat_metrics(prep.base)
         log_comparison(tracker, comparison)
+        tracker.describe(headline(recipe, run_name, comparison))
         for name, res in after.items():
             tracker.log_table(evaluation.paired_rows(prep.before[name], res),
                               f"eval/{name}_examples.json")
-        tracker.log_dict({"comparison": comparison, "after": results_to_json(after)},
-                         "eval/results.json")
+        tracker.log_dict({"comparison": comparison, "after": results_to_json(after),
+                          "before": results_to_json(prep.before)}, "eval/results.json")
         outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics,
                           result.log_history)
         del model, result

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import math
 
-from harness import run
-from harness.errors import HarnessError, TrialPruned
+from harness import plots, run
+from harness import storage as stores
+from harness.errors import HarnessError, TrainingFault, TrialPruned
 from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
                             with_values)
 from harness.registry import Registry
@@ -130,35 +131,6 @@ def trial_values(space: SweepFile, trial) -> dict:
     return values
 
 
-def plots(study, out_dir) -> list[str]:
-    """Optuna's matplotlib plots as PNGs beside the report: optimization history, parameter
-    importances, parallel coordinates (each only when the study has what it needs)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    wanted = [("optimization_history.png", ovm.plot_optimization_history, 1),
-              ("param_importances.png", ovm.plot_param_importances, 2),
-              ("parallel_coordinate.png", ovm.plot_parallel_coordinate, 2)]
-    made = []
-    for name, plot, needs in wanted:
-        if len(done) < needs:
-            continue
-        try:
-            ax = plot(study)
-        except (ValueError, RuntimeError):  # e.g. importances when no parameter varies
-            continue
-        fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
-        fig.set_size_inches(8, 5)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
-        plt.close(fig)
-        made.append(name)
-    return made
-
-
 def retry_interrupted(study) -> None:
     """Queue again, once, the parameters of trials stopped by Ctrl-C or SIGTERM (a SIGKILLed
     trial is retried by the heartbeat callback instead)."""
@@ -187,13 +159,11 @@ def study_name(recipe: Recipe) -> str:
 
 
 def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
-    """Create or load the study. RDB storage with heartbeats, so a trial whose process died is
-    failed after the grace period and retried by the next start with the same parameters."""
+    """Create or load the study; a trial whose process died (heartbeat, or a journal's dead
+    worker pid) is failed and its parameters retried once (harness.storage)."""
     import optuna
-    from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     url = recipe.sweep.storage or DEFAULT_STORAGE
-    storage = RDBStorage(url, heartbeat_interval=space.heartbeat_s, grace_period=space.grace_s,
-                         failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+    storage = stores.open_storage(url, space)
     study = optuna.create_study(study_name=study_name(recipe), storage=storage,
                                 # workers draw apart: the same seed would repeat parameters
                                 sampler=SAMPLERS.get(space.sampler, key="sampler")(
@@ -201,6 +171,7 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
                                 pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
                                     space.pruner),
                                 direction=recipe.sweep.direction, load_if_exists=True)
+    stores.fail_orphans(study, storage, url)
     return study
 
 
@@ -240,10 +211,15 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
     name, key = study_name(recipe), recipe.sweep.objective
 
     def objective(trial):
+        trial.set_user_attr("worker", stores.worker_id())
         values = trial_values(space, trial)
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
                           f"{k.split('.')[-1]}={v}" for k, v in values.items())
-        run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}")
+        done = [t for t in finished(study) if t.value is not None and t.state.name == "COMPLETE"]
+        best = (max if recipe.sweep.direction == "maximize" else min)(
+            (t.value for t in done), default=None)
+        run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}"
+                + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
         try:
@@ -259,6 +235,10 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the next start retries these values
             trial.set_user_attr("interrupted", True)
             raise
+        except TrainingFault as e:
+            run.say(f"trial {trial.number} failed: {e}")
+            trial.set_user_attr("error", str(e))
+            raise
         trial.set_user_attr("adapter_dir", outcome.adapter_dir)
         trial.set_user_attr("after", outcome.comparison["after"])
         value = outcome.objective(key)
@@ -272,17 +252,19 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
 
 def _optimize(recipe, space, prep, tracker, study, parent, total) -> None:
     if total - len(finished(study)) > 0:
+        # a diverged, out-of-memory or disk-full trial fails; the study goes on
         study.optimize(_objective(recipe, space, prep, tracker, study, parent, total),
-                       timeout=space.timeout_s, callbacks=[_stop_at(total)])
+                       timeout=space.timeout_s, callbacks=[_stop_at(total)],
+                       catch=(TrainingFault,))
 
 
 def check_parallel(recipe: Recipe, tracker) -> None:
     """Several processes need stores made for concurrency: never SQLite (Optuna's docs; MLflow
     on SQLite fails with 'database is locked')."""
-    storage = recipe.sweep.storage or DEFAULT_STORAGE
-    if storage.startswith("sqlite"):
-        raise HarnessError("parallel workers need a server-backed Optuna storage, e.g. "
-                           "--storage postgresql://user@host/db", key="sweep.storage")
+    if not stores.kind(recipe.sweep.storage or DEFAULT_STORAGE).parallel:
+        raise HarnessError("parallel workers need an Optuna storage safe for several processes: "
+                           "--storage journal:///path/study.log on one machine, "
+                           "postgresql://user@host/db across machines", key="sweep.storage")
     if tracker.uri.startswith(("sqlite", "file:")) or "://" not in tracker.uri:
         raise HarnessError("parallel workers need an MLflow tracking server or database, e.g. "
                            "MLFLOW_TRACKING_URI=http://127.0.0.1:5000 (harness server) or "
@@ -365,6 +347,10 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             _spawn_workers(recipe, parent, total, workers)
         else:
             _optimize(recipe, space, prep, tracker, study, parent, total)
+        if not [t for t in finished(study) if t.state.name == "COMPLETE"]:
+            errors = {t.user_attrs.get("error") for t in study.trials} - {None}
+            raise TrainingFault("no trial completed" + (f" ({'; '.join(sorted(errors))})"
+                                                        if errors else ""), key="sweep")
         best = study.best_trial
         tracker.log_metrics({f"best/{key}": best.value})
         tracker.set_tags({"harness.best_trial": best.number,
@@ -374,9 +360,13 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             from pathlib import Path
             if Path(best.user_attrs["adapter_dir"]).is_dir():
                 tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
-        images = plots(study, report.report_dir(recipe, name))
+        images = plots.study_plots(study, report.report_dir(recipe, name))
         path = report.write_sweep(recipe, study, prep.before, tracker, images)
         tracker.log_artifacts(str(path.parent), "report")
         run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
+        from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,
-                "best_params": best.params, "parent_run_id": parent, "report": str(path)}
+                "best_params": best.params, "parent_run_id": parent, "report": str(path),
+                "before_value": flat_metrics(prep.before).get(key), "trials": len(finished(study)),
+                "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                "tracking": tracker.uri, "experiment": tracker.experiment}

@@ -18,12 +18,28 @@ from harness.recipe import Recipe
 STUDY_TAG = "harness.study"
 KIND_TAG = "harness.kind"
 MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, without importing mlflow here
-_SECRET = re.compile(r"(://[^:/@\s]+:)[^@\s]+@")
+_SECRETS = [(re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # user:password@host
+            (re.compile(r"([?&;](?:token|access_token|api_key|apikey|key|password|passwd|secret|"
+                        r"sig)=)[^&\s]+", re.I), r"\1***"),  # ?token=...
+            (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "hf_***")]  # Hugging Face tokens
 
 
 def redact(text: str) -> str:
-    """user:password@host in URIs -> user:***@host."""
-    return _SECRET.sub(r"\1***@", text)
+    """Passwords and tokens in URIs and text -> ***, before anything is logged or printed."""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def redact_tree(obj):
+    """redact() on every string in nested dicts and lists (recipes, manifests)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: redact_tree(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [redact_tree(v) for v in obj]
+    return obj
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:
@@ -46,8 +62,11 @@ class Tracker:
         if uri:
             mlflow.set_tracking_uri(uri)
         self.experiment = recipe.tracking.experiment or recipe.name
-        mlflow.set_experiment(self.experiment)
+        exp = mlflow.set_experiment(self.experiment)
         self.client = mlflow.MlflowClient()
+        if exp.tags.get("mlflow.experimentKind") is None:  # the UI opens on training runs
+            self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind",
+                                           "custom_model_development")
         self.report_to = ["mlflow"]  # transformers' MLflowCallback logs into the active run
 
     @property
@@ -91,8 +110,12 @@ class Tracker:
     def set_tags(self, tags: dict) -> None:
         self.mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
 
+    def describe(self, text: str) -> None:
+        """The run's description in the UI (MLflow keeps it in the mlflow.note.content tag)."""
+        self.mlflow.set_tag("mlflow.note.content", redact(text))
+
     def log_dict(self, data: dict, path: str) -> None:
-        self.mlflow.log_dict(data, path)
+        self.mlflow.log_dict(redact_tree(data), path)
 
     def log_table(self, rows: list[dict], path: str) -> None:
         if rows:
@@ -106,6 +129,24 @@ class Tracker:
             self.client.log_artifacts(run_id, local_dir, path)
         else:
             self.mlflow.log_artifacts(local_dir, artifact_path=path)
+
+    def log_inputs(self, train_ds, source: str, goldens) -> None:
+        """The training rows and each golden set as MLflow dataset inputs (name, digest, context),
+        so the UI's Datasets column shows what a run saw."""
+        import warnings
+
+        import pandas as pd
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.mlflow.log_input(self.mlflow.data.from_huggingface(train_ds, path=redact(source),
+                                                                    name="train"),
+                                  context="training")
+            for g in goldens:
+                frame = pd.DataFrame({"prompt": g.prompts, "reference": g.references or
+                                      [""] * len(g.prompts)})
+                self.mlflow.log_input(self.mlflow.data.from_pandas(frame, source=g.path,
+                                                                   name=g.name),
+                                      context="evaluation")
 
     # ------------------------------------------------------------ reading back
 
@@ -127,6 +168,13 @@ class Tracker:
                 return json.loads(Path(local).read_text())
         except (MlflowException, OSError):  # no such artifact: the caller computes it
             return None
+
+    def curves(self, run_id: str, keys=("loss", "eval_loss")) -> dict[str, list]:
+        """Metric histories as (step, value) lists, for the loss plots."""
+        if not run_id:
+            return {}
+        return {k: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, k))
+                for k in keys}
 
     def run_params(self, run_id: str) -> dict | None:
         """A run's params, or None when the store has no such run."""

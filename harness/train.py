@@ -4,15 +4,19 @@ Knows nothing of Optuna or MLflow: a sweep hands it callbacks, tracking hands it
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import gc
 import importlib
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import models
-from harness.errors import HarnessError, did_you_mean
+from harness import attention, distributed, models
+from harness.errors import HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
 
@@ -26,6 +30,7 @@ class TrainerKind:
     data_kind: str = "supervised"  # or "preference" (harness.data.KINDS)
     lora_lr: float = 2e-4  # default learning rates, LoRA and full fine-tuning
     full_lr: float = 2e-5
+    packs: bool = False  # takes the GPU fast path's padding-free packing
 
     def config_cls(self):
         mod, _, cls = self.config_class.partition(":")
@@ -37,7 +42,7 @@ class TrainerKind:
 
 
 TRAINERS: Registry[TrainerKind] = Registry("trainer")
-TRAINERS.register("sft")(TrainerKind("sft", "trl:SFTConfig", "trl:SFTTrainer"))
+TRAINERS.register("sft")(TrainerKind("sft", "trl:SFTConfig", "trl:SFTTrainer", packs=True))
 # with LoRA and no ref_model, DPOTrainer's reference is the adapter-disabled base: no second copy
 TRAINERS.register("dpo")(TrainerKind("dpo", "trl:DPOConfig", "trl:DPOTrainer",
                                      data_kind="preference", lora_lr=5e-5, full_lr=1e-6))
@@ -94,10 +99,47 @@ def check_trainer_fields(recipe: Recipe) -> None:
                            f"({k.config_class.split(':')[1]})")
             else:
                 bad.append(f"trainer.{key}: unknown key{did_you_mean(key, known)}")
+    values = recipe.trainer
+    if "learning_rate" in values and not (isinstance(values["learning_rate"], (int, float))
+                                          and values["learning_rate"] > 0):
+        bad.append(f"trainer.learning_rate: must be a positive number, got "
+                   f"{values['learning_rate']!r}")
+    steps, epochs = values.get("max_steps", -1), values.get("num_train_epochs", 1)
+    if not (isinstance(steps, int) and steps > 0) and not (
+            isinstance(epochs, (int, float)) and epochs > 0):
+        bad.append(f"trainer.num_train_epochs: must be positive (or set trainer.max_steps), got "
+                   f"{values['num_train_epochs']!r}")
+    for key in ("per_device_train_batch_size", "max_length"):
+        if key in values and values[key] is not None and not (
+                isinstance(values[key], int) and values[key] > 0):
+            bad.append(f"trainer.{key}: must be a positive integer, got {values[key]!r}")
     if k.task != "causal-lm" and recipe.eval.max_new_tokens is not None:
         bad.append(f"eval.max_new_tokens: a {k.name} model scores text and does not generate")
     if bad:
         raise HarnessError("; ".join(bad), file=recipe.source)
+
+
+GPU_ONLY = {"use_liger_kernel": "Liger's Triton kernels", "fp16": "fp16 mixed precision",
+            "tf32": "TF32 matmuls"}
+
+
+def check_device(recipe: Recipe, plan: models.DevicePlan) -> None:
+    """Options that need a CUDA GPU, refused on a CPU before anything runs."""
+    if plan.device != "cpu":
+        return
+    bad = [f"trainer.{k}: {what} needs a CUDA GPU and this machine has none"
+           for k, what in GPU_ONLY.items() if recipe.trainer.get(k)]
+    if (recipe.model.attn_implementation or "").startswith("flash_attention"):
+        bad.append(f"model.attn_implementation: {recipe.model.attn_implementation} needs a CUDA "
+                   "GPU and this machine has none")
+    if bad:
+        raise HarnessError("; ".join(bad), file=recipe.source)
+
+
+def default_field(recipe: Recipe, name: str):
+    """A TRL config field's default, from the dataclass (imports trl)."""
+    f = {x.name: x for x in fields(kind(recipe).config_cls())}.get(name)
+    return f.default if f is not None else None
 
 
 def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
@@ -110,8 +152,11 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
         learning_rate=k.lora_lr if recipe.adapter.type == "lora" else k.full_lr,
         dataloader_pin_memory=plan.device == "cuda", eval_strategy="epoch" if has_eval else "no",
-        disable_tqdm=not sys.stderr.isatty(),
+        disable_tqdm=not sys.stderr.isatty(), optim=plan.optim,
+        logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
     )
+    if k.packs:
+        defaults["packing"] = plan.packing
     es = recipe.early_stopping
     if es:  # evaluate and checkpoint together, keep the best, load it back at the end
         defaults.update(eval_strategy="steps", eval_steps=es.eval_steps, save_strategy="steps",
@@ -143,20 +188,117 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(recipe.early_stopping.patience,
                                                recipe.early_stopping.threshold))
-    trainer = k.trainer_cls()(
-        model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
-        processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
-        callbacks=callbacks)
-    out = trainer.train()
-    metrics = dict(out.metrics)
-    if eval_ds is not None:
-        metrics.update(trainer.evaluate())
+    finite = FiniteLoss()
+    with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
+                                      else None), faults(recipe, output_dir) as where:
+        trainer = k.trainer_cls()(
+            model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
+            processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
+            callbacks=callbacks + [finite.callback])
+        where["trainer"] = trainer
+        cast_adapter(trainer.model, recipe.adapter, plan)
+        out = trainer.train()
+        finite.check(recipe, config)
+        metrics = dict(out.metrics)
+        if distributed.world_size() > 1:  # every rank takes part in the check
+            metrics["distributed/in_sync"] = float(distributed.weights_in_sync(trainer.model))
+        if eval_ds is not None:
+            metrics.update(trainer.evaluate())
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
 
 
+class FiniteLoss:
+    """Stops training at the first NaN or inf loss the trainer logs (the harness logs every
+    step unless the recipe says otherwise)."""
+
+    def __init__(self):
+        from transformers import TrainerCallback
+        self.bad = None
+        outer = self
+
+        class _Callback(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                for key in ("loss", "eval_loss"):
+                    value = (logs or {}).get(key)
+                    if value is not None and not math.isfinite(value) and outer.bad is None:
+                        outer.bad = (key, value, state.global_step)
+                        control.should_training_stop = True
+        self.callback = _Callback()
+
+    def check(self, recipe: Recipe, config) -> None:
+        if self.bad:
+            key, value, step = self.bad
+            raise TrainingFault(f"{key} became {value} at step {step}: training diverged; lower "
+                                f"trainer.learning_rate (now {config.learning_rate:g}) or set "
+                                "trainer.max_grad_norm", file=recipe.source,
+                                key="trainer.learning_rate")
+
+
+@contextlib.contextmanager
+def faults(recipe: Recipe, output_dir: str):
+    """Out of GPU memory or a full disk -> one TrainingFault saying what to change."""
+    import torch
+    where: dict = {}
+    try:
+        yield where
+    except torch.cuda.OutOfMemoryError:
+        step = getattr(getattr(where.get("trainer"), "state", None), "global_step", 0)
+        gc.collect()
+        torch.cuda.empty_cache()  # so the next trial of a sweep starts with the memory back
+        raise TrainingFault(f"out of GPU memory at step {step}: lower "
+                            "trainer.per_device_train_batch_size or trainer.max_length, or set "
+                            "trainer.gradient_checkpointing: true or model.quantization: 4bit",
+                            file=recipe.source, key="trainer") from None
+    except Exception as e:
+        # a full disk comes as OSError, torch.save's RuntimeError ('file write failed') or
+        # safetensors' own SafetensorError ('No space left on device')
+        if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
+                or (isinstance(e, (OSError, RuntimeError)) and _disk_full(output_dir))):
+            raise
+        raise TrainingFault(f"disk full writing {getattr(e, 'filename', None) or output_dir}: "
+                            "free space, or set output_dir to a larger disk",
+                            file=recipe.source, key="output_dir") from None
+
+
+def _disk_full(path: str) -> bool:
+    import shutil
+    from pathlib import Path
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return shutil.disk_usage(p).free < (1 << 20)
+
+
+def cast_adapter(model, adapter, plan: models.DevicePlan) -> None:
+    """LoRA weights in `adapter.dtype` (auto: the plan's). Done before train() builds the
+    optimizer, as TRL does for QLoRA."""
+    import torch
+    dtype = plan.adapter_dtype if adapter.dtype == "auto" else adapter.dtype
+    if adapter.type != "lora" or dtype == "float32":
+        return
+    for name, param in model.named_parameters():
+        if param.requires_grad and "lora_" in name:
+            param.data = param.data.to(getattr(torch, dtype))
+
+
+def padding_free(config) -> bool:
+    """Whether TRL will flatten each batch into one row (its own rule, SFTTrainer.__init__)."""
+    return bool(getattr(config, "padding_free", False) or (
+        getattr(config, "packing", False) and config.packing_strategy in ("bfd", "bfd_split")))
+
+
 def save(result: TrainResult, path: str) -> str:
-    """The adapter (or full model) and tokenizer, loadable with from_pretrained."""
-    result.trainer.save_model(path)
+    """The adapter (or full model) and tokenizer, loadable with from_pretrained. Written beside
+    `path` and renamed into place, so a run killed mid-save never leaves half a model there."""
+    import shutil
+    import tempfile
+    from pathlib import Path
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staged = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-")
+    result.trainer.save_model(staged)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staged, target)
     return path
 
 

@@ -87,7 +87,7 @@ def test_every_shipped_golden_set_loads_and_fits_its_metrics():
         if "shared" in path.name or path.name == "gsm8k.yaml":  # need ../shared or the Hub
             continue
         gs = goldensets.load(str(path))
-        evaluation.check_fit(gs)
+        evaluation.check_fit(gs.manifest, gs.path)
         names.add(gs.name)
         assert len(gs.prompts) >= 16 and all(p.strip() for p in gs.prompts)
     assert {"math", "math_preferences", "summarize", "qa", "classify", "rewrite",
@@ -119,7 +119,7 @@ def test_metric_that_does_not_fit_the_task_is_named(tmp_path):
                  "metrics: [pairwise_accuracy, bleu]\n")
     with pytest.raises(HarnessError, match=r"p.yaml: metrics.1: metric 'bleu' does not fit a "
                                            "preference golden set"):
-        evaluation.check_fit(goldensets.load(str(m)))
+        evaluation.check_fit(goldensets.load_manifest(str(m)), str(m))
 
 
 def test_static_cache_path_gives_the_same_greedy_outputs(tiny):

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from harness import recipe, sweep
+from harness import recipe, storage, sweep
 
 
 @pytest.fixture
@@ -166,13 +166,19 @@ def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = ""):
     return d, path, proc
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "journal"])
 def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, write_recipe,
-                                                         client):
+                                                         client, backend):
+    """sqlite: the heartbeat fails the stale trial; journal (no heartbeat): the next start
+    finds the trial's worker process gone."""
     import os
     import signal
     import time
 
     import optuna
+    if backend == "journal":
+        recipe_dict = dict(recipe_dict, sweep=dict(recipe_dict["sweep"],
+                                                   storage=f"journal:///{tmp_path}/study.log"))
     d, path, proc = _sweep_in_training(recipe_dict, tmp_path, write_recipe,
                                        "heartbeat_s: 1\ngrace_s: 2\n")
     time.sleep(3)
@@ -182,7 +188,8 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, 
 
     d["trainer"] = dict(d["trainer"], max_steps=2)
     sweep.run_sweep(recipe.build(d, path))
-    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    study = optuna.load_study(study_name="tiny", storage=storage.open_storage(
+        d["sweep"]["storage"], recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))
     states = [t.state.name for t in study.trials]
     assert states[0] == "FAIL" and states.count("COMPLETE") == 2
     retried = [t for t in study.trials[1:] if t.params == study.trials[0].params]
@@ -225,20 +232,23 @@ def mlflow_server(pg_database, tmp_path):
     proc.wait(timeout=30)
 
 
-def test_two_workers_on_postgresql_share_one_study(recipe_dict, tmp_path, write_recipe,
-                                                   pg_database, mlflow_server):
-    """Optuna's RDB storage on a real PostgreSQL, runs through `harness server` backed by
-    PostgreSQL, two worker processes."""
+@pytest.mark.parametrize("backend", ["postgresql", "journal"])
+def test_two_workers_share_one_study(recipe_dict, tmp_path, write_recipe, pg_database,
+                                     mlflow_server, backend):
+    """Two worker processes on Optuna's RDB storage on a real PostgreSQL, and on a journal file;
+    runs through `harness server` backed by PostgreSQL."""
     import mlflow
     import optuna
     (tmp_path / "space4.yaml").write_text(
         "n_trials: 4\nsampler: random\nparams:\n"
         "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
     d = dict(recipe_dict)
-    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "space4.yaml"), storage=pg_database())
+    url = pg_database() if backend == "postgresql" else f"journal:///{tmp_path}/study.log"
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "space4.yaml"), storage=url)
     d["tracking"] = {"uri": mlflow_server}
     out = sweep.run_sweep(recipe.build(d, write_recipe(d)), workers=2)
-    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    study = optuna.load_study(study_name="tiny", storage=storage.open_storage(
+        url, recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # no lost, no extra trial
     mlflow.set_tracking_uri(d["tracking"]["uri"])
     client = mlflow.MlflowClient()
@@ -256,7 +266,8 @@ def test_two_workers_on_postgresql_share_one_study(recipe_dict, tmp_path, write_
 
 def test_parallel_workers_refuse_sqlite(recipe_dict):
     from harness.errors import HarnessError
-    with pytest.raises(HarnessError, match="sweep.storage: parallel workers need a server-backed"):
+    with pytest.raises(HarnessError, match="sweep.storage: parallel workers need an Optuna "
+                                           "storage safe for several processes"):
         sweep.run_sweep(recipe.build(recipe_dict, "t.yaml"), workers=2)
 
 
@@ -288,3 +299,21 @@ def test_sigterm_or_ctrl_c_ends_runs_killed_and_the_rerun_retries(recipe_dict, t
     runs = client.search_runs([exp.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
     assert sum(r.data.tags["harness.kind"] == "sweep" for r in runs) == 1
+
+
+def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, client):
+    import optuna
+    (tmp_path / "grid.yaml").write_text(
+        "n_trials: 2\nsampler: grid\nparams:\n"
+        "  trainer.learning_rate: {type: categorical, choices: [1.0e+12, 1.0e-4]}\n")
+    d = dict(recipe_dict)
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "grid.yaml"))
+    d["trainer"] = dict(d["trainer"], max_steps=20)
+    sweep.run_sweep(recipe.build(d, "t.yaml"))
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    states = {t.params["trainer.learning_rate"]: t.state.name for t in study.trials}
+    assert states == {1e12: "FAIL", 1e-4: "COMPLETE"}
+    failed = next(t for t in study.trials if t.state.name == "FAIL")
+    assert "training diverged" in failed.user_attrs["error"]
+    run = client.get_run(failed.user_attrs["mlflow_run_id"])
+    assert run.info.status == "FAILED" and "diverged" in run.data.tags["harness.error"]

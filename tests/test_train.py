@@ -146,3 +146,65 @@ def test_early_stopping_needs_eval_rows(recipe_dict):
     from harness.errors import HarnessError
     with pytest.raises(HarnessError, match="early_stopping needs held-out rows"):
         recipe.build(recipe_dict, "e.yaml", {"early_stopping": {"patience": 2}})
+
+
+def test_lora_weights_take_the_requested_dtype(recipe_dict, tmp_path):
+    import torch
+    _, res = _run(recipe_dict, tmp_path, **{"adapter.dtype": "bfloat16"})
+    lora = [p for n, p in res.model.named_parameters() if "lora_" in n]
+    assert lora and all(p.dtype == torch.bfloat16 for p in lora)
+    assert [h["loss"] for h in res.log_history if "loss" in h]  # and it trains
+    _, res = _run(recipe_dict, tmp_path / "auto")  # auto on a CPU: peft's fp32
+    assert all(p.dtype == torch.float32 for n, p in res.model.named_parameters() if "lora_" in n)
+
+
+def test_a_diverging_loss_stops_training_within_a_few_steps(recipe_dict, tmp_path):
+    from harness.errors import TrainingFault
+    with pytest.raises(TrainingFault, match=r"trainer.learning_rate: loss became (nan|inf|-inf) "
+                                            r"at step [1-5]: training diverged") as e:
+        _run(recipe_dict, tmp_path, **{"trainer.learning_rate": 1e12, "trainer.max_steps": 40})
+    assert e.value.exit_code == 1
+
+
+def test_out_of_gpu_memory_says_what_to_change(recipe_dict, tmp_path):
+    """The trainer's own out-of-memory exception (raised where a CUDA allocation would)."""
+    import torch
+    from transformers import TrainerCallback
+
+    from harness.errors import TrainingFault
+
+    class Allocate(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    r, plan = build(recipe_dict)
+    k = train.kind(r)
+    model = models.load_model(r.model, plan, task=k.task)
+    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    with pytest.raises(TrainingFault, match="out of GPU memory at step 1: lower "
+                                            "trainer.per_device_train_batch_size"):
+        train.train(r, model, models.load_tokenizer(r.model), tr, None, plan,
+                    str(tmp_path / "out"), callbacks=[Allocate()])
+
+
+def test_a_full_disk_ends_training_with_one_line(recipe_dict, tmp_path):
+    """A real 16 KiB tmpfs as output_dir: the first checkpoint does not fit."""
+    import subprocess
+
+    from harness.errors import TrainingFault
+    disk = tmp_path / "tiny-disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    try:
+        over = {"trainer.save_strategy": "steps", "trainer.save_steps": 1,
+                "output_dir": str(disk)}
+        r, plan = build(recipe_dict, **over)
+        k = train.kind(r)
+        model = models.load_model(r.model, plan, task=k.task)
+        tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+        with pytest.raises(TrainingFault, match="output_dir: disk full writing"):
+            train.train(r, model, models.load_tokenizer(r.model), tr, None, plan,
+                        str(disk / "run"))
+    finally:
+        subprocess.run(["umount", str(disk)])

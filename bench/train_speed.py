@@ -1,0 +1,211 @@
+"""Training speed on a GPU: the harness's recipe path against the best-tuned TRL configuration,
+side by side in one call.
+
+Workload (issue 6, ../shared/README.md): the first 4,000 GSM8K train rows as chat, SmolLM2-135M's
+shape with random weights, bf16, LoRA r=16 on all linear layers, 1 epoch, 16 rows (or packed
+bins of max_length 1024) a step, lr 2e-4 linear. The harness runs recipes/sft_gsm8k.yaml with
+the data and model pointed here and the loss on every token (as the peer's `messages` rows);
+everything else is the harness's GPU defaults. Each configuration runs in a fresh process. The
+peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
+
+    python bench/train_speed.py --shared ../shared [--configs harness harness_sdpa] \
+        [--peers liger liger] [--dpo] [--json out.json]      (PROFILE=harness: profile it)
+
+Tokens are non-padding tokens; MFU uses 4N FLOPs a token for LoRA (N: the model's parameters)
+against the H100's 989 TFLOP/s bf16 peak, as the peer does.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import random_model
+
+PEAK_FLOPS = 989e12
+# named configurations: recipe overrides on top of the workload
+CONFIGS = {
+    # the GPU defaults: padding-free packing + varlen attention, bf16 LoRA weights, fused AdamW
+    "harness": {},
+    # TRL's own choices for each lever, one at a time
+    "harness_sdpa": {"model.attn_implementation": "sdpa"},
+    "harness_fp32_adapter": {"adapter.dtype": "float32"},
+    "harness_adamw": {"trainer.optim": "adamw_torch"},
+    "harness_liger": {"trainer.use_liger_kernel": True},
+    "harness_compile": {"trainer.torch_compile": True},
+    "harness_no_autocast": {"trainer.bf16": False},  # a bf16 model and bf16 adapters, no autocast
+    # twice the tokens a step (32 bins of 1024), at the same lr and at lr x sqrt(2)
+    "harness_32k": {"trainer.per_device_train_batch_size": 32},
+    "harness_32k_lr": {"trainer.per_device_train_batch_size": 32, "trainer.learning_rate": 2.83e-4},
+    "dpo": {},
+    "dpo_precompute": {"trainer.precompute_ref_log_probs": True},
+}
+
+
+def workload(name: str, model_dir: str, shared: str, rows: int) -> dict:
+    from harness import recipe
+    if name.startswith("dpo"):
+        r = recipe.load("recipes/dpo_math.yaml")
+        over = {"data.builtin_rows": rows // 2, "data.eval_rows": 0,
+                "trainer.per_device_train_batch_size": 16, "trainer.max_length": 512,
+                "trainer.learning_rate": 5e-5}
+    else:
+        r = recipe.load("recipes/sft_gsm8k.yaml")
+        over = {"data.train": f"{shared}/data/gsm8k/train.jsonl", "data.max_rows": rows,
+                "data.eval_rows": 0, "data.shuffle": False, "trainer.max_length": 1024,
+                "trainer.per_device_train_batch_size": 16, "trainer.learning_rate": 2e-4,
+                "trainer.lr_scheduler_type": "linear", "trainer.completion_only_loss": False}
+    over.update({"model.name": model_dir, "adapter.dropout": 0.0, "adapter.r": 16,
+                 "adapter.alpha": 32, "trainer.logging_steps": 10, "trainer.num_train_epochs": 1,
+                 **CONFIGS[name]})
+    return recipe.with_values(r, over)
+
+
+def tokens_in(ds) -> int:
+    if "chosen_ids" in ds.column_names:  # DPO runs prompt+chosen and prompt+rejected
+        return sum(2 * len(p) + len(c) + len(j) for p, c, j in zip(
+            ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"]))
+    return sum(len(x) for x in ds["input_ids"])
+
+
+def profiler(first: int, steps: int):
+    """A callback that profiles training steps first..first+steps and prints the top ops."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Profile(TrainerCallback):
+        prof = None
+
+        def on_step_begin(self, args, state, control, **kw):
+            if state.global_step == first:
+                self.prof = torch.profiler.profile(activities=[
+                    torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+                self.prof.__enter__()
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.prof and state.global_step == first + steps:
+                torch.cuda.synchronize()
+                self.prof.__exit__(None, None, None)
+                table = self.prof.key_averages()
+                for key in ("cuda_time_total", "cpu_time_total"):
+                    print(table.table(sort_by=key, row_limit=22, max_name_column_width=60),
+                          file=sys.stderr, flush=True)
+                self.prof = None
+    return Profile()
+
+
+def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
+    import torch
+
+    from harness import data, models, train
+    r = workload(name, model_dir, shared, rows)
+    k = train.kind(r)
+    plan = models.device_plan(r.model)
+    tok = models.load_tokenizer(r.model)
+    model = models.load_model(r.model, plan, task=k.task)
+    n_params = sum(p.numel() for p in model.parameters())
+    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    torch.cuda.reset_peak_memory_stats()
+    with tempfile.TemporaryDirectory() as out:
+        t = time.perf_counter()
+        prof = [profiler(10, 3)] if os.environ.get("PROFILE") == name else []
+        res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof)
+        wall = time.perf_counter() - t
+    tokens = tokens_in(res.trainer.train_dataset)
+    runtime = res.metrics["train_runtime"]
+    losses = [h["loss"] for h in res.log_history if "loss" in h]
+    args = res.trainer.args
+    return {"config": name, "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
+            "tokens": tokens, "tok_per_s": round(tokens / runtime),
+            "mfu_pct": round(100 * tokens / runtime * 4 * n_params / PEAK_FLOPS, 2),
+            "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "steps": res.trainer.state.global_step,
+            "train_loss": round(res.metrics["train_loss"], 4),
+            "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
+            "settings": {"attention": plan.attention if train.padding_free(args) else
+                         model.config._attn_implementation,
+                         "packing": getattr(args, "packing", None),
+                         "liger": args.use_liger_kernel, "optim": args.optim,
+                         "adapter_dtype": str(next(p.dtype for n, p in res.model.named_parameters()
+                                                   if "lora_" in n)),
+                         "compile": args.torch_compile, "bf16": args.bf16,
+                         "gradient_checkpointing": args.gradient_checkpointing}}
+
+
+def peers(shared: str, which: list[str], rows: int) -> list[dict]:
+    """../shared/anchors/bench_sft.py, unchanged, in a process of its own."""
+    with tempfile.TemporaryDirectory() as out:
+        env = {**os.environ, "N_TRAIN": str(rows), "OUT": out}
+        proc = subprocess.run([sys.executable, f"{shared}/anchors/bench_sft.py", *which],
+                              capture_output=True, text=True, env=env)
+        if proc.returncode:
+            sys.exit(proc.stdout[-2000:] + proc.stderr[-3000:])
+    # each variant prints the Trainer's metrics, then `name {figures}`; a variant named twice
+    # runs twice and the second (warm: Triton kernels compiled) run is kept
+    found, loss = {}, None
+    for line in proc.stdout.splitlines():
+        if m := re.search(r"'train_loss': '([0-9.e+-]+)'", line):
+            loss = float(m.group(1))
+        elif m := re.match(r"^(\w+) (\{.*\})$", line):
+            found[m.group(1)] = {"config": f"peer:{m.group(1)}", **ast.literal_eval(m.group(2)),
+                                 "train_loss": loss}
+    return list(found.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default="../shared")
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--configs", nargs="+", default=["harness", "harness_sdpa"])
+    ap.add_argument("--peers", nargs="*", default=["liger", "liger"],
+                    help="bench_sft.py variants; one named twice is measured warm")
+    ap.add_argument("--dpo", action="store_true", help="also DPO, with and without precompute")
+    ap.add_argument("--json", default=None)
+    ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print("ROW " + json.dumps(measure(args.one[0], args.one[1], args.shared, args.rows)),
+              flush=True)
+        return
+    import torch
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
+    rows = peers(args.shared, args.peers, args.rows) if args.peers else []
+    for r in rows:
+        print(json.dumps(r), flush=True)
+    configs = args.configs + (["dpo", "dpo_precompute"] if args.dpo else [])
+    with tempfile.TemporaryDirectory() as d:
+        model_dir = random_model(f"{args.shared}/anchors/smollm2-135m", d)
+        for name in configs:
+            cmd = [sys.executable, __file__, "--one", name, model_dir, "--shared", args.shared,
+                   "--rows", str(args.rows)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode or "ROW " not in proc.stdout:
+                print(f"{name} failed:\n{proc.stderr[-3000:]}", flush=True)
+                continue
+            if os.environ.get("PROFILE") == name:
+                print(proc.stderr[proc.stderr.find("-----"):][-9000:], flush=True)
+            rows.append(json.loads(proc.stdout.split("ROW ", 1)[1].splitlines()[0]))
+            print(json.dumps(rows[-1]), flush=True)
+    ref = next((r for r in rows if r["config"] == "peer:trl_tuned_liger_lora"), None)
+    print("\n| configuration | tokens/s | x TRL tuned+Liger | MFU % | peak GiB | train s | "
+          "wall s | mean train loss | final loss |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ratio = f"{r['tok_per_s'] / ref['tok_per_s']:.2f}" if ref and not \
+            r["config"].startswith("dpo") else ""
+        print(f"| {r['config']} | {r['tok_per_s']:,} | {ratio} | {r['mfu_pct']} | "
+              f"{r['peak_gib']} | {r['runtime_s']} | {r.get('wall_s', '')} | "
+              f"{r.get('train_loss', '')} | {r.get('final_loss', '')} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

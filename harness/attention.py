@@ -1,0 +1,90 @@
+"""Variable-length attention for padding-free training, registered with transformers'
+AttentionInterface under the name `harness_varlen`.
+
+Padding-free batches (TRL's packing or `padding_free`) are one flat row of several sequences;
+TRL's collator marks their bounds with `cu_seq_lens_q/k`. FlashAttention reads those and
+attends within each sequence; SDPA instead gets a dense block-diagonal mask over the whole
+flattened batch, so its cost grows with the square of the batch's tokens (16k tokens: 256M
+mask entries per layer). Without the flash-attn package, PyTorch's own
+`torch.nn.attention.varlen.varlen_attn` (a FlashAttention kernel) does the same job; on a CPU
+the sequences are attended one by one with SDPA, which is what the tests run.
+
+Only training uses it: the name has no mask function, so transformers builds no mask, and a
+padded batch (generation, an unpacked eval) would be wrong. `harness.train` switches a model to it
+for training and back afterwards.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+
+NAME = "harness_varlen"
+_registered = False
+
+
+def register() -> str:
+    global _registered
+    if not _registered:
+        from transformers import AttentionInterface
+        AttentionInterface.register(NAME, varlen_attention_forward)
+        _registered = True
+    return NAME
+
+
+def _cuda_varlen(q, k, v, cu, max_len: int, scale: float):
+    """q, k, v: (tokens, heads, dim). torch's varlen_attn changed its causal and GQA arguments
+    between releases; pass whichever this torch takes."""
+    from torch.nn.attention.varlen import varlen_attn
+    params = inspect.signature(varlen_attn).parameters
+    kwargs = {"scale": scale}
+    kwargs.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
+    if k.shape[1] != q.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            rep = q.shape[1] // k.shape[1]
+            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+    return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
+
+
+def _segmented_sdpa(q, k, v, cu, scale: float):
+    import torch
+    import torch.nn.functional as F
+    bounds = cu.tolist()
+    out = [F.scaled_dot_product_attention(q[:, a:b], k[:, a:b], v[:, a:b], is_causal=True,
+                                          scale=scale, enable_gqa=k.shape[0] != q.shape[0])
+           for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    return torch.cat(out, dim=1)  # (heads, tokens, dim)
+
+
+def varlen_attention_forward(module, query, key, value, attention_mask, scaling=None,
+                             dropout: float = 0.0, **kwargs):
+    """transformers' attention signature: query (batch, heads, seq, dim) -> (batch, seq, heads,
+    dim). The batch must be one flat padding-free row with `cu_seq_lens_q` given."""
+    cu = kwargs.get("cu_seq_lens_q")
+    if cu is None or query.shape[0] != 1:
+        raise RuntimeError(f"{NAME} attention needs padding-free batches (TRL packing or "
+                           "padding_free); set model.attn_implementation to use another one")
+    scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if query.is_cuda:
+        max_len = int(kwargs.get("max_length_q") or int(cu.diff().max()))
+        out = _cuda_varlen(query[0].transpose(0, 1), key[0].transpose(0, 1),
+                           value[0].transpose(0, 1), cu.to(query.device), max_len, scale)
+        return out.unsqueeze(0), None
+    out = _segmented_sdpa(query[0], key[0], value[0], cu, scale)
+    return out.transpose(0, 1).unsqueeze(0), None
+
+
+@contextlib.contextmanager
+def training_attention(model, name: str | None):
+    """Use attention `name` for the duration of training, then the model's own again."""
+    if not name:
+        yield
+        return
+    config = model.config
+    before = config._attn_implementation
+    config._attn_implementation = register() if name == NAME else name
+    try:
+        yield
+    finally:
+        config._attn_implementation = before

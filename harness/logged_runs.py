@@ -1,0 +1,146 @@
+"""Using a logged run again: `harness rerun RUN_ID` (train once more from its manifest),
+`harness report RUN_ID` (its report rebuilt from MLflow alone) and `harness export RUN_ID
+OUT_DIR` (its model, ready to use elsewhere; optionally registered in the MLflow Model
+Registry)."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from harness import manifest, recipe, run
+from harness.errors import HarnessError
+
+
+def logged_recipe(uri: str, run_id: str) -> tuple[str, dict, recipe.Recipe]:
+    """(run id, manifest, recipe) of a logged run, its recipe pointed at the store at `uri`.
+    A trial's recipe is its own variant; its sweep file is not needed to train it again."""
+    run_id, m = manifest.fetch(uri, run_id)
+    data = m["recipe"]
+    data["tracking"] = dict(data.get("tracking") or {}, uri=uri)
+    data["sweep"] = dict(data.get("sweep") or {}, space=None)
+    return run_id, m, recipe.build(data, f"runs:/{run_id}")
+
+
+def rerun(uri: str, run_id: str) -> dict:
+    """Train the logged run's recipe again into the same experiment, tagged harness.rerun_of,
+    and compare every after/ metric with the original's."""
+    import mlflow
+
+    from harness.tracking import Tracker
+    run_id, m, r = logged_recipe(uri, run_id)
+    for d in manifest.differences(m):
+        run.say(f"differs from the logged run: {d}")
+    tracker = Tracker(r)
+    outcome, path = run.train_and_report(r, tracker, tags={"harness.rerun_of": run_id},
+                                         name=f"{r.name}-rerun")
+    original = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    rows = {k: (original.get(f"after/{k}"), v) for k, v in outcome.comparison["after"].items()}
+    return {"run_id": outcome.run_id, "of": run_id, "report": str(path), "after": rows}
+
+
+def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
+           register: str | None = None) -> dict:
+    """The run's adapter (with the tokenizer and its chat template), or with --merge the base
+    with the adapter merged in, saved with save_pretrained so that
+    AutoModelForCausalLM.from_pretrained(out_dir) loads it."""
+    from harness.tracking import Tracker
+    run_id, m, r = logged_recipe(uri, run_id)
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        raise HarnessError(f"{out_dir} exists and is not empty", file="OUT_DIR")
+    tracker = Tracker(r)
+    prep = run.prepare(r, tracker, with_data=False)
+    with tempfile.TemporaryDirectory() as d:
+        adapter = tracker.fetch_adapter(run_id, d)
+        staged = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
+                                       prefix=f".{out.name}-"))
+        if merge or r.adapter.type == "none":
+            from peft import PeftModel
+            base = prep.load_model()
+            model = PeftModel.from_pretrained(base, adapter).merge_and_unload() \
+                if (Path(adapter) / "adapter_config.json").is_file() else base
+            model.save_pretrained(staged)
+        else:
+            if prep.init_adapter:
+                run.say("this adapter was trained on the base with model.init_from merged in; "
+                        "use --merge for a model that stands alone")
+            for f in Path(adapter).iterdir():
+                if f.is_file() and not f.name.startswith("tokenizer"):
+                    shutil.copy2(f, staged / f.name)
+        prep.tok.save_pretrained(staged)
+    if out.exists():
+        out.rmdir()
+    staged.replace(out)  # a half-written export is never left at OUT_DIR
+    result = {"run_id": run_id, "path": str(out), "merged": bool(merge)}
+    if register:
+        result["version"] = _register(uri, run_id, out, register)
+    return result
+
+
+def _register(uri: str, run_id: str, folder: Path, name: str) -> str:
+    """Log the exported folder to the run and register it; the run's after/ and delta/ metrics
+    become tags of the model version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    client = mlflow.MlflowClient(uri)
+    client.log_artifacts(run_id, str(folder), "exported_model")
+    try:
+        client.create_registered_model(name)
+    except MlflowException:  # already registered: add a version
+        pass
+    source = f"{client.get_run(run_id).info.artifact_uri}/exported_model"
+    mv = client.create_model_version(name, source, run_id=run_id)
+    metrics = client.get_run(run_id).data.metrics
+    for k, v in metrics.items():
+        if k.startswith(("after/", "delta/", "before/")):
+            client.set_model_version_tag(name, mv.version, k, f"{v:.6g}")
+    client.set_model_version_tag(name, mv.version, "harness.run_id", run_id)
+    return str(mv.version)
+
+
+def rebuild_report(uri: str, run_id: str) -> Path:
+    """reports/<name>/report.md and its PNGs from what MLflow holds, logged to the run again.
+    A sweep's report needs its Optuna study (the storage its trials' recipe names)."""
+    import mlflow
+
+    from harness import report, storage
+    from harness.sweep import DEFAULT_STORAGE
+    from harness.tracking import Tracker
+    client = mlflow.MlflowClient(uri)
+    tags = client.get_run(run_id).data.tags if _exists(client, run_id) else {}
+    trial_run, _, r = logged_recipe(uri, run_id)
+    tracker = Tracker(r)
+    if tags.get("harness.kind") == "sweep":
+        import optuna
+        url = r.sweep.storage or DEFAULT_STORAGE
+        study = optuna.load_study(study_name=tags["harness.study"],
+                                  storage=storage.open_storage(url))
+        before = run.results_from_json(tracker.load_json(run_id, "eval/start.json")["before"])
+        from harness import plots
+        images = plots.study_plots(study, report.report_dir(r, study.study_name))
+        path = report.write_sweep(r, study, before, tracker, images)
+    else:
+        saved = tracker.load_json(trial_run, "eval/results.json")
+        if not saved or "before" not in saved:
+            raise HarnessError(f"run {trial_run!r} has no eval/results.json with before and "
+                               "after (made by an older harness?)", file="RUN_ID")
+        info = client.get_run(trial_run)
+        outcome = run.Outcome(trial_run, saved["comparison"], run.results_from_json(
+            saved["after"]), info.data.tags.get("harness.adapter_dir", ""),
+            {k: v for k, v in info.data.metrics.items() if k.startswith("train_")}, [])
+        name = r.name if tags.get("harness.kind") == "train" else \
+            f"{r.name}-{info.info.run_name}"
+        path = report.write_run(r, outcome, run.results_from_json(saved["before"]), tracker,
+                                name)
+    tracker.log_artifacts(str(path.parent), "report", run_id=run_id)
+    return path
+
+
+def _exists(client, run_id: str) -> bool:
+    from mlflow.exceptions import MlflowException
+    try:
+        client.get_run(run_id)
+        return True
+    except MlflowException:
+        return False

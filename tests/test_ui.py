@@ -1,0 +1,74 @@
+"""`harness ui` in a real browser: Debian's chromium driven by playwright-core
+(tests/ui/check_ui.mjs; `make test` runs tests/ui/setup.sh to install both) on the store of a
+real tiny sweep."""
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from harness import recipe, sweep
+
+UI = Path(__file__).parent / "ui"
+
+
+@pytest.fixture
+def ui(recipe_dict):
+    """`harness ui` on the tiny recipe's store, on a free port of 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--backend-store-uri",
+                             recipe_dict["tracking"]["uri"], "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = f"http://127.0.0.1:{port}"
+    first_line = proc.stdout.readline()
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError("harness ui did not start")
+    yield url, first_line
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path, ui):
+    assert shutil.which("chromium") and (UI / "node_modules" / "playwright-core").is_dir(), \
+        "the browser test needs tests/ui/setup.sh (make test runs it)"
+    import mlflow
+    (tmp_path / "space3.yaml").write_text(
+        "n_trials: 3\nsampler: random\nparams:\n"
+        "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    d = dict(recipe_dict, sweep=dict(recipe_dict["sweep"], space=str(tmp_path / "space3.yaml")))
+    out = sweep.run_sweep(recipe.build(d, "t.yaml"))
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs
+    url, first_line = ui
+    assert url in first_line  # `harness ui` prints where it listens
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    proc = subprocess.run(["node", str(UI / "check_ui.mjs"), url, exp.experiment_id, str(shots)],
+                          capture_output=True, text=True, timeout=300, cwd=UI)
+    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert "error" not in seen, seen
+    assert seen["trials"] == ["trial-0", "trial-1", "trial-2"]  # nested under the sweep run
+    for key in ("after/math/numeric_accuracy", "delta/math"):
+        assert any(m.startswith(key) for m in seen["chart_metrics"]), seen["chart_metrics"]
+    assert seen["compare_heading"].startswith("Comparing 3 Runs")
+    assert "delta/math/numeric_accuracy" in seen["compare_metrics"]
+    for name in ("runs.png", "charts.png", "compare.png"):
+        assert (shots / name).stat().st_size > 20_000
+    best = client.get_run(out["best_run_id"])
+    assert "math/numeric_accuracy" in best.data.tags["mlflow.note.content"]  # the description
+    mlflow.set_tracking_uri(None)

@@ -1,0 +1,49 @@
+// Drives Debian's chromium through the MLflow UI of a sweep made by tests/test_ui.py and prints
+// what it saw as one JSON line: the trial rows under the sweep run, the metric names on the
+// chart view, and the compare view's heading. Screenshots go to OUT_DIR.
+import { chromium } from 'playwright-core';
+
+const [url, experimentId, outDir] = process.argv.slice(2);
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
+const seen = {};
+try {
+  const page = await browser.newPage({ viewport: { width: 1700, height: 1100 } });
+  await page.goto(`${url}/#/experiments/${experimentId}/runs`);
+  await page.getByText('Expand rows').waitFor({ timeout: 90000 });
+  const close = page.locator('[data-component-id="mlflow.assistant.chat_panel.close"]');
+  if (await close.count()) await close.click();
+  // the sweep's run: open its nested trial runs
+  await page.locator('[data-component-id*="runnamecellrenderer"]').first().click();
+  await page.getByText('trial-0', { exact: true }).first().waitFor({ timeout: 30000 });
+  const body = await page.innerText('body');
+  seen.trials = [...new Set(body.match(/trial-\d+/g) || [])].sort();
+  await page.screenshot({ path: `${outDir}/runs.png` });
+  // chart view: one chart per logged metric
+  const views = page.locator('label:has(input[type="radio"])');
+  await views.nth(1).click();
+  await page.getByText('after/', { exact: false }).first().waitFor({ timeout: 30000 });
+  await page.waitForTimeout(2000);
+  seen.chart_metrics = [...new Set((await page.innerText('body'))
+    .match(/\b(after|delta|before)\/[\w./-]+/g) || [])].sort();
+  await page.screenshot({ path: `${outDir}/charts.png` });
+  // back to the table: select the trials and compare them
+  await views.nth(0).click();
+  for (const name of seen.trials) {
+    const row = page.locator('[role="row"]', { hasText: name }).first();
+    await row.locator('input[type="checkbox"]').first().check();
+  }
+  await page.getByRole('button', { name: /^Compare/ }).first().click();
+  await page.waitForURL(/compare-runs/, { timeout: 30000 });
+  await page.getByText(/Comparing \d+ Runs/).first().waitFor({ timeout: 30000 });
+  seen.compare_heading = (await page.getByText(/Comparing \d+ Runs/).first().innerText()).trim();
+  seen.compare_url = page.url();
+  seen.compare_metrics = [...new Set((await page.innerText('body'))
+    .match(/\b(after|delta)\/[\w./-]+/g) || [])].sort();
+  await page.screenshot({ path: `${outDir}/compare.png`, fullPage: true });
+} catch (e) {
+  seen.error = String(e).split('\n')[0];
+} finally {
+  await browser.close();
+}
+console.log(JSON.stringify(seen));
