@@ -27,6 +27,7 @@ def _quiet() -> None:
     import warnings
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*is experimental")  # optuna's plots, heartbeats
 
 
 def _sigterm_as_interrupt() -> None:

@@ -64,8 +64,9 @@ def before_after(comparison: dict, out_dir: Path, name: str = "before_after.png"
             ax.errorbar([len(sides) - 1], [values[-1]], yerr=[[max(d - lo, 0)], [max(hi - d, 0)]],
                         fmt="none", ecolor="black", capsize=4)
         p = comparison.get("p_value", {}).get(key)
-        ax.set_title(f"{key}\n{comparison['delta'][key]:+.3g}" + (f" (p={p:.2g})" if p is not None
-                                                                  else ""), fontsize=8)
+        from harness.report import p_text
+        ax.set_title(f"{key}\n{comparison['delta'][key]:+.3g}" + (f" (p={p_text(p)})" if p is not
+                                                                  None else ""), fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

@@ -283,7 +283,14 @@ def _spawn_workers(recipe: Recipe, parent: str, total: int, workers: int) -> Non
     path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--n-trials", str(total),
            "--worker-of"]
-    procs = [subprocess.Popen(cmd + [f"{parent}:{i + 1}"]) for i in range(workers)]
+    import os
+
+    import torch
+    gpus = torch.cuda.device_count()
+    # one GPU a worker where there are enough of them; otherwise they share what there is
+    env = [{**os.environ, "CUDA_VISIBLE_DEVICES": str(i)} if gpus >= workers else None
+           for i in range(workers)]
+    procs = [subprocess.Popen(cmd + [f"{parent}:{i + 1}"], env=env[i]) for i in range(workers)]
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RuntimeError(f"sweep workers exited with {codes}")

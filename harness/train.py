@@ -297,6 +297,8 @@ def save(result: TrainResult, path: str) -> str:
     target.parent.mkdir(parents=True, exist_ok=True)
     staged = tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-")
     result.trainer.save_model(staged)
+    # the pickled TrainingArguments can hold tokens (hub_token); the run's manifest has the config
+    (Path(staged) / "training_args.bin").unlink(missing_ok=True)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(staged, target)
     return path

@@ -1,0 +1,44 @@
+"""What reaches MLflow: secrets masked everywhere, long values flattened and truncated."""
+from pathlib import Path
+
+from harness import cli, recipe
+from harness.tracking import MAX_PARAM, Tracker
+
+SECRET, TOKEN = "s3cr3t-pass", "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2"
+
+
+def test_secrets_never_reach_params_tags_files_reports_or_output(recipe_dict, write_recipe,
+                                                                 capsys):
+    import mlflow
+    d = dict(recipe_dict, sweep=dict(recipe_dict["sweep"],
+                                     storage=f"postgresql://bob:{SECRET}@127.0.0.1:1/optuna"),
+             trainer=dict(recipe_dict["trainer"], hub_token=TOKEN))
+    assert cli.main(["train", write_recipe(d)]) == 0
+    out = capsys.readouterr()
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    seen = [out.out, out.err, *run.data.params.values(), *run.data.tags.values()]
+    local = Path(client.download_artifacts(run.info.run_id, ""))
+    seen += [p.read_text(errors="ignore") for p in local.rglob("*") if p.is_file()]
+    seen += [p.read_text() for p in Path(d["reports_dir"]).rglob("*.md")]
+    assert not [s for s in seen if SECRET in s or TOKEN in s]
+    assert any("bob:***@127.0.0.1" in s for s in seen)  # masked, not dropped
+    assert run.data.params["recipe.model.trust_remote_code"] == "False"  # recorded
+    mlflow.set_tracking_uri(None)
+
+
+def test_long_values_and_many_keys_fit_mlflow_limits(recipe_dict):
+    import mlflow
+    r = recipe.build(recipe_dict, "t.yaml")
+    tracker = Tracker(r)
+    params = {"recipe": {"a": {"b": "x" * (MAX_PARAM + 500)}},
+              "many": {f"k{i}": i for i in range(250)}}
+    with tracker.run("long") as run_id:
+        tracker.log_params(params)
+        tracker.log_dict(params, "recipe_full.json")
+    got = tracker.client.get_run(run_id).data.params
+    assert len(got["recipe.a.b"]) == MAX_PARAM and got["recipe.a.b"].endswith("...")
+    assert sum(k.startswith("many.") for k in got) == 250
+    full = Path(tracker.client.download_artifacts(run_id, "recipe_full.json")).read_text()
+    assert "x" * (MAX_PARAM + 500) in full  # the whole value kept as an artifact
+    mlflow.set_tracking_uri(None)
