@@ -91,7 +91,7 @@ def cmd_sweep(args) -> int:
     params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                        for k, v in out["best_params"].items())
     before = f"{out['before_value']:.4g} -> " if out.get("before_value") is not None else ""
-    print(f"\nsweep {out['study']}: {out['trials']} trials finished\n"
+    print(f"\nsweep {out['study']}: {out['trials']} trial{'s' * (out['trials'] != 1)} finished\n"
           f"best trial {out['best_trial']}: {r.sweep.objective} {before}{out['best_value']:.4g}\n"
           f"best params: {params}\n"
           f"runs: experiment {out['experiment']!r} in {out['tracking']} (sweep run "

@@ -5,6 +5,7 @@ its traceback.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 from collections.abc import Iterable
 
@@ -25,6 +26,17 @@ class HarnessError(Exception):
         if self.key:
             where.append(self.key)
         return ": ".join(where + [self.message])
+
+
+@contextlib.contextmanager
+def located(file: str):
+    """Errors raised below without a file name `file` (the recipe they came from)."""
+    try:
+        yield
+    except HarnessError as e:
+        if e.file is None:
+            e.file = file
+        raise
 
 
 class TrainingFault(HarnessError):

@@ -83,6 +83,12 @@ def resolve_init(recipe: Recipe, tracker) -> str | None:
 
 
 def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
+    from harness.errors import located
+    with located(recipe.source):
+        return _prepare(recipe, tracker, with_data)
+
+
+def _prepare(recipe: Recipe, tracker, with_data: bool) -> Prepared:
     check(recipe)
     k = train.kind(recipe)
     plan = models.device_plan(recipe.model)

@@ -166,8 +166,11 @@ def test_bad_input_is_one_line_exit_2(case, recipe_dict, tmp_path, capsys):
     lines = [x for x in err.splitlines() if x.startswith("error:")]
     assert code == 2, err[-2000:]
     assert len(lines) == 1 and "Traceback" not in err, err[-2000:]
+    print(f"CASE {case.id} | {lines[0].replace(str(tmp_path) + '/', '')}")
     for want in case.expect:
         assert _fill(want, subs) in lines[0], lines[0]
+    if case.command != "cli":  # the file: the recipe, or the data / manifest / sweep file
+        assert any(f"{n}:" in lines[0] for n in ["recipe.yaml", "builtin:math", *case.files])
     store = tmp_path / "mlflow.db"
     if store.exists():
         client = mlflow.MlflowClient(f"sqlite:///{store}")
