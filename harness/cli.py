@@ -151,8 +151,6 @@ def cmd_export(args) -> int:
 def cmd_ui(args) -> int:
     """`mlflow ui` (harness ui) or `mlflow server` serving artifacts (harness server), bound to
     127.0.0.1 unless --host says otherwise; the store URI's password is never printed."""
-    import subprocess
-
     from harness.tracking import redact
     uri = args.backend_store_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("http"):
@@ -165,7 +163,9 @@ def cmd_ui(args) -> int:
         cmd += ["--artifacts-destination", args.artifacts_destination]
     print(f"MLflow {what} on http://{args.host}:{args.port} (store {redact(uri)}); for "
           f"workers: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", flush=True)
-    return subprocess.call(cmd)
+    # exec, not a child: a signal to `harness ui` (Ctrl-C, a test's terminate()) reaches MLflow
+    # itself, which stops its workers; a child would be orphaned with them still serving
+    os.execv(sys.executable, cmd)
 
 
 class _Parser(argparse.ArgumentParser):
