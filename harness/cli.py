@@ -31,10 +31,13 @@ def _quiet() -> None:
 
 
 def _sigterm_as_interrupt() -> None:
-    """SIGTERM ends runs the way Ctrl-C does (MLflow run KILLED, Optuna trial FAIL)."""
+    """SIGTERM ends runs the way Ctrl-C does (MLflow run KILLED, Optuna trial FAIL). SIGINT is
+    set too: a process started in the background by a non-interactive shell inherits it
+    ignored, and `kill -INT` must still stop it cleanly."""
     def handler(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_validate(args) -> int:
