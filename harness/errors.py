@@ -10,6 +10,10 @@ import difflib
 from collections.abc import Iterable
 
 
+# what str.splitlines() splits on
+_LINE_BREAKS = (10, 11, 12, 13, 28, 29, 30, 133, 0x2028, 0x2029)
+
+
 class HarnessError(Exception):
     """Bad input from the user: carries where it was found (file, YAML key path, data row)."""
     exit_code = 2
@@ -25,7 +29,9 @@ class HarnessError(Exception):
             where.append(f"row {self.row}")
         if self.key:
             where.append(self.key)
-        return ": ".join(where + [self.message])
+        text = ": ".join(where + [self.message])
+        # one line whatever the input held: a YAML key or value may contain line breaks
+        return text.translate({c: repr(chr(c))[1:-1] for c in _LINE_BREAKS})
 
 
 @contextlib.contextmanager
