@@ -104,12 +104,12 @@ def rebuild_report(uri: str, run_id: str) -> Path:
     A sweep's report needs its Optuna study (the storage its trials' recipe names)."""
     import mlflow
 
-    from harness import report, storage
+    from harness import plots, report, storage
     from harness.sweep import DEFAULT_STORAGE
     from harness.tracking import Tracker
+    trial_run, _, r = logged_recipe(uri, run_id)  # one line if there is no such run
     client = mlflow.MlflowClient(uri)
-    tags = client.get_run(run_id).data.tags if _exists(client, run_id) else {}
-    trial_run, _, r = logged_recipe(uri, run_id)
+    tags = client.get_run(run_id).data.tags
     tracker = Tracker(r)
     if tags.get("harness.kind") == "sweep":
         import optuna
@@ -117,7 +117,6 @@ def rebuild_report(uri: str, run_id: str) -> Path:
         study = optuna.load_study(study_name=tags["harness.study"],
                                   storage=storage.open_storage(url))
         before = run.results_from_json(tracker.load_json(run_id, "eval/start.json")["before"])
-        from harness import plots
         images = plots.study_plots(study, report.report_dir(r, study.study_name))
         path = report.write_sweep(r, study, before, tracker, images)
     else:
@@ -136,11 +135,3 @@ def rebuild_report(uri: str, run_id: str) -> Path:
     tracker.log_artifacts(str(path.parent), "report", run_id=run_id)
     return path
 
-
-def _exists(client, run_id: str) -> bool:
-    from mlflow.exceptions import MlflowException
-    try:
-        client.get_run(run_id)
-        return True
-    except MlflowException:
-        return False

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.stats import format_p
+
 
 def _plt():
     import matplotlib
@@ -64,9 +66,8 @@ def before_after(comparison: dict, out_dir: Path, name: str = "before_after.png"
             ax.errorbar([len(sides) - 1], [values[-1]], yerr=[[max(d - lo, 0)], [max(hi - d, 0)]],
                         fmt="none", ecolor="black", capsize=4)
         p = comparison.get("p_value", {}).get(key)
-        from harness.report import p_text
-        ax.set_title(f"{key}\n{comparison['delta'][key]:+.3g}" + (f" (p={p_text(p)})" if p is not
-                                                                  None else ""), fontsize=8)
+        ax.set_title(f"{key}\n{comparison['delta'][key]:+.3g}" + (f" (p={format_p(p)})" if p is
+                                                                  not None else ""), fontsize=8)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")

@@ -265,19 +265,20 @@ def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
 _FLOAT = re.compile(r"^[-+]?(\.\d+|\d+(\.\d*)?)([eE][-+]?\d+)$")
 
 
-def _floats(value: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads 3e-4 as a string; every ML config means the number."""
-    if isinstance(value, str) and _FLOAT.match(value):
-        return float(value)
+def map_strings(value: Any, fn) -> Any:
+    """`fn` applied to every string in nested dicts and lists (the values, not the keys)."""
+    if isinstance(value, str):
+        return fn(value)
     if isinstance(value, dict):
-        return {k: _floats(v) for k, v in value.items()}
+        return {k: map_strings(v, fn) for k, v in value.items()}
     if isinstance(value, list):
-        return [_floats(v) for v in value]
+        return [map_strings(v, fn) for v in value]
     return value
 
 
 def safe_load(text: str) -> Any:
-    return _floats(yaml.safe_load(text))
+    """YAML 1.1 (PyYAML) reads 3e-4 as a string; every ML config means the number."""
+    return map_strings(yaml.safe_load(text), lambda s: float(s) if _FLOAT.match(s) else s)
 
 
 def parse_value(text: str) -> Any:

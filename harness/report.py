@@ -8,6 +8,7 @@ import yaml
 
 from harness import plots
 from harness.evaluation import SetResult
+from harness.stats import format_p
 from harness.recipe import Recipe
 
 
@@ -35,16 +36,10 @@ def before_after(comparison: dict) -> str:
         p = comparison.get("p_value", {}).get(k)
         rows.append([k, *([base.get(k, "")] if base else []), comparison["before"].get(k, ""),
                      after, f"{comparison['delta'].get(k, float('nan')):+.4g}{ci}",
-                     f"{p_text(p)} ({comparison['test'][k]})" if p is not None else "",
+                     f"{format_p(p)} ({comparison['test'][k]})" if p is not None else "",
                      f"{ch['fixed']} / {ch['broken']}" if ch else ""])
     return table(["metric", *(["base"] if base else []), "before", "after",
                   "delta [95% CI]", "p (paired test)", "fixed / broken"], rows)
-
-
-def p_text(p: float) -> str:
-    """A p-value as read: a bootstrap's 0 means below its resolution."""
-    from harness.stats import N_BOOT
-    return f"<{1 / N_BOOT:g}" if p < 1 / N_BOOT else f"{p:.3g}"
 
 
 def _short(text: str, n: int = 160) -> str:

@@ -59,3 +59,8 @@ def paired(metric, args: dict, b_scores: list[float], a_scores: list[float], b_c
         test = "Wilcoxon signed-rank"
     return Delta(float(before), float(after), float(after - before), float(low), float(high),
                  float(p), test)
+
+
+def format_p(p: float) -> str:
+    """A p-value as read: a bootstrap's 0 means below its resolution."""
+    return f"<{1 / N_BOOT:g}" if p < 1 / N_BOOT else f"{p:.3g}"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from harness.recipe import Recipe
+from harness.recipe import Recipe, map_strings
 
 STUDY_TAG = "harness.study"
 KIND_TAG = "harness.kind"
@@ -33,13 +33,7 @@ def redact(text: str) -> str:
 
 def redact_tree(obj):
     """redact() on every string in nested dicts and lists (recipes, manifests)."""
-    if isinstance(obj, str):
-        return redact(obj)
-    if isinstance(obj, dict):
-        return {k: redact_tree(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact_tree(v) for v in obj]
-    return obj
+    return map_strings(obj, redact)
 
 
 def flatten(d: dict, prefix: str = "") -> dict[str, str]:

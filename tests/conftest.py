@@ -2,6 +2,7 @@
 recipes whose stores (MLflow, Optuna, outputs, reports) all live in tmp_path."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -120,3 +121,38 @@ def pg_database():
         for name in made:
             c.execute(sqlalchemy.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     engine.dispose()
+
+
+@contextlib.contextmanager
+def harness_server(command: str, *args: str):
+    """`harness ui|server ARGS` on a free port of 127.0.0.1, once its /health answers:
+    yields (url, the first line it printed); terminated afterwards."""
+    import socket
+    import subprocess
+    import sys
+    import threading
+    import time
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "harness", command, *args, "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = f"http://127.0.0.1:{port}"
+    first_line = proc.stdout.readline()
+    # keep reading, so a chatty server never blocks on a full pipe
+    threading.Thread(target=proc.stdout.read, daemon=True).start()
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        raise RuntimeError(f"harness {command} did not start")
+    try:
+        yield url, first_line
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

@@ -4,6 +4,7 @@ import json
 import pytest
 
 from harness import recipe, storage, sweep
+from tests.conftest import harness_server
 
 
 @pytest.fixture
@@ -204,32 +205,10 @@ def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, 
 
 @pytest.fixture
 def mlflow_server(pg_database, tmp_path):
-    """`harness server` on a fresh PostgreSQL database, on a free port of 127.0.0.1."""
-    import socket
-    import subprocess
-    import sys
-    import time
-    import urllib.request
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "server", "--backend-store-uri",
-                             pg_database(), "--port", str(port), "--artifacts-destination",
-                             str(tmp_path / "served-artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("harness server did not start")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    """`harness server` on a fresh PostgreSQL database."""
+    with harness_server("server", "--backend-store-uri", pg_database(),
+                        "--artifacts-destination", str(tmp_path / "served-artifacts")) as (url, _):
+        yield url
 
 
 @pytest.mark.parametrize("backend", ["postgresql", "journal"])

@@ -3,43 +3,22 @@
 real tiny sweep."""
 import json
 import shutil
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from harness import recipe, sweep
+from tests.conftest import harness_server
 
 UI = Path(__file__).parent / "ui"
 
 
 @pytest.fixture
 def ui(recipe_dict):
-    """`harness ui` on the tiny recipe's store, on a free port of 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "ui", "--backend-store-uri",
-                             recipe_dict["tracking"]["uri"], "--port", str(port)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    url = f"http://127.0.0.1:{port}"
-    first_line = proc.stdout.readline()
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError("harness ui did not start")
-    yield url, first_line
-    proc.terminate()
-    proc.wait(timeout=30)
+    """`harness ui` on the tiny recipe's store."""
+    with harness_server("ui", "--backend-store-uri", recipe_dict["tracking"]["uri"]) as served:
+        yield served
 
 
 def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path, ui):
