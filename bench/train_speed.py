@@ -9,7 +9,9 @@ everything else is the harness's GPU defaults. Each configuration runs in a fres
 peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
 
     python bench/train_speed.py --shared ../shared [--configs harness harness_sdpa] \
-        [--peers liger liger] [--dpo] [--json out.json]      (PROFILE=harness: profile it)
+        [--peers liger liger] [--dpo] [--processes 1 2] [--json out.json]
+    (PROFILE=harness: profile it; --processes: each configuration on 1 and on 2 GPUs, under
+    torchrun as `harness train --processes N` runs it)
 
 Tokens are non-padding tokens; MFU uses 4N FLOPs a token for LoRA (N: the model's parameters)
 against the H100's 989 TFLOP/s bf16 peak, as the peer does.
@@ -44,6 +46,10 @@ CONFIGS = {
     # twice the tokens a step (32 bins of 1024), at the same lr and at lr x sqrt(2)
     "harness_32k": {"trainer.per_device_train_batch_size": 32},
     "harness_32k_lr": {"trainer.per_device_train_batch_size": 32, "trainer.learning_rate": 2.83e-4},
+    # data parallel (--processes 2): the same global batch as one GPU (8 bins a GPU), and DDP's
+    # unused-parameter search back on (transformers turns it on for a PeftModel)
+    "harness_b8": {"trainer.per_device_train_batch_size": 8},
+    "harness_find_unused": {"trainer.ddp_find_unused_parameters": True},
     "dpo": {},
     "dpo_precompute": {"trainer.precompute_ref_log_probs": True},
 }
@@ -101,6 +107,27 @@ def profiler(first: int, steps: int):
     return Profile()
 
 
+def steady_clock(first: int):
+    """A callback timing the steps after `first` (CUDA synchronized): throughput without the
+    start-up every run pays once (kernel and NCCL set-up, the first allocations)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class Clock(TrainerCallback):
+        start = end = None
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kw):
+            if state.global_step == first:
+                torch.cuda.synchronize()
+                self.start = time.perf_counter()
+
+        def on_train_end(self, args, state, control, **kw):
+            torch.cuda.synchronize()
+            self.end, self.steps = time.perf_counter(), state.global_step
+    return Clock()
+
+
 def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
     import torch
 
@@ -116,14 +143,20 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
         prof = [profiler(10, 3)] if os.environ.get("PROFILE") == name else []
-        res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof)
+        clock = steady_clock(5)
+        res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
         wall = time.perf_counter() - t
-    tokens = tokens_in(res.trainer.train_dataset)
+    tokens = tokens_in(res.trainer.train_dataset)  # every rank's: the dataset is not sharded
     runtime = res.metrics["train_runtime"]
     losses = [h["loss"] for h in res.log_history if "loss" in h]
     args = res.trainer.args
-    return {"config": name, "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
+    from harness import distributed
+    n = distributed.world_size()
+    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n, "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
             "tokens": tokens, "tok_per_s": round(tokens / runtime),
+            # bins are nearly full, so tokens spread evenly over the steps
+            "steady_tok_per_s": round(tokens * (clock.steps - 5) / clock.steps
+                                      / (clock.end - clock.start)),
             "mfu_pct": round(100 * tokens / runtime * 4 * n_params / PEAK_FLOPS, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "steps": res.trainer.state.global_step,
@@ -136,13 +169,17 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                          "adapter_dtype": str(next(p.dtype for n, p in res.model.named_parameters()
                                                    if "lora_" in n)),
                          "compile": args.torch_compile, "bf16": args.bf16,
+                         "effective_batch": distributed.params(args)[
+                             "distributed/effective_batch_size"],
+                         "find_unused": args.ddp_find_unused_parameters,
                          "gradient_checkpointing": args.gradient_checkpointing}}
 
 
 def peers(shared: str, which: list[str], rows: int) -> list[dict]:
     """../shared/anchors/bench_sft.py, unchanged, in a process of its own."""
     with tempfile.TemporaryDirectory() as out:
-        env = {**os.environ, "N_TRAIN": str(rows), "OUT": out}
+        # one GPU, as the peer is meant to run (several visible: Trainer's DataParallel, refused)
+        env = {"CUDA_VISIBLE_DEVICES": "0", **os.environ, "N_TRAIN": str(rows), "OUT": out}
         proc = subprocess.run([sys.executable, f"{shared}/anchors/bench_sft.py", *which],
                               capture_output=True, text=True, env=env)
         if proc.returncode:
@@ -167,12 +204,17 @@ def main() -> None:
     ap.add_argument("--peers", nargs="*", default=["liger", "liger"],
                     help="bench_sft.py variants; one named twice is measured warm")
     ap.add_argument("--dpo", action="store_true", help="also DPO, with and without precompute")
+    ap.add_argument("--processes", nargs="+", type=int, default=[1],
+                    help="run each configuration data-parallel on this many GPUs (several: each)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print("ROW " + json.dumps(measure(args.one[0], args.one[1], args.shared, args.rows)),
-              flush=True)
+        from harness import distributed
+        distributed.setup()
+        row = measure(args.one[0], args.one[1], args.shared, args.rows)
+        if distributed.is_main():
+            print("ROW " + json.dumps(row), flush=True)
         return
     import torch
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
@@ -182,8 +224,11 @@ def main() -> None:
     configs = args.configs + (["dpo", "dpo_precompute"] if args.dpo else [])
     with tempfile.TemporaryDirectory() as d:
         model_dir = random_model(f"{args.shared}/anchors/smollm2-135m", d)
-        for name in configs:
-            cmd = [sys.executable, __file__, "--one", name, model_dir, "--shared", args.shared,
+        for name, n in [(c, n) for c in configs for n in args.processes]:
+            launcher = [sys.executable] if n == 1 else [
+                sys.executable, "-m", "torch.distributed.run", "--standalone",
+                f"--nproc-per-node={n}"]
+            cmd = [*launcher, __file__, "--one", name, model_dir, "--shared", args.shared,
                    "--rows", str(args.rows)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode or "ROW " not in proc.stdout:
@@ -194,13 +239,23 @@ def main() -> None:
             rows.append(json.loads(proc.stdout.split("ROW ", 1)[1].splitlines()[0]))
             print(json.dumps(rows[-1]), flush=True)
     ref = next((r for r in rows if r["config"] == "peer:trl_tuned_liger_lora"), None)
-    print("\n| configuration | tokens/s | x TRL tuned+Liger | MFU % | peak GiB | train s | "
-          "wall s | mean train loss | final loss |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    one = {}  # each several-GPU run against the 1-GPU run of its configuration just before it
+    for r in rows:
+        if r.get("gpus") == 1:
+            one[r["config"]] = r
+        elif r.get("gpus", 1) > 1 and r["config"].split("@")[0] in one:
+            base = one[r["config"].split("@")[0]]
+            print(f"{r['config']}: {r['tok_per_s'] / base['tok_per_s']:.2f}x the same "
+                  f"configuration on 1 GPU ({r['steady_tok_per_s'] / base['steady_tok_per_s']:.2f}x "
+                  "after the first 5 steps)", flush=True)
+    print("\n| configuration | tokens/s | x TRL tuned+Liger | after step 5 | MFU % | peak GiB | "
+          "train s | wall s | mean train loss | final loss |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = f"{r['tok_per_s'] / ref['tok_per_s']:.2f}" if ref and not \
             r["config"].startswith("dpo") else ""
-        print(f"| {r['config']} | {r['tok_per_s']:,} | {ratio} | {r['mfu_pct']} | "
+        print(f"| {r['config']} | {r['tok_per_s']:,} | {ratio} | "
+              f"{r.get('steady_tok_per_s', 0):,} | {r['mfu_pct']} | "
               f"{r['peak_gib']} | {r['runtime_s']} | {r.get('wall_s', '')} | "
               f"{r.get('train_loss', '')} | {r.get('final_loss', '')} |")
     if args.json:

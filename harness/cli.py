@@ -67,8 +67,9 @@ def cmd_train(args) -> int:
         if init and init != r.model.init_from:
             sets += ["--set", f"model.init_from={init}"]
         return distributed.launch(["train", args.recipe, *sets], args.processes)
-    distributed.setup()
     outcome, path = run.train_and_report(r, Tracker(r) if distributed.is_main() else None)
+    if distributed.world_size() > 1:
+        distributed.finish()
     if outcome is None:  # not rank 0
         return 0
     cmp = outcome.comparison

@@ -9,6 +9,9 @@ import os
 import subprocess
 import sys
 
+_machine_gpus: list[str] | None = None  # CUDA_VISIBLE_DEVICES names, before setup() pins one
+_control = None  # the gloo group trial values and pruning decisions travel on
+
 
 def rank() -> int:
     return int(os.environ.get("RANK", "0"))
@@ -23,20 +26,68 @@ def is_main() -> bool:
 
 
 def setup() -> None:
-    """Under torchrun: this rank's GPU becomes the current device, so 'cuda' means it."""
+    """Under torchrun: this rank's GPU becomes the current device, so 'cuda' means it. One
+    process on a machine of several GPUs trains on the first: Trainer would wrap the model in
+    nn.DataParallel, which TRL refuses (and DDP outruns). Called before CUDA starts."""
+    import torch
+    gpu_ids()
     if world_size() > 1:
-        import torch
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    elif "CUDA_VISIBLE_DEVICES" not in os.environ and torch.cuda.device_count() > 1:
+        n = torch.cuda.device_count()
+        os.environ["CUDA_VISIBLE_DEVICES"] = _machine_gpus[0]
+        print(f"[harness] {n} GPUs visible: this process uses GPU 0; `harness train --processes "
+              f"{n}` trains on all of them, `harness sweep --workers {n}` runs a trial on each",
+              file=sys.stderr, flush=True)
+
+
+def gpu_ids() -> list[str]:
+    """The GPUs this process was given (CUDA_VISIBLE_DEVICES, or all), as they were before
+    setup() kept one: what a sweep hands out to its workers."""
+    global _machine_gpus
+    if _machine_gpus is None:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        if visible is not None:
+            _machine_gpus = [x.strip() for x in visible.split(",") if x.strip()]
+        else:
+            import torch
+            _machine_gpus = [str(i) for i in range(torch.cuda.device_count())]
+    return _machine_gpus
+
+
+def command(argv: list[str], processes: int) -> list[str]:
+    """`harness <argv>`, under torchrun when it takes several processes."""
+    if processes == 1:
+        return [sys.executable, "-m", "harness", *argv]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={processes}", "-m", "harness", *argv]
 
 
 def launch(argv: list[str], processes: int) -> int:
     """`harness <argv>` in `processes` processes on this machine, one GPU each where there are
     GPUs. Returns torchrun's exit code."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc-per-node={processes}", "-m", "harness", *argv]
-    return subprocess.call(cmd, env={**os.environ, "OMP_NUM_THREADS":
-                                     os.environ.get("OMP_NUM_THREADS", "1")})
+    return subprocess.call(command(argv, processes), env={
+        **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+
+
+def share(obj=None):
+    """Rank 0's `obj`, on every rank (a collective: all ranks call it). On gloo with a long
+    timeout, so the other ranks may wait for as long as rank 0 scores a model; a NCCL
+    collective would time out."""
+    global _control
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    if _control is None:
+        if not dist.is_initialized():  # accelerate reuses this group when the trainer starts
+            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
+                                    timeout=timedelta(minutes=30))
+        _control = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, group=_control)
+    return box[0]
 
 
 def params(config) -> dict:
@@ -65,3 +116,12 @@ def weights_in_sync(model) -> bool:
     everyone = [torch.zeros_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(everyone, mine)
     return all(torch.equal(everyone[0], t) for t in everyone)
+
+
+def finish() -> None:
+    """Leave the process group (every rank calls it): a clean exit, without NCCL's warning."""
+    global _control
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _control = None

@@ -148,6 +148,9 @@ class SweepFile(Section):
                          "died) and retried once by the next start.")
     params: dict[str, ParamSpace] = Field(..., min_length=1, description="Recipe key path -> "
                                           "space, e.g. trainer.learning_rate.")
+    processes_per_trial: int = Field(1, gt=0, description="Data-parallel processes (one GPU "
+                                     "each) a trial trains on, under torchrun; with --workers N, "
+                                     "N such groups run trials side by side.")
 
 
 class EarlyStoppingSpec(Section):

@@ -89,7 +89,9 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
 
 
 def _prepare(recipe: Recipe, tracker, with_data: bool) -> Prepared:
+    from harness import distributed
     check(recipe)
+    distributed.setup()  # before CUDA starts: which GPU this process trains on
     k = train.kind(recipe)
     plan = models.device_plan(recipe.model)
     say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
@@ -203,17 +205,33 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     its report. Returns (Outcome, report path)."""
     from harness import distributed, report
     prep = prepare(recipe, tracker)
-    if not distributed.is_main():  # other ranks train alongside rank 0, which scores and logs
-        import tempfile
-        with tempfile.TemporaryDirectory() as out:
-            train.train(recipe, prep.load_model(), prep.tok, prep.train_ds, prep.eval_ds,
-                        prep.plan, out)
+    if not distributed.is_main():
+        train_alongside(prep, recipe)
         return None, None
     evaluate_start(prep)
     outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags)
     path = report.write_run(recipe, outcome, prep.before, tracker, name)
     tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
     return outcome, path
+
+
+def datasets(prep: Prepared, recipe: Recipe) -> tuple:
+    """The training and held-out rows of `recipe`: prep's, unless the recipe (a trial) changes
+    the data."""
+    if recipe.data == prep.recipe.data:
+        return prep.train_ds, prep.eval_ds
+    train_ds, eval_ds, _ = data.load_train(recipe.data, recipe.seed, train.kind(recipe).data_kind)
+    return train_ds, eval_ds
+
+
+def train_alongside(prep: Prepared, recipe: Recipe, callbacks: list | None = None) -> None:
+    """A rank other than 0: trains in step with rank 0 (DDP), which saves, scores and logs."""
+    import tempfile
+    train_ds, eval_ds = datasets(prep, recipe)
+    with tempfile.TemporaryDirectory() as out:
+        train.train(recipe, prep.load_model(), prep.tok, train_ds, eval_ds, prep.plan, out,
+                    callbacks=callbacks)
+    gc.collect()
 
 
 def slice_score(prep: Prepared, model, key: str, n: int) -> float:
@@ -243,10 +261,7 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         tracker.log_params({"recipe": recipe.to_dict(), **prep.plan.as_params(),
                             "data": prep.data_info})
         tracker.log_dict(recipe.to_dict(), "recipe.yaml")
-        train_ds, eval_ds = prep.train_ds, prep.eval_ds
-        if recipe.data != prep.recipe.data:  # a trial that changes the data reloads it
-            train_ds, eval_ds, _ = data.load_train(recipe.data, recipe.seed,
-                                                   train.kind(recipe).data_kind)
+        train_ds, eval_ds = datasets(prep, recipe)
         manifest.log(tracker, dataclasses.replace(prep, recipe=recipe), train_ds)
         model = prep.load_model()
         out_dir = str(Path(recipe.output_dir) / recipe.name / run_id)

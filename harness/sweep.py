@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import math
+import os
 
-from harness import plots, run
+from harness import distributed, plots, run
 from harness import storage as stores
 from harness.errors import HarnessError, TrainingFault, TrialPruned
 from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
@@ -70,23 +71,27 @@ def _sha(spec: PrunerSpec):
 def pruning_callback(trial, spec: PrunerSpec, prep, key: str, direction: str, tracker):
     """A TrainerCallback that reports the intermediate objective to the trial every
     `spec.every_steps` steps (or at each evaluation, for eval_loss) and stops training when the
-    pruner says so. eval_loss is negated for a maximized objective, so 'better' agrees."""
+    pruner says so. eval_loss is negated for a maximized objective, so 'better' agrees. In a
+    multi-GPU trial, rank 0 (trial set) decides and the other ranks (trial None) stop with it."""
     from transformers import TrainerCallback
 
     class Pruning(TrainerCallback):
         pruned = False
 
-        def _report(self, value: float, step: int, control) -> None:
-            trial.report(value, step)
-            tracker.log_metrics({"intermediate/value": value}, step=step)
-            if trial.should_prune():
-                self.pruned = True
+        def _report(self, value, step: int, control) -> None:
+            if trial is not None:
+                trial.report(value, step)
+                tracker.log_metrics({"intermediate/value": value}, step=step)
+                self.pruned = trial.should_prune()
+            if distributed.world_size() > 1:
+                self.pruned = distributed.share(self.pruned)
+            if self.pruned:
                 control.should_training_stop = True
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
             if spec.intermediate == "objective" and state.global_step % spec.every_steps == 0:
-                self._report(run.slice_score(prep, model, key, spec.examples),
-                             state.global_step, control)
+                value = run.slice_score(prep, model, key, spec.examples) if trial else None
+                self._report(value, state.global_step, control)
 
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             if spec.intermediate == "eval_loss" and metrics and "eval_loss" in metrics:
@@ -222,6 +227,8 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
                 + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
+        if distributed.world_size() > 1:  # the trial's other processes train these values too
+            distributed.share(values)
         try:
             outcome = run.run_one(
                 prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
@@ -271,36 +278,47 @@ def check_parallel(recipe: Recipe, tracker) -> None:
                            "postgresql://...", key="tracking.uri")
 
 
-def _spawn_workers(recipe: Recipe, parent: str, total: int, workers: int) -> None:
-    """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe."""
+def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: int,
+                   per_trial: int) -> None:
+    """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe, each
+    a torchrun group of `per_trial` processes when trials train on several GPUs."""
     import subprocess
-    import sys
     from pathlib import Path
 
     import yaml
+    ids = distributed.gpu_ids()
+    if per_trial > 1 and ids and len(ids) < workers * per_trial:
+        raise HarnessError(f"{workers} worker(s) of {per_trial} GPUs need {workers * per_trial} "
+                           f"GPUs and this machine has {len(ids)}", file=recipe.sweep.space,
+                           key="processes_per_trial")
     path = Path(recipe.output_dir) / recipe.name / f"sweep-recipe-{parent}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
+    if per_trial > 1:  # an MLflow run's adapter, downloaded here once, not by every rank
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
+            "init_from": run.resolve_init(recipe, tracker)})})
     path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    cmd = [sys.executable, "-m", "harness", "sweep", str(path), "--n-trials", str(total),
-           "--worker-of"]
-    import os
-
-    import torch
-    gpus = torch.cuda.device_count()
-    # one GPU a worker where there are enough of them; otherwise they share what there is
-    env = [{**os.environ, "CUDA_VISIBLE_DEVICES": str(i)} if gpus >= workers else None
-           for i in range(workers)]
-    procs = [subprocess.Popen(cmd + [f"{parent}:{i + 1}"], env=env[i]) for i in range(workers)]
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if ids:  # its own GPUs where there are enough; otherwise workers share them in turn
+            group = ids[i * per_trial:(i + 1) * per_trial] if len(ids) >= workers * per_trial \
+                else [ids[i % len(ids)]]
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(group)
+        argv = ["sweep", str(path), "--n-trials", str(total), "--worker-of", f"{parent}:{i + 1}"]
+        procs.append(subprocess.Popen(distributed.command(argv, per_trial), env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
         raise RuntimeError(f"sweep workers exited with {codes}")
 
 
 def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) -> None:
-    """One of several processes joining a study: trials only, no base scoring, no report."""
+    """One of several processes joining a study: trials only, no base scoring, no report. In a
+    group of multi-GPU trials, rank 0 runs the study and the other ranks follow it."""
     _setup()
     from harness.tracking import Tracker
     space = load_space(recipe)
+    if not distributed.is_main():
+        return _follow(recipe, space)
     tracker = Tracker(recipe)
     prep = run.prepare(recipe, tracker)
     saved = tracker.load_json(parent, "eval/start.json")
@@ -310,6 +328,23 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
     run.start_from_json(prep, saved)
     study = open_study(recipe, space, worker=index)
     _optimize(recipe, space, prep, tracker, study, parent, n_trials or space.n_trials)
+    if distributed.world_size() > 1:
+        distributed.share(None)  # the study is done: the other ranks stop following
+        distributed.finish()
+
+
+def _follow(recipe: Recipe, space: SweepFile) -> None:
+    """A rank other than 0 of a multi-GPU trial: trains, in step with rank 0, each trial's
+    values as rank 0 announces them, until it announces none."""
+    prep = run.prepare(recipe)
+    while (values := distributed.share()) is not None:
+        callbacks = [] if space.pruner.type == "none" else [pruning_callback(
+            None, space.pruner, prep, recipe.sweep.objective, recipe.sweep.direction, None)]
+        try:
+            run.train_alongside(prep, with_values(recipe, values), callbacks)
+        except TrainingFault:  # rank 0 fails the trial; the study goes on
+            pass
+    distributed.finish()
 
 
 def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> dict:
@@ -349,9 +384,11 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
-        if workers > 1:
-            run.say(f"{workers} workers joining study {name!r}")
-            _spawn_workers(recipe, parent, total, workers)
+        if workers > 1 or space.processes_per_trial > 1:
+            per = space.processes_per_trial
+            run.say(f"{workers} worker(s) joining study {name!r}"
+                    + (f", {per} processes a trial" if per > 1 else ""))
+            _spawn_workers(recipe, tracker, parent, total, workers, per)
         else:
             _optimize(recipe, space, prep, tracker, study, parent, total)
         if not [t for t in finished(study) if t.state.name == "COMPLETE"]:

@@ -155,6 +155,10 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         disable_tqdm=not sys.stderr.isatty(), optim=plan.optim,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
     )
+    if recipe.adapter.type == "lora":
+        # transformers searches a PeftModel's graph for unused parameters every DDP step; every
+        # LoRA weight gets a gradient, and on a GPU that host-side walk slows each step
+        defaults["ddp_find_unused_parameters"] = False
     if k.packs:
         defaults["packing"] = plan.packing
     es = recipe.early_stopping

@@ -38,3 +38,52 @@ def test_effective_batch_counts_every_rank(n, monkeypatch):
     cfg = SimpleNamespace(per_device_train_batch_size=4, gradient_accumulation_steps=3)
     assert distributed.params(cfg) == {"distributed/world_size": n,
                                        "distributed/effective_batch_size": 4 * n * 3}
+
+
+def test_a_sweep_of_two_process_trials_prunes_on_every_rank(recipe_dict, tmp_path):
+    """processes_per_trial: 2 -> each trial is one DDP run (gloo here): rank 0 runs the study
+    and logs; rank 1 trains the same values and stops when rank 0's pruner says so."""
+    import mlflow
+    import optuna
+
+    from harness import recipe, sweep
+    # a good and a hopeless learning rate; the worker samples with seed + 1 = 6: good, good,
+    # hopeless
+    (tmp_path / "ddp.yaml").write_text(
+        "n_trials: 3\nsampler: random\nseed: 5\nprocesses_per_trial: 2\n"
+        "pruner: {type: median, intermediate: eval_loss, every_steps: 1, n_startup_trials: 1}\n"
+        "params:\n  trainer.learning_rate: {type: categorical, choices: [3.0e-2, 1.0e-7]}\n")
+    d = dict(recipe_dict, data={"train": "builtin:math", "builtin_rows": 24, "eval_rows": 4})
+    d["trainer"] = dict(d["trainer"], max_steps=4, per_device_train_batch_size=2)
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "ddp.yaml"))
+    out = sweep.run_sweep(recipe.build(d, "ddp.yaml"))
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    states = {t.number: (t.state.name, t.params["trainer.learning_rate"]) for t in study.trials}
+    assert sorted(s for s, _ in states.values()) == ["COMPLETE", "COMPLETE", "PRUNED"], states
+    assert all(lr == 1e-7 for s, lr in states.values() if s == "PRUNED")
+    pruned = next(t for t in study.trials if t.state.name == "PRUNED")
+    assert max(pruned.intermediate_values) < 4  # both ranks stopped early, none hung
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert len(runs) == 4  # the sweep and its 3 trials: rank 1 logs nothing
+    for t in study.trials:
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        assert run.data.params["distributed/world_size"] == "2"
+        assert run.data.params["distributed/effective_batch_size"] == "4"
+        if t.state.name == "COMPLETE":
+            assert run.info.status == "FINISHED"
+            assert run.data.metrics["distributed/in_sync"] == 1.0
+            assert "after/math/numeric_accuracy" in run.data.metrics
+        else:
+            assert run.info.status == "KILLED"
+    assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
+
+
+def test_trials_of_more_gpus_than_the_machine_has_are_bad_input(recipe_dict, tmp_path,
+                                                                 monkeypatch):
+    from harness import distributed, recipe, sweep
+    from harness.errors import HarnessError
+    monkeypatch.setattr(distributed, "_machine_gpus", ["0", "1"])
+    r = recipe.build(recipe_dict, "r.yaml")
+    with pytest.raises(HarnessError, match=r"processes_per_trial: 2 worker\(s\) of 2 GPUs need 4"):
+        sweep._spawn_workers(r, None, "parent", 2, workers=2, per_trial=2)

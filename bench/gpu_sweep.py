@@ -1,0 +1,101 @@
+"""A sweep whose trials train on several GPUs (`processes_per_trial` in the sweep file), against
+the same study with one GPU a trial, on the GPU machine.
+
+The workload is bench/train_speed.py's (4,000 GSM8K rows as chat, SmolLM2-135M's shape with
+random weights, LoRA r=16, 1 epoch), swept over two learning rates and scored on the first
+golden problems of goldensets/math.yaml; each arm is `harness sweep`
+in a subprocess with its own SQLite stores. Prints, per arm, the wall time, and per trial its
+MLflow status, world size, effective batch, whether the ranks ended in sync and the Trainer's
+train_runtime.
+
+    python bench/gpu_sweep.py --shared ../shared [--processes 2] [--n-trials 2] [--rows 4000]
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import random_model
+from train_speed import workload
+
+
+def arm(per_trial: int, n_trials: int, model: str, shared: str, root: Path, rows: int,
+        examples: int, trace: bool) -> dict:
+    import mlflow
+    root.mkdir(parents=True)
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "n_trials": n_trials, "sampler": "grid", "seed": 0, "processes_per_trial": per_trial,
+        "params": {"trainer.learning_rate": {"type": "categorical", "choices": [1e-4, 2e-4]}}}))
+    r = workload("harness", model, str(Path(shared).resolve()), rows)
+    d = r.to_dict()
+    # scored on the shipped math golden set (gsm8k's comes from the Hub)
+    d["eval"]["goldensets"] = [str(Path("goldensets/math.yaml").resolve())]
+    d["sweep"].update(space=str(space), storage=f"sqlite:///{root}/optuna.db",
+                      objective="math/numeric_accuracy")
+    d["tracking"] = {"uri": f"sqlite:///{root}/mlflow.db"}
+    d["eval"].update(max_examples=examples, batch_size=examples)
+    d.update(output_dir=str(root / "out"), reports_dir=str(root / "reports"))
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(d))
+    t = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "sweep", str(path)],
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    said = [f"{time.perf_counter() - t:6.1f}s {line.rstrip()}" for line in proc.stderr
+            if line.startswith(("[harness]", "error", "Traceback", "{'train_runtime"))]
+    code = proc.wait()
+    wall = time.perf_counter() - t
+    if code or trace:
+        print(f"processes_per_trial {per_trial}:", *said[-60:], sep="\n", flush=True)
+    if code:
+        sys.exit(f"processes_per_trial {per_trial}: exit {code}")
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    exp = client.get_experiment_by_name(d["name"])
+    trials = []
+    for run in client.search_runs([exp.experiment_id], order_by=["attributes.start_time"]):
+        if "harness.trial" not in run.data.tags:
+            continue
+        m, p = run.data.metrics, run.data.params
+        trials.append({"trial": run.data.tags["harness.trial"], "status": run.info.status,
+                       "world_size": int(p.get("distributed/world_size", 1)),
+                       "effective_batch": p.get("distributed/effective_batch_size",
+                                                p.get("per_device_train_batch_size")),
+                       "in_sync": m.get("distributed/in_sync"),
+                       "train_runtime_s": round(m.get("train_runtime", 0), 1),
+                       "train_loss": round(m.get("train_loss", 0), 4)})
+    return {"processes_per_trial": per_trial, "wall_s": round(wall, 1), "trials": trials}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default="../shared")
+    ap.add_argument("--processes", type=int, default=2)
+    ap.add_argument("--n-trials", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--examples", type=int, default=16, help="golden problems scored")
+    ap.add_argument("--arms", type=int, nargs="+", help="GPUs a trial, each arm (default: "
+                    "--processes, then 1)")
+    ap.add_argument("--trace", action="store_true", help="print what each sweep said, timed")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        model = random_model(f"{args.shared}/anchors/smollm2-135m", f"{d}/model")
+        arms = [arm(n, args.n_trials, model, args.shared, Path(d) / f"arm{n}", args.rows,
+                    args.examples, args.trace)
+                for n in args.arms or (args.processes, 1)]
+    print("\n| GPUs a trial | sweep wall s | trial | MLflow status | world size | effective "
+          "batch | ranks in sync | train s | train loss |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for a in arms:
+        for t in a["trials"]:
+            print(f"| {a['processes_per_trial']} | {a['wall_s']} | {t['trial']} | {t['status']} | "
+                  f"{t['world_size']} | {t['effective_batch']} | {t['in_sync']} | "
+                  f"{t['train_runtime_s']} | {t['train_loss']} |")
+
+
+if __name__ == "__main__":
+    main()
