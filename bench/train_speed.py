@@ -42,7 +42,9 @@ CONFIGS = {
     "harness_adamw": {"trainer.optim": "adamw_torch"},
     "harness_liger": {"trainer.use_liger_kernel": True},
     "harness_compile": {"trainer.torch_compile": True},
-    "harness_no_autocast": {"trainer.bf16": False},  # a bf16 model and bf16 adapters, no autocast
+    "harness_no_autocast": {"trainer.bf16": False},
+    "harness_unfused_norm": {"model.fused_norm": False},  # transformers' own RMSNorm
+    "harness_loader_workers": {"trainer.dataloader_num_workers": 2},  # collation off the loop  # a bf16 model and bf16 adapters, no autocast
     # twice the tokens a step (32 bins of 1024), at the same lr and at lr x sqrt(2)
     "harness_32k": {"trainer.per_device_train_batch_size": 32},
     "harness_32k_lr": {"trainer.per_device_train_batch_size": 32, "trainer.learning_rate": 2.83e-4},
@@ -169,6 +171,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                          "adapter_dtype": str(next(p.dtype for n, p in res.model.named_parameters()
                                                    if "lora_" in n)),
                          "compile": args.torch_compile, "bf16": args.bf16,
+                         "fused_norm": plan.fused_norm,
                          "effective_batch": distributed.params(args)[
                              "distributed/effective_batch_size"],
                          "find_unused": args.ddp_find_unused_parameters,

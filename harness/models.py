@@ -31,6 +31,7 @@ class DevicePlan:
     attention: str = "sdpa"  # for padding-free training; evaluation keeps the model's own
     optim: str = "adamw_torch"
     adapter_dtype: str = "float32"  # LoRA weights
+    fused_norm: bool = False  # PyTorch's fused RMSNorm while training (harness.kernels)
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items()}
@@ -48,10 +49,12 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
         from harness import attention
         return DevicePlan("cuda", dtype, dtype == "bfloat16", False, packing=True,
                           attention=spec.attn_implementation or attention.NAME,
-                          optim="adamw_torch_fused", adapter_dtype=dtype)
+                          optim="adamw_torch_fused", adapter_dtype=dtype,
+                          fused_norm=spec.fused_norm is not False)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
-    return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa")
+    return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",
+                      fused_norm=bool(spec.fused_norm))
 
 
 def _embedded_path(name: str) -> Path:

@@ -33,6 +33,10 @@ class ModelSpec(Section):
         "auto", description="auto: float32 on CPU, bfloat16 on a GPU that supports it.")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub repo.")
     attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2...")
+    fused_norm: bool | None = Field(None, description="Train with PyTorch's fused RMSNorm kernel "
+                                    "in place of the model's (Llama, Mistral, Qwen2/3). Default: "
+                                    "on a GPU, where a small model's step is bound by kernel "
+                                    "launches.")
     quantization: Literal["none", "4bit"] = Field(
         "none", description="4bit: QLoRA (bitsandbytes NF4, double quantization, bf16 compute); "
         "needs a CUDA GPU.")

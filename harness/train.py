@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import attention, distributed, models
+from harness import attention, distributed, kernels, models
 from harness.errors import HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -194,7 +194,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
                                                recipe.early_stopping.threshold))
     finite = FiniteLoss()
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
-                                      else None), faults(recipe, output_dir) as where:
+                                      else None), kernels.fused_norms(model, plan.fused_norm), \
+            faults(recipe, output_dir) as where:
         trainer = k.trainer_cls()(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
