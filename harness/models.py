@@ -32,6 +32,7 @@ class DevicePlan:
     optim: str = "adamw_torch"
     adapter_dtype: str = "float32"  # LoRA weights
     fused_norm: bool = False  # PyTorch's fused RMSNorm while training (harness.kernels)
+    loader_workers: int = 0  # dataloader processes collating batches beside the training loop
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items()}
@@ -50,7 +51,7 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
         return DevicePlan("cuda", dtype, dtype == "bfloat16", False, packing=True,
                           attention=spec.attn_implementation or attention.NAME,
                           optim="adamw_torch_fused", adapter_dtype=dtype,
-                          fused_norm=spec.fused_norm is not False)
+                          fused_norm=spec.fused_norm is not False, loader_workers=2)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
     return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",

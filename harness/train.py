@@ -153,6 +153,7 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         learning_rate=k.lora_lr if recipe.adapter.type == "lora" else k.full_lr,
         dataloader_pin_memory=plan.device == "cuda", eval_strategy="epoch" if has_eval else "no",
         disable_tqdm=not sys.stderr.isatty(), optim=plan.optim,
+        dataloader_num_workers=plan.loader_workers,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
     )
     if recipe.adapter.type == "lora":
