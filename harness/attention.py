@@ -41,42 +41,10 @@ def _cuda_varlen(q, k, v, cu, max_len: int, scale: float):
     if k.shape[1] != q.shape[1]:
         if "enable_gqa" in params:
             kwargs["enable_gqa"] = True
-        elif not _takes_fewer_kv_heads(varlen_attn, q, kwargs):
+        else:
             rep = q.shape[1] // k.shape[1]
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
-
-
-_fewer_kv_heads: bool | None = None
-
-
-def _takes_fewer_kv_heads(varlen_attn, like, kwargs) -> bool:
-    """Whether this torch's varlen kernel attends grouped-query heads itself (FlashAttention's
-    kernels do; a wrapper without `enable_gqa` may still pass them through), which saves
-    repeating keys and values in every layer. Probed once, forward and backward, against the
-    repeated heads on a small input."""
-    global _fewer_kv_heads
-    if _fewer_kv_heads is None:
-        import torch
-        g = torch.Generator(device=like.device).manual_seed(0)
-        q, k, v = (torch.randn(n, h, like.shape[-1], device=like.device, dtype=like.dtype,
-                               generator=g, requires_grad=True)
-                   for n, h in ((24, 4), (24, 2), (24, 2)))
-        cu = torch.tensor([0, 5, 24], device=like.device, dtype=torch.int32)
-        kw = {**kwargs, "scale": 0.125}
-        with torch.enable_grad():
-            try:
-                native = varlen_attn(q, k, v, cu, cu, 19, 19, **kw)
-                grads = torch.autograd.grad(native.float().square().sum(), (q, k, v))
-            except (RuntimeError, ValueError):
-                _fewer_kv_heads = False
-                return False
-            rep = varlen_attn(q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1),
-                              cu, cu, 19, 19, **kw)
-            want = torch.autograd.grad(rep.float().square().sum(), (q, k, v))
-        _fewer_kv_heads = bool(torch.allclose(native, rep, atol=2e-2, rtol=2e-2) and all(
-            torch.allclose(a, b, atol=5e-2, rtol=5e-2) for a, b in zip(grads, want)))
-    return _fewer_kv_heads
 
 
 def _segmented_sdpa(q, k, v, cu, scale: float):

@@ -83,22 +83,3 @@ def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, re
     dpo = recipe.build({**recipe_dict, "method": "dpo"}, "t.yaml")
     assert not hasattr(train.build_config(dpo, fast, str(tmp_path)), "packing")
 
-
-@pytest.mark.parametrize("kernel,expected", [("grouped", True), ("tiled", False), ("refuses", False)])
-def test_grouped_kv_heads_go_to_the_kernel_only_when_it_attends_them_right(kernel, expected,
-                                                                           monkeypatch):
-    """The probe behind skipping repeat_interleave of keys and values: a kernel that groups
-    query heads onto key heads as GQA does passes; one that pairs them wrongly or refuses
-    them does not."""
-    def varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale=None, window_size=None):
-        if k.shape[1] != q.shape[1]:
-            if kernel == "refuses":
-                raise RuntimeError("number of heads must match")
-            if kernel == "tiled":  # query head i on key head i % kv_heads: not GQA's grouping
-                k, v = (t.repeat(1, q.shape[1] // t.shape[1], 1) for t in (k, v))
-        out = attention._segmented_sdpa(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                        cu_q, scale)
-        return out.transpose(0, 1)
-    monkeypatch.setattr(attention, "_fewer_kv_heads", None)
-    like = torch.zeros(1, 4, 16)
-    assert attention._takes_fewer_kv_heads(varlen, like, {}) is expected
