@@ -88,7 +88,12 @@ def _embedded_path(name: str) -> Path:
     model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)  # atomic: a half-written copy is never picked up
+    try:
+        os.replace(tmp, out)  # atomic: a half-written copy is never picked up
+    except OSError:
+        if not (out / "model.safetensors").is_file():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
     return out
 
 
