@@ -278,6 +278,15 @@ def check_parallel(recipe: Recipe, tracker) -> None:
                            "postgresql://...", key="tracking.uri")
 
 
+def check_gpus(recipe: Recipe, space: SweepFile, workers: int) -> None:
+    """Multi-GPU trials need their GPUs: said before anything starts. (On a CPU, gloo.)"""
+    ids, per = distributed.gpu_ids(), space.processes_per_trial
+    if per > 1 and ids and len(ids) < workers * per:
+        raise HarnessError(f"{workers} worker(s) of {per} GPUs need {workers * per} GPUs and "
+                           f"this machine has {len(ids)}", file=recipe.sweep.space,
+                           key="processes_per_trial")
+
+
 def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: int,
                    per_trial: int) -> None:
     """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe, each
@@ -287,10 +296,6 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
 
     import yaml
     ids = distributed.gpu_ids()
-    if per_trial > 1 and ids and len(ids) < workers * per_trial:
-        raise HarnessError(f"{workers} worker(s) of {per_trial} GPUs need {workers * per_trial} "
-                           f"GPUs and this machine has {len(ids)}", file=recipe.sweep.space,
-                           key="processes_per_trial")
     path = Path(recipe.output_dir) / recipe.name / f"sweep-recipe-{parent}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     if per_trial > 1:  # an MLflow run's adapter, downloaded here once, not by every rank
@@ -352,6 +357,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     from harness import report
     from harness.tracking import KIND_TAG, STUDY_TAG, Tracker
     space = load_space(recipe)
+    check_gpus(recipe, space, workers)
     tracker = Tracker(recipe)
     if workers > 1:
         check_parallel(recipe, tracker)

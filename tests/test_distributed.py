@@ -84,6 +84,11 @@ def test_trials_of_more_gpus_than_the_machine_has_are_bad_input(recipe_dict, tmp
     from harness import distributed, recipe, sweep
     from harness.errors import HarnessError
     monkeypatch.setattr(distributed, "_machine_gpus", ["0", "1"])
-    r = recipe.build(recipe_dict, "r.yaml")
+    (tmp_path / "two.yaml").write_text("processes_per_trial: 2\nparams:\n"
+                                       "  adapter.r: {type: categorical, choices: [4, 8]}\n")
+    r = recipe.build(dict(recipe_dict, sweep=dict(recipe_dict["sweep"],
+                                                  space=str(tmp_path / "two.yaml"))), "r.yaml")
     with pytest.raises(HarnessError, match=r"processes_per_trial: 2 worker\(s\) of 2 GPUs need 4"):
-        sweep._spawn_workers(r, None, "parent", 2, workers=2, per_trial=2)
+        sweep.run_sweep(r, workers=2)
+    sweep.check_gpus(r, sweep.load_space(r), workers=1)  # 2 GPUs for one worker of 2: fine
+    assert not (tmp_path / "mlflow.db").exists()  # refused before any store was opened
