@@ -52,6 +52,12 @@ class TrainingFault(HarnessError):
     exit_code = 1
 
 
+class Diverged(TrainingFault):
+    """A NaN or inf loss. The logged loss is averaged over data-parallel ranks, so every rank of
+    a multi-GPU trial sees it at the same step (unlike running out of memory, which one rank
+    may do alone)."""
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """'; did you mean X?' for the closest choice, or '' when nothing is close."""
     choices = [str(c) for c in choices]

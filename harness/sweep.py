@@ -6,7 +6,7 @@ import os
 
 from harness import distributed, plots, run
 from harness import storage as stores
-from harness.errors import HarnessError, TrainingFault, TrialPruned
+from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned
 from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
                             with_values)
 from harness.registry import Registry
@@ -313,7 +313,8 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
         procs.append(subprocess.Popen(distributed.command(argv, per_trial), env=env))
     codes = [p.wait() for p in procs]
     if any(codes):
-        raise RuntimeError(f"sweep workers exited with {codes}")
+        raise TrainingFault(f"sweep workers exited with codes {codes} (their lines above say "
+                            "why); the same command resumes the study", key="--workers")
 
 
 def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) -> None:
@@ -347,8 +348,9 @@ def _follow(recipe: Recipe, space: SweepFile) -> None:
             None, space.pruner, prep, recipe.sweep.objective, recipe.sweep.direction, None)]
         try:
             run.train_alongside(prep, with_values(recipe, values), callbacks)
-        except TrainingFault:  # rank 0 fails the trial; the study goes on
+        except Diverged:  # rank 0 saw it too, fails the trial and goes on with the study
             pass
+        # any other fault is this rank's alone: it exits, and torchrun stops the group
     distributed.finish()
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, fields
 from importlib.metadata import version
 
 from harness import attention, distributed, kernels, models
-from harness.errors import HarnessError, TrainingFault, did_you_mean
+from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
 
@@ -234,7 +234,7 @@ class FiniteLoss:
     def check(self, recipe: Recipe, config) -> None:
         if self.bad:
             key, value, step = self.bad
-            raise TrainingFault(f"{key} became {value} at step {step}: training diverged; lower "
+            raise Diverged(f"{key} became {value} at step {step}: training diverged; lower "
                                 f"trainer.learning_rate (now {config.learning_rate:g}) or set "
                                 "trainer.max_grad_norm", file=recipe.source,
                                 key="trainer.learning_rate")

@@ -280,10 +280,13 @@ def test_sigterm_or_ctrl_c_ends_runs_killed_and_the_rerun_retries(recipe_dict, t
     assert sum(r.data.tags["harness.kind"] == "sweep" for r in runs) == 1
 
 
-def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, client):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, client, processes):
+    """Also with 2-process (DDP) trials: every rank sees the averaged NaN and stops; rank 1 goes
+    on to the next trial's values instead of hanging."""
     import optuna
     (tmp_path / "grid.yaml").write_text(
-        "n_trials: 2\nsampler: grid\nparams:\n"
+        f"n_trials: 2\nsampler: grid\nprocesses_per_trial: {processes}\nparams:\n"
         "  trainer.learning_rate: {type: categorical, choices: [1.0e+12, 1.0e-4]}\n")
     d = dict(recipe_dict)
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "grid.yaml"))
