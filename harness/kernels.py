@@ -22,6 +22,8 @@ def _fused_forward(module):
     import torch.nn.functional as F
 
     def forward(hidden_states):
+        if hidden_states.dtype != module.weight.dtype:  # e.g. fp32 norms of a QLoRA model
+            return type(module).forward(module, hidden_states)
         return F.rms_norm(hidden_states, module.weight.shape, module.weight,
                           module.variance_epsilon)
     return forward

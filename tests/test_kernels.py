@@ -40,3 +40,16 @@ def test_training_with_fused_norms_matches_the_models_own(recipe_dict, tmp_path,
     assert calls
     loss = lambda res: [h["loss"] for h in res.log_history if "loss" in h]  # noqa: E731
     assert len(loss(fused)) == 3 and loss(fused) == pytest.approx(loss(own), rel=1e-4)
+
+
+def test_a_norm_whose_weight_differs_in_dtype_keeps_its_own_forward(tiny_model_dir):
+    """QLoRA keeps norms in fp32 while activations are bf16: the module's own type promotion."""
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    norm = model.model.norm
+    x = torch.randn(2, model.config.hidden_size, dtype=torch.bfloat16)
+    own = norm(x)
+    with kernels.fused_norms(model, True):
+        out = norm(x)
+    assert out.dtype == own.dtype == torch.float32
+    torch.testing.assert_close(out, own)
