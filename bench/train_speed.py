@@ -42,9 +42,9 @@ CONFIGS = {
     "harness_adamw": {"trainer.optim": "adamw_torch"},
     "harness_liger": {"trainer.use_liger_kernel": True},
     "harness_compile": {"trainer.torch_compile": True},
-    "harness_no_autocast": {"trainer.bf16": False},
+    "harness_no_autocast": {"trainer.bf16": False},  # a bf16 model and bf16 adapters, no autocast
     "harness_unfused_norm": {"model.fused_norm": False},  # transformers' own RMSNorm
-    "harness_loader_workers": {"trainer.dataloader_num_workers": 2},  # collation off the loop  # a bf16 model and bf16 adapters, no autocast
+    "harness_loader_workers": {"trainer.dataloader_num_workers": 2},  # collation off the loop
     # twice the tokens a step (32 bins of 1024), at the same lr and at lr x sqrt(2)
     "harness_32k": {"trainer.per_device_train_batch_size": 32},
     "harness_32k_lr": {"trainer.per_device_train_batch_size": 32, "trainer.learning_rate": 2.83e-4},
@@ -154,7 +154,8 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
     args = res.trainer.args
     from harness import distributed
     n = distributed.world_size()
-    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n, "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
+    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n,
+            "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
             "tokens": tokens, "tok_per_s": round(tokens / runtime),
             # bins are nearly full, so tokens spread evenly over the steps
             "steady_tok_per_s": round(tokens * (clock.steps - 5) / clock.steps
