@@ -249,9 +249,9 @@ def main() -> None:
             one[r["config"]] = r
         elif r.get("gpus", 1) > 1 and r["config"].split("@")[0] in one:
             base = one[r["config"].split("@")[0]]
+            steady = r["steady_tok_per_s"] / base["steady_tok_per_s"]
             print(f"{r['config']}: {r['tok_per_s'] / base['tok_per_s']:.2f}x the same "
-                  f"configuration on 1 GPU ({r['steady_tok_per_s'] / base['steady_tok_per_s']:.2f}x "
-                  "after the first 5 steps)", flush=True)
+                  f"configuration on 1 GPU ({steady:.2f}x after the first 5 steps)", flush=True)
     print("\n| configuration | tokens/s | x TRL tuned+Liger | after step 5 | MFU % | peak GiB | "
           "train s | wall s | mean train loss | final loss |")
     print("|---|---|---|---|---|---|---|---|---|---|")
