@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import importlib
 import json
 import os
 import re
@@ -52,9 +53,21 @@ CONFIGS = {
     # unused-parameter search back on (transformers turns it on for a PeftModel)
     "harness_b8": {"trainer.per_device_train_batch_size": 8},
     "harness_find_unused": {"trainer.ddp_find_unused_parameters": True},
+    # K and V copied to the query's 9 heads before the varlen kernel (harness.attention.grouped_kv)
+    "harness_repeat_kv": {},
+    # batch padding and allocator segments, each back to TRL's or PyTorch's choice, then both
+    "harness_unpadded": {"trainer.pad_to_multiple_of": None},  # a new batch length every step
+    "harness_fixed_segments": {},  # the CUDA allocator's fixed-size segments
+    "harness_before": {"trainer.pad_to_multiple_of": None},
+    "harness_cublaslt": {},  # GEMMs through cuBLASLt instead of cuBLAS
     "dpo": {},
     "dpo_precompute": {"trainer.precompute_ref_log_probs": True},
 }
+# what a configuration sets outside the recipe: environment variables, module attributes
+FIXED_SEGMENTS = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
+ENV = {"harness_fixed_segments": FIXED_SEGMENTS, "harness_before": FIXED_SEGMENTS,
+       "harness_cublaslt": {"TORCH_BLAS_PREFER_CUBLASLT": "1"}}
+PATCH = {"harness_repeat_kv": ("harness.attention", "grouped_kv", False)}
 
 
 def workload(name: str, model_dir: str, shared: str, rows: int) -> dict:
@@ -111,22 +124,32 @@ def profiler(first: int, steps: int):
 
 def steady_clock(first: int):
     """A callback timing the steps after `first` (CUDA synchronized): throughput without the
-    start-up every run pays once (kernel and NCCL set-up, the first allocations)."""
+    start-up every run pays once (kernel and NCCL set-up, the first allocations). It also times
+    each of the first steps, from the start of training."""
     import torch
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
         start = end = None
         steps = 0
+        marks: list[float]  # set when training begins
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.marks = [time.perf_counter()]
 
         def on_step_end(self, args, state, control, **kw):
-            if state.global_step == first:
+            if state.global_step <= first:
                 torch.cuda.synchronize()
-                self.start = time.perf_counter()
+                self.marks.append(time.perf_counter())
+            if state.global_step == first:
+                self.start = self.marks[-1]
 
         def on_train_end(self, args, state, control, **kw):
             torch.cuda.synchronize()
             self.end, self.steps = time.perf_counter(), state.global_step
+
+        def first_steps_ms(self) -> list[int]:
+            return [round(1000 * (b - a)) for a, b in zip(self.marks, self.marks[1:])]
     return Clock()
 
 
@@ -135,6 +158,9 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
 
     from harness import data, models, train
     r = workload(name, model_dir, shared, rows)
+    if name in PATCH:
+        module, attr, value = PATCH[name]
+        setattr(importlib.import_module(module), attr, value)
     k = train.kind(r)
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model)
@@ -162,7 +188,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                                       / (clock.end - clock.start)),
             "mfu_pct": round(100 * tokens / runtime * 4 * n_params / PEAK_FLOPS, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-            "steps": res.trainer.state.global_step,
+            "steps": res.trainer.state.global_step, "first_steps_ms": clock.first_steps_ms(),
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
             "settings": {"attention": plan.attention if train.padding_free(args) else
@@ -173,6 +199,8 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                                                    if "lora_" in n)),
                          "compile": args.torch_compile, "bf16": args.bf16,
                          "fused_norm": plan.fused_norm,
+                         "expandable_segments": plan.expandable_segments,
+                         "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
                          "effective_batch": distributed.params(args)[
                              "distributed/effective_batch_size"],
                          "find_unused": args.ddp_find_unused_parameters,
@@ -234,7 +262,8 @@ def main() -> None:
                 f"--nproc-per-node={n}"]
             cmd = [*launcher, __file__, "--one", name, model_dir, "--shared", args.shared,
                    "--rows", str(args.rows)]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True,
+                                  env={**os.environ, **ENV.get(name, {})})
             if proc.returncode or "ROW " not in proc.stdout:
                 print(f"{name} failed:\n{proc.stderr[-3000:]}", flush=True)
                 continue

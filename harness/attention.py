@@ -31,19 +31,34 @@ def register() -> str:
     return NAME
 
 
+# whether this torch's varlen kernel takes fewer key/value heads than query heads (None: not
+# tried yet). FlashAttention groups the heads itself, which saves a copy of K and V every layer
+# forward and the sum of their gradients backward; torch 2.11 passes them through without an
+# `enable_gqa` flag, later releases ask for the flag, and their cuDNN path refuses it.
+grouped_kv: bool | None = None
+
+
 def _cuda_varlen(q, k, v, cu, max_len: int, scale: float):
     """q, k, v: (tokens, heads, dim). torch's varlen_attn changed its causal and GQA arguments
     between releases; pass whichever this torch takes."""
+    global grouped_kv
     from torch.nn.attention.varlen import varlen_attn
     params = inspect.signature(varlen_attn).parameters
     kwargs = {"scale": scale}
     kwargs.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
+    if k.shape[1] != q.shape[1] and grouped_kv is not False:
+        grouped = {"enable_gqa": True} if "enable_gqa" in params else {}
+        try:
+            out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs, **grouped)
+            grouped_kv = True
+            return out
+        except RuntimeError:
+            if grouped_kv:  # it worked before: this failure is not about the heads
+                raise
+            grouped_kv = False
     if k.shape[1] != q.shape[1]:
-        if "enable_gqa" in params:
-            kwargs["enable_gqa"] = True
-        else:
-            rep = q.shape[1] // k.shape[1]
-            k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        rep = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     return varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs)
 
 

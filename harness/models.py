@@ -33,6 +33,11 @@ class DevicePlan:
     adapter_dtype: str = "float32"  # LoRA weights
     fused_norm: bool = False  # PyTorch's fused RMSNorm while training (harness.kernels)
     loader_workers: int = 0  # dataloader processes collating batches beside the training loop
+    # packed batches padded to a multiple of max_length: one shape a step, so the CUDA
+    # allocator reuses its blocks instead of caching one per packed length
+    pad_packed: bool = False
+    # CUDA allocator segments that grow in place, unless the user sets PYTORCH_CUDA_ALLOC_CONF
+    expandable_segments: bool = False
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items()}
@@ -51,7 +56,9 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
         return DevicePlan("cuda", dtype, dtype == "bfloat16", False, packing=True,
                           attention=spec.attn_implementation or attention.NAME,
                           optim="adamw_torch_fused", adapter_dtype=dtype,
-                          fused_norm=spec.fused_norm is not False, loader_workers=2)
+                          fused_norm=spec.fused_norm is not False, loader_workers=2,
+                          pad_packed=True,
+                          expandable_segments="PYTORCH_CUDA_ALLOC_CONF" not in os.environ)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
     return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",
@@ -150,6 +157,8 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
     result's adapter merged in when `adapter` names one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    if plan.expandable_segments:  # before the first CUDA allocation; applies to later segments
+        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     path = path or resolve(spec)
     kwargs = {"num_labels": 1} if task != "causal-lm" else {}

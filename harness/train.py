@@ -170,10 +170,15 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
                         greater_is_better=es.metric not in ("eval_loss", "loss"))
     kwargs = {**defaults, **recipe.trainer}
     try:
-        return k.config_cls()(**kwargs)
+        config = k.config_cls()(**kwargs)
     except (ValueError, TypeError) as e:
         raise HarnessError(f"invalid TRL config: {str(e).splitlines()[0]}", file=recipe.source,
                            key="trainer") from None
+    if (plan.pad_packed and k.packs and padding_free(config) and config.max_length
+            and "pad_to_multiple_of" not in recipe.trainer):
+        # bins hold at most max_length tokens each, so a batch pads by less than one bin
+        config.pad_to_multiple_of = config.max_length
+    return config
 
 
 @dataclass

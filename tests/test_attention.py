@@ -33,6 +33,29 @@ def test_a_padded_batch_is_refused_rather_than_attended_wrongly(tiny_model_dir):
         model(input_ids=torch.ones(2, 5, dtype=torch.long))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel needs a CUDA GPU")
+@pytest.mark.parametrize("grouped", [None, False])  # None: the kernel groups heads if it can
+def test_cuda_varlen_with_fewer_kv_heads_matches_attention_per_sequence(monkeypatch, grouped):
+    monkeypatch.setattr(attention, "grouped_kv", grouped)
+    torch.manual_seed(0)
+    lens = [300, 700, 24]
+    cu = torch.tensor([0, 300, 1000, 1024], dtype=torch.int32, device="cuda")
+    q, k, v = (torch.randn(1024, h, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+               for h in (9, 3, 3))
+    out = attention._cuda_varlen(q, k, v, cu, max(lens), 0.125)
+    out.float().square().sum().backward()
+    assert attention.grouped_kv is not None if grouped is None else attention.grouped_kv is False
+    ref_in = [t.detach().float().transpose(0, 1).requires_grad_() for t in (q, k, v)]
+    ref = attention._segmented_sdpa(*ref_in, cu.cpu(), 0.125).transpose(0, 1)  # fp32, SDPA's GQA
+    ref.square().sum().backward()
+    torch.testing.assert_close(out.float(), ref, atol=2e-2, rtol=2e-2)
+    for got, want in zip((q, k, v), ref_in):
+        assert got.grad.shape == got.shape
+        want = want.grad.transpose(0, 1)
+        torch.testing.assert_close(got.grad.float(), want, rtol=2e-2,
+                                   atol=2e-2 * want.abs().max().item())
+
+
 def test_packed_training_with_varlen_matches_transformers_packed_mask(recipe_dict, tmp_path,
                                                                      monkeypatch):
     """TRL packing (bfd, padding-free) trained through harness_varlen gives the losses of the same
@@ -53,6 +76,22 @@ def test_packed_training_with_varlen_matches_transformers_packed_mask(recipe_dic
     assert varlen.model.get_base_model().config._attn_implementation == "sdpa"
 
 
+def test_packed_batches_padded_to_max_length_train_to_the_same_losses(recipe_dict, tmp_path):
+    """The GPU plan pads each flat row to a multiple of max_length (one shape a step): the
+    padding is attended alone and carries no label, so the losses are the unpadded run's."""
+    over = {"trainer.packing": True, "trainer.max_steps": 3, "adapter.dropout": 0.0,
+            "model.attn_implementation": attention.NAME}
+    _, plain = _run(recipe_dict, tmp_path / "a", **over)
+    _, padded = _run(recipe_dict, tmp_path / "b", **over, **{"trainer.pad_to_multiple_of": 128})
+    rows = [padded.trainer.train_dataset[i] for i in range(4)]
+    batch, unpadded = padded.trainer.data_collator(rows), plain.trainer.data_collator(rows)
+    assert batch["input_ids"].shape[1] % 128 == 0
+    assert batch["input_ids"].shape[1] > unpadded["input_ids"].shape[1]  # the test can fail
+    assert (batch["labels"] != -100).sum() == (unpadded["labels"] != -100).sum()
+    loss = lambda res: [h["loss"] for h in res.log_history if "loss" in h]  # noqa: E731
+    assert len(loss(padded)) == 3 and loss(padded) == pytest.approx(loss(plain), rel=1e-4)
+
+
 def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, recipe_dict,
                                                                    tmp_path):
     import dataclasses
@@ -71,15 +110,41 @@ def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, re
     assert (gpu.loader_workers, cpu.loader_workers) == (2, 0)  # collation beside the loop on a GPU
     assert not models.device_plan(recipe.ModelSpec(fused_norm=False)).fused_norm
     assert gpu.as_params()["device/packing"] is True  # shown in the run's params
+    assert (gpu.pad_packed, gpu.expandable_segments) == (True, True)
+    assert (cpu.pad_packed, cpu.expandable_segments) == (False, False)
+    # PyTorch's own environment variable, when the user sets it, wins
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:False")
+    assert not models.device_plan(recipe.ModelSpec()).expandable_segments
     monkeypatch.undo()
     fast = dataclasses.replace(cpu, packing=True, optim="adamw_torch_fused")
     r = recipe.build(recipe_dict, "t.yaml")
     cfg = train.build_config(r, fast, str(tmp_path))
     assert (cfg.packing, cfg.optim) == (True, "adamw_torch_fused") and train.padding_free(cfg)
-    assert cfg.dataloader_num_workers == 0
+    assert cfg.dataloader_num_workers == 0 and cfg.pad_to_multiple_of is None
+    padded = dataclasses.replace(fast, pad_packed=True)
+    cfg = train.build_config(r, padded, str(tmp_path))
+    assert cfg.pad_to_multiple_of == cfg.max_length == r.trainer["max_length"]
+    mine = recipe.build(recipe_dict, "t.yaml", {"trainer.pad_to_multiple_of": 8})
+    assert train.build_config(mine, padded, str(tmp_path)).pad_to_multiple_of == 8
     r = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": False, "trainer.optim": "adamw_torch"})
     cfg = train.build_config(r, fast, str(tmp_path))
     assert (cfg.packing, cfg.optim) == (False, "adamw_torch") and not train.padding_free(cfg)
+    assert train.build_config(r, padded, str(tmp_path)).pad_to_multiple_of is None  # no bins
     dpo = recipe.build({**recipe_dict, "method": "dpo"}, "t.yaml")
     assert not hasattr(train.build_config(dpo, fast, str(tmp_path)), "packing")
 
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA allocator needs a GPU")
+def test_gpu_plan_loads_the_model_into_segments_that_grow_in_place(tiny_model_dir):
+    spec = recipe.ModelSpec(name=tiny_model_dir)
+    plan = models.device_plan(spec)
+    assert plan.expandable_segments  # PYTORCH_CUDA_ALLOC_CONF unset here
+    torch.cuda.empty_cache()  # no cached segment of earlier tests for the model to land in
+    try:
+        model = models.load_model(spec, plan)
+        segments = torch.cuda.memory._snapshot()["segments"]
+        assert any(s["is_expandable"] and s["allocated_size"] for s in segments)
+        assert next(model.parameters()).is_cuda
+    finally:
+        torch.cuda.memory._set_allocator_settings("expandable_segments:False")
