@@ -42,6 +42,7 @@ def _cuda_varlen(q, k, v, cu, max_len: int, scale: float):
     """q, k, v: (tokens, heads, dim). torch's varlen_attn changed its causal and GQA arguments
     between releases; pass whichever this torch takes."""
     global grouped_kv
+    import torch
     from torch.nn.attention.varlen import varlen_attn
     params = inspect.signature(varlen_attn).parameters
     kwargs = {"scale": scale}
@@ -52,8 +53,9 @@ def _cuda_varlen(q, k, v, cu, max_len: int, scale: float):
             out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs, **grouped)
             grouped_kv = True
             return out
-        except RuntimeError:
-            if grouped_kv:  # it worked before: this failure is not about the heads
+        except RuntimeError as e:
+            # it worked before, or memory ran out: this failure is not about the heads
+            if grouped_kv or isinstance(e, torch.OutOfMemoryError):
                 raise
             grouped_kv = False
     if k.shape[1] != q.shape[1]:

@@ -33,8 +33,8 @@ class DevicePlan:
     adapter_dtype: str = "float32"  # LoRA weights
     fused_norm: bool = False  # PyTorch's fused RMSNorm while training (harness.kernels)
     loader_workers: int = 0  # dataloader processes collating batches beside the training loop
-    # packed batches padded to a multiple of max_length: one shape a step, so the CUDA
-    # allocator reuses its blocks instead of caching one per packed length
+    # packed batches padded to a multiple of max_length: one batch shape a step instead of a new
+    # length every step (docs/benchmarks.md: a few percent, within the host's noise)
     pad_packed: bool = False
     # CUDA allocator segments that grow in place, unless the user sets PYTORCH_CUDA_ALLOC_CONF
     expandable_segments: bool = False

@@ -33,6 +33,22 @@ def test_a_padded_batch_is_refused_rather_than_attended_wrongly(tiny_model_dir):
         model(input_ids=torch.ones(2, 5, dtype=torch.long))
 
 
+def test_running_out_of_memory_in_the_kernel_is_not_taken_for_a_refusal_of_grouped_heads(
+        monkeypatch):
+    import torch.nn.attention.varlen as varlen
+
+    def kernel(q, k, *a, **kw):
+        raise torch.OutOfMemoryError("CUDA out of memory") if k.shape[1] < q.shape[1] else \
+            AssertionError("the K/V copy must not be tried after an out-of-memory error")
+    monkeypatch.setattr(varlen, "varlen_attn", kernel)
+    monkeypatch.setattr(attention, "grouped_kv", None)
+    q, k = torch.zeros(8, 9, 4), torch.zeros(8, 3, 4)
+    cu = torch.tensor([0, 8], dtype=torch.int32)
+    with pytest.raises(torch.OutOfMemoryError):
+        attention._cuda_varlen(q, k, k, cu, 8, 0.5)
+    assert attention.grouped_kv is None  # the next call tries the grouped heads again
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel needs a CUDA GPU")
 @pytest.mark.parametrize("grouped", [None, False])  # None: the kernel groups heads if it can
 def test_cuda_varlen_with_fewer_kv_heads_matches_attention_per_sequence(monkeypatch, grouped):
