@@ -60,6 +60,7 @@ CONFIGS = {
     "harness_fixed_segments": {},  # the CUDA allocator's fixed-size segments
     "harness_before": {"trainer.pad_to_multiple_of": None},
     "harness_cublaslt": {},  # GEMMs through cuBLASLt instead of cuBLAS
+    "harness_eager": {"model.cuda_graphs": False},  # the decoder stack run op by op from Python
     "dpo": {},
     "dpo_precompute": {"trainer.precompute_ref_log_probs": True},
 }
@@ -200,6 +201,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                          "compile": args.torch_compile, "bf16": args.bf16,
                          "fused_norm": plan.fused_norm,
                          "expandable_segments": plan.expandable_segments,
+                         "cuda_graph_steps": res.metrics.get("cuda_graphs/steps"),
                          "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
                          "effective_batch": distributed.params(args)[
                              "distributed/effective_batch_size"],

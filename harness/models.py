@@ -38,6 +38,8 @@ class DevicePlan:
     pad_packed: bool = False
     # CUDA allocator segments that grow in place, unless the user sets PYTORCH_CUDA_ALLOC_CONF
     expandable_segments: bool = False
+    # the decoder stack's forward and backward replayed as CUDA graphs (harness.graphs)
+    cuda_graphs: bool = False
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items()}
@@ -58,7 +60,8 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
                           optim="adamw_torch_fused", adapter_dtype=dtype,
                           fused_norm=spec.fused_norm is not False, loader_workers=2,
                           pad_packed=True,
-                          expandable_segments="PYTORCH_CUDA_ALLOC_CONF" not in os.environ)
+                          expandable_segments="PYTORCH_CUDA_ALLOC_CONF" not in os.environ,
+                          cuda_graphs=spec.cuda_graphs is not False)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
     return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",

@@ -37,6 +37,10 @@ class ModelSpec(Section):
                                     "in place of the model's (Llama, Mistral, Qwen2/3). Default: "
                                     "on a GPU, where a small model's step is bound by kernel "
                                     "launches.")
+    cuda_graphs: bool | None = Field(None, description="Train the model's decoder stack through "
+                                     "CUDA graphs (forward and backward each replayed as one "
+                                     "launch) when batches are padding-free packed. Default: on a "
+                                     "GPU.")
     quantization: Literal["none", "4bit"] = Field(
         "none", description="4bit: QLoRA (bitsandbytes NF4, double quantization, bf16 compute); "
         "needs a CUDA GPU.")

@@ -272,6 +272,8 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise
+        if "cuda_graphs/steps" in result.metrics:
+            tracker.log_metrics({"cuda_graphs/steps": result.metrics["cuda_graphs/steps"]})
         from harness import distributed
         if distributed.world_size() > 1:
             tracker.log_params(distributed.params(result.trainer.args))

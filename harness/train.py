@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import attention, distributed, kernels, models
+from harness import attention, distributed, graphs, kernels, models
 from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -129,6 +129,8 @@ def check_device(recipe: Recipe, plan: models.DevicePlan) -> None:
         return
     bad = [f"trainer.{k}: {what} needs a CUDA GPU and this machine has none"
            for k, what in GPU_ONLY.items() if recipe.trainer.get(k)]
+    if recipe.model.cuda_graphs:
+        bad.append("model.cuda_graphs: CUDA graphs need a CUDA GPU and this machine has none")
     if (recipe.model.attn_implementation or "").startswith("flash_attention"):
         bad.append(f"model.attn_implementation: {recipe.model.attn_implementation} needs a CUDA "
                    "GPU and this machine has none")
@@ -199,23 +201,43 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         callbacks.append(EarlyStoppingCallback(recipe.early_stopping.patience,
                                                recipe.early_stopping.threshold))
     finite = FiniteLoss()
+    blocked = graph_blocker(recipe, config, plan)
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
                                       else None), kernels.fused_norms(model, plan.fused_norm), \
+            graphs.cuda_graphs(model, blocked is None) as graphed, \
             faults(recipe, output_dir) as where:
         trainer = k.trainer_cls()(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
             callbacks=callbacks + [finite.callback])
         where["trainer"] = trainer
+        if graphed is not None:
+            trainer.data_collator = graphs.StaticSequences(trainer.data_collator,
+                                                           config.max_length)
         cast_adapter(trainer.model, recipe.adapter, plan)
         out = trainer.train()
         finite.check(recipe, config)
         metrics = dict(out.metrics)
+        if plan.cuda_graphs:  # steps whose decoder stack ran as a graph
+            metrics["cuda_graphs/steps"] = graphed.steps if graphed is not None else 0
         if distributed.world_size() > 1:  # every rank takes part in the check
             metrics["distributed/in_sync"] = float(distributed.weights_in_sync(trainer.model))
         if eval_ds is not None:
             metrics.update(trainer.evaluate())
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
+
+
+def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan) -> str | None:
+    """Why this run's decoder stack cannot train through CUDA graphs (None: it will). The plan's
+    default gives way with a note; a recipe that asks for them gets an error."""
+    why = graphs.blocker(config, plan, recipe, distributed.world_size())
+    if why is None or why == "off":
+        return why
+    if recipe.model.cuda_graphs:
+        raise HarnessError(f"model.cuda_graphs: true cannot be kept: {why}", file=recipe.source,
+                           key="model.cuda_graphs")
+    print(f"harness: CUDA graphs off ({why})", file=sys.stderr)
+    return why
 
 
 class FiniteLoss:

@@ -1,0 +1,190 @@
+"""CUDA graphs for the decoder stack while training on a GPU.
+
+A LoRA step of a small model is bound by the host, not the GPU: at 135M parameters a step
+launches ~4.5k kernels from Python (PEFT's adapters, transformers' layers, autograd) and the GPU
+is busy 86 ms of ~250 (docs/benchmarks.md). `torch.cuda.make_graphed_callables` records the
+backbone's forward and backward (embeddings, every decoder layer, the final norm) once and
+replays each as one graph launch; TRL's loop, the loss and the optimizer stay as they are.
+
+A graph replays fixed shapes at fixed addresses, so every step's batch must look the same:
+- the packed batch is padded to a multiple of max_length (`DevicePlan.pad_packed`);
+- `StaticSequences` (on the host, after TRL's collator) folds that padding into one sequence,
+  rounds the number of sequences up with empty ones and gives max_length as the longest;
+- a batch shape is captured the second time it comes (its first step runs eagerly and warms up
+  the kernels), up to MAX_SHAPES shapes; other shapes (the last, shorter batch) run eagerly.
+Anything else (evaluation, generation, a batch with an attention mask) runs the model's own
+forward, and the graphs are dropped when training ends.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import sys
+from collections import Counter
+
+MAX_SHAPES = 2
+SEQUENCES_MULTIPLE = 64  # sequences a batch, rounded up: one graph covers most batches
+
+
+def blocker(config, plan, recipe, world_size: int = 1) -> str | None:
+    """Why the graphs cannot be used for this run, or None."""
+    from harness import train
+    if not plan.cuda_graphs:
+        return "off"
+    checks = [
+        (not (train.kind(recipe).packs and train.padding_free(config)),
+         "batches are not padding-free packed"),
+        (not getattr(config, "pad_to_multiple_of", None), "trainer.pad_to_multiple_of is unset, "
+         "so every batch has a new length"),
+        # the graph's gradient buffers become the parameters' .grad; a second micro-batch would
+        # overwrite the first's before adding itself
+        (config.gradient_accumulation_steps > 1, "trainer.gradient_accumulation_steps > 1"),
+        (world_size > 1, "data parallel (several processes)"),
+        (config.gradient_checkpointing, "trainer.gradient_checkpointing"),
+        (config.neftune_noise_alpha is not None, "trainer.neftune_noise_alpha (NEFTune's hook)"),
+        (config.use_liger_kernel, "trainer.use_liger_kernel"),
+        (config.torch_compile, "trainer.torch_compile"),
+        (recipe.model.quantization != "none", "model.quantization"),
+    ]
+    return next((why for bad, why in checks if bad), None)
+
+
+class StaticSequences:
+    """TRL's padding-free collator, its sequence bounds made the same shape every step."""
+
+    def __init__(self, collator, max_length: int, multiple: int = SEQUENCES_MULTIPLE):
+        self.collator, self.max_length, self.multiple = collator, max_length, multiple
+
+    def __getattr__(self, name):  # the wrapped collator's own attributes (pad_token_id, ...)
+        if name == "collator":  # not set yet (unpickling in a loader worker)
+            raise AttributeError(name)
+        return getattr(self.collator, name)
+
+    def __call__(self, examples):
+        import torch
+        out = self.collator(examples)
+        cu = out.get("cu_seq_lens_q")
+        if cu is None:
+            return out
+        total = out["input_ids"].shape[1]
+        real = sum(len(e["input_ids"]) for e in examples)
+        if real < total:  # TRL makes each padding token a sequence of its own: make them one
+            out["position_ids"][0, real:] = torch.arange(total - real)
+            cu = torch.cat([cu[cu <= real], cu.new_tensor([total])])
+        n = cu.numel() - 1
+        cu = torch.cat([cu, cu.new_full((math.ceil(n / self.multiple) * self.multiple - n,),
+                                        total)])  # empty sequences at the end
+        out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = cu
+        longest = max(self.max_length, int(cu.diff().max()))
+        out["max_length_q"] = out["max_length_k"] = longest
+        if "seq_idx" in out:
+            out["seq_idx"] = torch.repeat_interleave(
+                torch.arange(cu.numel() - 1, dtype=torch.int32), cu.diff())[None]
+        return out
+
+
+def _stack(forward, names: tuple[str, ...], constants: dict, backbone):
+    """The backbone as a module whose forward takes the batch's tensors positionally (what
+    make_graphed_callables records) and returns the last hidden state."""
+    import torch
+
+    class Stack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = backbone  # its parameters are the graph's inputs
+
+        def forward(self, *tensors):
+            return forward(**dict(zip(names, tensors)), **constants).last_hidden_state
+    return Stack()
+
+
+class GraphedBackbone:
+    """Replaces the backbone's forward: a graph for batch shapes seen before, its own otherwise."""
+
+    def __init__(self, backbone):
+        import torch
+        self.backbone, self.own = backbone, backbone.forward
+        self.seen: Counter = Counter()
+        self.graphs: dict = {}
+        self.pool = torch.cuda.graph_pool_handle()  # the shapes' graphs share their memory
+        self.steps = 0
+        self.failed: str | None = None
+
+    def key(self, kwargs: dict):
+        import torch
+        if not (self.backbone.training and torch.is_grad_enabled()) or self.failed:
+            return None
+        if (kwargs.get("cu_seq_lens_q") is None or kwargs.get("inputs_embeds") is not None
+                or kwargs.get("attention_mask") is not None
+                or kwargs.get("past_key_values") is not None
+                or any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states"))):
+            return None
+        tensors = tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in kwargs.items()
+                               if isinstance(v, torch.Tensor)))
+        constants = tuple(sorted((k, v) for k, v in kwargs.items()
+                                 if v is not None and not isinstance(v, torch.Tensor)))
+        if any(isinstance(v, (list, dict)) for _, v in constants):
+            return None
+        autocast = (torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"))
+        return tensors, constants, autocast
+
+    def __call__(self, *args, **kwargs):
+        key = None if args else self.key(kwargs)
+        if key is None:
+            return self.own(*args, **kwargs)
+        graph = self.graphs.get(key)
+        if graph is None:
+            self.seen[key] += 1
+            if self.seen[key] < 2 or len(self.graphs) >= MAX_SHAPES:
+                return self.own(**kwargs)
+            graph = self.capture(key, kwargs)
+            if graph is None:
+                return self.own(**kwargs)
+        from transformers.modeling_outputs import BaseModelOutputWithPast
+        self.steps += 1
+        hidden = graph(*(kwargs[name] for name, _, _ in key[0]))
+        return BaseModelOutputWithPast(last_hidden_state=hidden)
+
+    def capture(self, key, kwargs: dict):
+        import torch
+        names = tuple(name for name, _, _ in key[0])
+        stack = _stack(self.own, names, dict(key[1]), self.backbone)
+        sample = tuple(kwargs[n].clone() for n in names)
+        enabled, dtype = key[2]
+        torch.cuda.empty_cache()  # the eager steps' cached blocks, for the graph's pool
+        try:
+            # make_graphed_callables refuses autocast's weight cache; the graph holds casts anyway
+            with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
+                graph = torch.cuda.make_graphed_callables(stack, sample, num_warmup_iters=1,
+                                                          pool=self.pool)
+        except (RuntimeError, torch.OutOfMemoryError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            self.failed = f"capture failed: {first}"
+            print(f"harness: CUDA graphs off for the rest of training ({self.failed})",
+                  file=sys.stderr)
+            torch.cuda.empty_cache()
+            return None
+        self.graphs[key] = graph
+        return graph
+
+
+@contextlib.contextmanager
+def cuda_graphs(model, enabled: bool):
+    """Train `model`'s backbone through CUDA graphs inside the block; yields the GraphedBackbone
+    (None when off). The backbone's own forward is back afterwards and the graphs are freed."""
+    if not enabled:
+        yield None
+        return
+    backbone = getattr(model, model.base_model_prefix, None)
+    if backbone is None or backbone is model:
+        yield None
+        return
+    graphed = GraphedBackbone(backbone)
+    backbone.forward = graphed  # an instance attribute: nn.Module calls it first
+    try:
+        yield graphed
+    finally:
+        del backbone.forward
+        graphed.graphs.clear()
+        import torch
+        torch.cuda.empty_cache()

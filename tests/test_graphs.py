@@ -1,0 +1,110 @@
+import dataclasses
+
+import pytest
+import torch
+
+from harness import attention, graphs, models, recipe, train
+from harness.errors import HarnessError
+from tests.test_train import _run
+
+PACKED = {"trainer.packing": True, "adapter.dropout": 0.0, "trainer.pad_to_multiple_of": 128,
+          "model.attn_implementation": attention.NAME}
+
+
+def test_static_sequences_give_every_batch_one_shape_and_the_same_loss(recipe_dict, tmp_path):
+    r, res = _run(recipe_dict, tmp_path, **PACKED, **{"trainer.max_steps": 1})
+    rows = [res.trainer.train_dataset[i] for i in range(3)]
+    trl = res.trainer.data_collator  # on a GPU the harness has wrapped it already
+    trl = trl.collator if isinstance(trl, graphs.StaticSequences) else trl
+    static = graphs.StaticSequences(trl, max_length=128, multiple=16)
+    plain, batch = trl(rows), static(rows)
+    real = sum(len(x["input_ids"]) for x in rows)
+    total = batch["input_ids"].shape[1]
+    assert total % 128 == 0 and total > real  # padded: the test can fail
+    # TRL makes each padding token a sequence; here the padding is one, then empty ones follow
+    assert plain["cu_seq_lens_q"].numel() - 1 > total - real
+    cu = batch["cu_seq_lens_q"]
+    assert (cu.numel() - 1) % 16 == 0 and cu[-1] == total and (cu.diff() >= 0).all()
+    assert cu.diff().count_nonzero() == plain["cu_seq_lens_q"].diff().count_nonzero() - (
+        total - real) + 1
+    assert batch["position_ids"][0, real:].tolist() == list(range(total - real))
+    assert batch["max_length_q"] == 128 and batch["labels"].equal(plain["labels"])
+    assert static.pad_token_id == trl.pad_token_id
+    model = res.model.eval()
+    on = lambda b: {k: v.to(model.device) if torch.is_tensor(v) else v  # noqa: E731
+                    for k, v in b.items()}
+    with torch.no_grad(), attention.training_attention(model.get_base_model(), attention.NAME):
+        want = model(**on(plain)).loss
+        got = model(**on(batch)).loss
+    torch.testing.assert_close(got, want)
+
+
+def _gpu_plan(cpu_plan):
+    return dataclasses.replace(cpu_plan, cuda_graphs=True, pad_packed=True, packing=True)
+
+
+@pytest.mark.parametrize("over,why", [
+    ({}, None),
+    ({"trainer.gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
+    ({"trainer.neftune_noise_alpha": 5.0}, "neftune"),
+    ({"trainer.gradient_checkpointing": True}, "gradient_checkpointing"),
+    ({"trainer.pad_to_multiple_of": None}, "pad_to_multiple_of is unset"),
+    ({"trainer.packing": False}, "not padding-free packed"),
+])
+def test_graphs_are_kept_off_where_a_replayed_step_would_be_wrong(recipe_dict, tmp_path, over,
+                                                                   why):
+    r = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True, **over})
+    plan = _gpu_plan(models.device_plan(r.model))
+    config = train.build_config(r, plan, str(tmp_path))
+    got = graphs.blocker(config, plan, r)
+    assert got is None if why is None else why in got
+    if why is None:
+        assert graphs.blocker(config, plan, r, world_size=2) == "data parallel (several processes)"
+    # the plan's default gives way; a recipe that asks for graphs is told why it cannot have them
+    assert train.graph_blocker(r, config, plan) == got
+    if why:
+        asked = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True, **over,
+                                                     "model.cuda_graphs": True})
+        with pytest.raises(HarnessError, match=f"model.cuda_graphs.*{why}"):
+            train.graph_blocker(asked, config, plan)
+    off = dataclasses.replace(plan, cuda_graphs=False)
+    assert graphs.blocker(config, off, r) == "off"
+
+
+def test_cuda_graphs_are_a_gpu_default_and_refused_on_a_cpu(recipe_dict, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cpu = models.device_plan(recipe.ModelSpec())
+    assert not cpu.cuda_graphs
+    asked = recipe.build(recipe_dict, "t.yaml", {"model.cuda_graphs": True})
+    with pytest.raises(HarnessError, match="model.cuda_graphs: CUDA graphs need a CUDA GPU"):
+        train.check_device(asked, models.device_plan(asked.model))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert models.device_plan(recipe.ModelSpec()).as_params()["device/cuda_graphs"] is True
+    assert not models.device_plan(recipe.ModelSpec(cuda_graphs=False)).cuda_graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_training_through_cuda_graphs_matches_the_eager_run(recipe_dict, tmp_path):
+    over = {**PACKED, "trainer.max_steps": 6, "data.builtin_rows": 96,
+            "trainer.per_device_train_batch_size": 4}
+    r, eager = _run(recipe_dict, tmp_path / "a", **over, **{"model.cuda_graphs": False})
+    r, graphed = _run(recipe_dict, tmp_path / "b", **over)
+    plan = models.device_plan(r.model)
+    assert plan.cuda_graphs and plan.pad_packed
+    # the first batch of a shape runs eagerly; every later batch of that shape is a replay
+    assert graphed.metrics["cuda_graphs/steps"] >= 4
+    assert "cuda_graphs/steps" not in eager.metrics or eager.metrics["cuda_graphs/steps"] == 0
+    loss = lambda res: [h["loss"] for h in res.log_history if "loss" in h]  # noqa: E731
+    assert len(loss(graphed)) == 6
+    assert loss(graphed) == pytest.approx(loss(eager), rel=2e-2)
+    assert loss(graphed)[-1] != loss(graphed)[0]  # the adapter trained through the replays
+    lora = lambda res: {n: p.float() for n, p in res.model.named_parameters()  # noqa: E731
+                        if "lora_B" in n}
+    for name, p in lora(graphed).items():
+        want = lora(eager)[name]
+        assert want.abs().sum() > 0  # lora_B starts at zero: trained
+        torch.testing.assert_close(p, want, atol=2e-2 * want.abs().max().item(), rtol=2e-2)
+    # afterwards the backbone is the model's own again (generation, evaluation)
+    backbone = graphed.model.get_base_model().model
+    assert "forward" not in vars(backbone)
