@@ -189,6 +189,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                                       / (clock.end - clock.start)),
             "mfu_pct": round(100 * tokens / runtime * 4 * n_params / PEAK_FLOPS, 2),
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
             "steps": res.trainer.state.global_step, "first_steps_ms": clock.first_steps_ms(),
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],

@@ -119,6 +119,9 @@ class GraphedBackbone:
                 or kwargs.get("past_key_values") is not None
                 or any(kwargs.get(k) for k in ("output_attentions", "output_hidden_states"))):
             return None
+        use_cache = kwargs.get("use_cache")  # a KV cache is filled on the host, step by step
+        if use_cache or (use_cache is None and getattr(self.backbone.config, "use_cache", False)):
+            return None
         tensors = tuple(sorted((k, tuple(v.shape), v.dtype) for k, v in kwargs.items()
                                if isinstance(v, torch.Tensor)))
         constants = tuple(sorted((k, v) for k, v in kwargs.items()
@@ -158,10 +161,16 @@ class GraphedBackbone:
                 graph = torch.cuda.make_graphed_callables(stack, sample, num_warmup_iters=1,
                                                           pool=self.pool)
         except (RuntimeError, torch.OutOfMemoryError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            # the capture's end reports "a previous error during capture": say which
+            cause = e.__context__ if isinstance(e.__context__, Exception) else e
+            first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
             self.failed = f"capture failed: {first}"
             print(f"harness: CUDA graphs off for the rest of training ({self.failed})",
                   file=sys.stderr)
+            # a capture that fails before its end leaves the CUDA generator marked as capturing,
+            # and every later random op (dropout) raises; a copy of its state is not marked
+            gen = torch.cuda.default_generators[torch.cuda.current_device()]
+            gen.graphsafe_set_state(gen.clone_state())
             torch.cuda.empty_cache()
             return None
         self.graphs[key] = graph

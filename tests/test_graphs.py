@@ -108,3 +108,71 @@ def test_training_through_cuda_graphs_matches_the_eager_run(recipe_dict, tmp_pat
     # afterwards the backbone is the model's own again (generation, evaluation)
     backbone = graphed.model.get_base_model().model
     assert "forward" not in vars(backbone)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_a_replayed_graph_draws_new_dropout_masks_and_gives_gradients(tiny_model_dir, dropout):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).cuda()
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear",
+                                             lora_dropout=dropout, init_lora_weights=False))
+    model.train()
+    cu = torch.tensor([0, 40, 100, 128, 128], dtype=torch.int32, device="cuda")
+    batch = {"input_ids": torch.randint(0, 1000, (1, 128), device="cuda"),
+             "position_ids": torch.cat([torch.arange(n) for n in (40, 60, 28)])[None].cuda(),
+             "cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 64, "max_length_k": 64,
+             "use_cache": False}  # as TRL trains
+    base = model.get_base_model()
+    outs, grads = [], []
+    with attention.training_attention(base, attention.NAME), \
+            graphs.cuda_graphs(base, True) as graphed:
+        for _ in range(4):  # eager, capture, replay, replay
+            model.zero_grad(set_to_none=True)
+            hidden = base.model(**batch).last_hidden_state
+            hidden.float().square().mean().backward()
+            outs.append(hidden.detach().clone())
+            grads.append({n: p.grad.clone() for n, p in model.named_parameters()
+                          if p.requires_grad})
+            # as in a training loop: a step's autograd graph is gone before the next step (one
+            # kept alive pins the eager step's gradient nodes to its stream, and capture fails)
+            del hidden
+        assert graphed.steps == 3 and len(graphed.graphs) == 1
+    assert "forward" not in vars(base.model)
+    for a, b in zip(grads[1:], grads[2:]):
+        assert set(a) == set(b) and all(g.abs().sum() > 0 for g in b.values())
+    if dropout:  # each replay draws its own masks
+        assert not torch.equal(outs[2], outs[3]) and not torch.equal(outs[1], outs[2])
+    else:  # the replay computes what the model's own forward does
+        torch.testing.assert_close(outs[2], outs[0])
+        torch.testing.assert_close(outs[3], outs[0])
+        for name, g in grads[3].items():
+            torch.testing.assert_close(g, grads[0][name], atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
+def test_a_step_that_cannot_be_captured_trains_on_without_graphs(tiny_model_dir, capfd):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).cuda()
+    model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.5))
+    model.train()
+    base = model.get_base_model()
+    # a host sync inside the forward (as some hooks do) cannot be captured
+    base.model.layers[0].register_forward_hook(lambda m, i, o: o[0].sum().item() and None)
+    cu = torch.tensor([0, 64], dtype=torch.int32, device="cuda")
+    batch = {"input_ids": torch.randint(0, 1000, (1, 64), device="cuda"),
+             "position_ids": torch.arange(64)[None].cuda(), "cu_seq_lens_q": cu,
+             "cu_seq_lens_k": cu, "max_length_q": 64, "max_length_k": 64, "use_cache": False}
+    with attention.training_attention(base, attention.NAME), \
+            graphs.cuda_graphs(base, True) as graphed:
+        for _ in range(3):
+            base.model(**batch).last_hidden_state.float().sum().backward()  # nothing kept
+        assert graphed.failed and graphed.steps == 0 and not graphed.graphs
+    assert "CUDA graphs off for the rest of training" in capfd.readouterr().err
+    torch.nn.functional.dropout(torch.ones(8, device="cuda"), 0.5)  # random ops work again
+    # a forward that asks for a KV cache never goes through a graph
+    with graphs.cuda_graphs(base, True) as graphed:
+        assert graphed.key({**batch, "use_cache": True}) is None
+        assert graphed.key(batch) is not None
