@@ -41,6 +41,8 @@ def blocker(config, plan, recipe, world_size: int = 1) -> str | None:
         (config.gradient_accumulation_steps > 1, "trainer.gradient_accumulation_steps > 1"),
         (world_size > 1, "data parallel (several processes)"),
         (config.gradient_checkpointing, "trainer.gradient_checkpointing"),
+        # its thread pins batches with CUDA calls, which fail a capture running beside them
+        (config.dataloader_pin_memory, "trainer.dataloader_pin_memory"),
         (config.neftune_noise_alpha is not None, "trainer.neftune_noise_alpha (NEFTune's hook)"),
         (config.use_liger_kernel, "trainer.use_liger_kernel"),
         (config.torch_compile, "trainer.torch_compile"),
@@ -158,7 +160,8 @@ class GraphedBackbone:
         try:
             # make_graphed_callables refuses autocast's weight cache; the graph holds casts anyway
             with torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False):
-                graph = torch.cuda.make_graphed_callables(stack, sample, num_warmup_iters=1,
+                # no warm-up: this shape's eager step ran just before
+                graph = torch.cuda.make_graphed_callables(stack, sample, num_warmup_iters=0,
                                                           pool=self.pool)
         except (RuntimeError, torch.OutOfMemoryError) as e:
             # the capture's end reports "a previous error during capture": say which

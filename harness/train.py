@@ -153,7 +153,9 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         gradient_checkpointing=plan.gradient_checkpointing, report_to=report_to or "none",
         logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
         learning_rate=k.lora_lr if recipe.adapter.type == "lora" else k.full_lr,
-        dataloader_pin_memory=plan.device == "cuda", eval_strategy="epoch" if has_eval else "no",
+        # a pin-memory thread's CUDA calls while a graph is captured make the capture fail
+        dataloader_pin_memory=plan.device == "cuda" and not plan.cuda_graphs,
+        eval_strategy="epoch" if has_eval else "no",
         disable_tqdm=not sys.stderr.isatty(), optim=plan.optim,
         dataloader_num_workers=plan.loader_workers,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away

@@ -48,6 +48,7 @@ def _gpu_plan(cpu_plan):
     ({"trainer.gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
     ({"trainer.neftune_noise_alpha": 5.0}, "neftune"),
     ({"trainer.gradient_checkpointing": True}, "gradient_checkpointing"),
+    ({"trainer.dataloader_pin_memory": True}, "dataloader_pin_memory"),
     ({"trainer.pad_to_multiple_of": None}, "pad_to_multiple_of is unset"),
     ({"trainer.packing": False}, "not padding-free packed"),
 ])
@@ -92,6 +93,7 @@ def test_training_through_cuda_graphs_matches_the_eager_run(recipe_dict, tmp_pat
     r, graphed = _run(recipe_dict, tmp_path / "b", **over)
     plan = models.device_plan(r.model)
     assert plan.cuda_graphs and plan.pad_packed
+    assert not graphed.trainer.args.dataloader_pin_memory  # no pinning thread beside a capture
     # the first batch of a shape runs eagerly; every later batch of that shape is a replay
     assert graphed.metrics["cuda_graphs/steps"] >= 4
     assert "cuda_graphs/steps" not in eager.metrics or eager.metrics["cuda_graphs/steps"] == 0
