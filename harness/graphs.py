@@ -34,8 +34,8 @@ def blocker(config, plan, recipe, world_size: int = 1) -> str | None:
     checks = [
         (not (train.kind(recipe).packs and train.padding_free(config)),
          "batches are not padding-free packed"),
-        (not getattr(config, "pad_to_multiple_of", None), "trainer.pad_to_multiple_of is unset, "
-         "so every batch has a new length"),
+        (not getattr(config, "pad_to_multiple_of", None),
+         "trainer.pad_to_multiple_of is unset, so every batch has a new length"),
         # the graph's gradient buffers become the parameters' .grad; a second micro-batch would
         # overwrite the first's before adding itself
         (config.gradient_accumulation_steps > 1, "trainer.gradient_accumulation_steps > 1"),

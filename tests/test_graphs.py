@@ -12,7 +12,7 @@ PACKED = {"trainer.packing": True, "adapter.dropout": 0.0, "trainer.pad_to_multi
 
 
 def test_static_sequences_give_every_batch_one_shape_and_the_same_loss(recipe_dict, tmp_path):
-    r, res = _run(recipe_dict, tmp_path, **PACKED, **{"trainer.max_steps": 1})
+    _, res = _run(recipe_dict, tmp_path, **PACKED, **{"trainer.max_steps": 1})
     rows = [res.trainer.train_dataset[i] for i in range(3)]
     trl = res.trainer.data_collator  # on a GPU the harness has wrapped it already
     trl = trl.collator if isinstance(trl, graphs.StaticSequences) else trl
