@@ -108,7 +108,9 @@ class GraphedBackbone:
         self.backbone, self.own = backbone, backbone.forward
         self.seen: Counter = Counter()
         self.graphs: dict = {}
-        self.pool = torch.cuda.graph_pool_handle()  # the shapes' graphs share their memory
+        # the shapes' graphs share one memory pool: two of them never run within one step, and
+        # a step's outputs and gradients are used up before the next step replays
+        self.pool = torch.cuda.graph_pool_handle()
         self.steps = 0
         self.failed: str | None = None
 
