@@ -154,7 +154,7 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
         learning_rate=k.lora_lr if recipe.adapter.type == "lora" else k.full_lr,
         # a pin-memory thread's CUDA calls while a graph is captured make the capture fail
-        dataloader_pin_memory=plan.device == "cuda" and not plan.cuda_graphs,
+        dataloader_pin_memory=plan.device == "cuda" and not (plan.cuda_graphs and k.packs),
         eval_strategy="epoch" if has_eval else "no",
         disable_tqdm=not sys.stderr.isatty(), optim=plan.optim,
         dataloader_num_workers=plan.loader_workers,

@@ -72,6 +72,16 @@ def test_graphs_are_kept_off_where_a_replayed_step_would_be_wrong(recipe_dict, t
     assert graphs.blocker(config, off, r) == "off"
 
 
+def test_only_a_run_that_can_take_graphs_gives_up_pinned_batches(recipe_dict, tmp_path):
+    gpu = dataclasses.replace(_gpu_plan(models.device_plan(recipe.ModelSpec())), device="cuda")
+    sft = recipe.build(recipe_dict, "t.yaml")
+    assert not train.build_config(sft, gpu, str(tmp_path)).dataloader_pin_memory
+    eager = dataclasses.replace(gpu, cuda_graphs=False)
+    assert train.build_config(sft, eager, str(tmp_path)).dataloader_pin_memory
+    dpo = recipe.build({**recipe_dict, "method": "dpo"}, "t.yaml")  # never packed: no graphs
+    assert train.build_config(dpo, gpu, str(tmp_path)).dataloader_pin_memory
+
+
 def test_cuda_graphs_are_a_gpu_default_and_refused_on_a_cpu(recipe_dict, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cpu = models.device_plan(recipe.ModelSpec())
