@@ -26,14 +26,13 @@ MAX_SHAPES = 2
 SEQUENCES_MULTIPLE = 64  # sequences a batch, rounded up: one graph covers most batches
 
 
-def blocker(config, plan, recipe, world_size: int = 1) -> str | None:
-    """Why the graphs cannot be used for this run, or None."""
-    from harness import train
+def blocker(config, plan, recipe, packed: bool, world_size: int) -> str | None:
+    """Why the graphs cannot be used for this run, or None. `packed`: the trainer packs its
+    batches padding-free (harness.train knows)."""
     if not plan.cuda_graphs:
         return "off"
     checks = [
-        (not (train.kind(recipe).packs and train.padding_free(config)),
-         "batches are not padding-free packed"),
+        (not packed, "batches are not padding-free packed"),
         (not getattr(config, "pad_to_multiple_of", None),
          "trainer.pad_to_multiple_of is unset, so every batch has a new length"),
         # the graph's gradient buffers become the parameters' .grad; a second micro-batch would

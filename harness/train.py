@@ -229,10 +229,12 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
 
 
-def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan) -> str | None:
+def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan,
+                  world_size: int | None = None) -> str | None:
     """Why this run's decoder stack cannot train through CUDA graphs (None: it will). The plan's
     default gives way with a note; a recipe that asks for them gets an error."""
-    why = graphs.blocker(config, plan, recipe, distributed.world_size())
+    why = graphs.blocker(config, plan, recipe, kind(recipe).packs and padding_free(config),
+                         world_size or distributed.world_size())
     if why is None or why == "off":
         return why
     if recipe.model.cuda_graphs:

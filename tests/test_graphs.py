@@ -57,19 +57,19 @@ def test_graphs_are_kept_off_where_a_replayed_step_would_be_wrong(recipe_dict, t
     r = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True, **over})
     plan = _gpu_plan(models.device_plan(r.model))
     config = train.build_config(r, plan, str(tmp_path))
-    got = graphs.blocker(config, plan, r)
+    got = train.graph_blocker(r, config, plan)
     assert got is None if why is None else why in got
     if why is None:
-        assert graphs.blocker(config, plan, r, world_size=2) == "data parallel (several processes)"
-    # the plan's default gives way; a recipe that asks for graphs is told why it cannot have them
-    assert train.graph_blocker(r, config, plan) == got
+        assert train.graph_blocker(r, config, plan, world_size=2) == (
+            "data parallel (several processes)")
+    # the plan's default gives way (above); a recipe that asks for graphs is told why not
     if why:
         asked = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True, **over,
                                                      "model.cuda_graphs": True})
         with pytest.raises(HarnessError, match=f"model.cuda_graphs.*{why}"):
             train.graph_blocker(asked, config, plan)
     off = dataclasses.replace(plan, cuda_graphs=False)
-    assert graphs.blocker(config, off, r) == "off"
+    assert train.graph_blocker(r, config, off) == "off"
 
 
 def test_only_a_run_that_can_take_graphs_gives_up_pinned_batches(recipe_dict, tmp_path):
