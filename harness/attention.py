@@ -101,7 +101,30 @@ def training_attention(model, name: str | None):
     config = model.config
     before = config._attn_implementation
     config._attn_implementation = register() if name == NAME else name
+    _own[id(config)] = before
     try:
         yield
     finally:
         config._attn_implementation = before
+        _own.pop(id(config), None)
+
+
+# config id -> the attention a model had before training switched it: what scoring in the
+# middle of training (a pruner's golden slice) must use, since generation pads its batches
+_own: dict[int, str] = {}
+
+
+@contextlib.contextmanager
+def own_attention(model):
+    """The model's own attention inside the block when training switched it to one that only
+    takes padding-free batches (generation and reference perplexity are padded batches)."""
+    config = getattr(model, "config", None)
+    now = getattr(config, "_attn_implementation", None)
+    if now != NAME or id(config) not in _own:
+        yield
+        return
+    config._attn_implementation = _own[id(config)]
+    try:
+        yield
+    finally:
+        config._attn_implementation = now

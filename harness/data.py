@@ -227,8 +227,10 @@ def check_lengths(ds, tok, max_length: int | None, source: str, sample: int = 25
             msgs = row["messages"]
         elif "completion" in row:
             msgs = row["prompt"] + row["completion"]
-        elif "chosen" in row:
-            msgs = row["prompt"] + row["chosen"]
+        elif "chosen" in row:  # implicit-prompt pairs carry no prompt column
+            if isinstance(row["chosen"], str):  # plain text pairs: no chat template
+                return len(tok((row.get("prompt") or "") + row["chosen"])["input_ids"])
+            msgs = (row.get("prompt") or []) + row["chosen"]
         else:
             return len(tok(row["text"])["input_ids"])
         return len(tok.apply_chat_template(msgs, tokenize=True, return_dict=True)["input_ids"])

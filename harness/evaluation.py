@@ -170,9 +170,11 @@ def metric_names(manifest, task: str) -> list[str]:
 
 def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
                  max_new_tokens: int | None = None, task: str = "causal-lm") -> SetResult:
+    from harness import attention
     was_training = model.training
     model.eval()
-    columns, examples = _columns(model, tok, gs, batch_size, max_new_tokens, task)
+    with attention.own_attention(model):  # scored mid-training: a pruner's golden slice
+        columns, examples = _columns(model, tok, gs, batch_size, max_new_tokens, task)
     values, args = {}, {}
     for name in metric_names(gs.manifest, task):
         args[name] = goldensets.metric_args(gs.manifest, name)

@@ -287,9 +287,61 @@ def map_strings(value: Any, fn) -> Any:
     return value
 
 
+# bounds on user YAML: a recipe is a few hundred values; an alias bomb ("billion laughs")
+# is a few lines whose aliases expand to billions, which every later walk would visit
+MAX_YAML_CHARS = 4_000_000
+MAX_YAML_VALUES = 100_000
+
+
+class YAMLTooLarge(yaml.YAMLError):
+    def __init__(self, problem: str):
+        self.problem = problem
+        super().__init__(problem)
+
+
+def _expanded_size(node: yaml.Node, limit: int) -> int:
+    """Values the node stands for once every alias is expanded, counted without expanding
+    (shared nodes are counted from a memo); stops counting past `limit`."""
+    memo: dict[int, int] = {}
+    order, stack = [], [node]
+    while stack:  # iterative: a deep document must not exhaust Python's stack here
+        n = stack.pop()
+        if id(n) in memo:
+            continue
+        memo[id(n)] = 1  # also ends a node that contains itself
+        order.append(n)
+        if isinstance(n, yaml.SequenceNode):
+            stack.extend(n.value)
+        elif isinstance(n, yaml.MappingNode):
+            stack.extend(x for kv in n.value for x in kv)
+    for n in reversed(order):  # children before parents
+        if isinstance(n, yaml.SequenceNode):
+            memo[id(n)] = 1 + sum(memo[id(c)] for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            memo[id(n)] = 1 + sum(memo[id(k)] + memo[id(v)] for k, v in n.value)
+        memo[id(n)] = min(memo[id(n)], limit + 1)
+    return memo[id(node)]
+
+
 def safe_load(text: str) -> Any:
-    """YAML 1.1 (PyYAML) reads 3e-4 as a string; every ML config means the number."""
-    return map_strings(yaml.safe_load(text), lambda s: float(s) if _FLOAT.match(s) else s)
+    """yaml.safe_load, bounded in size and in what its aliases expand to. YAML 1.1 (PyYAML)
+    reads 3e-4 as a string; every ML config means the number."""
+    if len(text) > MAX_YAML_CHARS:
+        raise YAMLTooLarge(f"the file is larger than {MAX_YAML_CHARS:,} characters")
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        if _expanded_size(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
+            raise YAMLTooLarge(f"its aliases expand to more than {MAX_YAML_VALUES:,} values "
+                               "(an alias bomb?)")
+        data = loader.construct_document(node)
+        return map_strings(data, lambda s: float(s) if _FLOAT.match(s) else s)
+    except RecursionError:
+        raise YAMLTooLarge("nested too deeply, or an alias refers to itself") from None
+    finally:
+        loader.dispose()
 
 
 def parse_value(text: str) -> Any:
@@ -330,8 +382,16 @@ def read_yaml(path: str | Path, what: str = "recipe") -> dict:
     p = Path(path)
     if not p.is_file():
         raise HarnessError(f"{what} file not found", file=str(path))
+    raw = p.read_bytes()
     try:
-        data = safe_load(p.read_text())
+        text = raw.decode("utf-8-sig")  # a byte-order mark from an editor is fine
+    except UnicodeDecodeError as e:
+        raise HarnessError(f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                           f"save the {what} as UTF-8", file=str(path)) from None
+    try:
+        data = safe_load(text)
+    except YAMLTooLarge as e:
+        raise HarnessError(f"YAML refused: {e.problem}", file=str(path)) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

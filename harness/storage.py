@@ -5,9 +5,11 @@
 - journal:///path/study.log: Optuna's journal file (file-locked appends) for several workers on
   one machine, no server needed.
 
-RDB storages beat a heartbeat, so a trial whose process died is failed after the grace period
-and retried once. A journal has no heartbeat: a trial left RUNNING by a process that no longer
-exists on this machine is failed at the next start instead, and retried like an interrupted one.
+Every trial records the host and process that run it (`worker`). A trial left RUNNING by a
+process that no longer exists on this machine (kill -9, a crash) is failed at the next start at
+once, whatever the storage, and retried like an interrupted one: a user reruns the command right
+away, before any heartbeat grace period has passed. RDB storages also beat a heartbeat, which
+catches a process that died on another machine after the grace period.
 """
 from __future__ import annotations
 
@@ -74,29 +76,51 @@ def open_storage(url: str, space: SweepFile | None = None):
         raise HarnessError(f"cannot open Optuna storage: {first}", key="sweep.storage") from None
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat's fields after the command name (state first), or None without /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            # the command name (field 2) may hold spaces and parentheses: split after it
+            return f.read().rpartition(")")[2].split()
+    except OSError:
+        return None
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot), or None where /proc does not tell:
+    with the pid it names one process, even after the pid is reused."""
+    fields = _stat(pid)
+    return fields[19] if fields and len(fields) > 19 else None
+
+
 def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
+    """host:pid:start of this process (start left out where /proc does not tell it)."""
+    pid = os.getpid()
+    start = _started(pid)
+    return f"{socket.gethostname()}:{pid}" + (f":{start}" if start else "")
 
 
 def _alive(worker: str) -> bool:
-    host, _, pid = worker.rpartition(":")
+    host, pid, *start = worker.split(":")
     if host != socket.gethostname():
-        return True  # another machine's process: not ours to judge
+        return True  # another machine's process: not ours to judge (the heartbeat's)
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, ValueError):
         return True
-    return True
+    fields = _stat(int(pid))
+    if fields and fields[0] in ("Z", "X"):  # exited, not yet reaped by its parent
+        return False
+    # the pid is in use: by the trial's process, or by a new one that reuses the number
+    return not start or not fields or len(fields) <= 19 or fields[19] == start[0]
 
 
-def fail_orphans(study, storage, url: str) -> list[int]:
-    """Without a heartbeat: fail the RUNNING trials whose worker process is gone, marked
+def fail_orphans(study, storage) -> list[int]:
+    """Fail the RUNNING trials whose worker process on this machine is gone, marked
     interrupted so that the next start retries their parameters. Returns their numbers."""
     import optuna
-    if kind(url).heartbeat:
-        return []
     failed = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")

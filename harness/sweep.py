@@ -163,20 +163,32 @@ def study_name(recipe: Recipe) -> str:
     return recipe.sweep.study_name or recipe.name
 
 
+def sampler_seed(seed: int, worker: int, existing: int) -> int:
+    """The sampler's seed for a process joining a study that holds `existing` trials. A sampler
+    seeded as before replays its draws from the start (TPE's start-up trials are random), so a
+    resumed study or a second worker would repeat finished trials' values: each start draws
+    from a seed of its own, derived from the sweep file's, so reruns stay reproducible."""
+    if existing == 0:
+        return seed + worker
+    import hashlib
+    return int.from_bytes(hashlib.sha256(f"{seed}:{worker}:{existing}".encode()).digest()[:4],
+                          "little")
+
+
 def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
-    """Create or load the study; a trial whose process died (heartbeat, or a journal's dead
-    worker pid) is failed and its parameters retried once (harness.storage)."""
+    """Create or load the study; a trial whose process died (on this machine: its pid is gone;
+    elsewhere: the heartbeat) is failed and its parameters retried once (harness.storage)."""
     import optuna
     url = recipe.sweep.storage or DEFAULT_STORAGE
     storage = stores.open_storage(url, space)
     study = optuna.create_study(study_name=study_name(recipe), storage=storage,
-                                # workers draw apart: the same seed would repeat parameters
-                                sampler=SAMPLERS.get(space.sampler, key="sampler")(
-                                    space.model_copy(update={"seed": space.seed + worker})),
                                 pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
                                     space.pruner),
                                 direction=recipe.sweep.direction, load_if_exists=True)
-    stores.fail_orphans(study, storage, url)
+    seed = sampler_seed(space.seed, worker, len(study.get_trials(deepcopy=False)))
+    study.sampler = SAMPLERS.get(space.sampler, key="sampler")(
+        space.model_copy(update={"seed": seed}))
+    stores.fail_orphans(study, storage)
     return study
 
 

@@ -16,16 +16,26 @@ class Case:
     command: str = "validate"  # validate | train | sweep | eval | cli
     recipe: dict = field(default_factory=dict)  # dotted keys set on the tiny recipe
     files: dict = field(default_factory=dict)  # name -> text written under tmp_path
-    raw: str | None = None  # the recipe file's text, instead of the tiny recipe
+    raw: str | bytes | None = None  # the recipe file's text (or bytes), not the tiny recipe
     argv: list | None = None  # for command == "cli": the arguments after `harness`
     expect: tuple = ()  # substrings of the error line ({tmp} is tmp_path)
 
 
 CHAT = '{"messages": %s}'
+# "billion laughs": nine levels of nine aliases each, 9**9 values once expanded
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
 U, A, S = ({"role": r, "content": "x"} for r in ("user", "assistant", "system"))
 CASES = [
     # recipes
     Case("yaml-malformed", raw="name: [unclosed\n", expect=("recipe.yaml", "YAML")),
+    Case("recipe-not-utf8", raw=b"name: caf\xe9\nmethod: sft\n",
+         expect=("recipe.yaml", "not UTF-8 text (byte 0xe9 at offset 9)")),
+    Case("yaml-alias-bomb", raw=BOMB, expect=("recipe.yaml", "aliases expand to more than")),
+    Case("yaml-nested-too-deep", raw="name: " + "[" * 5000 + "]" * 5000 + "\n",
+         expect=("recipe.yaml", "nested too deeply")),
+    Case("sweep-file-alias-bomb", files={"s.yaml": BOMB}, recipe={"sweep.space": "{tmp}/s.yaml"},
+         expect=("s.yaml", "aliases expand")),
     Case("yaml-list-not-mapping", raw="- a\n- b\n", expect=("recipe.yaml", "mapping")),
     Case("section-is-a-list", recipe={"adapter": [1, 2]}, expect=("recipe.yaml", "adapter")),
     Case("unknown-key", recipe={"adaptr": {}}, expect=("adaptr", "did you mean adapter")),
@@ -158,7 +168,10 @@ def test_bad_input_is_one_line_exit_2(case, recipe_dict, tmp_path, capsys):
     for k, v in case.recipe.items():
         _set(d, k, _fill(v, subs))
     path = tmp_path / "recipe.yaml"
-    path.write_text(case.raw if case.raw is not None else yaml.safe_dump(d))
+    if isinstance(case.raw, bytes):
+        path.write_bytes(case.raw)
+    else:
+        path.write_text(case.raw if case.raw is not None else yaml.safe_dump(d))
     subs["recipe"] = str(path)
     argv = _fill(case.argv, subs) if case.command == "cli" else [case.command, str(path)]
     code = cli.main(argv) if case.command != "cli" else _main_or_exit(argv)

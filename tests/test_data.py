@@ -1,6 +1,6 @@
 import pytest
 
-from conftest import SHARED, jsonl
+from conftest import SHARED, TOKENIZER, jsonl
 from harness import data
 from harness.errors import HarnessError
 from harness.recipe import DataSpec
@@ -102,14 +102,21 @@ def test_unreachable_hub_dataset_fails_fast(monkeypatch):
     {"prompt": "2+3?", "chosen": "#### 5", "rejected": "#### 6"},
     {"prompt": [USER], "chosen": [BOT], "rejected": [{"role": "assistant", "content": "#### 6"}]},
     {"chosen": [USER, BOT], "rejected": [USER, {"role": "assistant", "content": "#### 6"}]},
+    {"chosen": "2+3? #### 5", "rejected": "2+3? #### 6"},
 ])
 def test_preference_formats_explicit_and_implicit_prompt(tmp_path, row):
+    from transformers import AutoTokenizer
     path = jsonl(tmp_path / "p.jsonl", [row, row])
     train, _, info = data.load_train(DataSpec(train=path), seed=0, kind="preference")
     assert info["format"] == "preference" and len(train) == 2
     got = train[0]
     assert got["chosen"] != got["rejected"]
     assert ("prompt" in got) == ("prompt" in row)
+    # the length check the pipeline runs next (implicit-prompt rows have no prompt column)
+    tok = AutoTokenizer.from_pretrained(TOKENIZER)
+    assert data.check_lengths(train, tok, 1024, path) == 0
+    with pytest.raises(HarnessError, match="every row is longer than trainer.max_length=2"):
+        data.check_lengths(train, tok, 2, path)
 
 
 @pytest.mark.parametrize("rows, needle", [

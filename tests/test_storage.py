@@ -20,23 +20,35 @@ def test_storages_by_scheme_and_a_typo_gets_a_suggestion(tmp_path):
         storage.kind("postgress://u@h/db")
 
 
-def test_journal_fails_the_running_trial_of_a_dead_worker_and_keeps_a_live_ones(tmp_path):
+@pytest.mark.parametrize("backend", ["sqlite", "journal"])
+def test_the_running_trial_of_a_dead_process_is_failed_at_once(tmp_path, backend):
+    """Whatever the storage (a heartbeat's grace period has not passed when a user reruns at
+    once): a trial whose process on this machine is gone fails, a live process's stays."""
+    import os
+    import socket
+
     import optuna
-    url = f"journal:///{tmp_path}/deep/study.log"
+    url = (f"journal:///{tmp_path}/deep/study.log" if backend == "journal"
+           else f"sqlite:///{tmp_path}/optuna.db")
     store = storage.open_storage(url, SPACE)
     study = optuna.create_study(study_name="s", storage=store)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    orphan, live = study.ask(), study.ask()
-    orphan.set_user_attr("worker", f"{storage.worker_id().rsplit(':', 1)[0]}:{dead.pid}")
+    orphan, reused, live = study.ask(), study.ask(), study.ask()
+    host = socket.gethostname()
+    orphan.set_user_attr("worker", f"{host}:{dead.pid}")
+    # this process's pid, but a start time it does not have: the pid was reused
+    reused.set_user_attr("worker", f"{host}:{os.getpid()}:1")
     live.set_user_attr("worker", storage.worker_id())  # this process: alive
+    other = study.ask()
+    other.set_user_attr("worker", f"another-host:{dead.pid}")  # not this machine's to judge
     done = study.ask()
     study.tell(done, 1.0)
-    assert storage.fail_orphans(study, store, url) == [orphan.number]
+    assert sorted(storage.fail_orphans(study, store)) == [orphan.number, reused.number]
     states = {t.number: t.state.name for t in study.get_trials()}
-    assert states == {orphan.number: "FAIL", live.number: "RUNNING", done.number: "COMPLETE"}
+    assert states == {orphan.number: "FAIL", reused.number: "FAIL", live.number: "RUNNING",
+                      other.number: "RUNNING", done.number: "COMPLETE"}
     assert study.get_trials()[orphan.number].user_attrs["interrupted"] is True
-    assert storage.fail_orphans(study, store, "sqlite:///x.db") == []  # heartbeats do that there
 
 
 def test_a_storage_that_cannot_open_is_one_line(tmp_path):

@@ -147,13 +147,14 @@ def test_pruned_trials_end_pruned_in_optuna_and_killed_in_mlflow(recipe_dict, tm
     assert (tmp_path / "reports" / "tiny" / "optimization_history.png").stat().st_size > 1000
 
 
-def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = ""):
+def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = "",
+                       sampler: str = "random", n_trials: int = 2):
     """`harness sweep` in a subprocess, returned once its first trial is training (400 steps,
     long enough to be stopped mid-trial): (recipe dict, recipe path, process)."""
     import subprocess
     import sys
     (tmp_path / "slow.yaml").write_text(
-        f"n_trials: 2\nsampler: random\n{extra}params:\n"
+        f"n_trials: {n_trials}\nsampler: {sampler}\n{extra}params:\n"
         "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
     d = dict(recipe_dict)
     d["trainer"] = dict(d["trainer"], max_steps=400)
@@ -168,33 +169,34 @@ def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = ""):
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
-def test_sigkill_mid_trial_then_the_same_command_resumes(recipe_dict, tmp_path, write_recipe,
+def test_sigkill_mid_trial_then_the_same_command_at_once(recipe_dict, tmp_path, write_recipe,
                                                          client, backend):
-    """sqlite: the heartbeat fails the stale trial; journal (no heartbeat): the next start
-    finds the trial's worker process gone."""
+    """kill -9 while a trial trains, then the same command at once, well inside the
+    heartbeat's grace period: the dead process's trial is failed, its MLflow run ends KILLED,
+    its values are retried, and the resumed TPE sampler does not replay a finished trial's
+    values (seeded as before, it would draw trial 0's again)."""
     import os
     import signal
-    import time
 
     import optuna
     if backend == "journal":
         recipe_dict = dict(recipe_dict, sweep=dict(recipe_dict["sweep"],
                                                    storage=f"journal:///{tmp_path}/study.log"))
-    d, path, proc = _sweep_in_training(recipe_dict, tmp_path, write_recipe,
-                                       "heartbeat_s: 1\ngrace_s: 2\n")
-    time.sleep(3)
+    d, path, proc = _sweep_in_training(recipe_dict, tmp_path, write_recipe, "",
+                                       sampler="tpe", n_trials=3)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(3)  # past the grace period: the trial is stale
 
     d["trainer"] = dict(d["trainer"], max_steps=2)
-    sweep.run_sweep(recipe.build(d, path))
+    out = sweep.run_sweep(recipe.build(d, path))
+    assert out["trials"] == 3
     study = optuna.load_study(study_name="tiny", storage=storage.open_storage(
         d["sweep"]["storage"], recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))
     states = [t.state.name for t in study.trials]
-    assert states[0] == "FAIL" and states.count("COMPLETE") == 2
-    retried = [t for t in study.trials[1:] if t.params == study.trials[0].params]
-    assert retried  # the interrupted parameters ran again
+    assert states == ["FAIL", "COMPLETE", "COMPLETE", "COMPLETE"], states
+    assert study.trials[1].params == study.trials[0].params  # the killed trial's values, again
+    values = [t.params["trainer.learning_rate"] for t in study.trials[1:]]
+    assert len(set(values)) == 3, values  # no finished trial's values run twice
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
     assert not [r for r in runs if r.info.status == "RUNNING"]
