@@ -132,15 +132,30 @@ class Tracker:
         import pandas as pd
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            self.mlflow.log_input(self.mlflow.data.from_huggingface(train_ds, path=redact(source),
-                                                                    name="train"),
-                                  context="training")
+            self._log_input(self.mlflow.data.from_huggingface(train_ds, path=redact(source),
+                                                              name="train"), "training")
             for g in goldens:
                 frame = pd.DataFrame({"prompt": g.prompts, "reference": g.references or
                                       [""] * len(g.prompts)})
-                self.mlflow.log_input(self.mlflow.data.from_pandas(frame, source=g.path,
-                                                                   name=g.name),
-                                      context="evaluation")
+                self._log_input(self.mlflow.data.from_pandas(frame, source=g.path, name=g.name),
+                                "evaluation")
+
+    def _log_input(self, dataset, context: str, attempts: int = 4) -> None:
+        """mlflow.log_input, tried again when it fails. MLflow's SQL store gets-or-creates a
+        dataset row without a lock: two workers logging the same new golden set at once both
+        insert it, and one gets a unique-key violation (PostgreSQL: `dataset_pk`). Logging an
+        input is idempotent, and on the next try the dataset exists and is reused."""
+        import random
+        import time
+
+        from mlflow.exceptions import MlflowException
+        for attempt in range(attempts):
+            try:
+                return self.mlflow.log_input(dataset, context=context)
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 + random.random() * 0.2 * (attempt + 1))
 
     # ------------------------------------------------------------ reading back
 

@@ -42,3 +42,44 @@ def test_long_values_and_many_keys_fit_mlflow_limits(recipe_dict):
     full = Path(tracker.client.download_artifacts(run_id, "recipe_full.json")).read_text()
     assert "x" * (MAX_PARAM + 500) in full  # the whole value kept as an artifact
     mlflow.set_tracking_uri(None)
+
+
+def test_workers_logging_the_same_new_dataset_at_once_both_succeed(recipe_dict, pg_database):
+    """MLflow's SQL store creates a dataset row unless it exists, without a lock: two sweep
+    workers logging one golden set at once made one of them die with `UniqueViolation ...
+    dataset_pk`. Eight threads, each its own run, log the same new datasets together, round
+    after round, on a real PostgreSQL store."""
+    import threading
+    from types import SimpleNamespace
+
+    import datasets
+    import mlflow
+    d = dict(recipe_dict, tracking={"uri": pg_database()})
+    tracker = Tracker(recipe.build(d, "t.yaml"))
+    train = datasets.Dataset.from_list([{"text": "a"}])
+    errors, n_threads = [], 8
+    for round_ in range(6):
+        # a new golden set each round: every thread races to create it
+        goldens = [SimpleNamespace(name=f"gs{round_}", path=f"gs{round_}.yaml",
+                                   prompts=[f"q{round_}"], references=[f"a{round_}"])]
+        barrier = threading.Barrier(n_threads)
+
+        def log(i):
+            try:
+                with tracker.run(f"r{round_}-{i}"):
+                    barrier.wait()
+                    tracker.log_inputs(train, "rows.jsonl", goldens)
+            except Exception as e:  # noqa: BLE001 - the test reports any failure
+                errors.append(repr(e)[:300])
+        threads = [threading.Thread(target=log, args=(i,)) for i in range(n_threads)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert not errors, errors
+    runs = tracker.client.search_runs([tracker.client.get_experiment_by_name("tiny")
+                                       .experiment_id], max_results=100)
+    assert len(runs) == 6 * n_threads and {r.info.status for r in runs} == {"FINISHED"}
+    assert all({i.dataset.name for i in r.inputs.dataset_inputs} == {
+        "train", f"gs{r.info.run_name.split('-')[0][1:]}"} for r in runs)
+    mlflow.set_tracking_uri(None)
