@@ -57,7 +57,17 @@ class GoldenSet:
         return self.manifest.task == "preference"
 
 
+def locate(path: str) -> str:
+    """The manifest file a recipe names: a path, or a shipped set (harness.assets)."""
+    from harness import assets
+    found = assets.locate(path, "goldensets")
+    if found is None:
+        raise HarnessError("golden-set manifest not found", file=path)
+    return found
+
+
 def load_manifest(path: str) -> Manifest:
+    path = locate(path)
     data = read_yaml(path, "golden-set manifest")
     try:
         m = Manifest.model_validate(data)
@@ -85,9 +95,13 @@ def metric_args(m: Manifest, name: str) -> dict:
 
 
 def load(path: str, max_examples: int | None = None) -> GoldenSet:
+    import os
+
     from harness.data import load_source
+    path = locate(path)
     m = load_manifest(path)
-    local = Path(path).parent / m.source
+    # `..` taken lexically: through a link (a checkout's goldensets/) it means the link's parent
+    local = Path(os.path.normpath(Path(path).parent / m.source))
     source = str(local) if local.exists() else m.source
     ds = load_source(source, m.split, m.subset, key="source")
     keys = (["prompt_field"] if m.prompt_template is None else []) + (

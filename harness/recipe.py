@@ -79,10 +79,11 @@ class DataSpec(Section):
 
 
 class EvalSpec(Section):
-    goldensets: list[str] = Field(default_factory=lambda: ["goldensets/math.yaml"],
-                                  description="Golden-set manifests, scored before and after.")
+    goldensets: list[str] = Field(default_factory=lambda: ["builtin:math"], description="Golden-"
+                                  "set manifests, scored before and after: a path, or "
+                                  "builtin:<name> for a shipped one (harness/assets/goldensets).")
     forgetting_guard: str | None = Field(
-        "goldensets/general_knowledge.yaml", description="A general-knowledge set scored before "
+        "builtin:general_knowledge", description="A general-knowledge set scored before "
         "and after every run beside the golden sets, so catastrophic forgetting shows; null: off.")
     max_examples: int | None = Field(None, gt=0, description="Score only the first N examples.")
     batch_size: int | None = Field(None, gt=0, description="Generation batch size; default 32 "
@@ -91,7 +92,8 @@ class EvalSpec(Section):
 
 
 class SweepSpec(Section):
-    space: str | None = Field(None, description="Sweep file under sweeps/ (space, sampler, trials).")
+    space: str | None = Field(None, description="Sweep file (space, sampler, trials): a path, or "
+                              "builtin:<name> for a shipped one (harness/assets/sweeps).")
     objective: str = Field("math/numeric_accuracy", description="Golden-set metric to optimize, after "
                            "training: <goldenset>/<metric>.")
     direction: Literal["maximize", "minimize"] = "maximize"
@@ -216,9 +218,10 @@ class Recipe(Section):
 
     @property
     def all_goldensets(self) -> list[str]:
+        from harness import assets
         guard = self.eval.forgetting_guard
-        return self.eval.goldensets + ([guard] if guard and guard not in self.eval.goldensets
-                                       else [])
+        listed = guard and any(assets.same(guard, g, "goldensets") for g in self.eval.goldensets)
+        return self.eval.goldensets + ([guard] if guard and not listed else [])
 
     def fingerprint(self) -> str:
         """Short hash of the resolved recipe: equal recipes, equal runs (tagged on every run)."""
@@ -416,8 +419,13 @@ def build(data: dict, source: str = "<recipe>", overrides: dict[str, Any] | None
 
 
 def load_sweep_file(path: str | Path, recipe: Recipe) -> SweepFile:
-    """A sweep file, with each searched key checked by applying its first value to the recipe."""
-    data = read_yaml(path, "sweep file")
+    """A sweep file (a path or a shipped one, harness.assets), with each searched key checked by
+    applying its first value to the recipe."""
+    from harness import assets
+    with_file = assets.locate(str(path), "sweeps")
+    if with_file is None:
+        raise HarnessError("sweep file not found", file=str(path))
+    data = read_yaml(with_file, "sweep file")
     try:
         space = SweepFile.model_validate(data)
     except ValidationError as e:

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import data, evaluation, goldensets, manifest, models, train
+from harness import assets, data, evaluation, goldensets, manifest, models, train
 from harness.errors import HarnessError
 from harness.recipe import Recipe
 
@@ -47,13 +47,17 @@ def check(recipe: Recipe) -> list:
     task = train.kind(recipe).task
     manifests = []
     for i, path in enumerate(recipe.all_goldensets):
-        if not Path(path).is_file():
-            key = f"eval.goldensets.{i}" if i < len(recipe.eval.goldensets) else \
-                "eval.forgetting_guard"
+        key = f"eval.goldensets.{i}" if i < len(recipe.eval.goldensets) else \
+            "eval.forgetting_guard"
+        try:
+            found = assets.locate(path, "goldensets")
+        except HarnessError as e:
+            raise HarnessError(e.message, file=recipe.source, key=key) from None
+        if found is None:
             raise HarnessError(f"golden-set manifest {path!r} not found", file=recipe.source,
                                key=key)
-        manifests.append(goldensets.load_manifest(path))
-        evaluation.check_fit(manifests[-1], path)
+        manifests.append(goldensets.load_manifest(found))
+        evaluation.check_fit(manifests[-1], found)
     keys = [f"{m.name}/{metric}" for m in manifests
             for metric in evaluation.metric_names(m, task)]
     if recipe.sweep.space and recipe.sweep.objective not in keys:
@@ -61,10 +65,17 @@ def check(recipe: Recipe) -> list:
         raise HarnessError(f"objective {recipe.sweep.objective!r} is no golden-set metric of this "
                            f"recipe{did_you_mean(recipe.sweep.objective, keys)} (known: "
                            f"{', '.join(keys)})", file=recipe.source, key="sweep.objective")
-    if recipe.sweep.space and not Path(recipe.sweep.space).is_file():
+    if recipe.sweep.space and not _sweep_file(recipe):
         raise HarnessError(f"sweep file {recipe.sweep.space!r} not found", file=recipe.source,
                            key="sweep.space")
     return manifests
+
+
+def _sweep_file(recipe: Recipe) -> str | None:
+    try:
+        return assets.locate(recipe.sweep.space, "sweeps")
+    except HarnessError as e:
+        raise HarnessError(e.message, file=recipe.source, key="sweep.space") from None
 
 
 def resolve_init(recipe: Recipe, tracker) -> str | None:
