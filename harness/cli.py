@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from harness.errors import HarnessError  # light: no heavy imports
 
@@ -267,6 +268,40 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: runs marked KILLED; the same command resumes", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or a library's failure: one line, the traceback in a file
+        print(f"error: {crash_line(e, args.command)}", file=sys.stderr)
+        return 1
+
+
+def crash_dir() -> Path:
+    """HARNESS_CRASH_DIR, else the XDG state folder (~/.local/state/harness/crashes)."""
+    if os.environ.get("HARNESS_CRASH_DIR"):
+        return Path(os.environ["HARNESS_CRASH_DIR"])
+    state = os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state"
+    return Path(state) / "harness" / "crashes"
+
+
+def crash_line(e: BaseException, command: str) -> str:
+    """Writes the traceback to a crash log; returns the line to print: what failed, in which
+    phase, where the log is, and the MLflow runs that hold it too (harness.tracking)."""
+    import time
+    import traceback
+
+    from harness.tracking import redact
+    text = redact("".join(traceback.format_exception(e)))
+    try:
+        folder = crash_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        log = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{command}.log"
+        log.write_text(f"harness {' '.join(sys.argv[1:])}\n\n{text}")
+        where = f"crash log {log}"
+    except OSError as write_error:  # say so, and keep the cause on the terminal's one line
+        where = f"no crash log ({write_error.strerror})"
+    first = (str(e).strip().splitlines() or [""])[0][:300]
+    runs = getattr(e, "harness_runs", None)
+    logged = f"; also on MLflow run {', '.join(runs)} (crash.log)" if runs else ""
+    return redact(f"unexpected {type(e).__name__} while {getattr(e, 'harness_phase', command)}"
+                  f"{': ' + first if first else ''}; {where}{logged}")
 
 
 if __name__ == "__main__":

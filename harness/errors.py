@@ -1,7 +1,7 @@
 """The one error type the harness raises for bad input, and the did-you-mean helper.
 
-The CLI prints a HarnessError as a single line and exits 2; anything else is a bug and keeps
-its traceback.
+The CLI prints a HarnessError as a single line and exits 2 (a TrainingFault: 1); anything else
+is a bug, printed as one line naming the phase and a crash log that holds the traceback.
 """
 from __future__ import annotations
 
@@ -66,6 +66,19 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
         close = sorted((c for c in choices if str(word).startswith(c) or c.startswith(str(word))),
                        key=len, reverse=True)
     return f"; did you mean {close[0]}?" if close else ""
+
+
+@contextlib.contextmanager
+def phase(name: str):
+    """Names what the harness is doing inside the block ("scoring the starting model"): an
+    unexpected error raised there carries the innermost phase as `harness_phase`, which the
+    CLI's one line names."""
+    try:
+        yield
+    except Exception as e:
+        if not hasattr(e, "harness_phase"):
+            e.harness_phase = name
+        raise
 
 
 class TrialPruned(Exception):

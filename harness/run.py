@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import assets, data, evaluation, goldensets, manifest, models, train
-from harness.errors import HarnessError
+from harness.errors import HarnessError, phase
 from harness.recipe import Recipe
 
 
@@ -95,7 +95,7 @@ def resolve_init(recipe: Recipe, tracker) -> str | None:
 
 def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
     from harness.errors import located
-    with located(recipe.source):
+    with located(recipe.source), phase("loading the model, data and golden sets"):
         return _prepare(recipe, tracker, with_data)
 
 
@@ -146,8 +146,9 @@ def evaluate_start(prep: Prepared) -> None:
     for side, with_init in (("before", True), ("base", False)):
         if side == "base" and not prep.recipe.model.init_from:
             break
-        model = prep.load_model(adapter=with_init)
-        setattr(prep, side, evaluate(prep, model))
+        with phase(f"scoring the {'starting' if with_init else 'base'} model"):
+            model = prep.load_model(adapter=with_init)
+            setattr(prep, side, evaluate(prep, model))
         del model
         gc.collect()
 
@@ -221,8 +222,9 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
         return None, None
     evaluate_start(prep)
     outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags)
-    path = report.write_run(recipe, outcome, prep.before, tracker, name)
-    tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
+    with phase("writing the report"):
+        path = report.write_run(recipe, outcome, prep.before, tracker, name)
+        tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
     return outcome, path
 
 
@@ -278,8 +280,9 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         out_dir = str(Path(recipe.output_dir) / recipe.name / run_id)
         say(f"{run_name}: training ({len(train_ds)} rows)")
         try:
-            result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan, out_dir,
-                                 callbacks=callbacks, report_to=tracker.report_to)
+            with phase(f"training {run_name}"):
+                result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan,
+                                     out_dir, callbacks=callbacks, report_to=tracker.report_to)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise
@@ -298,8 +301,9 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         if not nested:  # a sweep uploads only its best trial's adapter
             tracker.log_artifacts(adapter_dir, "adapter")
         say(f"{run_name}: scoring the tuned model")
-        after = evaluate(prep, result.model)
-        comparison = evaluation.compare(prep.before, after)
+        with phase(f"scoring {run_name}"):
+            after = evaluate(prep, result.model)
+            comparison = evaluation.compare(prep.before, after)
         if prep.base:
             comparison["base"] = evaluation.flat_metrics(prep.base)
         log_comparison(tracker, comparison)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from harness import evaluation, run
-from harness.errors import HarnessError
+from harness.errors import HarnessError, phase
 from harness.recipe import Recipe, build
 
 
@@ -40,7 +40,8 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         r = build(base.to_dict(), base.source, {"model": model_fields(ref, tracker)})
         prep = run.prepare(r, tracker, with_data=False)
         run.say(f"scoring {side}: {ref}")
-        results[side] = run.evaluate(prep, prep.load_model())
+        with phase(f"scoring {ref}"):
+            results[side] = run.evaluate(prep, prep.load_model())
     tags = {KIND_TAG: "eval", "harness.model": after_ref,
             **({"harness.before_model": before_ref} if before_ref else {})}
     with tracker.run(base.name, tags=tags) as run_id:

@@ -6,7 +6,7 @@ import os
 
 from harness import distributed, plots, run
 from harness import storage as stores
-from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned
+from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase
 from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
                             with_values)
 from harness.registry import Registry
@@ -399,7 +399,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             run.start_from_json(prep, saved)
         else:
             run.evaluate_start(prep)
-            tracker.log_dict(run.start_to_json(prep), "eval/start.json")
+            tracker.log_dict(run.start_to_json(prep), "eval/start.json")  # what resumes read
             from harness.evaluation import flat_metrics
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
@@ -424,9 +424,10 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             from pathlib import Path
             if Path(best.user_attrs["adapter_dir"]).is_dir():
                 tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
-        images = plots.study_plots(study, report.report_dir(recipe, name))
-        path = report.write_sweep(recipe, study, prep.before, tracker, images)
-        tracker.log_artifacts(str(path.parent), "report")
+        with phase("writing the sweep report"):
+            images = plots.study_plots(study, report.report_dir(recipe, name))
+            path = report.write_sweep(recipe, study, prep.before, tracker, images)
+            tracker.log_artifacts(str(path.parent), "report")
         run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,

@@ -84,9 +84,28 @@ class Tracker:
             self._end("KILLED")
             raise
         except BaseException as e:
+            self._crash_log(e, active.info.run_id)
             self._end(getattr(e, "mlflow_status", "FAILED"))
             raise
         self._end("FINISHED")
+
+    def _crash_log(self, e: BaseException, run_id: str) -> None:
+        """An unexpected error's traceback as the run's `crash.log` and its first line as the
+        tag `harness.error`; the run id is added to the exception (`harness_runs`) for the
+        CLI's one line. Bad input and training faults carry their own one-line reason."""
+        import traceback
+
+        from harness.errors import HarnessError
+        if isinstance(e, HarnessError) or hasattr(e, "mlflow_status") \
+                or not isinstance(e, Exception):
+            return
+        try:
+            self.mlflow.log_text(redact("".join(traceback.format_exception(e))), "crash.log")
+            first = (str(e).strip().splitlines() or [""])[0][:500]
+            self.mlflow.set_tag("harness.error", redact(f"{type(e).__name__}: {first}"))
+        except Exception:  # noqa: BLE001 - the store may be what failed; the error goes on
+            return
+        e.harness_runs = [*getattr(e, "harness_runs", []), run_id]
 
     def _end(self, status: str) -> None:
         self.mlflow.flush_async_logging()

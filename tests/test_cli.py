@@ -78,3 +78,35 @@ def test_bad_command_lines_are_one_line_exit_2(args, needle):
     out = harness(*args)
     assert out.returncode == 2 and needle in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_an_unexpected_error_is_one_line_a_crash_log_and_a_failed_run(recipe_dict,
+                                                                         write_recipe, tmp_path):
+    """A bug (here: the comparison raises) while scoring the tuned model: one line naming the
+    error, the phase and the crash log, exit 1, the traceback in the log and on the MLflow
+    run, and no run left RUNNING."""
+    import os
+
+    import mlflow
+    path = write_recipe(recipe_dict)
+    code = ("import sys\nfrom harness import cli, evaluation\n"
+            "def boom(*a, **k):\n    raise RuntimeError('comparison exploded\\nsecond line')\n"
+            "evaluation.compare = boom\nsys.argv = ['harness', 'train', sys.argv[1]]\n"
+            "sys.exit(cli.main(sys.argv[1:]))\n")
+    out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "HARNESS_CRASH_DIR": str(tmp_path / "c")})
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "Traceback" not in out.stderr
+    errors = [x for x in out.stderr.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1, out.stderr[-2000:]
+    line = errors[0]
+    assert "unexpected RuntimeError while scoring tiny: comparison exploded;" in line, line
+    (log,) = (tmp_path / "c").glob("*-train.log")
+    assert f"crash log {log}" in line
+    assert "Traceback" in log.read_text() and "comparison exploded" in log.read_text()
+    client = mlflow.MlflowClient(recipe_dict["tracking"]["uri"])
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.status == "FAILED" and f"also on MLflow run {run.info.run_id}" in line
+    assert run.data.tags["harness.error"] == "RuntimeError: comparison exploded"
+    logged = Path(client.download_artifacts(run.info.run_id, "crash.log", str(tmp_path)))
+    assert "in boom" in logged.read_text()
