@@ -261,6 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     _sigterm_as_interrupt()
     try:
+        if args.command in ("train", "sweep", "eval", "rerun", "export") \
+                and getattr(args, "processes", 1) == 1:
+            from harness import distributed
+            distributed.pin_first_gpu()  # before anything starts CUDA
         return args.fn(args)
     except HarnessError as e:
         print(f"error: {e}", file=sys.stderr)

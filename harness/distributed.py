@@ -26,17 +26,33 @@ def is_main() -> bool:
 
 
 def setup() -> None:
-    """Under torchrun: this rank's GPU becomes the current device, so 'cuda' means it. One
-    process on a machine of several GPUs trains on the first: Trainer would wrap the model in
-    nn.DataParallel, which TRL refuses (and DDP outruns). Called before CUDA starts."""
+    """Under torchrun: this rank's GPU becomes the current device, so 'cuda' means it. Else
+    one GPU (pin_first_gpu)."""
     import torch
     gpu_ids()
     if world_size() > 1:
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    elif "CUDA_VISIBLE_DEVICES" not in os.environ and torch.cuda.device_count() > 1:
-        n = torch.cuda.device_count()
-        os.environ["CUDA_VISIBLE_DEVICES"] = _machine_gpus[0]
+    else:
+        pin_first_gpu()
+
+
+def pin_first_gpu() -> None:
+    """One process on a machine of several GPUs trains on the first: Trainer would wrap the
+    model in nn.DataParallel, which TRL refuses (and DDP outruns). CUDA reads
+    CUDA_VISIBLE_DEVICES once, when it starts, and building a TRL config (bf16 checks) starts
+    it: the CLI calls this first thing. Counting GPUs here goes through NVML, which does not
+    start CUDA. The machine's GPUs stay known (gpu_ids) for the workers a sweep hands them to."""
+    if world_size() > 1 or "CUDA_VISIBLE_DEVICES" in os.environ:
+        return
+    import torch
+    ids = gpu_ids()
+    if len(ids) > 1:
+        if torch.cuda.is_initialized():  # too late to take effect: say so rather than crash later
+            print("[harness] warning: CUDA started before the harness could keep one GPU; set "
+                  "CUDA_VISIBLE_DEVICES", file=sys.stderr, flush=True)
+        os.environ["CUDA_VISIBLE_DEVICES"] = ids[0]
+        n = len(ids)
         print(f"[harness] {n} GPUs visible: this process uses GPU 0; `harness train --processes "
               f"{n}` trains on all of them, `harness sweep --workers {n}` runs a trial on each",
               file=sys.stderr, flush=True)

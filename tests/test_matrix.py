@@ -1,0 +1,286 @@
+"""The scenario matrix: every documented path, end to end through the command line, as a user
+runs it from a folder of their own (not this checkout: shipped golden sets and sweep spaces come
+from the package), on the tiny model.
+
+Cells are chosen so each feature appears at least once, not the full product: each method
+(sft, dpo, reward), each data format (messages; prompt/completion as strings and as chat;
+instruction/input/output; question/answer; plain text; explicit and implicit preference pairs)
+and file type (JSONL, CSV, Parquet), each command (train, sweep, eval, rerun, report, export),
+each pruner intermediate (objective on packed varlen batches, eval_loss), early stopping and
+init_from chaining. Every cell checks the MLflow runs' statuses, their metrics and the report,
+and that no run is left RUNNING. Parallel workers (PostgreSQL and journal studies, a tracking
+server on PostgreSQL) run three sweeps in a row in one test, so a race shows.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import harness_server, small_goldenset
+from harness import cli, mathgen, recipe, storage, sweep
+
+
+@dataclass
+class Cell:
+    id: str
+    fmt: str  # a key of ROWS
+    ext: str  # jsonl | csv | parquet
+    commands: list[str]
+    method: str = "sft"
+    recipe: dict = field(default_factory=dict)  # dotted keys set on the cell's recipe
+    space: str | None = None  # the sweep file's text
+    chain: bool = False  # train an SFT run first and start this one from it (init_from)
+
+
+def _rows(fmt: str, n: int = 12) -> list[dict]:
+    """n rows of the built-in math problems in a documented format."""
+    def chat(role, text):
+        return {"role": role, "content": text}
+    out = []
+    for q in mathgen.generate_preference_rows(n, seed=7):
+        p, a, bad = q["prompt"], q["chosen"], q["rejected"]
+        out.append({
+            "messages": {"messages": [chat("user", p), chat("assistant", a)]},
+            "prompt_completion": {"prompt": p, "completion": a},
+            "prompt_completion_chat": {"prompt": [chat("user", p)],
+                                       "completion": [chat("assistant", a)]},
+            "instruction": {"instruction": "Solve the problem.", "input": p, "output": a},
+            "question_answer": {"question": p, "answer": a},
+            "text": {"text": f"{p}\n{a}"},
+            "explicit_pairs": {"prompt": p, "chosen": a, "rejected": bad},
+            "implicit_pairs": {"chosen": [chat("user", p), chat("assistant", a)],
+                               "rejected": [chat("user", p), chat("assistant", bad)]},
+        }[fmt])
+    return out
+
+
+def _write_rows(rows: list[dict], path: Path) -> str:
+    import pandas as pd
+    if path.suffix == ".jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif path.suffix == ".csv":
+        pd.DataFrame(rows).to_csv(path, index=False)
+    else:
+        pd.DataFrame(rows).to_parquet(path)
+    return path.name
+
+
+PRUNE_OBJECTIVE = ("n_trials: 2\nsampler: random\nseed: 1\n"
+                   "pruner: {type: median, intermediate: objective, examples: 2, every_steps: 1, "
+                   "n_startup_trials: 0}\nparams:\n"
+                   "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+PRUNE_EVAL_LOSS = ("n_trials: 2\nsampler: tpe\nseed: 0\n"
+                   "pruner: {type: successive_halving, intermediate: eval_loss, every_steps: 1, "
+                   "min_resource: 1}\nparams:\n"
+                   "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+                   "  adapter.r: {type: categorical, choices: [2, 4]}\n")
+CELLS = [
+    Cell("sft-messages-jsonl-train-report-export", "messages", "jsonl",
+         ["train", "report", "export"]),
+    Cell("sft-prompt-completion-strings-csv-early-stopping", "prompt_completion", "csv", ["train"],
+         recipe={"data.eval_rows": 4, "early_stopping": {"patience": 2, "eval_steps": 1},
+                 "trainer.max_steps": 4}),
+    Cell("sft-prompt-completion-chat-parquet-rerun", "prompt_completion_chat", "parquet",
+         ["train", "rerun"]),
+    Cell("sft-instruction-jsonl-eval", "instruction", "jsonl", ["train", "eval"]),
+    # the golden slice is generated mid-training while packed batches use harness_varlen
+    Cell("sft-question-answer-csv-packed-sweep-pruner-objective", "question_answer", "csv",
+         ["sweep"], space=PRUNE_OBJECTIVE,
+         recipe={"trainer.packing": True, "model.attn_implementation": "harness_varlen"}),
+    Cell("sft-text-jsonl-sweep-pruner-eval-loss", "text", "jsonl", ["sweep"],
+         space=PRUNE_EVAL_LOSS, recipe={"data.eval_rows": 4, "trainer.max_steps": 3}),
+    Cell("dpo-implicit-pairs-jsonl-init-from-sft", "implicit_pairs", "jsonl", ["train"],
+         method="dpo", chain=True),
+    Cell("reward-explicit-pairs-parquet-train", "explicit_pairs", "parquet", ["train"],
+         method="reward"),
+]
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    *parents, last = dotted.split(".")
+    for p in parents:
+        d = d.setdefault(p, {})
+    d[last] = value
+
+
+@pytest.fixture
+def user_dir(tmp_path, monkeypatch):
+    """An empty folder of the user's own, the working directory (no goldensets/ or sweeps/)."""
+    folder = tmp_path / "work"
+    folder.mkdir()
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv("HARNESS_CRASH_DIR", str(tmp_path / "crashes"))
+    return folder
+
+
+def _recipe(extra: dict, folder: Path, tiny_model_dir: str, method: str, fmt: str, ext: str,
+            name: str) -> dict:
+    """A recipe with relative paths, as a user writes it beside their data. The forgetting
+    guard is left at its default: the shipped builtin:general_knowledge."""
+    pref = method in ("dpo", "reward")
+    gs = Path(small_goldenset(folder, "math_preferences.jsonl" if pref else "math.jsonl",
+                              "name: prefs\ntask: preference\nprompt_field: prompt\nmetrics: "
+                              "[pairwise_accuracy, score_margin]\n" if pref else
+                              "name: math\ntask: math\nmax_new_tokens: 6\nmetrics: "
+                              "[numeric_accuracy, answer_format, perplexity]\n"))
+    d = {"name": name, "method": method,
+         "model": {"name": tiny_model_dir}, "adapter": {"r": 4, "alpha": 8},
+         "data": {"train": _write_rows(_rows(fmt), folder / f"{name}.{ext}")},
+         "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 160},
+         "eval": {"goldensets": [gs.name], "batch_size": 4, "max_examples": 3,
+                  **({} if method == "reward" else {"max_new_tokens": 6})},
+         "sweep": {"objective": "prefs/pairwise_accuracy" if pref else "math/numeric_accuracy",
+                   "storage": "sqlite:///optuna.db"},
+         "tracking": {"uri": "sqlite:///mlflow.db"}}
+    for k, v in extra.items():
+        _set(d, k, v)
+    return d
+
+
+def _cli(capsys, *argv) -> str:
+    code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "Traceback" not in out.err
+    return out.out + out.err
+
+
+def _runs(client, experiment: str) -> list:
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.mark.parametrize("cell", CELLS, ids=[c.id for c in CELLS])
+def test_scenario(cell, user_dir, tiny_model_dir, capsys):
+    import mlflow
+    import optuna
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    sft_run, extra = None, dict(cell.recipe)
+    if cell.chain:  # an SFT run to start from, by its MLflow run id
+        d = _recipe({}, user_dir, tiny_model_dir, "sft", "messages", "jsonl", "chain-sft")
+        Path("chain-sft.yaml").write_text(yaml.safe_dump(d))
+        _cli(capsys, "train", "chain-sft.yaml", "--set", "trainer.learning_rate=5e-3")
+        (sft_run,) = _runs(client, "chain-sft")
+        extra["model.init_from"] = sft_run.info.run_id
+    d = _recipe(extra, user_dir, tiny_model_dir, cell.method, cell.fmt, cell.ext, "cell")
+    if cell.space:
+        Path("space.yaml").write_text(cell.space)
+        d["sweep"]["space"] = "space.yaml"
+    Path("recipe.yaml").write_text(yaml.safe_dump(d))
+    key = d["sweep"]["objective"]
+    set_name = key.split("/")[0]
+
+    for command in cell.commands:
+        if command == "train":
+            said = _cli(capsys, "train", "recipe.yaml")
+            run = next(r for r in _runs(client, "cell") if r.data.tags["harness.kind"] == "train")
+            m = run.data.metrics
+            for side in ("before", "after", "delta", "p_value"):
+                assert f"{side}/{key}" in m, sorted(m)
+            # the forgetting guard, shipped in the package, scored from a folder without it
+            assert any(k.startswith("after/general_knowledge/") for k in m), sorted(m)
+            assert f"run {run.info.run_id}" in said
+            report = Path("reports/cell/report.md").read_text()
+            assert "## Before / after" in report and key in report
+            inputs = {i.dataset.name for i in run.inputs.dataset_inputs}
+            assert {"train", set_name, "general_knowledge"} <= inputs
+        elif command == "report":
+            Path("reports/cell/report.md").unlink()
+            _cli(capsys, "report", run.info.run_id, "--tracking-uri", "sqlite:///mlflow.db")
+            assert "## Before / after" in Path("reports/cell/report.md").read_text()
+        elif command == "export":
+            from transformers import AutoModelForCausalLM
+            _cli(capsys, "export", run.info.run_id, "exported", "--merge",
+                 "--tracking-uri", "sqlite:///mlflow.db")
+            model = AutoModelForCausalLM.from_pretrained("exported")
+            assert not any("lora" in n for n, _ in model.named_parameters())
+        elif command == "rerun":
+            said = _cli(capsys, "rerun", run.info.run_id, "--tracking-uri", "sqlite:///mlflow.db")
+            again = [r for r in _runs(client, "cell")
+                     if r.data.tags.get("harness.rerun_of") == run.info.run_id]
+            assert len(again) == 1 and again[0].info.status == "FINISHED"
+            assert f"after/{key}" in again[0].data.metrics and key in said
+        elif command == "eval":
+            said = _cli(capsys, "eval", run.info.run_id, "--before", tiny_model_dir, "--recipe",
+                        "recipe.yaml")
+            (ev,) = [r for r in _runs(client, "cell") if r.data.tags["harness.kind"] == "eval"]
+            assert ev.info.status == "FINISHED"
+            assert {f"before/{key}", f"after/{key}", f"p_value/{key}"} <= set(ev.data.metrics)
+            assert f"run {ev.info.run_id}; report: " in said
+        elif command == "sweep":
+            said = _cli(capsys, "sweep", "recipe.yaml")
+            assert "sweep cell: 2 trials finished" in said
+            study = optuna.load_study(study_name="cell", storage="sqlite:///optuna.db")
+            states = {t.state.name for t in study.trials}
+            assert states <= {"COMPLETE", "PRUNED"} and "COMPLETE" in states, states
+            # the pruner saw an intermediate value during training in every trial
+            assert all(t.intermediate_values for t in study.trials)
+            runs = _runs(client, "cell")
+            trials = [r for r in runs if r.data.tags["harness.kind"] == "trial"]
+            assert len(trials) == 2
+            for t in study.trials:
+                r = next(x for x in trials if x.info.run_id == t.user_attrs["mlflow_run_id"])
+                assert r.info.status == ("FINISHED" if t.state.name == "COMPLETE" else "KILLED")
+                assert client.get_metric_history(r.info.run_id, "intermediate/value")
+            parent = next(r for r in runs if r.data.tags["harness.kind"] == "sweep")
+            assert parent.info.status == "FINISHED" and f"best/{key}" in parent.data.metrics
+            assert "## All trials" in Path("reports/cell/report.md").read_text()
+    if cell.id.startswith("sft-prompt-completion-strings"):  # early stopping evaluated
+        assert len(client.get_metric_history(run.info.run_id, "eval_loss")) >= 2
+    if sft_run is not None:
+        assert run.data.tags["harness.init_from"] == sft_run.info.run_id
+        assert f"base/{key}" in run.data.metrics
+    every = [r for e in client.search_experiments() for r in _runs(client, e.name)]
+    assert every and not [r for r in every if r.info.status == "RUNNING"]
+    assert not list((user_dir.parent / "crashes").glob("*"))
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
+def mlflow_server(pg_database, tmp_path):
+    """`harness server` on a fresh PostgreSQL database."""
+    with harness_server("server", "--backend-store-uri", pg_database(),
+                        "--artifacts-destination", str(tmp_path / "served-artifacts")) as (url, _):
+        yield url
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "journal"])
+def test_two_workers_three_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg_database,
+                                           mlflow_server, backend):
+    """`--workers 2`: two worker processes on one Optuna study (RDB storage on a real
+    PostgreSQL, or a journal file) and one `harness server` backed by PostgreSQL. Three sweeps
+    in a row, each a new study and experiment, so a race between the workers (both logging the
+    same golden set, both asking for a trial) shows: no trial lost or repeated, no run left
+    RUNNING, every worker exits cleanly."""
+    import mlflow
+    import optuna
+    (tmp_path / "space4.yaml").write_text(
+        "n_trials: 4\nsampler: random\nparams:\n"
+        "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    mlflow.set_tracking_uri(mlflow_server)
+    client = mlflow.MlflowClient()
+    for i in range(3):
+        d = dict(recipe_dict, name=f"tiny-{i}")
+        url = pg_database() if backend == "postgresql" else f"journal:///{tmp_path}/study{i}.log"
+        d["sweep"] = dict(d["sweep"], space=str(tmp_path / "space4.yaml"), storage=url)
+        d["tracking"] = {"uri": mlflow_server}
+        d["eval"] = dict(d["eval"], max_examples=2)
+        out = sweep.run_sweep(recipe.build(d, write_recipe(d, f"r{i}.yaml")), workers=2)
+        study = optuna.load_study(study_name=f"tiny-{i}", storage=storage.open_storage(
+            url, recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4, i
+        runs = _runs(client, f"tiny-{i}")
+        trials = [r for r in runs if r.data.tags.get("harness.kind") == "trial"]
+        assert sorted(int(r.data.tags["harness.trial"]) for r in trials) == [0, 1, 2, 3]
+        assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {out["parent_run_id"]}
+        assert {r.info.status for r in runs} == {"FINISHED"}, i
+        assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
+            r.info.run_id for r in trials}
+        assert len({t.params["trainer.learning_rate"] for t in study.trials}) == 4  # no repeat
+        parent_arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+        assert {"best_adapter", "report", "eval"} <= parent_arts  # served by the server
+    mlflow.set_tracking_uri(None)
