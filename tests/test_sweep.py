@@ -4,7 +4,6 @@ import json
 import pytest
 
 from harness import recipe, storage, sweep
-from tests.conftest import harness_server
 
 
 @pytest.fixture
@@ -203,46 +202,6 @@ def test_sigkill_mid_trial_then_the_same_command_at_once(recipe_dict, tmp_path, 
     killed = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
     assert killed.info.status == "KILLED"
     assert sum(r.data.tags.get("harness.kind") == "sweep" for r in runs) == 1
-
-
-@pytest.fixture
-def mlflow_server(pg_database, tmp_path):
-    """`harness server` on a fresh PostgreSQL database."""
-    with harness_server("server", "--backend-store-uri", pg_database(),
-                        "--artifacts-destination", str(tmp_path / "served-artifacts")) as (url, _):
-        yield url
-
-
-@pytest.mark.parametrize("backend", ["postgresql", "journal"])
-def test_two_workers_share_one_study(recipe_dict, tmp_path, write_recipe, pg_database,
-                                     mlflow_server, backend):
-    """Two worker processes on Optuna's RDB storage on a real PostgreSQL, and on a journal file;
-    runs through `harness server` backed by PostgreSQL."""
-    import mlflow
-    import optuna
-    (tmp_path / "space4.yaml").write_text(
-        "n_trials: 4\nsampler: random\nparams:\n"
-        "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
-    d = dict(recipe_dict)
-    url = pg_database() if backend == "postgresql" else f"journal:///{tmp_path}/study.log"
-    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "space4.yaml"), storage=url)
-    d["tracking"] = {"uri": mlflow_server}
-    out = sweep.run_sweep(recipe.build(d, write_recipe(d)), workers=2)
-    study = optuna.load_study(study_name="tiny", storage=storage.open_storage(
-        url, recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))
-    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 4  # no lost, no extra trial
-    mlflow.set_tracking_uri(d["tracking"]["uri"])
-    client = mlflow.MlflowClient()
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    trials = [r for r in runs if r.data.tags.get("harness.kind") == "trial"]
-    assert sorted(int(r.data.tags["harness.trial"]) for r in trials) == [0, 1, 2, 3]
-    assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {out["parent_run_id"]}
-    assert {r.info.status for r in runs} == {"FINISHED"}
-    assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {r.info.run_id for r in trials}
-    assert len({t.params["trainer.learning_rate"] for t in study.trials}) == 4  # workers differ
-    parent_arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
-    assert {"best_adapter", "report", "eval"} <= parent_arts  # served by the tracking server
-    mlflow.set_tracking_uri(None)
 
 
 def test_parallel_workers_refuse_sqlite(recipe_dict):
