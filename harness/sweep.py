@@ -159,6 +159,17 @@ def repair_killed_runs(study, tracker) -> None:
             tracker.client.set_terminated(run_id, "KILLED")
 
 
+def sweep_run(study, tracker) -> str | None:
+    """The MLflow run of this study, to resume it: the one the study names, if the tracking
+    store still has it. A new study (optuna.db deleted, or another storage) gets a new run,
+    even where the experiment holds an old sweep run of the same name; a study started before
+    the study named its run is matched by name."""
+    parent = study.user_attrs.get("mlflow_run_id")
+    if parent:
+        return parent if tracker.run_params(parent) is not None else None
+    return tracker.find_sweep_run(study.study_name) if study.trials else None
+
+
 def study_name(recipe: Recipe) -> str:
     return recipe.sweep.study_name or recipe.name
 
@@ -381,13 +392,14 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     repair_killed_runs(study, tracker)
     retry_interrupted(study)
     name = study_name(recipe)
-    parent_id = tracker.find_sweep_run(name)
+    parent_id = sweep_run(study, tracker)
     key = recipe.sweep.objective
     total = n_trials or space.n_trials
     tags = {**run.run_tags(recipe), STUDY_TAG: name, KIND_TAG: "sweep", "harness.objective": key}
     with tracker.run(name, run_id=parent_id, tags=None if parent_id else tags,
                      description=f"Optuna study '{name}': {key} ({recipe.sweep.direction})") \
             as parent:
+        study.set_user_attr("mlflow_run_id", parent)
         if parent_id:
             run.say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
         else:
@@ -417,9 +429,10 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                                                         if errors else ""), key="sweep")
         best = study.best_trial
         tracker.log_metrics({f"best/{key}": best.value})
+        # tags, not params: a resumed study may find a new best, and MLflow params are final
         tracker.set_tags({"harness.best_trial": best.number,
-                          "harness.best_run_id": best.user_attrs.get("mlflow_run_id", "")})
-        tracker.log_params({f"best.{k}": v for k, v in best.params.items()})
+                          "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                          **{f"best.{k}": v for k, v in best.params.items()}})
         if best.user_attrs.get("adapter_dir"):
             from pathlib import Path
             if Path(best.user_attrs["adapter_dir"]).is_dir():

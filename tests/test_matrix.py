@@ -94,7 +94,7 @@ CELLS = [
     Cell("sft-text-jsonl-sweep-pruner-eval-loss", "text", "jsonl", ["sweep"],
          space=PRUNE_EVAL_LOSS, recipe={"data.eval_rows": 4, "trainer.max_steps": 3}),
     Cell("dpo-implicit-pairs-jsonl-init-from-sft", "implicit_pairs", "jsonl", ["train"],
-         method="dpo", chain=True),
+         method="dpo", chain=True, recipe={"data.eval_rows": 2}),
     Cell("reward-explicit-pairs-parquet-train", "explicit_pairs", "parquet", ["train"],
          method="reward"),
 ]
@@ -135,7 +135,8 @@ def _recipe(extra: dict, folder: Path, tiny_model_dir: str, method: str, fmt: st
                   **({} if method == "reward" else {"max_new_tokens": 6})},
          "sweep": {"objective": "prefs/pairwise_accuracy" if pref else "math/numeric_accuracy",
                    "storage": "sqlite:///optuna.db"},
-         "tracking": {"uri": "sqlite:///mlflow.db"}}
+         # absolute: MLflow keeps one store per URI in a process, and the tests share processes
+         "tracking": {"uri": f"sqlite:///{folder}/mlflow.db"}}
     for k, v in extra.items():
         _set(d, k, v)
     return d
@@ -158,7 +159,8 @@ def _runs(client, experiment: str) -> list:
 def test_scenario(cell, user_dir, tiny_model_dir, capsys):
     import mlflow
     import optuna
-    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    store = f"sqlite:///{user_dir}/mlflow.db"
+    client = mlflow.MlflowClient(store)
     sft_run, extra = None, dict(cell.recipe)
     if cell.chain:  # an SFT run to start from, by its MLflow run id
         d = _recipe({}, user_dir, tiny_model_dir, "sft", "messages", "jsonl", "chain-sft")
@@ -190,16 +192,16 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
             assert {"train", set_name, "general_knowledge"} <= inputs
         elif command == "report":
             Path("reports/cell/report.md").unlink()
-            _cli(capsys, "report", run.info.run_id, "--tracking-uri", "sqlite:///mlflow.db")
+            _cli(capsys, "report", run.info.run_id, "--tracking-uri", store)
             assert "## Before / after" in Path("reports/cell/report.md").read_text()
         elif command == "export":
             from transformers import AutoModelForCausalLM
             _cli(capsys, "export", run.info.run_id, "exported", "--merge",
-                 "--tracking-uri", "sqlite:///mlflow.db")
+                 "--tracking-uri", store)
             model = AutoModelForCausalLM.from_pretrained("exported")
             assert not any("lora" in n for n, _ in model.named_parameters())
         elif command == "rerun":
-            said = _cli(capsys, "rerun", run.info.run_id, "--tracking-uri", "sqlite:///mlflow.db")
+            said = _cli(capsys, "rerun", run.info.run_id, "--tracking-uri", store)
             again = [r for r in _runs(client, "cell")
                      if r.data.tags.get("harness.rerun_of") == run.info.run_id]
             assert len(again) == 1 and again[0].info.status == "FINISHED"

@@ -76,6 +76,19 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     sweep.run_sweep(r3, n_trials=3)
     assert len(optuna.load_study(study_name="tiny",
                                  storage=recipe_dict["sweep"]["storage"]).trials) == 3
+    best = study.best_trial
+    tags = client.get_run(parent.info.run_id).data.tags
+    assert tags["harness.best_trial"] == str(best.number)
+    assert float(tags["best.trainer.learning_rate"]) == best.params["trainer.learning_rate"]
+
+    # a new study (the Optuna store deleted, the MLflow store kept) gets a sweep run of its own
+    import os
+    os.remove(recipe_dict["sweep"]["storage"].removeprefix("sqlite:///"))
+    out = sweep.run_sweep(r3, n_trials=1)
+    assert out["parent_run_id"] != parent.info.run_id
+    runs = client.search_runs([exp.experiment_id])
+    assert sum(x.data.tags.get("harness.kind") == "sweep" for x in runs) == 2
+    assert all(x.info.status == "FINISHED" for x in runs)
 
 
 def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
