@@ -199,7 +199,10 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
     seed = sampler_seed(space.seed, worker, len(study.get_trials(deepcopy=False)))
     study.sampler = SAMPLERS.get(space.sampler, key="sampler")(
         space.model_copy(update={"seed": seed}))
-    stores.fail_orphans(study, storage)
+    failed = stores.fail_orphans(study, storage)
+    if failed:
+        run.say(f"trial {', '.join(map(str, failed))}: its process is gone; failed, its values "
+                "will run again")
     return study
 
 

@@ -182,7 +182,7 @@ def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = "",
 
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
 def test_sigkill_mid_trial_then_the_same_command_at_once(recipe_dict, tmp_path, write_recipe,
-                                                         client, backend):
+                                                         client, backend, capsys):
     """kill -9 while a trial trains, then the same command at once, well inside the
     heartbeat's grace period: the dead process's trial is failed, its MLflow run ends KILLED,
     its values are retried, and the resumed TPE sampler does not replay a finished trial's
@@ -202,6 +202,8 @@ def test_sigkill_mid_trial_then_the_same_command_at_once(recipe_dict, tmp_path, 
     d["trainer"] = dict(d["trainer"], max_steps=2)
     out = sweep.run_sweep(recipe.build(d, path))
     assert out["trials"] == 3
+    assert "trial 0: its process is gone; failed, its values will run again" in \
+        capsys.readouterr().err
     study = optuna.load_study(study_name="tiny", storage=storage.open_storage(
         d["sweep"]["storage"], recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))
     states = [t.state.name for t in study.trials]
