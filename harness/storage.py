@@ -26,7 +26,6 @@ from harness.registry import Registry
 class StorageKind:
     open: object  # (url, SweepFile) -> optuna storage
     parallel: bool  # safe for several worker processes
-    heartbeat: bool
 
 
 STORAGES: Registry[StorageKind] = Registry("storage")
@@ -47,10 +46,10 @@ def _journal(url: str, space: SweepFile):
     return JournalStorage(JournalFileBackend(path))
 
 
-STORAGES.register("sqlite")(StorageKind(_rdb, parallel=False, heartbeat=True))
-STORAGES.register("postgresql")(StorageKind(_rdb, parallel=True, heartbeat=True))
-STORAGES.register("mysql")(StorageKind(_rdb, parallel=True, heartbeat=True))
-STORAGES.register("journal")(StorageKind(_journal, parallel=True, heartbeat=False))
+STORAGES.register("sqlite")(StorageKind(_rdb, parallel=False))
+STORAGES.register("postgresql")(StorageKind(_rdb, parallel=True))
+STORAGES.register("mysql")(StorageKind(_rdb, parallel=True))
+STORAGES.register("journal")(StorageKind(_journal, parallel=True))
 
 
 def journal_path(url: str) -> str:

@@ -137,8 +137,9 @@ def trial_values(space: SweepFile, trial) -> dict:
 
 
 def retry_interrupted(study) -> None:
-    """Queue again, once, the parameters of trials stopped by Ctrl-C or SIGTERM (a SIGKILLed
-    trial is retried by the heartbeat callback instead)."""
+    """Queue again, once, the parameters of trials stopped by Ctrl-C or SIGTERM, or whose
+    process is gone (harness.storage.fail_orphans); a trial of a process that died on another
+    machine is retried by the heartbeat's callback instead."""
     import optuna
     trials = study.get_trials(deepcopy=False)
     retried = {t.user_attrs.get("retry_of") for t in trials}
@@ -149,8 +150,8 @@ def retry_interrupted(study) -> None:
 
 
 def repair_killed_runs(study, tracker) -> None:
-    """Trials whose process died are failed by Optuna's heartbeat; end their MLflow runs KILLED
-    too, so none stays RUNNING."""
+    """Trials whose process died were failed (their pid is gone, or Optuna's heartbeat); end
+    their MLflow runs KILLED too, so none stays RUNNING."""
     import optuna
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         run_id = t.user_attrs.get("mlflow_run_id")
