@@ -58,9 +58,9 @@ class GoldenSet:
 
 
 def locate(path: str) -> str:
-    """The manifest file a recipe names: a path, or a shipped set (harness.assets)."""
-    from harness import assets
-    found = assets.locate(path, "goldensets")
+    """The manifest file a recipe names: a path, or a shipped set (harness.shipped)."""
+    from harness import shipped
+    found = shipped.locate(path, "goldensets")
     if found is None:
         raise HarnessError("golden-set manifest not found", file=path)
     return found

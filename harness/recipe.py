@@ -218,9 +218,9 @@ class Recipe(Section):
 
     @property
     def all_goldensets(self) -> list[str]:
-        from harness import assets
+        from harness import shipped
         guard = self.eval.forgetting_guard
-        listed = guard and any(assets.same(guard, g, "goldensets") for g in self.eval.goldensets)
+        listed = guard and any(shipped.same(guard, g, "goldensets") for g in self.eval.goldensets)
         return self.eval.goldensets + ([guard] if guard and not listed else [])
 
     def fingerprint(self) -> str:
@@ -419,10 +419,10 @@ def build(data: dict, source: str = "<recipe>", overrides: dict[str, Any] | None
 
 
 def load_sweep_file(path: str | Path, recipe: Recipe) -> SweepFile:
-    """A sweep file (a path or a shipped one, harness.assets), with each searched key checked by
+    """A sweep file (a path or a shipped one, harness.shipped), with each searched key checked by
     applying its first value to the recipe."""
-    from harness import assets
-    with_file = assets.locate(str(path), "sweeps")
+    from harness import shipped
+    with_file = shipped.locate(str(path), "sweeps")
     if with_file is None:
         raise HarnessError("sweep file not found", file=str(path))
     data = read_yaml(with_file, "sweep file")

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import assets, data, evaluation, goldensets, manifest, models, train
+from harness import data, evaluation, goldensets, manifest, models, shipped, train
 from harness.errors import HarnessError, phase
 from harness.recipe import Recipe
 
@@ -50,7 +50,7 @@ def check(recipe: Recipe) -> list:
         key = f"eval.goldensets.{i}" if i < len(recipe.eval.goldensets) else \
             "eval.forgetting_guard"
         try:
-            found = assets.locate(path, "goldensets")
+            found = shipped.locate(path, "goldensets")
         except HarnessError as e:
             raise HarnessError(e.message, file=recipe.source, key=key) from None
         if found is None:
@@ -73,7 +73,7 @@ def check(recipe: Recipe) -> list:
 
 def _sweep_file(recipe: Recipe) -> str | None:
     try:
-        return assets.locate(recipe.sweep.space, "sweeps")
+        return shipped.locate(recipe.sweep.space, "sweeps")
     except HarnessError as e:
         raise HarnessError(e.message, file=recipe.source, key="sweep.space") from None
 

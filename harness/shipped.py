@@ -19,7 +19,7 @@ KINDS = {"goldensets": "golden-set manifest", "sweeps": "sweep file"}
 PREFIX = "builtin:"
 
 
-def shipped(kind: str) -> list[str]:
+def names(kind: str) -> list[str]:
     """Names of the shipped files of a kind (`math`, `general_knowledge`, ...)."""
     return sorted(p.stem for p in (ROOT / kind).glob("*.yaml"))
 
@@ -31,9 +31,9 @@ def locate(path: str, kind: str) -> str | None:
         name = path[len(PREFIX):]
         if (ROOT / kind / f"{name}.yaml").is_file():
             return str(ROOT / kind / f"{name}.yaml")
-        names = shipped(kind)
+        known = names(kind)
         raise HarnessError(f"unknown built-in {KINDS[kind]} {path!r}"
-                           f"{did_you_mean(name, names)} (shipped: {', '.join(names)})")
+                           f"{did_you_mean(name, known)} (shipped: {', '.join(known)})")
     given = Path(path).expanduser()
     if given.is_file():
         return str(given)
