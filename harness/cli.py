@@ -258,6 +258,8 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from harness import timing
+    timing.restart()  # start-up counts from here (harness.timing)
     _quiet()
     _sigterm_as_interrupt()
     try:

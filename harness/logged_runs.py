@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import manifest, recipe, run
+from harness import manifest, recipe, run, timing
 from harness.errors import HarnessError
 
 
@@ -118,7 +118,8 @@ def rebuild_report(uri: str, run_id: str) -> Path:
                                   storage=storage.open_storage(url))
         before = run.results_from_json(tracker.load_json(run_id, "eval/start.json")["before"])
         images = plots.study_plots(study, report.report_dir(r, study.study_name))
-        path = report.write_sweep(r, study, before, tracker, images)
+        path = report.write_sweep(r, study, before, tracker, images,
+                                  timing.from_metrics(client.get_run(run_id).data.metrics))
     else:
         saved = tracker.load_json(trial_run, "eval/results.json")
         if not saved or "before" not in saved:
@@ -127,7 +128,8 @@ def rebuild_report(uri: str, run_id: str) -> Path:
         info = client.get_run(trial_run)
         outcome = run.Outcome(trial_run, saved["comparison"], run.results_from_json(
             saved["after"]), info.data.tags.get("harness.adapter_dir", ""),
-            {k: v for k, v in info.data.metrics.items() if k.startswith("train_")}, [])
+            {k: v for k, v in info.data.metrics.items() if k.startswith("train_")},
+            timing.from_metrics(info.data.metrics))
         name = r.name if tags.get("harness.kind") == "train" else \
             f"{r.name}-{info.info.run_name}"
         path = report.write_run(r, outcome, run.results_from_json(saved["before"]), tracker,

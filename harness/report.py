@@ -6,7 +6,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import plots
+from harness import plots, timing
 from harness.evaluation import SetResult
 from harness.stats import format_p
 from harness.recipe import Recipe
@@ -109,7 +109,16 @@ def report_dir(recipe: Recipe, name: str) -> Path:
     return path
 
 
-def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] = ()) -> Path:
+def time_table(times: dict[str, float]) -> list[str]:
+    """'Where the time went' lines, or none when nothing was timed (an older run)."""
+    if not times:
+        return []
+    return ["## Where the time went", "", table(["phase", "seconds", "share"],
+                                                timing.rows(times)), ""]
+
+
+def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] = (),
+                times: dict[str, float] | None = None) -> Path:
     from harness import run
     key = recipe.sweep.objective
     best = study.best_trial
@@ -133,6 +142,14 @@ def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] 
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))
+    body += time_table(times or {})
+    trial_times: dict[str, float] = {}
+    for t in study.get_trials(deepcopy=False):
+        for k, v in t.user_attrs.get("times", {}).items():
+            trial_times[k] = trial_times.get(k, 0.0) + v
+    if trial_times:  # workers' trials too, which ran in other processes
+        body += ["Finished trials, summed over trials:", "",
+                 table(["phase", "seconds", "share"], timing.rows(trial_times)), ""]
     if images:
         body += ["## Study", ""] + [line for i in images for line in _image(i)]
     saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
@@ -155,12 +172,13 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None =
             "## Before / after", "", before_after(outcome.comparison), "",
             *_image(plots.before_after(outcome.comparison, out)),
             "## Fixed and broken", "", changed(before, outcome.comparison), "",
-            "## Examples", "", examples(before, outcome.after)]
+            "## Examples", "", examples(before, outcome.after), "",
+            *time_table(outcome.times)]
     return _write(recipe, name, body)
 
 
 def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | None, tracker,
-               run_id: str) -> Path:
+               run_id: str, times: dict[str, float] | None = None) -> Path:
     from harness.evaluation import flat_metrics
     body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
             f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
@@ -172,4 +190,5 @@ def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | No
         body += ["## Scores", "", table(["metric", "value"], [[k, v] for k, v in
                                                                flat_metrics(results["after"])
                                                                .items()])]
+    body += ["", *time_table(times or {})]
     return _write(recipe, recipe.name, body)

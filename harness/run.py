@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import data, evaluation, goldensets, manifest, models, shipped, train
+from harness import data, evaluation, goldensets, manifest, models, shipped, timing, train
 from harness.errors import HarnessError, phase
 from harness.recipe import Recipe
 
@@ -36,8 +36,9 @@ class Prepared:
 
     def load_model(self, adapter: bool = True):
         """A fresh copy of the starting model (the base, or the base with init_from merged)."""
-        return models.load_model(self.recipe.model, self.plan, self.model_path, self.task,
-                                 self.init_adapter if adapter else None)
+        with timing.timed("model_load"):
+            return models.load_model(self.recipe.model, self.plan, self.model_path, self.task,
+                                     self.init_adapter if adapter else None)
 
 
 def check(recipe: Recipe) -> list:
@@ -95,7 +96,8 @@ def resolve_init(recipe: Recipe, tracker) -> str | None:
 
 def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
     from harness.errors import located
-    with located(recipe.source), phase("loading the model, data and golden sets"):
+    with located(recipe.source), phase("loading the model, data and golden sets"), \
+            timing.timed("data"):
         return _prepare(recipe, tracker, with_data)
 
 
@@ -106,12 +108,14 @@ def _prepare(recipe: Recipe, tracker, with_data: bool) -> Prepared:
     k = train.kind(recipe)
     plan = models.device_plan(recipe.model)
     say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
-    path = models.resolve(recipe.model)
-    tok = models.load_tokenizer(recipe.model, path)
+    with timing.timed("model_load"):
+        path = models.resolve(recipe.model)
+        tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
     train.check_device(recipe, plan)
     prep = Prepared(recipe, k.task, plan, path, tok, goldens)
-    init = resolve_init(recipe, tracker)
+    with timing.timed("model_load"):
+        init = resolve_init(recipe, tracker)
     if init and models.is_adapter(init):
         prep.init_adapter = init
     elif init:
@@ -146,11 +150,12 @@ def evaluate_start(prep: Prepared) -> None:
     for side, with_init in (("before", True), ("base", False)):
         if side == "base" and not prep.recipe.model.init_from:
             break
-        with phase(f"scoring the {'starting' if with_init else 'base'} model"):
+        with phase(f"scoring the {'starting' if with_init else 'base'} model"), \
+                timing.timed("score_before"):
             model = prep.load_model(adapter=with_init)
             setattr(prep, side, evaluate(prep, model))
-        del model
-        gc.collect()
+            del model
+            gc.collect()
 
 
 def results_to_json(results: dict) -> dict:
@@ -176,7 +181,7 @@ class Outcome:
     after: dict
     adapter_dir: str
     train_metrics: dict
-    log_history: list
+    times: dict = field(default_factory=dict)  # seconds per phase (harness.timing)
 
     def objective(self, key: str) -> float:
         return self.comparison["after"][key]
@@ -221,10 +226,15 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
         train_alongside(prep, recipe)
         return None, None
     evaluate_start(prep)
-    outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags)
-    with phase("writing the report"):
+    # the run's time/ metrics cover the whole command: preparing and scoring the start too
+    outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags,
+                      times_from={})
+    with phase("writing the report"), timing.timed("report"):
         path = report.write_run(recipe, outcome, prep.before, tracker, name)
         tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
+    end = timing.command_times()
+    tracker.log_metrics({"time/report": end["report"], "time/other": end["other"],
+                         "time/total": timing.CLOCK.elapsed()}, run_id=outcome.run_id)
     return outcome, path
 
 
@@ -256,15 +266,28 @@ def slice_score(prep: Prepared, model, key: str, n: int) -> float:
     part = dc.replace(gs, prompts=gs.prompts[:n], references=gs.references[:n],
                       chosen=gs.chosen and gs.chosen[:n], rejected=gs.rejected and gs.rejected[:n])
     batch = prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
-    return evaluation.evaluate_set(model, prep.tok, part, batch, prep.recipe.eval.max_new_tokens,
-                                   prep.task).metrics[metric]
+    with timing.timed("score_pruner"):
+        return evaluation.evaluate_set(model, prep.tok, part, batch,
+                                       prep.recipe.eval.max_new_tokens, prep.task).metrics[metric]
 
 
 def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: bool,
             tags: dict | None = None, callbacks: list | None = None,
-            on_start=None) -> Outcome:
+            on_start=None, times_from: dict | None = None) -> Outcome:
     """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run.
-    A callback that sets `pruned` ends the run KILLED (tagged PRUNED) with TrialPruned."""
+    A callback that sets `pruned` ends the run KILLED (tagged PRUNED) with TrialPruned.
+    The run's time/ metrics are the phases since `times_from` (timing.Clock.totals(); default:
+    this call's start)."""
+    mark = timing.CLOCK.totals() if times_from is None else times_from
+    with timing.timed("logging"):  # what the phases inside leave: params, tables, artifacts
+        outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
+    # logged once the run has ended, so that its own logging counts too
+    outcome.times = timing.since(timing.CLOCK.totals(), mark)
+    tracker.log_metrics(timing.metrics(outcome.times), run_id=outcome.run_id)
+    return outcome
+
+
+def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start):
     from harness.errors import TrialPruned
     from harness.tracking import KIND_TAG
     tags = {**run_tags(recipe), KIND_TAG: "trial" if nested else "train", **(tags or {})}
@@ -280,7 +303,7 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         out_dir = str(Path(recipe.output_dir) / recipe.name / run_id)
         say(f"{run_name}: training ({len(train_ds)} rows)")
         try:
-            with phase(f"training {run_name}"):
+            with phase(f"training {run_name}"), timing.timed("train"):
                 result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan,
                                      out_dir, callbacks=callbacks, report_to=tracker.report_to)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
@@ -301,7 +324,7 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         if not nested:  # a sweep uploads only its best trial's adapter
             tracker.log_artifacts(adapter_dir, "adapter")
         say(f"{run_name}: scoring the tuned model")
-        with phase(f"scoring {run_name}"):
+        with phase(f"scoring {run_name}"), timing.timed("score_after"):
             after = evaluate(prep, result.model)
             comparison = evaluation.compare(prep.before, after)
         if prep.base:
@@ -313,8 +336,7 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
                               f"eval/{name}_examples.json")
         tracker.log_dict({"comparison": comparison, "after": results_to_json(after),
                           "before": results_to_json(prep.before)}, "eval/results.json")
-        outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics,
-                          result.log_history)
+        outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics)
         del model, result
         gc.collect()
     return outcome

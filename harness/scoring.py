@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness import evaluation, run
+from harness import evaluation, run, timing
 from harness.errors import HarnessError, phase
 from harness.recipe import Recipe, build
 
@@ -40,7 +40,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         r = build(base.to_dict(), base.source, {"model": model_fields(ref, tracker)})
         prep = run.prepare(r, tracker, with_data=False)
         run.say(f"scoring {side}: {ref}")
-        with phase(f"scoring {ref}"):
+        with phase(f"scoring {ref}"), timing.timed(f"score_{side}"):
             results[side] = run.evaluate(prep, prep.load_model())
     tags = {KIND_TAG: "eval", "harness.model": after_ref,
             **({"harness.before_model": before_ref} if before_ref else {})}
@@ -60,6 +60,8 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
                 tracker.log_table(res.examples, f"eval/{name}_examples.json")
         tracker.log_dict({k: run.results_to_json(v) for k, v in results.items()},
                          "eval/results.json")
-        path = report.write_eval(base, sides, results, comparison, tracker, run_id)
+        times = timing.CLOCK.totals()
+        tracker.log_metrics(timing.metrics(times))
+        path = report.write_eval(base, sides, results, comparison, tracker, run_id, times)
         tracker.log_artifacts(str(path.parent), "report")
     return {"run_id": run_id, "report": str(path), "results": results, "comparison": comparison}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 
-from harness import distributed, plots, run
+from harness import distributed, plots, run, timing
 from harness import storage as stores
 from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase
 from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
@@ -275,6 +275,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
             raise
         trial.set_user_attr("adapter_dir", outcome.adapter_dir)
         trial.set_user_attr("after", outcome.comparison["after"])
+        trial.set_user_attr("times", outcome.times)
         value = outcome.objective(key)
         run.say(f"trial {trial.number}: {key} {value:.4g} "
                 f"(base {outcome.comparison['before'][key]:.4g})")
@@ -441,10 +442,15 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             from pathlib import Path
             if Path(best.user_attrs["adapter_dir"]).is_dir():
                 tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
-        with phase("writing the sweep report"):
+        times = timing.command_times()
+        tracker.log_metrics(timing.metrics(times))
+        with phase("writing the sweep report"), timing.timed("report"):
             images = plots.study_plots(study, report.report_dir(recipe, name))
-            path = report.write_sweep(recipe, study, prep.before, tracker, images)
+            path = report.write_sweep(recipe, study, prep.before, tracker, images, times)
             tracker.log_artifacts(str(path.parent), "report")
+        end = timing.command_times()
+        tracker.log_metrics({"time/report": end["report"], "time/other": end["other"],
+                             "time/total": timing.CLOCK.elapsed()})
         run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,

@@ -117,8 +117,11 @@ class Tracker:
         for i in range(0, len(items), 100):
             self.mlflow.log_params(dict(items[i:i + 100]))
 
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None,
+                    run_id: str | None = None) -> None:
+        """Into the active run, or into run_id after it ended."""
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step,
+                                run_id=run_id)
 
     def set_tags(self, tags: dict) -> None:
         self.mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})

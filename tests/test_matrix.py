@@ -188,12 +188,21 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
             assert f"run {run.info.run_id}" in said
             report = Path("reports/cell/report.md").read_text()
             assert "## Before / after" in report and key in report
+            # where the time went: the phases add up to the command's wall time
+            phases = {k: v for k, v in m.items() if k.startswith("time/") and k != "time/total"}
+            assert {"time/startup", "time/data", "time/model_load", "time/score_before",
+                    "time/train", "time/score_after", "time/logging", "time/report",
+                    "time/other"} <= set(phases)
+            assert sum(phases.values()) == pytest.approx(m["time/total"], rel=1e-3)
+            assert m["time/other"] < 0.25 * m["time/total"]  # the phases cover the command
+            assert "## Where the time went" in report and "| training |" in report
             inputs = {i.dataset.name for i in run.inputs.dataset_inputs}
             assert {"train", set_name, "general_knowledge"} <= inputs
         elif command == "report":
             Path("reports/cell/report.md").unlink()
             _cli(capsys, "report", run.info.run_id, "--tracking-uri", store)
-            assert "## Before / after" in Path("reports/cell/report.md").read_text()
+            rebuilt = Path("reports/cell/report.md").read_text()
+            assert "## Before / after" in rebuilt and "## Where the time went" in rebuilt
         elif command == "export":
             from transformers import AutoModelForCausalLM
             _cli(capsys, "export", run.info.run_id, "exported", "--merge",
@@ -211,7 +220,8 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
                         "recipe.yaml")
             (ev,) = [r for r in _runs(client, "cell") if r.data.tags["harness.kind"] == "eval"]
             assert ev.info.status == "FINISHED"
-            assert {f"before/{key}", f"after/{key}", f"p_value/{key}"} <= set(ev.data.metrics)
+            assert {f"before/{key}", f"after/{key}", f"p_value/{key}", "time/score_before",
+                    "time/score_after"} <= set(ev.data.metrics)
             assert f"run {ev.info.run_id}; report: " in said
         elif command == "sweep":
             said = _cli(capsys, "sweep", "recipe.yaml")
@@ -230,7 +240,11 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
                 assert client.get_metric_history(r.info.run_id, "intermediate/value")
             parent = next(r for r in runs if r.data.tags["harness.kind"] == "sweep")
             assert parent.info.status == "FINISHED" and f"best/{key}" in parent.data.metrics
-            assert "## All trials" in Path("reports/cell/report.md").read_text()
+            assert {"time/score_before", "time/train", "time/report", "time/total"} <= set(
+                parent.data.metrics)
+            report = Path("reports/cell/report.md").read_text()
+            assert "## All trials" in report and "## Where the time went" in report
+            assert "Finished trials, summed over trials:" in report
     if cell.id.startswith("sft-prompt-completion-strings"):  # early stopping evaluated
         assert len(client.get_metric_history(run.info.run_id, "eval_loss")) >= 2
     if sft_run is not None:

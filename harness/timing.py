@@ -1,0 +1,103 @@
+"""Where the time went: wall-clock seconds per phase of a command, logged as `time/<phase>`
+MLflow metrics and shown as a table in every report, so a user sees what a run or a sweep spent
+its time on without a benchmark.
+
+Phases nest (a model load inside scoring): each second is counted once, in the innermost phase
+running at the time, so the phases add up to the command's wall time. `startup` is the time
+from the command's start (harness.cli) to its first phase: imports, the tracking and study
+stores.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+
+#: phase -> what the report calls it, in the order a run goes through them
+PHASES = {"startup": "start-up (imports, stores)", "data": "data preparation",
+          "model_load": "model load", "score_before": "scoring before",
+          "train": "training", "score_pruner": "pruner's golden slice (in training)",
+          "score_after": "scoring after", "logging": "logging", "report": "report",
+          "other": "other (Optuna, waiting for workers, untimed)"}
+
+
+class Clock:
+    def __init__(self):
+        self.start = time.perf_counter()
+        self.first: float | None = None  # when the first phase began
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._stack: list[list] = []  # [phase, began, seconds of the phases inside it]
+
+    @contextmanager
+    def timed(self, phase: str):
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+        self._stack.append([phase, now, 0.0])
+        try:
+            yield
+        finally:
+            _, began, inner = self._stack.pop()
+            spent = time.perf_counter() - began
+            self.seconds[phase] += spent - inner
+            if self._stack:
+                self._stack[-1][2] += spent
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per phase so far, start-up included, and the phases still running so far."""
+        now = time.perf_counter()
+        out = defaultdict(float, self.seconds)
+        for i, (phase, began, inner) in enumerate(self._stack):
+            running_inside = now - self._stack[i + 1][1] if i + 1 < len(self._stack) else 0.0
+            out[phase] += now - began - inner - running_inside
+        out["startup"] = (self.first or now) - self.start
+        return dict(out)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
+def command_times() -> dict[str, float]:
+    """The command's seconds per phase so far, and `other`: what no phase covers (Optuna, a
+    sweep's waiting for workers, the time metrics' own logging), so they add up to the wall."""
+    times = CLOCK.totals()
+    times["other"] = max(0.0, CLOCK.elapsed() - sum(times.values()))
+    return times
+
+
+def since(now: dict[str, float], mark: dict[str, float]) -> dict[str, float]:
+    """Seconds per phase spent between two totals()."""
+    return {k: v - mark.get(k, 0.0) for k, v in now.items() if v - mark.get(k, 0.0) > 0}
+
+
+CLOCK = Clock()
+
+
+def restart() -> None:
+    """A new command starts (the CLI; tests call commands in one process)."""
+    global CLOCK
+    CLOCK = Clock()
+
+
+@contextmanager
+def timed(phase: str):
+    with CLOCK.timed(phase):
+        yield
+
+
+def metrics(times: dict[str, float]) -> dict[str, float]:
+    return {f"time/{k}": v for k, v in times.items()}
+
+
+def from_metrics(metrics_: dict[str, float]) -> dict[str, float]:
+    return {k.removeprefix("time/"): v for k, v in metrics_.items() if k.startswith("time/")}
+
+
+def rows(times: dict[str, float]) -> list[list]:
+    """[phase, seconds, share] rows in PHASES order and a last `total` row (the logged
+    time/total where there is one, else the phases' sum), for a report's table."""
+    phases = {k: v for k, v in times.items() if k != "total"}
+    total = times.get("total") or sum(phases.values()) or 1.0
+    known = [k for k in PHASES if k in phases] + sorted(set(phases) - set(PHASES))
+    return [[PHASES.get(k, k), f"{phases[k]:.1f}", f"{100 * phases[k] / total:.0f}%"]
+            for k in known] + [["total", f"{total:.1f}", "100%"]]
