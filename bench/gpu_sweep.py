@@ -6,7 +6,8 @@ random weights, LoRA r=16, 1 epoch), swept over two learning rates and scored on
 golden problems of goldensets/math.yaml; each arm is `harness sweep`
 in a subprocess with its own SQLite stores. Prints, per arm, the wall time, and per trial its
 MLflow status, world size, effective batch, whether the ranks ended in sync and the Trainer's
-train_runtime.
+train_runtime; after each arm, where the time went: the sweep run's `time/*` metrics (phase,
+seconds, share of time/total) and each trial's model load, training, scoring after and logging.
 
     python bench/gpu_sweep.py --shared ../shared [--processes 2] [--n-trials 2] [--rows 4000]
 """
@@ -22,6 +23,8 @@ from pathlib import Path
 import yaml
 from common import random_model
 from train_speed import workload
+
+from harness import timing
 
 
 def arm(per_trial: int, n_trials: int, model: str, shared: str, root: Path, rows: int,
@@ -67,8 +70,27 @@ def arm(per_trial: int, n_trials: int, model: str, shared: str, root: Path, rows
                                                 p.get("per_device_train_batch_size")),
                        "in_sync": m.get("distributed/in_sync"),
                        "train_runtime_s": round(m.get("train_runtime", 0), 1),
-                       "train_loss": round(m.get("train_loss", 0), 4)})
+                       "train_loss": round(m.get("train_loss", 0), 4),
+                       "times": timing.from_metrics(m), "parent": run.data.tags.get(
+                           "mlflow.parentRunId")})
+    where_the_time_went(per_trial, wall, client, trials)
     return {"processes_per_trial": per_trial, "wall_s": round(wall, 1), "trials": trials}
+
+
+def where_the_time_went(per_trial: int, wall: float, client, trials: list[dict]) -> None:
+    """The sweep (parent) run's time/* metrics, then each trial's main phases."""
+    parents = {t["parent"] for t in trials} - {None}
+    print(f"\nWhere the time went, processes_per_trial {per_trial} (sweep wall {wall:.1f} s):")
+    for parent in parents:
+        print(f"\nsweep run {parent}\n| phase | seconds | share of time/total |\n|---|---|---|")
+        for row in timing.rows(timing.from_metrics(client.get_run(parent).data.metrics)):
+            print("| " + " | ".join(row) + " |")
+    cols = ("model_load", "train", "score_after", "logging")
+    print(f"\n| trial | {' s | '.join(cols)} s | total of these s |\n|---|---|---|---|---|---|")
+    for t in trials:
+        secs = [t["times"].get(c, 0.0) for c in cols]
+        print(f"| {t['trial']} | " + " | ".join(f"{s:.1f}" for s in secs) + f" | {sum(secs):.1f} |",
+              flush=True)
 
 
 def main() -> None:
