@@ -232,9 +232,7 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     with phase("writing the report"), timing.timed("report"):
         path = report.write_run(recipe, outcome, prep.before, tracker, name)
         tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
-    end = timing.command_times()
-    tracker.log_metrics({"time/report": end["report"], "time/other": end["other"],
-                         "time/total": timing.CLOCK.elapsed()}, run_id=outcome.run_id)
+    tracker.log_metrics(timing.closing_metrics(), run_id=outcome.run_id)
     return outcome, path
 
 

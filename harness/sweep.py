@@ -442,15 +442,13 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             from pathlib import Path
             if Path(best.user_attrs["adapter_dir"]).is_dir():
                 tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
-        times = timing.command_times()
-        tracker.log_metrics(timing.metrics(times))
+        times = timing.command_times()  # for the report; time/other is logged after it
+        tracker.log_metrics(timing.metrics({k: v for k, v in times.items() if k != "other"}))
         with phase("writing the sweep report"), timing.timed("report"):
             images = plots.study_plots(study, report.report_dir(recipe, name))
             path = report.write_sweep(recipe, study, prep.before, tracker, images, times)
             tracker.log_artifacts(str(path.parent), "report")
-        end = timing.command_times()
-        tracker.log_metrics({"time/report": end["report"], "time/other": end["other"],
-                             "time/total": timing.CLOCK.elapsed()})
+        tracker.log_metrics(timing.closing_metrics())
         run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,

@@ -65,6 +65,14 @@ def command_times() -> dict[str, float]:
     return times
 
 
+def closing_metrics() -> dict[str, float]:
+    """What a command logs once its report is written: the report's and the untimed seconds,
+    and time/total."""
+    end = command_times()
+    return {"time/report": end.get("report", 0.0), "time/other": end["other"],
+            "time/total": CLOCK.elapsed()}
+
+
 def since(now: dict[str, float], mark: dict[str, float]) -> dict[str, float]:
     """Seconds per phase spent between two totals()."""
     return {k: v - mark.get(k, 0.0) for k, v in now.items() if v - mark.get(k, 0.0) > 0}
