@@ -87,8 +87,13 @@ class EvalSpec(Section):
         "and after every run beside the golden sets, so catastrophic forgetting shows; null: off.")
     max_examples: int | None = Field(None, gt=0, description="Score only the first N examples.")
     batch_size: int | None = Field(None, gt=0, description="Generation batch size; default 32 "
-                                   "on a CPU, 256 on a GPU (static-cache compiled decoding).")
+                                   "on a CPU, 256 on a GPU.")
     max_new_tokens: int | None = Field(None, gt=0, description="Overrides the manifests' value.")
+    decoding: Literal["auto", "eager", "compiled"] = Field(
+        "auto", description="How golden sets are decoded. compiled: a static KV cache that "
+        "transformers compiles into CUDA graphs (a compile once a process, then ~8x faster "
+        "steps); eager: plain generate; auto: compiled on a GPU when the command decodes enough "
+        "steps to win the compile back (harness.evaluation.COMPILE_BREAK_EVEN_STEPS).")
 
 
 class SweepSpec(Section):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import sys
 from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
 
 from harness import data, evaluation, goldensets, manifest, models, shipped, timing, train
@@ -33,6 +35,7 @@ class Prepared:
     data_info: dict = field(default_factory=dict)
     before: dict = field(default_factory=dict)  # golden set -> SetResult
     base: dict = field(default_factory=dict)  # the original base, when init_from is set
+    compiled: bool = False  # golden sets decoded compiled (evaluation.compiled_decoding)
 
     def load_model(self, adapter: bool = True):
         """A fresh copy of the starting model (the base, or the base with init_from merged)."""
@@ -94,14 +97,16 @@ def resolve_init(recipe: Recipe, tracker) -> str | None:
     return tracker.fetch_adapter(run_id, str(dest))
 
 
-def prepare(recipe: Recipe, tracker=None, with_data: bool = True) -> Prepared:
+def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int = 2) -> Prepared:
+    """`scorings`: how many models this process will score (a sweep: the base and each trial),
+    which decides whether decoding is compiled."""
     from harness.errors import located
     with located(recipe.source), phase("loading the model, data and golden sets"), \
             timing.timed("data"):
-        return _prepare(recipe, tracker, with_data)
+        return _prepare(recipe, tracker, with_data, scorings)
 
 
-def _prepare(recipe: Recipe, tracker, with_data: bool) -> Prepared:
+def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int) -> Prepared:
     from harness import distributed
     check(recipe)
     distributed.setup()  # before CUDA starts: which GPU this process trains on
@@ -122,6 +127,16 @@ def _prepare(recipe: Recipe, tracker, with_data: bool) -> Prepared:
         prep.model_path = init
     if init:
         say(f"starting from {recipe.model.init_from} ({init})")
+    scorings += bool(recipe.model.init_from)  # the original base is scored too
+    steps = scorings * evaluation.decode_steps(goldens, batch_size(prep),
+                                               recipe.eval.max_new_tokens, k.task)
+    prep.compiled = evaluation.compiled_decoding(recipe.eval.decoding, plan.device, steps)
+    if prep.compiled:  # kept across processes, past /tmp clean-ups; keyed by GPU inside
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(
+            models.cache_dir() / "inductor" / f"torch-{version('torch')}"))
+    if steps and plan.device == "cuda":
+        say(f"decoding {'compiled' if prep.compiled else 'eager'}: at most {steps} steps over "
+            f"{scorings} scorings (eval.decoding: {recipe.eval.decoding})")
     sets = ", ".join(f"{g.name} ({len(g.prompts)})" for g in goldens)
     if not with_data:
         say(f"golden sets: {sets}")
@@ -138,10 +153,13 @@ def _prepare(recipe: Recipe, tracker, with_data: bool) -> Prepared:
     return prep
 
 
+def batch_size(prep: Prepared) -> int:
+    return prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
+
+
 def evaluate(prep: Prepared, model) -> dict:
-    batch = prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
-    return evaluation.evaluate_model(model, prep.tok, prep.goldens, batch,
-                                     prep.recipe.eval.max_new_tokens, prep.task)
+    return evaluation.evaluate_model(model, prep.tok, prep.goldens, batch_size(prep),
+                                     prep.recipe.eval.max_new_tokens, prep.task, prep.compiled)
 
 
 def evaluate_start(prep: Prepared) -> None:
@@ -152,10 +170,24 @@ def evaluate_start(prep: Prepared) -> None:
             break
         with phase(f"scoring the {'starting' if with_init else 'base'} model"), \
                 timing.timed("score_before"):
-            model = prep.load_model(adapter=with_init)
+            model = as_trials_are(prep, prep.load_model(adapter=with_init))
             setattr(prep, side, evaluate(prep, model))
             del model
             gc.collect()
+
+
+def as_trials_are(prep: Prepared, model):
+    """With compiled decoding, the starting model is scored inside the LoRA structure its trials
+    will have, its B matrices zero (peft's own initialisation: every adapter adds exactly 0, so
+    the outputs are the base's): the decoder compiled for it then serves every trial, instead of
+    compiling once for the base and once more for the first trial."""
+    spec = prep.recipe
+    if not prep.compiled or spec.adapter.type != "lora" or spec.model.quantization != "none":
+        return model
+    from peft import get_peft_model
+    model = get_peft_model(model, models.lora_config(spec.adapter, prep.task))
+    train.cast_adapter(model, spec.adapter, prep.plan)
+    return model
 
 
 def results_to_json(results: dict) -> dict:
@@ -263,10 +295,10 @@ def slice_score(prep: Prepared, model, key: str, n: int) -> float:
     gs = next(g for g in prep.goldens if g.name == name)
     part = dc.replace(gs, prompts=gs.prompts[:n], references=gs.references[:n],
                       chosen=gs.chosen and gs.chosen[:n], rejected=gs.rejected and gs.rejected[:n])
-    batch = prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
     with timing.timed("score_pruner"):
-        return evaluation.evaluate_set(model, prep.tok, part, batch,
-                                       prep.recipe.eval.max_new_tokens, prep.task).metrics[metric]
+        return evaluation.evaluate_set(model, prep.tok, part, batch_size(prep),
+                                       prep.recipe.eval.max_new_tokens, prep.task,
+                                       prep.compiled).metrics[metric]
 
 
 def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: bool,

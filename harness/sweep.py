@@ -354,7 +354,7 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
     if not distributed.is_main():
         return _follow(recipe, space)
     tracker = Tracker(recipe)
-    prep = run.prepare(recipe, tracker)
+    prep = run.prepare(recipe, tracker, scorings=n_trials or space.n_trials)
     saved = tracker.load_json(parent, "eval/start.json")
     if not saved:
         raise HarnessError(f"sweep run {parent!r} has no eval/start.json to join",
@@ -391,7 +391,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     tracker = Tracker(recipe)
     if workers > 1:
         check_parallel(recipe, tracker)
-    prep = run.prepare(recipe, tracker)
+    total = n_trials or space.n_trials
+    prep = run.prepare(recipe, tracker, scorings=total + 1)
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
     repair_killed_runs(study, tracker)
@@ -399,7 +400,6 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     name = study_name(recipe)
     parent_id = sweep_run(study, tracker)
     key = recipe.sweep.objective
-    total = n_trials or space.n_trials
     tags = {**run.run_tags(recipe), STUDY_TAG: name, KIND_TAG: "sweep", "harness.objective": key}
     with tracker.run(name, run_id=parent_id, tags=None if parent_id else tags,
                      description=f"Optuna study '{name}': {key} ({recipe.sweep.direction})") \

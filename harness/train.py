@@ -31,6 +31,8 @@ class TrainerKind:
     lora_lr: float = 2e-4  # default learning rates, LoRA and full fine-tuning
     full_lr: float = 2e-5
     packs: bool = False  # takes the GPU fast path's padding-free packing
+    # the trainer takes already prepared rows (SFTConfig.dataset_kwargs skip_prepare_dataset)
+    reuses_prepared: bool = False
 
     def config_cls(self):
         mod, _, cls = self.config_class.partition(":")
@@ -42,7 +44,8 @@ class TrainerKind:
 
 
 TRAINERS: Registry[TrainerKind] = Registry("trainer")
-TRAINERS.register("sft")(TrainerKind("sft", "trl:SFTConfig", "trl:SFTTrainer", packs=True))
+TRAINERS.register("sft")(TrainerKind("sft", "trl:SFTConfig", "trl:SFTTrainer", packs=True,
+                                     reuses_prepared=True))
 # with LoRA and no ref_model, DPOTrainer's reference is the adapter-disabled base: no second copy
 TRAINERS.register("dpo")(TrainerKind("dpo", "trl:DPOConfig", "trl:DPOTrainer",
                                      data_kind="preference", lora_lr=5e-5, full_lr=1e-6))
@@ -134,6 +137,9 @@ def check_device(recipe: Recipe, plan: models.DevicePlan) -> None:
     if (recipe.model.attn_implementation or "").startswith("flash_attention"):
         bad.append(f"model.attn_implementation: {recipe.model.attn_implementation} needs a CUDA "
                    "GPU and this machine has none")
+    if recipe.eval.decoding == "compiled":
+        bad.append("eval.decoding: compiled decoding needs a CUDA GPU (transformers compiles "
+                   "generation there only) and this machine has none")
     if bad:
         raise HarnessError("; ".join(bad), file=recipe.source)
 
@@ -185,6 +191,45 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
     return config
 
 
+# Config fields that steer only the optimisation or the bookkeeping, never how a trainer
+# tokenizes and packs its rows. Every other field (an unknown new one too) keys the rows a
+# trainer prepared, so a trial that changes one of them prepares its own.
+NOT_DATA = frozenset({
+    "output_dir", "logging_dir", "run_name", "report_to", "learning_rate", "num_train_epochs",
+    "max_steps", "lr_scheduler_type", "lr_scheduler_kwargs", "warmup_ratio", "warmup_steps",
+    "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm", "optim",
+    "optim_args", "neftune_noise_alpha", "gradient_accumulation_steps",
+    "per_device_train_batch_size", "per_device_eval_batch_size", "logging_steps",
+    "disable_tqdm"})
+
+
+class PreparedRows:
+    """The tokenized (and packed) rows of the last trainer built in this process, given to the
+    next one with the same data, tokenizer and preparation (TRL's `skip_prepare_dataset`): a
+    sweep tokenizes and packs its data once, not once a trial. Preparing is deterministic, so
+    the rows are the ones the trainer would make itself."""
+
+    def __init__(self):
+        self.held: tuple | None = None  # (train_ds, eval_ds, tok, key, prepared train, eval)
+
+    @staticmethod
+    def key(config) -> str:
+        return json.dumps({k: v for k, v in config.to_dict().items() if k not in NOT_DATA},
+                          sort_keys=True, default=str)
+
+    def get(self, train_ds, eval_ds, tok, key: str):
+        h = self.held
+        if h and h[0] is train_ds and h[1] is eval_ds and h[2] is tok and h[3] == key:
+            return h[4], h[5]
+        return None
+
+    def keep(self, train_ds, eval_ds, tok, key: str, trainer) -> None:
+        self.held = (train_ds, eval_ds, tok, key, trainer.train_dataset, trainer.eval_dataset)
+
+
+PREPARED = PreparedRows()
+
+
 @dataclass
 class TrainResult:
     trainer: object
@@ -204,6 +249,11 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
                                                recipe.early_stopping.threshold))
     finite = FiniteLoss()
     blocked = graph_blocker(recipe, config, plan)
+    source = (train_ds, eval_ds, tok, PREPARED.key(config))  # before TRL touches the config
+    prepared = PREPARED.get(*source) if k.reuses_prepared else None
+    if prepared:
+        train_ds, eval_ds = prepared
+        config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
                                       else None), kernels.fused_norms(model, plan.fused_norm), \
             graphs.cuda_graphs(model, blocked is None) as graphed, \
@@ -212,6 +262,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
             callbacks=callbacks + [finite.callback])
+        if k.reuses_prepared and not prepared:
+            PREPARED.keep(*source, trainer)
         where["trainer"] = trainer
         if graphed is not None:
             trainer.data_collator = graphs.StaticSequences(trainer.data_collator,

@@ -128,3 +128,18 @@ def test_static_cache_path_gives_the_same_greedy_outputs(tiny):
              for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3"]]
     dynamic = evaluation.generate(model, tok, texts, 6, 2, static_cache=False)
     assert evaluation.generate(model, tok, texts, 6, 2, static_cache=True) == dynamic
+
+
+def test_decoding_is_compiled_only_where_the_steps_win_the_compile_back():
+    from conftest import ROOT
+    gs = goldensets.load(str(ROOT / "goldensets" / "math.yaml"))  # 40 problems, 64 new tokens
+    # 40 problems at batch 16: 3 batches of 64 new tokens
+    assert evaluation.decode_steps([gs], 16, None, "causal-lm") == 3 * 64
+    assert evaluation.decode_steps([gs], 256, 10, "causal-lm") == 10
+    assert evaluation.decode_steps([gs], 16, None, "seq-cls") == 0  # a reward model scores
+    few, many = 7 * 80, evaluation.COMPILE_BREAK_EVEN_STEPS
+    assert not evaluation.compiled_decoding("auto", "cuda", few)
+    assert evaluation.compiled_decoding("auto", "cuda", many)
+    assert not evaluation.compiled_decoding("auto", "cpu", many)
+    assert evaluation.compiled_decoding("compiled", "cuda", few)
+    assert not evaluation.compiled_decoding("eager", "cuda", many)

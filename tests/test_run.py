@@ -58,3 +58,28 @@ def test_init_from_unknown_run_is_one_line(recipe_dict):
     from harness.errors import HarnessError
     with pytest.raises(HarnessError, match="model.init_from: no MLflow run 'deadbeef'"):
         _train(recipe_dict, **{"model.init_from": "deadbeef"})
+
+
+def test_the_base_scored_inside_a_zero_adapter_gives_the_base_outputs_exactly(recipe_dict):
+    """Compiled decoding scores the base inside the trials' LoRA structure: with peft's B = 0
+    every adapter adds exactly 0, so the greedy outputs and the perplexity are the base's."""
+    from peft import PeftModel
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 12})
+    prep = run.prepare(r, with_data=False)
+    plain = run.evaluate(prep, run.as_trials_are(prep, prep.load_model()))
+    prep.compiled = True  # a GPU's choice; generation stays eager here, the model is what differs
+    wrapped = run.as_trials_are(prep, prep.load_model())
+    assert isinstance(wrapped, PeftModel) and wrapped.peft_config["default"].r == r.adapter.r
+    scored = run.evaluate(prep, wrapped)
+    for name, res in plain.items():
+        assert res.columns["predictions"] == scored[name].columns["predictions"]
+        assert res.columns["nll"] == scored[name].columns["nll"]
+        assert res.metrics == scored[name].metrics
+
+
+def test_compiled_decoding_is_refused_on_a_cpu(recipe_dict):
+    from harness.errors import HarnessError
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.decoding": "compiled"})
+    with pytest.raises(HarnessError, match="t.yaml: eval.decoding: compiled decoding needs a "
+                                           "CUDA GPU"):
+        run.prepare(r, with_data=False)

@@ -208,3 +208,33 @@ def test_a_full_disk_ends_training_with_one_line(recipe_dict, tmp_path):
                         str(disk / "run"))
     finally:
         subprocess.run(["umount", str(disk)])
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_a_second_trainer_takes_the_rows_the_first_prepared_and_trains_the_same(recipe_dict,
+                                                                                   tmp_path,
+                                                                                   packing):
+    r, plan = build(recipe_dict, **{"trainer.max_steps": 2, "trainer.packing": packing})
+    tok = models.load_tokenizer(r.model)
+    tr, ev, _ = data.load_train(r.data, r.seed, "supervised")
+
+    def losses(rr, out):
+        res = train.train(rr, models.load_model(rr.model, plan), tok, tr, ev, plan,
+                          str(tmp_path / out))
+        return res, [h["loss"] for h in res.log_history if "loss" in h]
+
+    train.PREPARED.held = None
+    first, _ = losses(r, "a")
+    other = recipe.with_values(r, {"trainer.learning_rate": 1e-3, "adapter.r": 4})
+    second, reused = losses(other, "b")  # a trial: other optimiser values, the same data
+    assert second.trainer.train_dataset is first.trainer.train_dataset
+    assert second.trainer.args.dataset_kwargs == {"skip_prepare_dataset": True}
+    train.PREPARED.held = None
+    fresh, own = losses(other, "c")  # the same values, preparing its own rows
+    assert fresh.trainer.train_dataset is not first.trainer.train_dataset
+    assert reused == own and len(own) == 2  # exactly what the trainer computes on its own rows
+    # a field that shapes the rows (max_length) makes the next trainer prepare its own
+    shorter = recipe.with_values(r, {"trainer.max_length": 64})
+    third, _ = losses(shorter, "d")
+    assert third.trainer.train_dataset is not fresh.trainer.train_dataset
+    assert max(len(x) for x in third.trainer.train_dataset["input_ids"]) <= 64

@@ -1,0 +1,165 @@
+"""The whole sweep, end to end, on a GPU: `harness sweep` against the hand-written Optuna + TRL
+loop a user would write (../shared/anchors/bench_sweep_peer.py), same model, data, trials and
+golden sets, in one call.
+
+Workload (issue 17): the first 4,000 GSM8K train rows as chat, SmolLM2-135M's shape with random
+weights, LoRA r=16 on all linear layers, 1 epoch, a grid over N learning rates (N trials),
+golden sets math (40, 64 new tokens) and general_knowledge (40, 16 new tokens) scored on the
+base and after every trial. Each arm is one process, timed from its start to its exit, as a
+user waits for it; a throw-away process imports the libraries first, so neither arm pays for
+writing their bytecode.
+
+Prints, per arm: wall, training, scoring and other seconds and the ratio to the peer. For the
+harness, training is its `train` phase (trainer, data, CUDA graphs and TRL's steps) and TRL's
+own train_runtime beside it (what the peer's training seconds measure); then the sweep's
+per-phase table and each trial's scoring seconds. With --compiled, two more harness arms decode
+compiled (eval.decoding: compiled), the first with empty compile caches and the second with the
+caches the first left, and the base model's greedy outputs are compared with the eager arm's.
+
+    python bench/sweep_e2e.py --shared ../shared --trials 2 [--compiled] [--rows 4000]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from common import random_model
+from train_speed import workload
+
+from harness import timing
+
+LRS = [1e-4, 2e-4, 5e-5, 3e-4, 1.5e-4, 4e-4, 7e-5, 2.5e-4]
+GOLDEN_DIR = Path(__file__).resolve().parents[1] / "harness" / "assets" / "goldensets"
+SCORING = ("score_before", "score_after", "score_pruner")
+
+
+def timed_process(argv: list[str], env: dict | None = None) -> tuple[float, str, str]:
+    t = time.perf_counter()
+    p = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - t
+    if p.returncode:
+        print(p.stdout[-3000:], p.stderr[-6000:], sep="\n")
+        sys.exit(f"{argv[:3]}: exit {p.returncode}")
+    return wall, p.stdout, p.stderr
+
+
+def peer(model: str, shared: str, lrs: list[float], rows: int, root: Path) -> dict:
+    root.mkdir(parents=True)
+    wall, out, _ = timed_process([sys.executable, f"{shared}/anchors/bench_sweep_peer.py",
+                                  "--model", model, "--goldensets", str(GOLDEN_DIR),
+                                  "--rows", str(rows), "--out", str(root),
+                                  "--lrs", *map(str, lrs)])
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    s = lines[-1]
+    return {"arm": "peer", "wall_s": wall, "train_s": s["train_s"], "score_s": s["score_s"],
+            "other_s": wall - s["train_s"] - s["score_s"], "own_wall_s": s["wall_s"],
+            "trials": lines[1:-1]}
+
+
+def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, root: Path,
+            decoding: str, env: dict | None = None) -> dict:
+    import mlflow
+    root.mkdir(parents=True)
+    space = root / "space.yaml"
+    space.write_text(yaml.safe_dump({
+        "n_trials": len(lrs), "sampler": "grid", "seed": 0,
+        "params": {"trainer.learning_rate": {"type": "categorical", "choices": lrs}}}))
+    d = workload("harness", model, shared, rows).to_dict()
+    d["eval"].update(goldensets=["builtin:math"], forgetting_guard="builtin:general_knowledge",
+                     decoding=decoding, max_examples=None, batch_size=None)
+    d["sweep"].update(space=str(space), storage=f"sqlite:///{root}/optuna.db",
+                      objective="math/numeric_accuracy")
+    d["tracking"] = {"uri": f"sqlite:///{root}/mlflow.db"}
+    d.update(output_dir=str(root / "out"), reports_dir=str(root / "reports"))
+    path = root / "recipe.yaml"
+    path.write_text(yaml.safe_dump(d))
+    wall, _, err = timed_process([sys.executable, "-m", "harness", "sweep", str(path)], env)
+    said = [x for x in err.splitlines() if x.startswith("[harness]")]
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    exp = client.get_experiment_by_name(d["name"])
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
+    sweep = next(r for r in runs if r.data.tags.get("harness.kind") == "sweep")
+    trials = [r for r in runs if "harness.trial" in r.data.tags]
+    times = timing.from_metrics(sweep.data.metrics)
+    score = sum(times.get(k, 0.0) for k in SCORING)
+    start = json.loads(Path(client.download_artifacts(sweep.info.run_id, "eval/start.json",
+                                                      str(root))).read_text())
+    return {"arm": label, "wall_s": wall, "train_s": times.get("train", 0.0), "score_s": score,
+            "other_s": wall - times.get("train", 0.0) - score, "times": times,
+            "train_runtime_s": sum(r.data.metrics.get("train_runtime", 0.0) for r in trials),
+            "trial_score_s": [round(timing.from_metrics(r.data.metrics).get("score_after", 0.0),
+                                    1) for r in trials],
+            "trial_loss": [round(r.data.metrics.get("train_loss", 0.0), 4) for r in trials],
+            "predictions": {name: [e["prediction"] for e in res["examples"]]
+                            for name, res in start["before"].items()},
+            "said": said}
+
+
+def agreement(a: dict, b: dict) -> str:
+    parts = []
+    for name, preds in a["predictions"].items():
+        other = b["predictions"][name]
+        same = sum(x == y for x, y in zip(preds, other))
+        parts.append(f"{name} {same}/{len(preds)}")
+    return ", ".join(parts)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shared", default="../shared")
+    ap.add_argument("--trials", type=int, default=2)
+    ap.add_argument("--rows", type=int, default=4000)
+    ap.add_argument("--compiled", action="store_true", help="also decode compiled, caches cold "
+                    "then warm, and compare the base's greedy outputs with the eager arm's")
+    ap.add_argument("--no-peer", action="store_true")
+    args = ap.parse_args()
+    shared = str(Path(args.shared).resolve())
+    lrs = LRS[:args.trials]
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        model = random_model(f"{shared}/anchors/smollm2-135m", f"{d}/model")
+        # bytecode for every library, written once before either arm is timed
+        timed_process([sys.executable, "-c", "import torch, transformers, trl, peft, mlflow, "
+                       "optuna, datasets, harness.cli; import mlflow.store.tracking."
+                       "sqlalchemy_store"])
+        arms = [] if args.no_peer else [peer(model, shared, lrs, args.rows, root / "peer")]
+        arms.append(harness("harness", model, shared, lrs, args.rows, root / "harness", "auto"))
+        if args.compiled:
+            caches = {"TORCHINDUCTOR_CACHE_DIR": f"{d}/inductor", "TRITON_CACHE_DIR": f"{d}/triton"}
+            for label in ("compiled_cold", "compiled_warm"):
+                arms.append(harness(f"harness_{label}", model, shared, lrs, args.rows,
+                                    root / label, "compiled", caches))
+    ref = arms[0]["wall_s"] if not args.no_peer else None
+    print(f"\n{args.trials} trials, {args.rows} rows\n| arm | wall s | training s | scoring s "
+          "| other s | training share | peer wall / arm wall |\n|---|---|---|---|---|---|---|")
+    for a in arms:
+        ratio = f"{ref / a['wall_s']:.2f}x" if ref else "-"
+        print(f"| {a['arm']} | {a['wall_s']:.1f} | {a['train_s']:.1f} | {a['score_s']:.1f} | "
+              f"{a['other_s']:.1f} | {a['train_s'] / a['wall_s']:.0%} | {ratio} |")
+    for a in arms:
+        if a["arm"] == "peer":
+            print(f"\npeer trials: {json.dumps(a['trials'])}")
+            continue
+        print(f"\n{a['arm']}: TRL train_runtime {a['train_runtime_s']:.1f} s over the trials; "
+              f"each trial's scoring after: {a['trial_score_s']} s; train_loss {a['trial_loss']}")
+        print("| phase | seconds | share of time/total |\n|---|---|---|")
+        for row in timing.rows(a["times"]):
+            print("| " + " | ".join(row) + " |")
+        print(*a["said"], sep="\n")
+    eager = next(a for a in arms if a["arm"] == "harness")
+    for a in arms:
+        if a["arm"].startswith("harness_compiled"):
+            print(f"\nbase greedy outputs, {a['arm']} = eager: {agreement(eager, a)}")
+    print(json.dumps({a["arm"]: {k: round(v, 1) for k, v in a.items()
+                                 if k.endswith("_s") and isinstance(v, float)} for a in arms}))
+
+
+if __name__ == "__main__":
+    main()
