@@ -56,11 +56,16 @@ def peer(model: str, shared: str, lrs: list[float], rows: int, root: Path) -> di
                                   "--model", model, "--goldensets", str(GOLDEN_DIR),
                                   "--rows", str(rows), "--out", str(root),
                                   "--lrs", *map(str, lrs)])
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    s = lines[-1]
+    lines = []
+    for x in out.splitlines():  # its JSON lines, among the Trainer's printed dicts
+        try:
+            lines.append(json.loads(x))
+        except ValueError:
+            pass
+    s = next(x for x in lines if "peer" in x)
     return {"arm": "peer", "wall_s": wall, "train_s": s["train_s"], "score_s": s["score_s"],
             "other_s": wall - s["train_s"] - s["score_s"], "own_wall_s": s["wall_s"],
-            "trials": lines[1:-1]}
+            "trials": [x for x in lines if str(x.get("phase", "")).startswith(("base", "trial"))]}
 
 
 def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, root: Path,
@@ -82,6 +87,11 @@ def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, ro
     path.write_text(yaml.safe_dump(d))
     wall, _, err = timed_process([sys.executable, "-m", "harness", "sweep", str(path)], env)
     said = [x for x in err.splitlines() if x.startswith("[harness]")]
+    imports = sorted((x.split("|") for x in err.splitlines() if x.startswith("import time:")
+                      and "cumulative" not in x), key=lambda f: -int(f[1]))
+    said += [f"import {f[2].rstrip()}: {int(f[1]) / 1e6:.2f} s cumulative" for f in imports[:25]]
+    said += [x for x in err.splitlines() if "Recompiling" in x or "triggered by" in x
+             or x.strip().startswith("- ")][:40]
     client = mlflow.MlflowClient(d["tracking"]["uri"])
     exp = client.get_experiment_by_name(d["name"])
     runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time"])
@@ -119,6 +129,10 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true", help="also decode compiled, caches cold "
                     "then warm, and compare the base's greedy outputs with the eager arm's")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--no-eager", action="store_true", help="skip the harness's default arm")
+    ap.add_argument("--no-warm", action="store_true", help="--compiled: the cold arm only")
+    ap.add_argument("--why", action="store_true", help="the harness arms print their slowest "
+                    "imports (python -X importtime) and why torch.compile recompiled")
     args = ap.parse_args()
     shared = str(Path(args.shared).resolve())
     lrs = LRS[:args.trials]
@@ -130,12 +144,15 @@ def main() -> None:
                        "optuna, datasets, harness.cli; import mlflow.store.tracking."
                        "sqlalchemy_store"])
         arms = [] if args.no_peer else [peer(model, shared, lrs, args.rows, root / "peer")]
-        arms.append(harness("harness", model, shared, lrs, args.rows, root / "harness", "auto"))
+        why = {"PYTHONPROFILEIMPORTTIME": "1", "TORCH_LOGS": "recompiles"} if args.why else {}
+        if not args.no_eager:
+            arms.append(harness("harness", model, shared, lrs, args.rows, root / "harness",
+                                "auto", why))
         if args.compiled:
             caches = {"TORCHINDUCTOR_CACHE_DIR": f"{d}/inductor", "TRITON_CACHE_DIR": f"{d}/triton"}
-            for label in ("compiled_cold", "compiled_warm"):
+            for label in ("compiled_cold",) + (() if args.no_warm else ("compiled_warm",)):
                 arms.append(harness(f"harness_{label}", model, shared, lrs, args.rows,
-                                    root / label, "compiled", caches))
+                                    root / label, "compiled", {**caches, **why}))
     ref = arms[0]["wall_s"] if not args.no_peer else None
     print(f"\n{args.trials} trials, {args.rows} rows\n| arm | wall s | training s | scoring s "
           "| other s | training share | peer wall / arm wall |\n|---|---|---|---|---|---|---|")
@@ -153,9 +170,9 @@ def main() -> None:
         for row in timing.rows(a["times"]):
             print("| " + " | ".join(row) + " |")
         print(*a["said"], sep="\n")
-    eager = next(a for a in arms if a["arm"] == "harness")
+    eager = next((a for a in arms if a["arm"] == "harness"), None)
     for a in arms:
-        if a["arm"].startswith("harness_compiled"):
+        if eager and a["arm"].startswith("harness_compiled"):
             print(f"\nbase greedy outputs, {a['arm']} = eager: {agreement(eager, a)}")
     print(json.dumps({a["arm"]: {k: round(v, 1) for k, v in a.items()
                                  if k.endswith("_s") and isinstance(v, float)} for a in arms}))

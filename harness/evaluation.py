@@ -121,7 +121,8 @@ def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: 
                 n_prompt = len(tok(prompts[i], add_special_tokens=False)["input_ids"])
                 labels[row, :n_prompt] = -100
             with torch.inference_mode():
-                logits = model(**enc).logits[:, :-1].float()
+                # no KV cache: scoring never decodes on from these logits
+                logits = model(**enc, use_cache=False).logits[:, :-1].float()
             target = labels[:, 1:]
             lp = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target.clamp(min=0),
                                                    reduction="none")
@@ -144,7 +145,7 @@ def reward_scores(model, tok, texts: list[str], batch_size: int) -> list[float]:
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(model.device)
             with torch.inference_mode():
-                out += model(**enc).logits[:, 0].float().tolist()
+                out += model(**enc, use_cache=False).logits[:, 0].float().tolist()
     finally:
         tok.padding_side = side
     return out

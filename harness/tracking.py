@@ -108,7 +108,9 @@ class Tracker:
         e.harness_runs = [*getattr(e, "harness_runs", []), run_id]
 
     def _end(self, status: str) -> None:
-        self.mlflow.flush_async_logging()
+        # end_run drains the async queue (transformers' MLflowCallback logs asynchronously)
+        # before it sets the status; a flush first would restart the queue's thread only to
+        # stop it again, each stop waiting up to a second for the thread's poll
         self.mlflow.end_run(status=status)
 
     def log_params(self, params: dict) -> None:

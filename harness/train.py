@@ -248,6 +248,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         callbacks.append(EarlyStoppingCallback(recipe.early_stopping.patience,
                                                recipe.early_stopping.threshold))
     finite = FiniteLoss()
+    use_cache = model.config.use_cache
     blocked = graph_blocker(recipe, config, plan)
     source = (train_ds, eval_ds, tok, PREPARED.key(config))  # before TRL touches the config
     prepared = PREPARED.get(*source) if k.reuses_prepared else None
@@ -278,7 +279,23 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             metrics["distributed/in_sync"] = float(distributed.weights_in_sync(trainer.model))
         if eval_ds is not None:
             metrics.update(trainer.evaluate())
+    scoring_ready(trainer.model, use_cache)
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
+
+
+def scoring_ready(model, use_cache: bool) -> None:
+    """The trained model as the base was before training, for scoring: the Trainer leaves
+    `config.use_cache` at TrainingArguments.use_cache (False), and SFTTrainer's fused LM head
+    (trl.trainer.utils.add_fused_lm_head) stays as an instance `forward` that, called without
+    `fused_lm_head`, runs the model's own. Compiled decoding traces that wrapper as other code,
+    so every tuned model would compile once more than the base; without it they share one
+    compile. Only a wrapper that names the class's own forward (`__wrapped__`) is removed."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    base.config.use_cache = use_cache
+    own = base.__dict__.get("forward")
+    if own is not None and getattr(getattr(own, "__func__", own), "__wrapped__", None) is \
+            type(base).forward:
+        del base.forward
 
 
 def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan,

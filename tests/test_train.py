@@ -52,6 +52,9 @@ def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict,
     assert "\n#### " in answer and answer.rstrip().endswith("<|im_end|>")
     assert "<|im_start|>user" in tok.decode(ids[labels == -100])
     assert "<|im_start|>user" not in answer
+    # scored as the base was: its own forward (not TRL's fused-LM-head wrapper), its KV cache
+    base = res.model.get_base_model()
+    assert "forward" not in base.__dict__ and base.config.use_cache is True
     saved = train.save(res, str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
     assert saved
