@@ -20,6 +20,16 @@ class SetResult:
     metric_args: dict[str, dict] = field(default_factory=dict)
 
 
+def results_to_json(results: dict[str, SetResult]) -> dict:
+    """Golden set -> SetResult as JSON (what a run logs, and resumes and reports read back)."""
+    import dataclasses
+    return {k: dataclasses.asdict(v) for k, v in results.items()}
+
+
+def results_from_json(d: dict) -> dict[str, SetResult]:
+    return {k: SetResult(**v) for k, v in d.items()}
+
+
 def chat_prompt(tok, prompt: str, system: str | None = None) -> list[dict]:
     return ([{"role": "system", "content": system}] if system else []) + [
         {"role": "user", "content": prompt}]

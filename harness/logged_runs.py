@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import manifest, recipe, run, timing
+from harness import evaluation, manifest, recipe, run, timing
 from harness.errors import HarnessError
 
 
@@ -25,8 +25,6 @@ def logged_recipe(uri: str, run_id: str) -> tuple[str, dict, recipe.Recipe]:
 def rerun(uri: str, run_id: str) -> dict:
     """Train the logged run's recipe again into the same experiment, tagged harness.rerun_of,
     and compare every after/ metric with the original's."""
-    import mlflow
-
     from harness.tracking import Tracker
     run_id, m, r = logged_recipe(uri, run_id)
     for d in manifest.differences(m):
@@ -34,7 +32,7 @@ def rerun(uri: str, run_id: str) -> dict:
     tracker = Tracker(r)
     outcome, path = run.train_and_report(r, tracker, tags={"harness.rerun_of": run_id},
                                          name=f"{r.name}-rerun")
-    original = mlflow.MlflowClient(uri).get_run(run_id).data.metrics
+    original = tracker.read_run(run_id).metrics
     rows = {k: (original.get(f"after/{k}"), v) for k, v in outcome.comparison["after"].items()}
     return {"run_id": outcome.run_id, "of": run_id, "report": str(path), "after": rows}
 
@@ -74,66 +72,38 @@ def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
     staged.replace(out)  # a half-written export is never left at OUT_DIR
     result = {"run_id": run_id, "path": str(out), "merged": bool(merge)}
     if register:
-        result["version"] = _register(uri, run_id, out, register)
+        result["version"] = tracker.register(run_id, str(out), register)
     return result
-
-
-def _register(uri: str, run_id: str, folder: Path, name: str) -> str:
-    """Log the exported folder to the run and register it; the run's after/ and delta/ metrics
-    become tags of the model version."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    client = mlflow.MlflowClient(uri)
-    client.log_artifacts(run_id, str(folder), "exported_model")
-    try:
-        client.create_registered_model(name)
-    except MlflowException:  # already registered: add a version
-        pass
-    source = f"{client.get_run(run_id).info.artifact_uri}/exported_model"
-    mv = client.create_model_version(name, source, run_id=run_id)
-    metrics = client.get_run(run_id).data.metrics
-    for k, v in metrics.items():
-        if k.startswith(("after/", "delta/", "before/")):
-            client.set_model_version_tag(name, mv.version, k, f"{v:.6g}")
-    client.set_model_version_tag(name, mv.version, "harness.run_id", run_id)
-    return str(mv.version)
 
 
 def rebuild_report(uri: str, run_id: str) -> Path:
     """reports/<name>/report.md and its PNGs from what MLflow holds, logged to the run again.
     A sweep's report needs its Optuna study (the storage its trials' recipe names)."""
-    import mlflow
-
-    from harness import plots, report, storage
-    from harness.sweep import DEFAULT_STORAGE
+    from harness import report, sweep
     from harness.tracking import Tracker
     trial_run, _, r = logged_recipe(uri, run_id)  # one line if there is no such run
-    client = mlflow.MlflowClient(uri)
-    tags = client.get_run(run_id).data.tags
     tracker = Tracker(r)
+    logged = tracker.read_run(run_id)
+    tags = logged.tags
     if tags.get("harness.kind") == "sweep":
-        import optuna
-        url = r.sweep.storage or DEFAULT_STORAGE
-        study = optuna.load_study(study_name=tags["harness.study"],
-                                  storage=storage.open_storage(url))
-        before = run.results_from_json(tracker.load_json(run_id, "eval/start.json")["before"])
-        images = plots.study_plots(study, report.report_dir(r, study.study_name))
-        path = report.write_sweep(r, study, before, tracker, images,
-                                  timing.from_metrics(client.get_run(run_id).data.metrics))
+        summary, images = sweep.summarize(r, tags["harness.study"])
+        before = evaluation.results_from_json(
+            tracker.load_json(run_id, "eval/start.json")["before"])
+        path = report.write_sweep(r, summary, before, tracker, images,
+                                  timing.from_metrics(logged.metrics))
     else:
         saved = tracker.load_json(trial_run, "eval/results.json")
         if not saved or "before" not in saved:
             raise HarnessError(f"run {trial_run!r} has no eval/results.json with before and "
                                "after (made by an older harness?)", file="RUN_ID")
-        info = client.get_run(trial_run)
-        outcome = run.Outcome(trial_run, saved["comparison"], run.results_from_json(
-            saved["after"]), info.data.tags.get("harness.adapter_dir", ""),
-            {k: v for k, v in info.data.metrics.items() if k.startswith("train_")},
-            timing.from_metrics(info.data.metrics))
-        name = r.name if tags.get("harness.kind") == "train" else \
-            f"{r.name}-{info.info.run_name}"
-        path = report.write_run(r, outcome, run.results_from_json(saved["before"]), tracker,
-                                name)
+        info = tracker.read_run(trial_run)
+        outcome = run.Outcome(trial_run, saved["comparison"], evaluation.results_from_json(
+            saved["after"]), info.tags.get("harness.adapter_dir", ""),
+            {k: v for k, v in info.metrics.items() if k.startswith("train_")},
+            timing.from_metrics(info.metrics))
+        name = r.name if tags.get("harness.kind") == "train" else f"{r.name}-{info.name}"
+        path = report.write_run(r, outcome, evaluation.results_from_json(saved["before"]),
+                                tracker, name)
     tracker.log_artifacts(str(path.parent), "report", run_id=run_id)
     return path
 

@@ -9,7 +9,6 @@ import json
 import platform
 import subprocess
 import sys
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -91,29 +90,21 @@ def log(tracker, prep, train_ds) -> dict:
 
 def fetch(uri: str, run_id: str) -> tuple[str, dict]:
     """(run id, manifest) of a run in the store at `uri`; a sweep's run gives its best trial's."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from harness.tracking import redact
-    client = mlflow.MlflowClient(uri)
-    try:
-        run = client.get_run(run_id)
-    except MlflowException:
-        raise HarnessError(f"no MLflow run {run_id!r} in {redact(uri)}", file="RUN_ID") from None
-    best = run.data.tags.get("harness.best_run_id")
-    if run.data.tags.get("harness.kind") == "sweep" and best:
+    from harness.tracking import Reader, redact
+    store = Reader(uri)
+    run = store.read_run(run_id)
+    if run is None:
+        raise HarnessError(f"no MLflow run {run_id!r} in {redact(uri)}", file="RUN_ID")
+    best = run.tags.get("harness.best_run_id")
+    if run.tags.get("harness.kind") == "sweep" and best:
         run_id = best
     import yaml
     # runs logged before manifests existed still have their resolved recipe.yaml
     for name, parse in ((FILE, json.loads),
                         ("recipe.yaml", lambda text: {"recipe": yaml.safe_load(text)})):
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=name,
-                                                            dst_path=d, tracking_uri=uri)
-                return run_id, parse(Path(local).read_text())
-        except (MlflowException, OSError):
-            continue
+        text = store.artifact_text(run_id, name)
+        if text is not None:
+            return run_id, parse(text)
     raise HarnessError(f"MLflow run {run_id!r} has no {FILE} (runs of `harness train` and "
                        "sweep trials have one)", file="RUN_ID")
 

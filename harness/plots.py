@@ -1,5 +1,6 @@
-"""Every PNG a report shows: loss curves per run or trial, before/after per metric with the
-paired CI, and Optuna's own study plots. matplotlib's Agg backend: no display needed."""
+"""The PNGs a report shows: loss curves per run or trial, before/after per metric with the
+paired CI (Optuna's own study plots are drawn by harness.sweep). matplotlib's Agg backend: no
+display needed."""
 from __future__ import annotations
 
 import math
@@ -8,17 +9,17 @@ from pathlib import Path
 from harness.stats import format_p
 
 
-def _plt():
+def pyplot():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 
 
-def _save(fig, out_dir: Path, name: str) -> str:
+def save(fig, out_dir: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(Path(out_dir) / name, dpi=100)
-    _plt().close(fig)
+    pyplot().close(fig)
     return name
 
 
@@ -29,7 +30,7 @@ def loss_curves(curves: dict[str, dict[str, list]], out_dir: Path,
     panels = [k for k in ("loss", "eval_loss") if any(c.get(k) for c in curves.values())]
     if not panels:
         return None
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
     for ax, key in zip(axes[0], panels):
         for label, c in curves.items():
@@ -41,7 +42,7 @@ def loss_curves(curves: dict[str, dict[str, list]], out_dir: Path,
         ax.grid(alpha=0.3)
     if len(curves) <= 12:
         axes[0][-1].legend(fontsize=8)
-    return _save(fig, out_dir, name)
+    return save(fig, out_dir, name)
 
 
 def before_after(comparison: dict, out_dir: Path, name: str = "before_after.png") -> str | None:
@@ -50,7 +51,7 @@ def before_after(comparison: dict, out_dir: Path, name: str = "before_after.png"
     keys = list(comparison.get("after", {}))
     if not keys:
         return None
-    plt = _plt()
+    plt = pyplot()
     cols = min(4, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
@@ -71,29 +72,4 @@ def before_after(comparison: dict, out_dir: Path, name: str = "before_after.png"
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(keys):]:
         ax.axis("off")
-    return _save(fig, out_dir, name)
-
-
-def study_plots(study, out_dir: Path) -> list[str]:
-    """Optuna's matplotlib plots: optimization history, parameter importances, parallel
-    coordinates (each only when the study has what it needs)."""
-    plt = _plt()
-    import optuna
-    from optuna.visualization import matplotlib as ovm
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    wanted = [("optimization_history.png", ovm.plot_optimization_history, 1),
-              ("param_importances.png", ovm.plot_param_importances, 2),
-              ("parallel_coordinate.png", ovm.plot_parallel_coordinate, 2)]
-    made = []
-    for name, plot, needs in wanted:
-        if len(done) < needs:
-            continue
-        try:
-            ax = plot(study)
-        except (ValueError, RuntimeError):  # e.g. importances when no parameter varies
-            continue
-        fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
-        fig.set_size_inches(8, 5)
-        made.append(_save(fig, out_dir, name))
-    plt.close("all")
-    return made
+    return save(fig, out_dir, name)

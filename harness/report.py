@@ -1,13 +1,14 @@
 """Markdown reports from what tracking and evaluation return: reports/<name>/report.md."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import yaml
 
 from harness import plots, timing
-from harness.evaluation import SetResult
+from harness.evaluation import SetResult, results_from_json
 from harness.stats import format_p
 from harness.recipe import Recipe
 
@@ -117,26 +118,41 @@ def time_table(times: dict[str, float]) -> list[str]:
                                                 timing.rows(times)), ""]
 
 
-def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] = (),
-                times: dict[str, float] | None = None) -> Path:
-    from harness import run
+@dataclass
+class TrialRow:
+    """One trial of a study as a report reads it (harness.sweep.summary makes them)."""
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, ...
+    params: dict
+    after: dict  # the after/ metrics, flat keys
+    run_id: str  # its MLflow run
+    times: dict  # seconds per phase
+
+
+@dataclass
+class SweepSummary:
+    name: str  # the study's
+    best: TrialRow
+    best_value: float
+    trials: list[TrialRow]
+
+
+def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
+                images: list[str] = (), times: dict[str, float] | None = None) -> Path:
     key = recipe.sweep.objective
-    best = study.best_trial
-    extra = sorted(k for k in best.user_attrs.get("after", {}) if k != key)
+    best = study.best
+    extra = sorted(k for k in best.after if k != key)
     rows = []
-    for t in study.get_trials(deepcopy=False):
-        after = t.user_attrs.get("after", {})
+    for t in study.trials:
         # a pruned trial's value is its last intermediate report, not the objective
-        rows.append([t.number, t.state.name, *[t.params.get(p, "") for p in best.params],
-                     after.get(key, ""), *[after.get(k, "") for k in extra],
-                     t.user_attrs.get("mlflow_run_id", "")])
-    out = report_dir(recipe, study.study_name)
-    curves = {f"trial {t.number}" + ("" if t.state.name == "COMPLETE" else f" ({t.state.name})"):
-              tracker.curves(t.user_attrs.get("mlflow_run_id", ""))
-              for t in study.get_trials(deepcopy=False)}
+        rows.append([t.number, t.state, *[t.params.get(p, "") for p in best.params],
+                     t.after.get(key, ""), *[t.after.get(k, "") for k in extra], t.run_id])
+    out = report_dir(recipe, study.name)
+    curves = {f"trial {t.number}" + ("" if t.state == "COMPLETE" else f" ({t.state})"):
+              tracker.curves(t.run_id) for t in study.trials}
     body = ["## Best trial", "",
-            f"Trial {best.number}: **{key} = {best.value:.4g}** ({recipe.sweep.direction}), "
-            f"MLflow run `{best.user_attrs.get('mlflow_run_id', '')}` in experiment "
+            f"Trial {best.number}: **{key} = {study.best_value:.4g}** "
+            f"({recipe.sweep.direction}), MLflow run `{best.run_id}` in experiment "
             f"`{tracker.experiment}` ({tracker.uri}).", "",
             table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
@@ -144,22 +160,22 @@ def write_sweep(recipe: Recipe, study, before: dict, tracker, images: list[str] 
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))
     body += time_table(times or {})
     trial_times: dict[str, float] = {}
-    for t in study.get_trials(deepcopy=False):
-        for k, v in t.user_attrs.get("times", {}).items():
+    for t in study.trials:
+        for k, v in t.times.items():
             trial_times[k] = trial_times.get(k, 0.0) + v
     if trial_times:  # workers' trials too, which ran in other processes
         body += ["Finished trials, summed over trials:", "",
                  table(["phase", "seconds", "share"], timing.rows(trial_times)), ""]
     if images:
         body += ["## Study", ""] + [line for i in images for line in _image(i)]
-    saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
+    saved = tracker.load_json(best.run_id, "eval/results.json")
     if saved:
-        after = run.results_from_json(saved["after"])
+        after = results_from_json(saved["after"])
         body += ["## Before / after (best trial)", "", before_after(saved["comparison"]), "",
                  *_image(plots.before_after(saved["comparison"], out)),
                  "## Fixed and broken (best trial)", "", changed(before, saved["comparison"]), "",
                  "## Examples (best trial)", "", examples(before, after)]
-    return _write(recipe, study.study_name, body)
+    return _write(recipe, study.name, body)
 
 
 def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None = None) -> Path:

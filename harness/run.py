@@ -190,20 +190,14 @@ def as_trials_are(prep: Prepared, model):
     return model
 
 
-def results_to_json(results: dict) -> dict:
-    return {k: dataclasses.asdict(v) for k, v in results.items()}
-
-
-def results_from_json(d: dict) -> dict:
-    return {k: evaluation.SetResult(**v) for k, v in d.items()}
-
-
 def start_to_json(prep: Prepared) -> dict:
-    return {"before": results_to_json(prep.before), "base": results_to_json(prep.base)}
+    return {"before": evaluation.results_to_json(prep.before),
+            "base": evaluation.results_to_json(prep.base)}
 
 
 def start_from_json(prep: Prepared, d: dict) -> None:
-    prep.before, prep.base = results_from_json(d["before"]), results_from_json(d["base"])
+    prep.before = evaluation.results_from_json(d["before"])
+    prep.base = evaluation.results_from_json(d["base"])
 
 
 @dataclass
@@ -364,8 +358,8 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
         for name, res in after.items():
             tracker.log_table(evaluation.paired_rows(prep.before[name], res),
                               f"eval/{name}_examples.json")
-        tracker.log_dict({"comparison": comparison, "after": results_to_json(after),
-                          "before": results_to_json(prep.before)}, "eval/results.json")
+        tracker.log_dict({"comparison": comparison, "after": evaluation.results_to_json(after),
+                          "before": evaluation.results_to_json(prep.before)}, "eval/results.json")
         outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics)
         del model, result
         gc.collect()

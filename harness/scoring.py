@@ -58,7 +58,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
             tracker.log_metrics(evaluation.flat_metrics(results["after"]))
             for name, res in results["after"].items():
                 tracker.log_table(res.examples, f"eval/{name}_examples.json")
-        tracker.log_dict({k: run.results_to_json(v) for k, v in results.items()},
+        tracker.log_dict({k: evaluation.results_to_json(v) for k, v in results.items()},
                          "eval/results.json")
         times = timing.CLOCK.totals()
         tracker.log_metrics(timing.metrics(times))

@@ -1,4 +1,5 @@
-"""The Optuna study: space, sampler, storage, resume; one nested MLflow run per trial."""
+"""The Optuna study: space, sampler, storage, resume, one nested MLflow run per trial; Optuna's
+plots and the study's summary the report reads."""
 from __future__ import annotations
 
 import math
@@ -155,9 +156,8 @@ def repair_killed_runs(study, tracker) -> None:
     import optuna
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
         run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id and tracker.client.get_run(run_id).info.status == "RUNNING":
-            tracker.client.set_tag(run_id, "harness.trial_state", "FAIL")
-            tracker.client.set_terminated(run_id, "KILLED")
+        if run_id:
+            tracker.end_if_running(run_id, "KILLED", {"harness.trial_state": "FAIL"})
 
 
 def sweep_run(study, tracker) -> str | None:
@@ -291,6 +291,53 @@ def _optimize(recipe, space, prep, tracker, study, parent, total) -> None:
         study.optimize(_objective(recipe, space, prep, tracker, study, parent, total),
                        timeout=space.timeout_s, callbacks=[_stop_at(total)],
                        catch=(TrainingFault,))
+
+
+def study_plots(study, out_dir) -> list[str]:
+    """Optuna's matplotlib plots: optimization history, parameter importances, parallel
+    coordinates (each only when the study has what it needs)."""
+    plt = plots.pyplot()
+    import optuna
+    from optuna.visualization import matplotlib as ovm
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    wanted = [("optimization_history.png", ovm.plot_optimization_history, 1),
+              ("param_importances.png", ovm.plot_param_importances, 2),
+              ("parallel_coordinate.png", ovm.plot_parallel_coordinate, 2)]
+    made = []
+    for name, plot, needs in wanted:
+        if len(done) < needs:
+            continue
+        try:
+            ax = plot(study)
+        except (ValueError, RuntimeError):  # e.g. importances when no parameter varies
+            continue
+        fig = (ax if hasattr(ax, "figure") else ax.flat[0]).figure
+        fig.set_size_inches(8, 5)
+        made.append(plots.save(fig, out_dir, name))
+    plt.close("all")
+    return made
+
+
+def summary(study):
+    """The study as the report reads it: plain rows, no Optuna objects."""
+    from harness import report
+    rows = [report.TrialRow(t.number, t.state.name, dict(t.params),
+                            dict(t.user_attrs.get("after", {})),
+                            t.user_attrs.get("mlflow_run_id", ""), dict(t.user_attrs.get("times", {})))
+            for t in study.get_trials(deepcopy=False)]
+    best = study.best_trial
+    return report.SweepSummary(study.study_name, next(r for r in rows if r.number == best.number),
+                               best.value, rows)
+
+
+def summarize(recipe: Recipe, name: str) -> tuple:
+    """A logged study (`harness report`), from the recipe's storage: its summary and plots."""
+    import optuna
+
+    from harness import report
+    study = optuna.load_study(study_name=name, storage=stores.open_storage(
+        recipe.sweep.storage or DEFAULT_STORAGE))
+    return summary(study), study_plots(study, report.report_dir(recipe, name))
 
 
 def check_parallel(recipe: Recipe, tracker) -> None:
@@ -445,8 +492,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
         times = timing.command_times()  # for the report; time/other is logged after it
         tracker.log_metrics(timing.metrics({k: v for k, v in times.items() if k != "other"}))
         with phase("writing the sweep report"), timing.timed("report"):
-            images = plots.study_plots(study, report.report_dir(recipe, name))
-            path = report.write_sweep(recipe, study, prep.before, tracker, images, times)
+            images = study_plots(study, report.report_dir(recipe, name))
+            path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times)
             tracker.log_artifacts(str(path.parent), "report")
         tracker.log_metrics(timing.closing_metrics())
         run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")

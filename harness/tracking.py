@@ -11,6 +11,7 @@ import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.recipe import Recipe, map_strings
@@ -48,16 +49,78 @@ def flatten(d: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-class Tracker:
-    def __init__(self, recipe: Recipe):
+@dataclass
+class RunView:
+    """A logged run as the other rooms read it: plain values, no MLflow types."""
+    run_id: str
+    name: str
+    status: str
+    tags: dict
+    metrics: dict
+    params: dict
+
+
+class Reader:
+    """Logged runs read back from the store at `uri`; no experiment needed (rerun, export and
+    report start from a run id)."""
+
+    def __init__(self, uri: str):
         import mlflow
         self.mlflow = mlflow
+        self.client = mlflow.MlflowClient(uri)
+        self._store_uri = uri
+
+    def read_run(self, run_id: str) -> RunView | None:
+        """The run, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return RunView(run.info.run_id, run.info.run_name, run.info.status,
+                       dict(run.data.tags), dict(run.data.metrics), dict(run.data.params))
+
+    def artifact_text(self, run_id: str, path: str) -> str | None:
+        """A run's artifact as text, or None when it has none at `path`."""
+        from mlflow.exceptions import MlflowException
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                local = self.mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=d, tracking_uri=self._store_uri)
+                return Path(local).read_text()
+        except (MlflowException, OSError):
+            return None
+
+    def register(self, run_id: str, folder: str, name: str) -> str:
+        """Log `folder` to the run as exported_model/ and make it a new version of registered
+        model `name` (created when new); the run's after/, delta/ and before/ metrics become
+        the version's tags. Returns the version."""
+        from mlflow.exceptions import MlflowException
+        client = self.client
+        client.log_artifacts(run_id, folder, "exported_model")
+        try:
+            client.create_registered_model(name)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        source = f"{client.get_run(run_id).info.artifact_uri}/exported_model"
+        mv = client.create_model_version(name, source, run_id=run_id)
+        for k, v in client.get_run(run_id).data.metrics.items():
+            if k.startswith(("after/", "delta/", "before/")):
+                client.set_model_version_tag(name, mv.version, k, f"{v:.6g}")
+        client.set_model_version_tag(name, mv.version, "harness.run_id", run_id)
+        return str(mv.version)
+
+
+class Tracker(Reader):
+    def __init__(self, recipe: Recipe):
+        import mlflow
         uri = recipe.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
         if uri:
             mlflow.set_tracking_uri(uri)
+        super().__init__(mlflow.get_tracking_uri())
         self.experiment = recipe.tracking.experiment or recipe.name
         exp = mlflow.set_experiment(self.experiment)
-        self.client = mlflow.MlflowClient()
         if exp.tags.get("mlflow.experimentKind") is None:  # the UI opens on training runs
             self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind",
                                            "custom_model_development")
@@ -211,11 +274,18 @@ class Tracker:
 
     def run_params(self, run_id: str) -> dict | None:
         """A run's params, or None when the store has no such run."""
-        from mlflow.exceptions import MlflowException
-        try:
-            return self.client.get_run(run_id).data.params
-        except MlflowException:
-            return None
+        run = self.read_run(run_id)
+        return run.params if run else None
+
+    def end_if_running(self, run_id: str, status: str, tags: dict) -> bool:
+        """End a run its dead process left RUNNING, with `tags` saying why."""
+        run = self.read_run(run_id)
+        if run is None or run.status != "RUNNING":
+            return False
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, redact(str(v)))
+        self.client.set_terminated(run_id, status)
+        return True
 
     def _has_artifact(self, run_id: str, path: str) -> bool:
         return bool(self.client.list_artifacts(run_id, path))

@@ -35,12 +35,17 @@ class TrainerKind:
     reuses_prepared: bool = False
 
     def config_cls(self):
-        mod, _, cls = self.config_class.partition(":")
-        return getattr(importlib.import_module(mod), cls)
+        return _load(self.config_class)
 
     def trainer_cls(self):
-        mod, _, cls = self.trainer_class.partition(":")
-        return getattr(importlib.import_module(mod), cls)
+        return _load(self.trainer_class)
+
+
+def _load(ref: str):
+    """'module:Class', imported when first needed (importing trl takes seconds)."""
+    import trl  # noqa: F401 - the trainers' package; named here so the import graph shows it
+    mod, _, cls = ref.partition(":")
+    return getattr(importlib.import_module(mod), cls)
 
 
 TRAINERS: Registry[TrainerKind] = Registry("trainer")
