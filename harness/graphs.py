@@ -39,7 +39,8 @@ def blocker(config, plan, recipe, packed: bool, world_size: int) -> str | None:
         # overwrite the first's before adding itself
         (config.gradient_accumulation_steps > 1, "trainer.gradient_accumulation_steps > 1"),
         (world_size > 1, "data parallel (several processes)"),
-        (config.gradient_checkpointing, "trainer.gradient_checkpointing"),
+        (config.gradient_checkpointing, "trainer.activation_checkpointing"
+         if hasattr(config, "activation_checkpointing") else "trainer.gradient_checkpointing"),
         # its thread pins batches with CUDA calls, which fail a capture running beside them
         (config.dataloader_pin_memory, "trainer.dataloader_pin_memory"),
         (config.neftune_noise_alpha is not None, "trainer.neftune_noise_alpha (NEFTune's hook)"),

@@ -331,12 +331,20 @@ def _expanded_size(node: yaml.Node, limit: int) -> int:
     return memo[id(node)]
 
 
+class _Loader(yaml.SafeLoader):
+    """SafeLoader reading a plain 3e-4 as the number every ML config means (YAML 1.1 wants a
+    dot). A resolver only sees untagged plain scalars: "1e10" or !!str 1e10 stay strings."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
 def safe_load(text: str) -> Any:
-    """yaml.safe_load, bounded in size and in what its aliases expand to. YAML 1.1 (PyYAML)
-    reads 3e-4 as a string; every ML config means the number."""
+    """yaml.safe_load, bounded in size and in what its aliases expand to; plain 3e-4 is a
+    number."""
     if len(text) > MAX_YAML_CHARS:
         raise YAMLTooLarge(f"the file is larger than {MAX_YAML_CHARS:,} characters")
-    loader = yaml.SafeLoader(text)
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -344,8 +352,7 @@ def safe_load(text: str) -> Any:
         if _expanded_size(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
             raise YAMLTooLarge(f"its aliases expand to more than {MAX_YAML_VALUES:,} values "
                                "(an alias bomb?)")
-        data = loader.construct_document(node)
-        return map_strings(data, lambda s: float(s) if _FLOAT.match(s) else s)
+        return loader.construct_document(node)
     except RecursionError:
         raise YAMLTooLarge("nested too deeply, or an alias refers to itself") from None
     finally:

@@ -34,7 +34,7 @@ STORAGES: Registry[StorageKind] = Registry("storage")
 def _rdb(url: str, space: SweepFile):
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
     return RDBStorage(url, heartbeat_interval=space.heartbeat_s, grace_period=space.grace_s,
-                      failed_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
+                      heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1))
 
 
 def _journal(url: str, space: SweepFile):

@@ -227,12 +227,8 @@ def _stop_at(total: int):
 
 
 def _setup():
-    import warnings
-
     import optuna
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # the harness says what trials do
-    # heartbeats and stale-trial repair are marked experimental; they are what resume relies on
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     return optuna
 
 
@@ -323,7 +319,8 @@ def summary(study):
     from harness import report
     rows = [report.TrialRow(t.number, t.state.name, dict(t.params),
                             dict(t.user_attrs.get("after", {})),
-                            t.user_attrs.get("mlflow_run_id", ""), dict(t.user_attrs.get("times", {})))
+                            t.user_attrs.get("mlflow_run_id", ""),
+                            dict(t.user_attrs.get("times", {})))
             for t in study.get_trials(deepcopy=False)]
     best = study.best_trial
     return report.SweepSummary(study.study_name, next(r for r in rows if r.number == best.number),

@@ -149,6 +149,13 @@ def check_device(recipe: Recipe, plan: models.DevicePlan) -> None:
         raise HarnessError("; ".join(bad), file=recipe.source)
 
 
+def checkpointing_key(k: TrainerKind) -> str:
+    """transformers 5.2x renamed gradient_checkpointing to activation_checkpointing (the old
+    name warns); older releases, such as the GPU image's, know only the old one."""
+    return "activation_checkpointing" if "activation_checkpointing" in trainer_fields(k) \
+        else "gradient_checkpointing"
+
+
 def default_field(recipe: Recipe, name: str):
     """A TRL config field's default, from the dataclass (imports trl)."""
     f = {x.name: x for x in fields(kind(recipe).config_cls())}.get(name)
@@ -161,7 +168,7 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
     k = kind(recipe)
     defaults = dict(
         output_dir=output_dir, seed=recipe.seed, bf16=plan.bf16, fp16=plan.dtype == "float16",
-        gradient_checkpointing=plan.gradient_checkpointing, report_to=report_to or "none",
+        report_to=report_to or "none",
         logging_steps=1, save_strategy="no", per_device_train_batch_size=8,
         learning_rate=k.lora_lr if recipe.adapter.type == "lora" else k.full_lr,
         # a pin-memory thread's CUDA calls while a graph is captured make the capture fail
@@ -171,6 +178,9 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         dataloader_num_workers=plan.loader_workers,
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
     )
+    if not {"gradient_checkpointing", "activation_checkpointing"} & set(recipe.trainer):
+        # a default for the other name would override the one the recipe sets
+        defaults[checkpointing_key(k)] = plan.gradient_checkpointing
     if recipe.adapter.type == "lora":
         # transformers searches a PeftModel's graph for unused parameters every DDP step; every
         # LoRA weight gets a gradient, and on a GPU that host-side walk slows each step
@@ -358,7 +368,8 @@ def faults(recipe: Recipe, output_dir: str):
         torch.cuda.empty_cache()  # so the next trial of a sweep starts with the memory back
         raise TrainingFault(f"out of GPU memory at step {step}: lower "
                             "trainer.per_device_train_batch_size or trainer.max_length, or set "
-                            "trainer.gradient_checkpointing: true or model.quantization: 4bit",
+                            f"trainer.{checkpointing_key(kind(recipe))}: true or "
+                            "model.quantization: 4bit",
                             file=recipe.source, key="trainer") from None
     except Exception as e:
         # a full disk comes as OSError, torch.save's RuntimeError ('file write failed') or

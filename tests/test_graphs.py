@@ -47,7 +47,7 @@ def _gpu_plan(cpu_plan):
     ({}, None),
     ({"trainer.gradient_accumulation_steps": 2}, "gradient_accumulation_steps"),
     ({"trainer.neftune_noise_alpha": 5.0}, "neftune"),
-    ({"trainer.gradient_checkpointing": True}, "gradient_checkpointing"),
+    ({"trainer.activation_checkpointing": True}, "activation_checkpointing"),
     ({"trainer.dataloader_pin_memory": True}, "dataloader_pin_memory"),
     ({"trainer.pad_to_multiple_of": None}, "pad_to_multiple_of is unset"),
     ({"trainer.packing": False}, "not padding-free packed"),

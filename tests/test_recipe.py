@@ -113,3 +113,11 @@ def test_shipped_recipes_validate(path, monkeypatch):
     run.check(r)
     if r.sweep.space:
         sweep.load_space(r)
+
+
+def test_plain_exponents_are_numbers_and_quoted_ones_stay_strings():
+    data = recipe.safe_load('lr: 3e-4\nname: "1e10"\ntag: !!str 2e5\nrows: [1e3, "4e2"]\n'
+                            "neg: -2E+3\nword: 1e\n")
+    assert data == {"lr": 3e-4, "name": "1e10", "tag": "2e5", "rows": [1000.0, "4e2"],
+                    "neg": -2000.0, "word": "1e"}
+    assert recipe.parse_value("5e-5") == 5e-5  # --set trainer.learning_rate=5e-5
