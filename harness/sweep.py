@@ -79,7 +79,15 @@ def pruning_callback(trial, spec: PrunerSpec, prep, key: str, direction: str, tr
     class Pruning(TrainerCallback):
         pruned = False
 
+        def __init__(self):
+            self.reported: set[int] = set()
+
         def _report(self, value, step: int, control) -> None:
+            # the evaluation after training comes at the last step again: Optuna keeps the
+            # first value of a step and warns about the second
+            if step in self.reported:
+                return
+            self.reported.add(step)
             if trial is not None:
                 trial.report(value, step)
                 tracker.log_metrics({"intermediate/value": value}, step=step)

@@ -19,6 +19,8 @@ def pytest_configure(config):
     from harness.cli import KNOWN_WARNINGS
     for category in ("DeprecationWarning", "FutureWarning"):
         config.addinivalue_line("filterwarnings", f"error::{category}:{OURS}")
+    # a pruner reports each step once (the evaluation after training repeats the last step)
+    config.addinivalue_line("filterwarnings", "error:The reported value is ignored:UserWarning")
     for message, category in KNOWN_WARNINGS:  # added later: they take precedence
         config.addinivalue_line("filterwarnings",
                                 f"ignore:{message}:{category.__module__}.{category.__qualname__}")
