@@ -24,9 +24,14 @@ KNOWN_WARNINGS = (
     (r"Target and region quantiles select the same set of trials", UserWarning),
     # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` (peft_model.py)
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
-    # MLflow 3.17: its SQL store (SQLAlchemy's `noload`) and its dataset logging (pandas)
+    # MLflow 3.17: its SQL store (SQLAlchemy's `noload`), its dataset digests (pandas), and its
+    # dataset-source registry, which holds the local-file source twice (so every local golden
+    # set is "ambiguous")
     (r"The ``noload`` loader strategy is deprecated", DeprecationWarning),
     (r"For backward compatibility, 'str' dtypes are included by select_dtypes", DeprecationWarning),
+    (r"Starting with pandas version 4.0 all arguments of all will be keyword-only",
+     DeprecationWarning),
+    (r"The specified dataset source can be interpreted in multiple ways", UserWarning),
 )
 
 

@@ -214,18 +214,14 @@ class Tracker(Reader):
     def log_inputs(self, train_ds, source: str, goldens) -> None:
         """The training rows and each golden set as MLflow dataset inputs (name, digest, context),
         so the UI's Datasets column shows what a run saw."""
-        import warnings
-
         import pandas as pd
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            self._log_input(self.mlflow.data.from_huggingface(train_ds, path=redact(source),
-                                                              name="train"), "training")
-            for g in goldens:
-                frame = pd.DataFrame({"prompt": g.prompts, "reference": g.references or
-                                      [""] * len(g.prompts)})
-                self._log_input(self.mlflow.data.from_pandas(frame, source=g.path, name=g.name),
-                                "evaluation")
+        self._log_input(self.mlflow.data.from_huggingface(train_ds, path=redact(source),
+                                                          name="train"), "training")
+        for g in goldens:
+            frame = pd.DataFrame({"prompt": g.prompts, "reference": g.references or
+                                  [""] * len(g.prompts)})
+            self._log_input(self.mlflow.data.from_pandas(frame, source=g.path, name=g.name),
+                            "evaluation")
 
     def _log_input(self, dataset, context: str, attempts: int = 4) -> None:
         """mlflow.log_input, tried again when it fails. MLflow's SQL store gets-or-creates a
