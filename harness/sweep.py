@@ -223,15 +223,11 @@ def finished(study) -> list:
 
 def _stop_at(total: int):
     """Stop a worker once finished + running trials reach `total`, so parallel workers share
-    one budget without overshooting it (Optuna's MaxTrialsCallback, counting running ones)."""
+    one budget without overshooting it: Optuna's MaxTrialsCallback, counting running ones."""
     import optuna
-    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-              optuna.trial.TrialState.RUNNING)
-
-    def callback(study, trial):
-        if len(study.get_trials(deepcopy=False, states=states)) >= total:
-            study.stop()
-    return callback
+    state = optuna.trial.TrialState
+    return optuna.study.MaxTrialsCallback(total, states=(state.COMPLETE, state.PRUNED,
+                                                         state.RUNNING))
 
 
 def _setup():
