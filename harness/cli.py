@@ -18,8 +18,9 @@ EXIT_BAD_INPUT = 2
 #: allow exactly these (tests/conftest.py), where every other DeprecationWarning or FutureWarning
 #: from transformers, TRL, peft, Optuna, MLflow or the harness is an error.
 KNOWN_WARNINGS = (
-    # Optuna marks heartbeats (resume relies on them) and its matplotlib plots experimental
-    (r".*is experimental", Warning),
+    # Optuna marks heartbeats (resume relies on them) and its matplotlib plots experimental:
+    # "Argument ``heartbeat_interval`` is an experimental feature", "... is experimental"
+    (r".* is (an )?experimental", Warning),
     # with few trials, Optuna's importance plot cannot tell the parameters apart; it shows so
     (r"Target and region quantiles select the same set of trials", UserWarning),
     # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` (peft_model.py)

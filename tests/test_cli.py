@@ -110,3 +110,13 @@ def test_an_unexpected_error_is_one_line_a_crash_log_and_a_failed_run(recipe_dic
     assert run.data.tags["harness.error"] == "RuntimeError: comparison exploded"
     logged = Path(client.download_artifacts(run.info.run_id, "crash.log", str(tmp_path)))
     assert "in boom" in logged.read_text()
+
+
+def test_a_sweep_prints_no_library_warnings(recipe_dict, write_recipe):
+    """Warnings are not muted, so the ones the harness knows not to be the user's
+    (harness.cli.KNOWN_WARNINGS: Optuna's experimental heartbeats, MLflow's own deprecations)
+    must be the only ones a sweep meets."""
+    out = harness("sweep", write_recipe(recipe_dict), "--n-trials", "2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    said = [x for x in out.stderr.splitlines() if "Warning" in x]
+    assert not said, said
