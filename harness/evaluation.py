@@ -89,11 +89,10 @@ def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
     prompt lengths are padded to multiples of 64 and every batch keeps the same size, so a
     handful of shapes are compiled once and then replayed (compiled_decoding says when)."""
     import torch
-    static = static_cache
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
     out: list[str] = [""] * len(texts)
-    extra = {"cache_implementation": "static"} if static else {}
+    extra = {"cache_implementation": "static"} if static_cache else {}
     # equal batches (520 prompts at most 256 a batch: 3 of 174, not 256 + 256 + 8)
     n_batches = -(-len(texts) // batch_size) if texts else 1
     size = -(-len(texts) // n_batches) if texts else batch_size
@@ -101,10 +100,10 @@ def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
     try:
         for idx in _batches(order, size):
             batch = [texts[i] for i in idx]
-            if static:  # a short last batch would be a new shape to compile: fill it up
+            if static_cache:  # a short last batch would be a new shape to compile: fill it up
                 batch += [batch[-1]] * (size - len(batch))
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False,
-                      pad_to_multiple_of=64 if static else None).to(model.device)
+                      pad_to_multiple_of=64 if static_cache else None).to(model.device)
             with torch.inference_mode():
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      temperature=None, top_p=None, top_k=None,

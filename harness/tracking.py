@@ -250,16 +250,9 @@ class Tracker(Reader):
         return runs[0].info.run_id if runs else None
 
     def load_json(self, run_id: str, path: str) -> dict | None:
-        from mlflow.exceptions import MlflowException
-        if not run_id:
-            return None
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                local = self.mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=path,
-                                                                 dst_path=d)
-                return json.loads(Path(local).read_text())
-        except (MlflowException, OSError):  # no such artifact: the caller computes it
-            return None
+        """A run's JSON artifact, or None (no such artifact: the caller computes it)."""
+        text = self.artifact_text(run_id, path) if run_id else None
+        return json.loads(text) if text is not None else None
 
     def curves(self, run_id: str, keys=("loss", "eval_loss")) -> dict[str, list]:
         """Metric histories as (step, value) lists, for the loss plots."""
