@@ -6,8 +6,8 @@ Workload (issue 17): the first 4,000 GSM8K train rows as chat, SmolLM2-135M's sh
 weights, LoRA r=16 on all linear layers, 1 epoch, a grid over N learning rates (N trials),
 golden sets math (40, 64 new tokens) and general_knowledge (40, 16 new tokens) scored on the
 base and after every trial. Each arm is one process, timed from its start to its exit, as a
-user waits for it; a throw-away process imports the libraries first, so neither arm pays for
-writing their bytecode.
+user waits for it; bytecode and matplotlib's font cache are written before either arm starts
+(warm_up), as any install has them after its first run.
 
 Prints, per arm: wall, training, scoring and other seconds and the ratio to the peer. For the
 harness, training is its `train` phase (trainer, data, CUDA graphs and TRL's steps) and TRL's
@@ -38,6 +38,7 @@ from harness import timing
 LRS = [1e-4, 2e-4, 5e-5, 3e-4, 1.5e-4, 4e-4, 7e-5, 2.5e-4]
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "harness" / "assets" / "goldensets"
 SCORING = ("score_before", "score_after", "score_pruner")
+PROFILE: Path | None = None  # --profile DIR: the harness arms run under cProfile, files there
 
 
 def timed_process(argv: list[str], env: dict | None = None) -> tuple[float, str, str]:
@@ -48,6 +49,22 @@ def timed_process(argv: list[str], env: dict | None = None) -> tuple[float, str,
         print(p.stdout[-3000:], p.stderr[-6000:], sep="\n")
         sys.exit(f"{argv[:3]}: exit {p.returncode}")
     return wall, p.stdout, p.stderr
+
+
+def warm_up() -> None:
+    """What a machine's first Python run of these libraries writes once, done before either arm
+    is timed: bytecode for every installed module (the GPU image ships its packages without it,
+    and the first process that imports torch._dynamo compiled ~2,400 files, ~8 s) and
+    matplotlib's font cache (~12 s). A user's own install has both after its first run."""
+    import site
+    import sysconfig
+    folders = {sysconfig.get_path("purelib"), *site.getsitepackages(),
+               *os.environ.get("PYTHONPATH", "").split(os.pathsep)} - {""}
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "0",
+                    *sorted(f for f in folders if Path(f).is_dir())], capture_output=True)
+    timed_process([sys.executable, "-c", "import matplotlib.font_manager"])
+    print(f"warm-up (bytecode, font cache): {time.perf_counter() - t:.1f} s, not timed", flush=True)
 
 
 def peer(model: str, shared: str, lrs: list[float], rows: int, root: Path) -> dict:
@@ -85,8 +102,12 @@ def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, ro
     d.update(output_dir=str(root / "out"), reports_dir=str(root / "reports"))
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(d))
-    wall, _, err = timed_process([sys.executable, "-m", "harness", "sweep", str(path)], env)
-    said = [x for x in err.splitlines() if x.startswith("[harness]")]
+    said: list[str] = []
+    prof = ["-m", "cProfile", "-o", str(PROFILE / f"{label}.prof")] if PROFILE else []
+    wall, _, err = timed_process([sys.executable, *prof, "-m", "harness", "sweep", str(path)], env)
+    if PROFILE:
+        said += profile_lines(PROFILE / f"{label}.prof")
+    said += [x for x in err.splitlines() if x.startswith("[harness]")]
     imports = sorted((x.split("|") for x in err.splitlines() if x.startswith("import time:")
                       and "cumulative" not in x), key=lambda f: -int(f[1]))
     said += [f"import {f[2].rstrip()}: {int(f[1]) / 1e6:.2f} s cumulative" for f in imports[:25]]
@@ -112,6 +133,17 @@ def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, ro
             "said": said}
 
 
+def profile_lines(path: Path) -> list[str]:
+    """The profile's heaviest calls, by cumulative and by own time."""
+    import io
+    import pstats
+    out = io.StringIO()
+    stats = pstats.Stats(str(path), stream=out)
+    stats.sort_stats("cumulative").print_stats(70)
+    stats.sort_stats("tottime").print_stats(30)
+    return ["profile: " + x for x in out.getvalue().splitlines() if x.strip()]
+
+
 def agreement(a: dict, b: dict) -> str:
     parts = []
     for name, preds in a["predictions"].items():
@@ -133,16 +165,17 @@ def main() -> None:
     ap.add_argument("--no-warm", action="store_true", help="--compiled: the cold arm only")
     ap.add_argument("--why", action="store_true", help="the harness arms print their slowest "
                     "imports (python -X importtime) and why torch.compile recompiled")
+    ap.add_argument("--profile", metavar="DIR", help="the harness arms run under cProfile, "
+                    "print their heaviest calls and leave <arm>.prof in DIR")
     args = ap.parse_args()
+    global PROFILE
+    PROFILE = Path(args.profile) if args.profile else None
     shared = str(Path(args.shared).resolve())
     lrs = LRS[:args.trials]
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         model = random_model(f"{shared}/anchors/smollm2-135m", f"{d}/model")
-        # bytecode for every library, written once before either arm is timed
-        timed_process([sys.executable, "-c", "import torch, transformers, trl, peft, mlflow, "
-                       "optuna, datasets, harness.cli; import mlflow.store.tracking."
-                       "sqlalchemy_store"])
+        warm_up()
         arms = [] if args.no_peer else [peer(model, shared, lrs, args.rows, root / "peer")]
         why = {"PYTHONPROFILEIMPORTTIME": "1", "TORCH_LOGS": "recompiles"} if args.why else {}
         if not args.no_eager:

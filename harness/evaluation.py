@@ -208,10 +208,13 @@ def metric_names(manifest, task: str) -> list[str]:
 def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
                  max_new_tokens: int | None = None, task: str = "causal-lm",
                  compiled: bool = False) -> SetResult:
+    import contextlib
+
     from harness import attention
     was_training = model.training
     model.eval()
-    with attention.own_attention(model):  # scored mid-training: a pruner's golden slice
+    kernels = contextlib.nullcontext() if compiled else attention.scoring_kernels(model)
+    with attention.own_attention(model), kernels:  # own: a pruner's slice, mid-training
         columns, examples = _columns(model, tok, gs, batch_size, max_new_tokens, task, compiled)
     values, args = {}, {}
     for name in metric_names(gs.manifest, task):

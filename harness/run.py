@@ -103,7 +103,16 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int 
     from harness.errors import located
     with located(recipe.source), phase("loading the model, data and golden sets"), \
             timing.timed("data"):
-        return _prepare(recipe, tracker, with_data, scorings)
+        prep = _prepare(recipe, tracker, with_data, scorings)
+    if not gc.isenabled():
+        # The CLI kept the collector off through set-up (harness.cli.main). What is alive now
+        # (libraries, tokenizer, rows, golden sets; no model yet) lives as long as the command:
+        # frozen, the full collection after each trial (which returns a model's memory) scans
+        # only what came after, not the millions of objects of torch and transformers.
+        gc.enable()
+        gc.collect()
+        gc.freeze()
+    return prep
 
 
 def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int) -> Prepared:
@@ -349,7 +358,10 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
             tracker.log_artifacts(adapter_dir, "adapter")
         say(f"{run_name}: scoring the tuned model")
         with phase(f"scoring {run_name}"), timing.timed("score_after"):
-            after = evaluate(prep, result.model)
+            # compiled decoding keeps the adapter: its one compile serves the unmerged structure
+            scored = result.model if prep.compiled else models.merged_for_scoring(
+                result.model, recipe.model, prep.plan)
+            after = evaluate(prep, scored)
             comparison = evaluation.compare(prep.before, after)
         if prep.base:
             comparison["base"] = evaluation.flat_metrics(prep.base)

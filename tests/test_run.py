@@ -77,6 +77,39 @@ def test_the_base_scored_inside_a_zero_adapter_gives_the_base_outputs_exactly(re
         assert res.metrics == scored[name].metrics
 
 
+def test_a_trained_adapter_is_merged_for_scoring_on_a_gpu_only(recipe_dict):
+    """On a GPU the tuned model is scored with its adapter merged (one matmul a layer, not
+    three); on a CPU it stays as trained, so CPU results are exactly the adapter's. The merged
+    model scores as the adapter does (run here on the CPU, where fp32 rounding is tiny)."""
+    import dataclasses
+
+    import torch
+    from peft import get_peft_model
+
+    from harness import models
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 12})
+    prep = run.prepare(r, with_data=False)
+    torch.manual_seed(1)
+    tuned = get_peft_model(prep.load_model(), models.lora_config(r.adapter))
+    for name, p in tuned.named_parameters():
+        if "lora_B" in name:  # a trained adapter: B is no longer zero
+            torch.nn.init.normal_(p, std=0.05)
+    layers = [m for m in tuned.modules() if hasattr(m, "merged")]
+    plain = run.evaluate(prep, tuned)
+    assert models.merged_for_scoring(tuned, r.model, prep.plan) is tuned
+    assert not any(m.merged for m in layers)  # CPU plan: as trained
+    gpu = dataclasses.replace(prep.plan, device="cuda")
+    merged = run.evaluate(prep, models.merged_for_scoring(tuned, r.model, gpu))
+    assert layers and all(m.merged for m in layers)
+    for name, res in plain.items():
+        assert res.columns["predictions"] == merged[name].columns["predictions"]
+        assert res.columns["nll"] == pytest.approx(merged[name].columns["nll"], rel=1e-4)
+    bnb = r.model.model_copy(update={"quantization": "4bit"})
+    fresh = get_peft_model(prep.load_model(), models.lora_config(r.adapter))
+    assert not any(m.merged for m in models.merged_for_scoring(fresh, bnb, gpu).modules()
+                   if hasattr(m, "merged"))
+
+
 def test_compiled_decoding_is_refused_on_a_cpu(recipe_dict):
     from harness.errors import HarnessError
     r = recipe.build(recipe_dict, "t.yaml", {"eval.decoding": "compiled"})

@@ -83,3 +83,32 @@ def test_workers_logging_the_same_new_dataset_at_once_both_succeed(recipe_dict, 
     assert all({i.dataset.name for i in r.inputs.dataset_inputs} == {
         "train", f"gs{r.info.run_name.split('-')[0][1:]}"} for r in runs)
     mlflow.set_tracking_uri(None)
+
+
+def test_rows_logged_into_every_trial_are_described_once(recipe_dict, monkeypatch):
+    """A sweep logs the same training rows and golden sets into each trial: MLflow infers their
+    schema and digest once (seconds for thousands of rows), and every run carries the inputs."""
+    from types import SimpleNamespace
+
+    import datasets
+    import mlflow
+    tracker = Tracker(recipe.build(recipe_dict, "t.yaml"))
+    built = []
+    real = mlflow.data.from_huggingface
+    monkeypatch.setattr(mlflow.data, "from_huggingface",
+                        lambda *a, **k: built.append(1) or real(*a, **k))
+    train = datasets.Dataset.from_list([{"text": f"row {i}"} for i in range(50)])
+    goldens = [SimpleNamespace(name="gs", path="gs.yaml", prompts=["q"], references=["a"])]
+    ids = []
+    for i in range(3):
+        with tracker.run(f"trial-{i}") as run_id:
+            tracker.log_inputs(train, "rows.jsonl", goldens)
+            ids.append(run_id)
+    other = datasets.Dataset.from_list([{"text": "another"}])
+    with tracker.run("other"):
+        tracker.log_inputs(other, "other.jsonl", goldens)
+    assert len(built) == 2  # once for `train`, once for `other`
+    digests = [{i.dataset.name: i.dataset.digest for i in
+                tracker.client.get_run(r).inputs.dataset_inputs} for r in ids]
+    assert digests[0].keys() == {"train", "gs"} and digests == [digests[0]] * 3
+    mlflow.set_tracking_uri(None)
