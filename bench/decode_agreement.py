@@ -48,12 +48,12 @@ def main() -> None:
             m.eval()
         return m
 
-    def decode(m, kernels) -> tuple[dict, list[float]]:
+    def decode(m, kernels) -> tuple[dict, list[float]]:  # kernels(m): a new context a pass
         out, times = {}, []
         for _ in range(2):  # the first pass pays what a process pays once; the second does not
             torch.cuda.synchronize()
             t = time.perf_counter()
-            with kernels:
+            with kernels(m):
                 for gs in sets:
                     texts = [evaluation.render(tok, evaluation.chat_prompt(tok, p))
                              for p in gs.prompts]
@@ -68,16 +68,16 @@ def main() -> None:
 
     base = build(False)
     # without cuDNN first: its first pass also pays the process's own first CUDA work
-    new, t_new = decode(base, attention.scoring_kernels(base))
-    old, t_old = decode(base, contextlib.nullcontext())
+    new, t_new = decode(base, attention.scoring_kernels)
+    old, t_old = decode(base, lambda m: contextlib.nullcontext())
     print(f"base, SDPA as torch picks it: passes {t_old[0]:.2f} / {t_old[1]:.2f} s; without "
           f"cuDNN: {t_new[0]:.2f} / {t_new[1]:.2f} s; greedy outputs equal: {agree(old, new)}")
     del base
     spec = recipe.ModelSpec(name="random")
     lora = build(True)
-    old, t_old = decode(lora, attention.scoring_kernels(lora))
+    old, t_old = decode(lora, attention.scoring_kernels)
     merged = models.merged_for_scoring(lora, spec, plan)
-    new, t_new = decode(merged, attention.scoring_kernels(merged))
+    new, t_new = decode(merged, attention.scoring_kernels)
     print(f"LoRA unmerged: passes {t_old[0]:.2f} / {t_old[1]:.2f} s; merged: {t_new[0]:.2f} / "
           f"{t_new[1]:.2f} s; greedy outputs equal: {agree(old, new)}")
 
