@@ -104,14 +104,15 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int 
     with located(recipe.source), phase("loading the model, data and golden sets"), \
             timing.timed("data"):
         prep = _prepare(recipe, tracker, with_data, scorings)
-    if not gc.isenabled():
-        # The CLI kept the collector off through set-up (harness.cli.main). What is alive now
-        # (libraries, tokenizer, rows, golden sets; no model yet) lives as long as the command:
-        # frozen, the full collection after each trial (which returns a model's memory) scans
-        # only what came after, not the millions of objects of torch and transformers.
-        gc.enable()
-        gc.collect()
-        gc.freeze()
+        if not gc.isenabled():
+            # The CLI kept the collector off through set-up (harness.cli.main). What is alive
+            # now (libraries, tokenizer, rows, golden sets; no model yet) lives as long as the
+            # command: frozen, the full collection after each trial (which returns a model's
+            # memory) scans only what came after, not the millions of objects of torch and
+            # transformers.
+            gc.enable()
+            gc.collect()
+            gc.freeze()
     return prep
 
 
