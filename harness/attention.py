@@ -100,12 +100,12 @@ def training_attention(model, name: str | None):
         return
     config = model.config
     before = config._attn_implementation
-    config._attn_implementation = register() if name == NAME else name
+    model.set_attn_implementation(register() if name == NAME else name)
     _own[id(config)] = before
     try:
         yield
     finally:
-        config._attn_implementation = before
+        model.set_attn_implementation(before)
         _own.pop(id(config), None)
 
 
@@ -123,11 +123,11 @@ def own_attention(model):
     if now != NAME or id(config) not in _own:
         yield
         return
-    config._attn_implementation = _own[id(config)]
+    model.set_attn_implementation(_own[id(config)])
     try:
         yield
     finally:
-        config._attn_implementation = now
+        model.set_attn_implementation(now)
 
 
 @contextlib.contextmanager

@@ -22,6 +22,8 @@ import math
 import sys
 from collections import Counter
 
+from harness import fences
+
 MAX_SHAPES = 2
 SEQUENCES_MULTIPLE = 64  # sequences a batch, rounded up: one graph covers most batches
 
@@ -32,6 +34,7 @@ def blocker(config, plan, recipe, packed: bool, world_size: int) -> str | None:
     if not plan.cuda_graphs:
         return "off"
     checks = [
+        (fences.why_not("cuda_graphs") is not None, fences.why_not("cuda_graphs")),
         (not packed, "batches are not padding-free packed"),
         (not getattr(config, "pad_to_multiple_of", None),
          "trainer.pad_to_multiple_of is unset, so every batch has a new length"),

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 
+from harness import fences
+
 # classes whose forward is weight * (x * rsqrt(mean(x^2) + variance_epsilon)) in the input dtype
 FUSABLE = ("LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm")
 
@@ -32,6 +34,7 @@ def _fused_forward(module):
 @contextlib.contextmanager
 def fused_norms(model, enabled: bool):
     """Swap the fusable RMSNorm modules of `model` to the fused kernel; yields how many."""
+    enabled = enabled and fences.allowed("fused_norm")
     patched = [m for m in model.modules() if type(m).__name__ in FUSABLE] if enabled else []
     for m in patched:
         m.forward = _fused_forward(m)  # an instance attribute: nn.Module calls it first

@@ -8,6 +8,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import fences
 from harness.errors import HarnessError
 from harness.recipe import AdapterSpec, ModelSpec
 
@@ -160,7 +161,8 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
     result's adapter merged in when `adapter` names one."""
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-    if plan.expandable_segments:  # before the first CUDA allocation; applies to later segments
+    # before the first CUDA allocation; applies to later segments
+    if plan.expandable_segments and fences.allowed("allocator_settings"):
         torch.cuda.memory._set_allocator_settings("expandable_segments:True")
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     path = path or resolve(spec)

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import attention, distributed, graphs, kernels, models
+from harness import attention, distributed, fences, graphs, kernels, models
 from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -266,7 +266,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     use_cache = model.config.use_cache
     blocked = graph_blocker(recipe, config, plan)
     source = (train_ds, eval_ds, tok, PREPARED.key(config))  # before TRL touches the config
-    prepared = PREPARED.get(*source) if k.reuses_prepared else None
+    reuses = k.reuses_prepared and fences.allowed("prepared_rows")
+    prepared = PREPARED.get(*source) if reuses else None
     if prepared:
         train_ds, eval_ds = prepared
         config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
@@ -278,7 +279,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
             callbacks=callbacks + [finite.callback])
-        if k.reuses_prepared and not prepared:
+        if reuses and not prepared:
             PREPARED.keep(*source, trainer)
         where["trainer"] = trainer
         if graphed is not None:
@@ -307,6 +308,8 @@ def scoring_ready(model, use_cache: bool) -> None:
     compile. Only a wrapper that names the class's own forward (`__wrapped__`) is removed."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     base.config.use_cache = use_cache
+    if not fences.allowed("fused_lm_head"):  # compiled decoding then compiles once more
+        return
     own = base.__dict__.get("forward")
     if own is not None and getattr(getattr(own, "__func__", own), "__wrapped__", None) is \
             type(base).forward:
@@ -404,9 +407,12 @@ def cast_adapter(model, adapter, plan: models.DevicePlan) -> None:
 
 
 def padding_free(config) -> bool:
-    """Whether TRL will flatten each batch into one row (its own rule, SFTTrainer.__init__)."""
-    return bool(getattr(config, "padding_free", False) or (
-        getattr(config, "packing", False) and config.packing_strategy in ("bfd", "bfd_split")))
+    """Whether TRL will flatten each batch into one row (its own rule, SFTTrainer.__init__).
+    Outside the TRL versions the rule was read from, False: no padding-free attention, bins
+    or graphs, and TRL's batches go to the model's own attention, as in plain TRL."""
+    packs = getattr(config, "packing", False) and config.packing_strategy in ("bfd", "bfd_split")
+    return fences.allowed("padding_free_rule") and bool(getattr(config, "padding_free", False)
+                                                        or packs)
 
 
 def save(result: TrainResult, path: str) -> str:

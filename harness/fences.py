@@ -1,0 +1,64 @@
+"""The library versions each patch of a private internal was tested with, in one place.
+
+The GPU fast path and a few sweep-wide savings lean on internals no library promises to keep:
+TRL's padding-free batch format and its fused LM head, transformers' RMSNorm classes, PyTorch's
+allocator settings and CUDA generator state. A release may change them without a deprecation.
+Each patch asks `allowed(name)` first; outside the versions below it is skipped, with one line
+saying why, and the harness takes the plain path (slower, never wrong).
+
+To widen a range: run the tests that exercise the patch (CPU suite; `bench/gpu_matrix.py` and
+`bench/sweep_e2e.py` on a GPU for the GPU-only ones) on the new release, then edit TESTED.
+"""
+from __future__ import annotations
+
+import functools
+import sys
+from importlib.metadata import PackageNotFoundError, version
+
+#: patch -> {package: versions it was tested with}. Tested so far: the CPU suite with torch 2.13,
+#: transformers 5.24, TRL 1.16, datasets 5.2; the GPU benchmarks and matrix with torch 2.11,
+#: transformers 5.17, TRL 1.16 (H100/H200 images, 2026-11).
+TESTED: dict[str, dict[str, str]] = {
+    # graphs.py: the backbone's forward replaced by captured graphs; TRL's padding-free batches
+    # (cu_seq_lens_*, max_length_*) reshaped; the CUDA generator's state after a failed capture
+    "cuda_graphs": {"torch": ">=2.11,<2.14", "transformers": ">=5.17,<5.25", "trl": ">=1.16,<1.17"},
+    # kernels.py: transformers' Llama/Mistral/Qwen RMSNorm forward swapped for F.rms_norm
+    "fused_norm": {"transformers": ">=5.17,<5.25"},
+    # models.py: torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    "allocator_settings": {"torch": ">=2.11,<2.14"},
+    # train.padding_free: TRL's rule for when SFTTrainer flattens a batch, written out here
+    "padding_free_rule": {"trl": ">=1.16,<1.17"},
+    # train.scoring_ready: SFTTrainer's fused LM head wrapper removed from a trained model
+    "fused_lm_head": {"trl": ">=1.16,<1.17"},
+    # train.PreparedRows: rows TRL prepared handed to the next trainer (skip_prepare_dataset)
+    "prepared_rows": {"trl": ">=1.16,<1.17", "datasets": ">=5.0,<6"},
+}
+
+
+def installed(package: str) -> str | None:
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
+
+
+def why_not(patch: str) -> str | None:
+    """None when every package the patch touches is within its tested versions; else why not."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+    for package, spec in TESTED[patch].items():
+        have = installed(package)
+        # a local build (2.13.0+cpu) is its release
+        if have is not None and Version(Version(have).base_version) not in SpecifierSet(spec):
+            return f"{package} {have} is outside the versions it was tested with ({spec})"
+    return None
+
+
+@functools.cache
+def allowed(patch: str) -> bool:
+    """Whether to apply `patch`; says once on stderr why not (harness.fences)."""
+    why = why_not(patch)
+    if why:
+        print(f"harness: {patch.replace('_', ' ')} off: {why} (harness/fences.py)",
+              file=sys.stderr)
+    return why is None
