@@ -5,8 +5,8 @@ the prompt (loss on the answer only) the way TRL documents; plain text stays lan
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import random
 from pathlib import Path
 
 from harness.errors import HarnessError
@@ -90,8 +90,11 @@ def load_source(source: str, split: str = "train", subset: str | None = None,
     except HarnessError:
         raise
     except (OSError, ValueError, datasets.exceptions.DatasetNotFoundError) as e:
+        from harness import hub
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise HarnessError(f"cannot load dataset {source!r}: {first}", key=key) from None
+        why = hub.offline_reason()
+        raise HarnessError(f"cannot load dataset {source!r}: {first}"
+                           + (f" (the Hub is unreachable: {why})" if why else ""), key=key) from None
     except Exception as e:  # pyarrow parse errors and the like: still the user's file
         if type(e).__module__.startswith(("pyarrow", "datasets")):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -201,17 +204,19 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
     if fmt == "preference" and all(r["chosen"] == r["rejected"] for r in rows):
         raise HarnessError("chosen equals rejected on every row: nothing to prefer",
                            file=spec.train, row=skip + 1)
-    if spec.shuffle:
-        random.Random(seed).shuffle(rows)
     n_eval = spec.eval_rows
     n_train = len(rows) - n_eval if spec.max_rows is None else min(spec.max_rows, len(rows) - n_eval)
     if n_train <= 0:
         raise HarnessError(f"no training rows left ({len(rows)} rows, {n_eval} held out for eval)",
                            file=spec.train, key="data.eval_rows")
-    train = datasets.Dataset.from_list(rows[n_eval:n_eval + n_train])
-    evalset = datasets.Dataset.from_list(rows[:n_eval]) if n_eval else None
-    info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval,
-            "fingerprint": raw._fingerprint}
+    # the rows as converted, before any shuffle: the same source and settings give the same hash
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+    ds = datasets.Dataset.from_list(rows)
+    if spec.shuffle:
+        ds = ds.shuffle(seed=seed)
+    train = ds.select(range(n_eval, n_eval + n_train)).flatten_indices()
+    evalset = ds.select(range(n_eval)).flatten_indices() if n_eval else None
+    info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval, "fingerprint": digest}
     return train, evalset, info
 
 

@@ -52,6 +52,13 @@ class TrainingFault(HarnessError):
     exit_code = 1
 
 
+class Unavailable(HarnessError):
+    """A service the command needs did not answer (a database server): neither the input as
+    written nor a bug. One line naming the key and the cause, exit 1; the same command works
+    once the service is back."""
+    exit_code = 1
+
+
 class Diverged(TrainingFault):
     """A NaN or inf loss. The logged loss is averaged over data-parallel ranks, so every rank of
     a multi-GPU trial sees it at the same step (unlike running out of memory, which one rank

@@ -123,9 +123,12 @@ def resolve(spec: ModelSpec) -> str:
 
 
 def _hub_error(what: str, name: str, exc: Exception) -> HarnessError:
+    from harness import hub
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return HarnessError(f"cannot load {what} {name!r} (a local path, or a Hub id while the Hub is "
-                        f"reachable): {first}", key="model.name")
+    why = hub.offline_reason()
+    where = f"the Hub is unreachable: {why}" if why else \
+        "a local path, or a Hub id while the Hub is reachable"
+    return HarnessError(f"cannot load {what} {name!r} ({where}): {first}", key="model.name")
 
 
 def load_tokenizer(spec: ModelSpec, path: str | None = None):

@@ -17,7 +17,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, Unavailable
 from harness.recipe import SweepFile
 from harness.registry import Registry
 
@@ -66,13 +66,26 @@ def kind(url: str) -> StorageKind:
 def open_storage(url: str, space: SweepFile | None = None):
     """The storage at `url`; `space` gives the heartbeat settings (its defaults otherwise)."""
     space = space or SweepFile.model_construct()
+    store = kind(url)
     try:
-        return kind(url).open(url, space)
-    except HarnessError:
+        return store.open(url, space)
+    except (ImportError, ValueError, OSError) as e:  # no driver, a malformed URL, a bad path
+        raise HarnessError(f"cannot open Optuna storage: {_first_line(e)}",
+                           key="sweep.storage") from None
+    except Exception as e:
+        from sqlalchemy.exc import ArgumentError, OperationalError
+        cause = getattr(e, "orig", None) or e  # the driver's own error
+        if isinstance(e, OperationalError) and store.parallel:  # a server: down, or refusing us
+            raise Unavailable("cannot reach the Optuna storage's database server: "
+                              f"{_first_line(cause)}", key="sweep.storage") from e
+        if isinstance(e, (ArgumentError, OperationalError)):  # SQLite: the file cannot be opened
+            raise HarnessError(f"cannot open Optuna storage: {_first_line(cause)}",
+                               key="sweep.storage") from None
         raise
-    except Exception as e:  # a driver missing, a server down: one line naming the key
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise HarnessError(f"cannot open Optuna storage: {first}", key="sweep.storage") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _stat(pid: int) -> list[str] | None:
@@ -121,10 +134,12 @@ def fail_orphans(study, storage) -> list[int]:
     interrupted so that the next start retries their parameters. Returns their numbers."""
     import optuna
     failed = []
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         worker = t.user_attrs.get("worker")
         if worker and not _alive(worker):
-            storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-            storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
+            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
             failed.append(t.number)
     return failed

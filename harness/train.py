@@ -375,10 +375,13 @@ def faults(recipe: Recipe, output_dir: str):
                             "model.quantization: 4bit",
                             file=recipe.source, key="trainer") from None
     except Exception as e:
-        # a full disk comes as OSError, torch.save's RuntimeError ('file write failed') or
-        # safetensors' own SafetensorError ('No space left on device')
-        if not (getattr(e, "errno", None) == errno.ENOSPC or "No space left" in str(e)
-                or (isinstance(e, (OSError, RuntimeError)) and _disk_full(output_dir))):
+        # a full disk comes as OSError (ENOSPC), torch.save's RuntimeError ('file write
+        # failed') or safetensors' SafetensorError: the last two carry no errno, so the disk
+        # under output_dir is asked
+        from safetensors import SafetensorError
+        if not (getattr(e, "errno", None) == errno.ENOSPC or (
+                isinstance(e, (OSError, RuntimeError, SafetensorError))
+                and _disk_full(output_dir))):
             raise
         raise TrainingFault(f"disk full writing {getattr(e, 'filename', None) or output_dir}: "
                             "free space, or set output_dir to a larger disk",

@@ -86,16 +86,49 @@ def test_empty_and_missing_files(tmp_path):
         data.load_train(DataSpec(train=str(tmp_path / "d.txt")), seed=0)
 
 
-def test_unreachable_hub_dataset_fails_fast(monkeypatch):
+@pytest.fixture
+def hub_state(monkeypatch):
+    """The Hub probe's memory and the offline switches it sets, put back after the test."""
+    import sys
+
+    from harness import hub
+    monkeypatch.setattr(hub, "_answered", False)
+    monkeypatch.setattr(hub, "_offline_by_us", False)
+    monkeypatch.setattr(hub, "_why", None)
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    for mod in ("huggingface_hub.constants", "datasets.config"):
+        if mod in sys.modules:
+            monkeypatch.setattr(sys.modules[mod], "HF_HUB_OFFLINE", False)
+    return hub
+
+
+def test_unreachable_hub_dataset_fails_fast(monkeypatch, hub_state):
     import time
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
-    from harness import hub
-    hub.reachable.cache_clear()
     t = time.monotonic()
-    with pytest.raises(HarnessError, match="cannot load dataset 'openai/gsm8k'"):
+    with pytest.raises(HarnessError, match=r"cannot load dataset 'openai/gsm8k': .* \(the Hub is "
+                                           r"unreachable: 127.0.0.1:9: Connection refused\)"):
         data.load_source("openai/gsm8k", "train", "main")
     assert time.monotonic() - t < 30
-    hub.reachable.cache_clear()
+
+
+def test_a_hub_that_answers_again_takes_the_process_back_online(monkeypatch, hub_state):
+    """A blip must not keep a long sweep offline: the next probe finds the Hub and the HF
+    libraries go back online; a user's own HF_HUB_OFFLINE is never undone."""
+    import os
+    import socket
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    assert not hub_state.go_offline_if_unreachable() and os.environ["HF_HUB_OFFLINE"] == "1"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.getsockname()[1]}")
+        assert hub_state.go_offline_if_unreachable()
+    assert "HF_HUB_OFFLINE" not in os.environ and hub_state.offline_reason() is None
+    monkeypatch.setattr(hub_state, "_answered", False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the user's choice
+    assert not hub_state.go_offline_if_unreachable() and os.environ["HF_HUB_OFFLINE"] == "1"
 
 
 @pytest.mark.parametrize("row", [

@@ -54,3 +54,21 @@ def test_the_running_trial_of_a_dead_process_is_failed_at_once(tmp_path, backend
 def test_a_storage_that_cannot_open_is_one_line(tmp_path):
     with pytest.raises(HarnessError, match="sweep.storage: cannot open Optuna storage"):
         storage.open_storage(f"sqlite:///{tmp_path}/no/such/dir/optuna.db", SPACE)
+
+
+def test_a_database_server_that_does_not_answer_is_not_bad_input(tmp_path):
+    """A server that is down is told apart from a malformed URL or a missing driver: exit 1,
+    the driver's own reason on the line, the cause kept."""
+    import socket
+
+    from harness.errors import Unavailable
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(Unavailable, match="sweep.storage: cannot reach the Optuna storage's "
+                                          "database server: .*refused") as got:
+        storage.open_storage(f"postgresql+psycopg2://u@127.0.0.1:{port}/db", SPACE)
+    assert got.value.exit_code == 1 and got.value.__cause__ is not None
+    with pytest.raises(HarnessError, match="cannot open Optuna storage") as bad:
+        storage.open_storage("postgresql+nosuchdriver://u@127.0.0.1/db", SPACE)
+    assert bad.value.exit_code == 2
