@@ -9,8 +9,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from harness import mathgen
 from harness.errors import HarnessError
 from harness.recipe import DataSpec
+from harness.registry import Registry
 
 LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
@@ -29,19 +31,18 @@ KINDS = {"supervised": ("messages", "prompt_completion", "instruction", "questio
          "preference": ("preference",)}
 
 
+#: `data.train: builtin:<name>`: generators of rows, (rows, seed, max_operand) -> list[dict]
+BUILTIN_DATA: Registry = Registry("built-in data")
+BUILTIN_DATA.register("builtin:math")(mathgen.generate_rows)
+BUILTIN_DATA.register("builtin:math_preferences")(mathgen.generate_preference_rows)
+
+
 def builtin_rows(spec: DataSpec) -> list[dict] | None:
     """Rows of a built-in generator named by `data.train`, or None for any other source."""
-    from harness import mathgen
-    makers = {"builtin:math": mathgen.generate_rows,
-              "builtin:math_preferences": mathgen.generate_preference_rows}
     if not spec.train.startswith("builtin:"):
         return None
-    if spec.train not in makers:
-        from harness.errors import did_you_mean
-        raise HarnessError(f"unknown built-in data {spec.train!r}"
-                           f"{did_you_mean(spec.train, makers)} (known: {', '.join(makers)})",
-                           key="data.train")
-    return makers[spec.train](spec.builtin_rows, spec.builtin_seed, spec.builtin_max_operand)
+    make = BUILTIN_DATA.get(spec.train, key="data.train")
+    return make(spec.builtin_rows, spec.builtin_seed, spec.builtin_max_operand)
 
 
 def _check_json_lines(path: Path) -> None:

@@ -200,7 +200,7 @@ def _columns(model, tok, gs: GoldenSet, batch_size: int, max_new_tokens: int | N
 
 def metric_names(manifest, task: str) -> list[str]:
     """The manifest's metrics; a reward model on a generation set reports reference_reward."""
-    if task == "seq-cls" and manifest.task != "preference":
+    if task == "seq-cls" and goldensets.TASKS.get(manifest.task).generates:
         return ["reference_reward"]
     return list(manifest.metrics)
 
@@ -230,8 +230,7 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
 def check_fit(manifest, path: str) -> None:
     """Each metric must take what this kind of golden set provides."""
     from harness.errors import HarnessError
-    provided = ({"chosen_scores", "rejected_scores"} if manifest.task == "preference" else
-                {"predictions", "references", "nll", "tokens", "reward_scores"})
+    provided = goldensets.TASKS.get(manifest.task).provides
     for i, name in enumerate(manifest.metrics):
         needs = metrics.features(name)
         if not needs <= provided:

@@ -1,24 +1,45 @@
 """Golden sets are data: a JSONL (or Hub dataset) plus a small YAML manifest beside it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import metrics
 from harness.errors import HarnessError
 from harness.recipe import _error_from_validation, read_yaml
+from harness.registry import Registry
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a golden-set task reads from its rows and what scoring hands its metrics."""
+    fields: tuple[str, ...]  # the manifest keys naming the row's answer columns
+    provides: frozenset[str]  # the columns harness.evaluation gives the metrics
+    generates: bool  # the model answers each prompt; else it scores the given responses
+    labels: bool = False  # takes the list of allowed answers (manifest `labels`)
+
+
+#: `task:` in a manifest. A new task: its Task here and its columns in harness.evaluation.
+TASKS: Registry[Task] = Registry("golden-set task")
+_ANSWERS = Task(("reference_field",), frozenset(
+    {"predictions", "references", "nll", "tokens", "reward_scores"}), generates=True)
+TASKS.register("math")(_ANSWERS)
+TASKS.register("generation")(_ANSWERS)
+TASKS.register("classification")(replace(_ANSWERS, labels=True))
+TASKS.register("preference")(Task(("chosen_field", "rejected_field"),
+                                  frozenset({"chosen_scores", "rejected_scores"}), False))
 
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Prefix of its metric keys.")
     description: str = ""
-    task: Literal["math", "generation", "classification", "preference"] = Field(
-        "math", description="math/generation/classification: the model answers prompts; "
-        "preference: the model scores chosen against rejected responses.")
+    task: str = Field("math", description="One of TASKS: math/generation/classification: the "
+                      "model answers prompts; preference: the model scores chosen against "
+                      "rejected responses.")
     source: str = Field(..., description="JSONL/CSV/Parquet beside the manifest, or a Hub id.")
     split: str = "test"
     subset: str | None = None
@@ -53,8 +74,13 @@ class GoldenSet:
         return self.manifest.name
 
     @property
+    def task(self) -> Task:
+        return TASKS.get(self.manifest.task)
+
+    @property
     def is_preference(self) -> bool:
-        return self.manifest.task == "preference"
+        """The model scores given responses rather than answering."""
+        return not self.task.generates
 
 
 def locate(path: str) -> str:
@@ -73,13 +99,14 @@ def load_manifest(path: str) -> Manifest:
         m = Manifest.model_validate(data)
     except ValidationError as e:
         raise _error_from_validation(e, path, data, Manifest) from None
+    task = TASKS.get(m.task, file=path, key="task")
     for i, name in enumerate(m.metrics):
         metrics.check(name, file=path, key=f"metrics.{i}")
     for name in m.metric_args:
         if name not in m.metrics:
             raise HarnessError(f"arguments for {name!r}, which is not in metrics",
                                file=path, key=f"metric_args.{name}")
-    if (m.task == "classification") != bool(m.labels):
+    if task.labels != bool(m.labels):
         raise HarnessError("labels: a classification set needs labels, and only it takes them",
                            file=path, key="labels")
     return m
@@ -104,8 +131,8 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
     local = Path(os.path.normpath(Path(path).parent / m.source))
     source = str(local) if local.exists() else m.source
     ds = load_source(source, m.split, m.subset, key="source")
-    keys = (["prompt_field"] if m.prompt_template is None else []) + (
-        ["chosen_field", "rejected_field"] if m.task == "preference" else ["reference_field"])
+    task = TASKS.get(m.task)
+    keys = (["prompt_field"] if m.prompt_template is None else []) + list(task.fields)
     for key in keys:
         if getattr(m, key) not in ds.column_names:
             raise HarnessError(f"column {getattr(m, key)!r} not in {ds.column_names}", file=path,
@@ -129,6 +156,6 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
                 raise HarnessError(f"{getattr(m, key)!r} is empty or not a string", file=source,
                                    row=i)
     prompts = list(rows["_prompt"]) if m.prompt_template is not None else columns["prompt_field"]
-    if m.task == "preference":
+    if not task.generates:
         return GoldenSet(m, path, prompts, [], columns["chosen_field"], columns["rejected_field"])
     return GoldenSet(m, path, prompts, columns["reference_field"])

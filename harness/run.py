@@ -46,8 +46,14 @@ class Prepared:
 
 def check(recipe: Recipe) -> list:
     """Everything `harness validate` checks without loading a model: schema (done by load),
-    the TRL fields, golden-set manifests and the objective."""
+    the TRL fields, the names of built-in data and embedded models, golden-set manifests and
+    the objective."""
     train.check_trainer_fields(recipe)
+    if recipe.data.train.startswith("builtin:"):
+        data.BUILTIN_DATA.get(recipe.data.train, file=recipe.source, key="data.train")
+    if recipe.model.name.startswith("embedded:"):
+        models.EMBEDDED.get(recipe.model.name.split(":", 1)[1], file=recipe.source,
+                            key="model.name")
     task = train.kind(recipe).task
     manifests = []
     for i, path in enumerate(recipe.all_goldensets):

@@ -101,6 +101,14 @@ CASES = [
     Case("goldenset-bad-task", files={"g.yaml": "name: g\nsource: g.jsonl\ntask: qa\n"
                                       "metrics: [f1]\n"},
          recipe={"eval.goldensets": ["{tmp}/g.yaml"]}, expect=("g.yaml", "task")),
+    Case("goldenset-task-typo", files={"g.yaml": "name: g\nsource: g.jsonl\ntask: generaton\n"
+                                       "metrics: [f1]\n"},
+         recipe={"eval.goldensets": ["{tmp}/g.yaml"]},
+         expect=("g.yaml: task: unknown golden-set task 'generaton'", "did you mean generation")),
+    Case("builtin-data-typo", recipe={"data.train": "builtin:maths"},
+         expect=("data.train: unknown built-in data 'builtin:maths'", "did you mean builtin:math")),
+    Case("embedded-model-typo", recipe={"model.name": "embedded:smollm2-135m"},
+         expect=("model.name: unknown embedded model", "did you mean smollm2-135m-instruct")),
     Case("goldenset-column-missing", command="train",
          files={"g.yaml": "name: g\nsource: g.jsonl\nmetrics: [exact_match]\n",
                 "g.jsonl": '{"q": "1", "answer": "2"}\n'},

@@ -2,36 +2,39 @@
 
 Each folder here is an evaluate metric script (`<name>/<name>.py`), loaded with the library's own
 `evaluate.load(path)`, which works offline (`evaluate.load("rouge")` needs the Hub). The folder
-names are the registry, so a lookup needs no heavy import.
+names fill the registry (METRICS), so a lookup needs no heavy import.
 """
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
-from harness.errors import HarnessError, did_you_mean
+from harness.registry import Registry
 
 HERE = Path(__file__).parent
 
 
-# names served by one module with fixed arguments
-VARIANTS = {f"rouge{t}": ("rouge", {"rouge_type": f"rouge{t}"}) for t in ("1", "2", "L", "Lsum")}
+#: metric name -> (its module's folder, fixed arguments): every folder, and the names served by
+#: one module with fixed arguments (rouge1 ... rougeLsum: `rouge`)
+METRICS: Registry[tuple[str, dict]] = Registry("metric")
+for _folder in sorted(p.name for p in HERE.iterdir() if (p / f"{p.name}.py").is_file()):
+    if _folder != "rouge":
+        METRICS.register(_folder)((_folder, {}))
+for _t in ("1", "2", "L", "Lsum"):
+    METRICS.register(f"rouge{_t}")(("rouge", {"rouge_type": f"rouge{_t}"}))
 
 
 def names() -> list[str]:
-    modules = [p.name for p in HERE.iterdir() if (p / f"{p.name}.py").is_file()]
-    return sorted([m for m in modules if m != "rouge"] + list(VARIANTS))
+    return list(METRICS)
 
 
 def check(name: str, **where) -> str:
-    if name not in names():
-        raise HarnessError(f"unknown metric {name!r}{did_you_mean(name, names())} "
-                           f"(known: {', '.join(names())})", **where)
+    METRICS.get(name, **where)
     return name
 
 
 def module_and_args(name: str) -> tuple[str, dict]:
-    return VARIANTS.get(check(name), (name, {}))
+    return METRICS.get(name)
 
 
 @functools.cache
