@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from harness.errors import HarnessError  # light: no heavy imports
+from harness.errors import HarnessError, say  # light: no heavy imports
 
 EXIT_BAD_INPUT = 2
 
@@ -65,29 +65,29 @@ def _sigterm_as_interrupt() -> None:
 
 
 def cmd_validate(args) -> int:
-    from harness import recipe, run
+    from harness import prepared, recipe
     r = recipe.load(args.recipe, args.set)
-    run.check(r)
+    prepared.check(r)
     if r.sweep.space:
-        from harness import sweep
-        sweep.load_space(r)
+        from harness import search
+        search.load_space(r)
     print(f"{args.recipe}: ok ({r.method}, model {r.model.name}, "
           f"{len(r.eval.goldensets)} golden set(s), objective {r.sweep.objective})")
     return 0
 
 
 def cmd_train(args) -> int:
-    from harness import distributed, recipe, run
+    from harness import distributed, prepared, recipe, run
     from harness.tracking import Tracker
     r = recipe.load(args.recipe, args.set)
     if args.processes < 1:
         raise HarnessError(f"--processes must be at least 1, got {args.processes}",
                            file="--processes")
     if args.processes > 1 and distributed.world_size() == 1:
-        run.check(r)  # bad input fails here, once, not in every process
+        prepared.check(r)  # bad input fails here, once, not in every process
         tracker = Tracker(r)  # the experiment exists before the ranks start
         sets = [x for s in args.set or [] for x in ("--set", s)]
-        init = run.resolve_init(r, tracker)  # an MLflow run's adapter, downloaded once
+        init = prepared.resolve_init(r, tracker)  # an MLflow run's adapter, downloaded once
         if init and init != r.model.init_from:
             sets += ["--set", f"model.init_from={init}"]
         return distributed.launch(["train", args.recipe, *sets], args.processes)
@@ -98,10 +98,10 @@ def cmd_train(args) -> int:
         return 0
     cmp = outcome.comparison
     for key in [r.sweep.objective] if r.sweep.objective in cmp["after"] else list(cmp["after"]):
-        run.say(f"{key}: {cmp['before'][key]:.4g} -> {cmp['after'][key]:.4g} "
+        say(f"{key}: {cmp['before'][key]:.4g} -> {cmp['after'][key]:.4g} "
                 f"({cmp['delta'][key]:+.4g}, 95% CI [{cmp['ci_low'][key]:+.3g}, "
                 f"{cmp['ci_high'][key]:+.3g}], p={cmp['p_value'][key]:.3g})")
-    run.say(f"run {outcome.run_id}; report {path}")
+    say(f"run {outcome.run_id}; report {path}")
     return 0
 
 
@@ -129,7 +129,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from harness import recipe, run, scoring
+    from harness import recipe, scoring
     from harness.tracking import Tracker
     data = recipe.read_yaml(args.recipe) if args.recipe else {}
     data.setdefault("name", args.name)
@@ -140,7 +140,7 @@ def cmd_eval(args) -> int:
     out = scoring.run_eval(r, args.model, args.before, Tracker(r))
     if out["comparison"]:
         for k, d in out["comparison"]["delta"].items():
-            run.say(f"{k}: {out['comparison']['before'][k]:.4g} -> "
+            say(f"{k}: {out['comparison']['before'][k]:.4g} -> "
                     f"{out['comparison']['after'][k]:.4g} ({d:+.4g}, p="
                     f"{out['comparison']['p_value'][k]:.3g})")
     print(f"run {out['run_id']}; report: {out['report']}")
@@ -152,11 +152,11 @@ def _store(args) -> str:
 
 
 def cmd_rerun(args) -> int:
-    from harness import logged_runs, run
+    from harness import logged_runs
     out = logged_runs.rerun(_store(args), args.run_id)
     for key, (was, now) in out["after"].items():
         diff = f"{now - was:+.4g}" if was is not None else "not logged before"
-        run.say(f"{key}: logged {was if was is None else f'{was:.4g}'}, rerun {now:.4g} ({diff})")
+        say(f"{key}: logged {was if was is None else f'{was:.4g}'}, rerun {now:.4g} ({diff})")
     print(f"run {out['run_id']} (rerun of {out['of']}); report: {out['report']}")
     return 0
 
@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if preparing:
         # Set-up (imports, stores, rows) makes millions of objects that live as long as the
         # command and little garbage: each automatic full collection meanwhile rescans them all
-        # (~0.4 s apiece). run.prepare turns the collector back on and freezes what is alive.
+        # (~0.4 s apiece). prepared.prepare turns the collector back on and freezes what is alive.
         gc.disable()
     try:
         if preparing and getattr(args, "processes", 1) == 1:
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {crash_line(e, args.command)}", file=sys.stderr)
         return 1
     finally:
-        gc.enable()  # when a command ends before run.prepare
+        gc.enable()  # when a command ends before prepared.prepare
 
 
 def crash_dir() -> Path:

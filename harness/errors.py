@@ -1,4 +1,5 @@
-"""The one error type the harness raises for bad input, and the did-you-mean helper.
+"""What the harness tells the terminal: the one error type it raises for bad input, the
+did-you-mean helper, the phase an error happened in, and progress lines (`say`).
 
 The CLI prints a HarnessError as a single line and exits 2 (a TrainingFault: 1); anything else
 is a bug, printed as one line naming the phase and a crash log that holds the traceback.
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import difflib
+import sys
 from collections.abc import Iterable
 
 
@@ -86,6 +88,11 @@ def phase(name: str):
         if not hasattr(e, "harness_phase"):
             e.harness_phase = name
         raise
+
+
+def say(msg: str) -> None:
+    """A progress line on stderr, where the one-line errors go too."""
+    print(f"[harness] {msg}", file=sys.stderr, flush=True)
 
 
 class TrialPruned(Exception):

@@ -8,8 +8,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import evaluation, manifest, recipe, run, timing
-from harness.errors import HarnessError
+from harness import evaluation, manifest, prepared, recipe, run, timing
+from harness.errors import HarnessError, say
 
 
 def logged_recipe(uri: str, run_id: str) -> tuple[str, dict, recipe.Recipe]:
@@ -28,7 +28,7 @@ def rerun(uri: str, run_id: str) -> dict:
     from harness.tracking import Tracker
     run_id, m, r = logged_recipe(uri, run_id)
     for d in manifest.differences(m):
-        run.say(f"differs from the logged run: {d}")
+        say(f"differs from the logged run: {d}")
     tracker = Tracker(r)
     outcome, path = run.train_and_report(r, tracker, tags={"harness.rerun_of": run_id},
                                          name=f"{r.name}-rerun")
@@ -48,7 +48,7 @@ def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
     if out.exists() and any(out.iterdir()):
         raise HarnessError(f"{out_dir} exists and is not empty", file="OUT_DIR")
     tracker = Tracker(r)
-    prep = run.prepare(r, tracker, with_data=False)
+    prep = prepared.prepare(r, tracker, with_data=False)
     with tempfile.TemporaryDirectory() as d:
         adapter = tracker.fetch_adapter(run_id, d)
         staged = Path(tempfile.mkdtemp(dir=out.parent if out.parent.exists() else None,
@@ -61,7 +61,7 @@ def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
             model.save_pretrained(staged)
         else:
             if prep.init_adapter:
-                run.say("this adapter was trained on the base with model.init_from merged in; "
+                say("this adapter was trained on the base with model.init_from merged in; "
                         "use --merge for a model that stands alone")
             for f in Path(adapter).iterdir():
                 if f.is_file() and not f.name.startswith("tokenizer"):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness import evaluation, run, timing
-from harness.errors import HarnessError, phase
+from harness import evaluation, prepared, run, timing
+from harness.errors import HarnessError, phase, say
 from harness.recipe import Recipe, build
 
 
@@ -38,10 +38,10 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
     results = {}
     for side, ref in sides.items():
         r = build(base.to_dict(), base.source, {"model": model_fields(ref, tracker)})
-        prep = run.prepare(r, tracker, with_data=False)
-        run.say(f"scoring {side}: {ref}")
+        prep = prepared.prepare(r, tracker, with_data=False)
+        say(f"scoring {side}: {ref}")
         with phase(f"scoring {ref}"), timing.timed(f"score_{side}"):
-            results[side] = run.evaluate(prep, prep.load_model())
+            results[side] = prepared.evaluate(prep, prep.load_model())
     tags = {KIND_TAG: "eval", "harness.model": after_ref,
             **({"harness.before_model": before_ref} if before_ref else {})}
     with tracker.run(base.name, tags=tags) as run_id:

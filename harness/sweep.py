@@ -1,150 +1,18 @@
-"""The Optuna study: space, sampler, storage, resume, one nested MLflow run per trial; Optuna's
-plots and the study's summary the report reads."""
+"""The Optuna study: opened on its storage, resumed, run trial by trial (one nested MLflow run
+each) or by workers; Optuna's plots and the study's summary the report reads. The search itself
+(space, samplers, pruners) is harness.search."""
 from __future__ import annotations
 
 import math
 import os
 
-from harness import distributed, plots, run, timing
+from harness import distributed, plots, prepared, run, timing
 from harness import storage as stores
-from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase
-from harness.recipe import (ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file,
-                            with_values)
-from harness.registry import Registry
+from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase, say
+from harness.recipe import Recipe, SweepFile, with_values
+from harness.search import PRUNERS, SAMPLERS, load_space, pruning_callback, trial_values
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-SAMPLERS: Registry = Registry("sampler")
-
-
-@SAMPLERS.register("tpe")
-def _tpe(space: SweepFile):
-    import optuna
-    return optuna.samplers.TPESampler(seed=space.seed)
-
-
-@SAMPLERS.register("random")
-def _random(space: SweepFile):
-    import optuna
-    return optuna.samplers.RandomSampler(seed=space.seed)
-
-
-@SAMPLERS.register("grid")
-def _grid(space: SweepFile):
-    import optuna
-    grid = {}
-    for key, p in space.params.items():
-        if p.type != "categorical":
-            raise HarnessError("grid sampling needs categorical choices", key=f"params.{key}")
-        grid[key] = p.choices
-    return optuna.samplers.GridSampler(grid, seed=space.seed)
-
-
-PRUNERS: Registry = Registry("pruner")
-
-
-@PRUNERS.register("none")
-def _no_pruner(spec: PrunerSpec):
-    import optuna
-    return optuna.pruners.NopPruner()
-
-
-@PRUNERS.register("median")
-def _median(spec: PrunerSpec):
-    import optuna
-    return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials,
-                                       n_warmup_steps=spec.n_warmup_steps)
-
-
-@PRUNERS.register("hyperband")
-def _hyperband(spec: PrunerSpec):
-    import optuna
-    return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource,
-                                          reduction_factor=spec.reduction_factor)
-
-
-@PRUNERS.register("successive_halving")
-def _sha(spec: PrunerSpec):
-    import optuna
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource,
-                                                  reduction_factor=spec.reduction_factor)
-
-
-def pruning_callback(trial, spec: PrunerSpec, prep, key: str, direction: str, tracker):
-    """A TrainerCallback that reports the intermediate objective to the trial every
-    `spec.every_steps` steps (or at each evaluation, for eval_loss) and stops training when the
-    pruner says so. eval_loss is negated for a maximized objective, so 'better' agrees. In a
-    multi-GPU trial, rank 0 (trial set) decides and the other ranks (trial None) stop with it."""
-    from transformers import TrainerCallback
-
-    class Pruning(TrainerCallback):
-        pruned = False
-
-        def __init__(self):
-            self.reported: set[int] = set()
-
-        def _report(self, value, step: int, control) -> None:
-            # the evaluation after training comes at the last step again: Optuna keeps the
-            # first value of a step and warns about the second
-            if step in self.reported:
-                return
-            self.reported.add(step)
-            if trial is not None:
-                trial.report(value, step)
-                tracker.log_metrics({"intermediate/value": value}, step=step)
-                self.pruned = trial.should_prune()
-            if distributed.world_size() > 1:
-                self.pruned = distributed.share(self.pruned)
-            if self.pruned:
-                control.should_training_stop = True
-
-        def on_step_end(self, args, state, control, model=None, **kwargs):
-            if spec.intermediate == "objective" and state.global_step % spec.every_steps == 0:
-                value = run.slice_score(prep, model, key, spec.examples) if trial else None
-                self._report(value, state.global_step, control)
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            if spec.intermediate == "eval_loss" and metrics and "eval_loss" in metrics:
-                sign = -1.0 if direction == "maximize" else 1.0
-                self._report(sign * metrics["eval_loss"], state.global_step, control)
-
-    return Pruning()
-
-
-def suggest(trial, key: str, p: ParamSpace):
-    if p.type == "float":
-        return trial.suggest_float(key, p.low, p.high, log=p.log, step=p.step)
-    if p.type == "int":
-        return trial.suggest_int(key, int(p.low), int(p.high), log=p.log, step=int(p.step or 1))
-    return trial.suggest_categorical(key, p.choices)
-
-
-def load_space(recipe: Recipe) -> SweepFile:
-    if not recipe.sweep.space:
-        raise HarnessError("a sweep needs a sweep file", file=recipe.source, key="sweep.space")
-    from harness import train
-    space = load_sweep_file(recipe.sweep.space, recipe)
-    probe = with_values(recipe, {k: p.choices[0] if p.choices else p.low
-                                 for k, p in space.params.items()})
-    try:
-        train.check_trainer_fields(probe)
-    except HarnessError as e:
-        raise HarnessError(e.message, file=recipe.sweep.space) from None
-    if space.pruner.type != "none" and space.pruner.intermediate == "eval_loss" \
-            and not recipe.data.eval_rows:
-        raise HarnessError("eval_loss needs held-out rows: set data.eval_rows in the recipe",
-                           file=recipe.sweep.space, key="pruner.intermediate")
-    return space
-
-
-def trial_values(space: SweepFile, trial) -> dict:
-    """The trial's suggested recipe values, plus what the pruner needs from the trainer."""
-    values = {k: suggest(trial, k, p) for k, p in space.params.items()}
-    if space.pruner.type != "none" and space.pruner.intermediate == "eval_loss":
-        values.update({"trainer.eval_strategy": "steps",
-                       "trainer.eval_steps": space.pruner.every_steps})
-    return values
-
-
 def retry_interrupted(study) -> None:
     """Queue again, once, the parameters of trials stopped by Ctrl-C or SIGTERM, or whose
     process is gone (harness.storage.fail_orphans); a trial of a process that died on another
@@ -210,7 +78,7 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
         space.model_copy(update={"seed": seed}))
     failed = stores.fail_orphans(study, storage)
     if failed:
-        run.say(f"trial {', '.join(map(str, failed))}: its process is gone; failed, its values "
+        say(f"trial {', '.join(map(str, failed))}: its process is gone; failed, its values "
                 "will run again")
     return study
 
@@ -250,7 +118,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
         done = [t for t in finished(study) if t.value is not None and t.state.name == "COMPLETE"]
         best = (max if recipe.sweep.direction == "maximize" else min)(
             (t.value for t in done), default=None)
-        run.say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}"
+        say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}"
                 + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
@@ -264,20 +132,20 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
                 callbacks=callbacks,
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except TrialPruned as e:
-            run.say(f"trial {trial.number}: {e}")
+            say(f"trial {trial.number}: {e}")
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the next start retries these values
             trial.set_user_attr("interrupted", True)
             raise
         except TrainingFault as e:
-            run.say(f"trial {trial.number} failed: {e}")
+            say(f"trial {trial.number} failed: {e}")
             trial.set_user_attr("error", str(e))
             raise
         trial.set_user_attr("adapter_dir", outcome.adapter_dir)
         trial.set_user_attr("after", outcome.comparison["after"])
         trial.set_user_attr("times", outcome.times)
         value = outcome.objective(key)
-        run.say(f"trial {trial.number}: {key} {value:.4g} "
+        say(f"trial {trial.number}: {key} {value:.4g} "
                 f"(base {outcome.comparison['before'][key]:.4g})")
         if math.isnan(value):
             raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
@@ -376,7 +244,7 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
     path.parent.mkdir(parents=True, exist_ok=True)
     if per_trial > 1:  # an MLflow run's adapter, downloaded here once, not by every rank
         recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
-            "init_from": run.resolve_init(recipe, tracker)})})
+            "init_from": prepared.resolve_init(recipe, tracker)})})
     path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
     procs = []
     for i in range(workers):
@@ -402,12 +270,12 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
     if not distributed.is_main():
         return _follow(recipe, space)
     tracker = Tracker(recipe)
-    prep = run.prepare(recipe, tracker, scorings=n_trials or space.n_trials)
+    prep = prepared.prepare(recipe, tracker, scorings=n_trials or space.n_trials)
     saved = tracker.load_json(parent, "eval/start.json")
     if not saved:
         raise HarnessError(f"sweep run {parent!r} has no eval/start.json to join",
                            key="--worker-of")
-    run.start_from_json(prep, saved)
+    prepared.start_from_json(prep, saved)
     study = open_study(recipe, space, worker=index)
     _optimize(recipe, space, prep, tracker, study, parent, n_trials or space.n_trials)
     if distributed.world_size() > 1:
@@ -418,7 +286,7 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
 def _follow(recipe: Recipe, space: SweepFile) -> None:
     """A rank other than 0 of a multi-GPU trial: trains, in step with rank 0, each trial's
     values as rank 0 announces them, until it announces none."""
-    prep = run.prepare(recipe)
+    prep = prepared.prepare(recipe)
     while (values := distributed.share()) is not None:
         callbacks = [] if space.pruner.type == "none" else [pruning_callback(
             None, space.pruner, prep, recipe.sweep.objective, recipe.sweep.direction, None)]
@@ -440,7 +308,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     if workers > 1:
         check_parallel(recipe, tracker)
     total = n_trials or space.n_trials
-    prep = run.prepare(recipe, tracker, scorings=total + 1)
+    prep = prepared.prepare(recipe, tracker, scorings=total + 1)
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
     repair_killed_runs(study, tracker)
@@ -454,24 +322,24 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             as parent:
         study.set_user_attr("mlflow_run_id", parent)
         if parent_id:
-            run.say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
+            say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
         else:
             tracker.log_params({"recipe": recipe.to_dict(), "sweep": space.model_dump(mode="json"),
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
         saved = tracker.load_json(parent, "eval/start.json")
         if saved:  # a resumed study: the starting model was scored already
-            run.start_from_json(prep, saved)
+            prepared.start_from_json(prep, saved)
         else:
-            run.evaluate_start(prep)
-            tracker.log_dict(run.start_to_json(prep), "eval/start.json")  # what resumes read
+            prepared.evaluate_start(prep)
+            tracker.log_dict(prepared.start_to_json(prep), "eval/start.json")  # what resumes read
             from harness.evaluation import flat_metrics
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
         if workers > 1 or space.processes_per_trial > 1:
             per = space.processes_per_trial
-            run.say(f"{workers} worker(s) joining study {name!r}"
+            say(f"{workers} worker(s) joining study {name!r}"
                     + (f", {per} processes a trial" if per > 1 else ""))
             _spawn_workers(recipe, tracker, parent, total, workers, per)
         else:
@@ -497,7 +365,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times)
             tracker.log_artifacts(str(path.parent), "report")
         tracker.log_metrics(timing.closing_metrics())
-        run.say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
+        say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,
                 "best_params": best.params, "parent_run_id": parent, "report": str(path),

@@ -107,12 +107,12 @@ def test_sweep_file_keys_must_fit_the_recipe(tmp_path):
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_validate(path, monkeypatch):
-    from harness import run, sweep
+    from harness import prepared, search
     monkeypatch.chdir(ROOT)
     r = recipe.load(path.relative_to(ROOT))
-    run.check(r)
+    prepared.check(r)
     if r.sweep.space:
-        sweep.load_space(r)
+        search.load_space(r)
 
 
 def test_plain_exponents_are_numbers_and_quoted_ones_stay_strings():

@@ -1,7 +1,7 @@
 """`harness eval`: any model, alone or against another, through a real MLflow store."""
 import pytest
 
-from harness import recipe, run, scoring
+from harness import prepared, recipe, run, scoring
 from harness.tracking import Tracker
 
 
@@ -9,8 +9,8 @@ def test_eval_a_run_against_its_base_and_an_adapter_folder_alone(recipe_dict, tm
     import mlflow
     r = recipe.build(recipe_dict, "t.yaml", {"trainer.learning_rate": 5e-3})
     tracker = Tracker(r)
-    prep = run.prepare(r, tracker)
-    run.evaluate_start(prep)
+    prep = prepared.prepare(r, tracker)
+    prepared.evaluate_start(prep)
     trained = run.run_one(prep, r, tracker, "tiny", nested=False)
 
     ev = recipe.build({"name": "tiny-eval", "eval": recipe_dict["eval"],

@@ -1,0 +1,234 @@
+"""What a command loads once and every trial of a sweep shares (`Prepared`): the recipe's checks,
+the model's path and tokenizer, the golden sets, the training rows, the decoding choice, and the
+starting model's scores. Built once, so a sweep loads and scores the base model once."""
+from __future__ import annotations
+
+import gc
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import version
+from pathlib import Path
+
+from harness import data, evaluation, goldensets, models, shipped, timing, train
+from harness.errors import HarnessError, phase, say
+from harness.recipe import Recipe
+
+
+@dataclass
+class Prepared:
+    """What every trial of a sweep shares: resolved model, tokenizer, data, golden sets, base
+    scores. Built once, so a sweep loads and scores the base model once."""
+    recipe: Recipe
+    task: str  # causal-lm or seq-cls, from the trainer kind
+    plan: models.DevicePlan
+    model_path: str  # the base model (or init_from's full model)
+    tok: object
+    goldens: list
+    init_adapter: str | None = None  # init_from's adapter, merged into the base
+    train_ds: object = None
+    eval_ds: object = None
+    data_info: dict = field(default_factory=dict)
+    before: dict = field(default_factory=dict)  # golden set -> SetResult
+    base: dict = field(default_factory=dict)  # the original base, when init_from is set
+    compiled: bool = False  # golden sets decoded compiled (evaluation.compiled_decoding)
+
+    def load_model(self, adapter: bool = True):
+        """A fresh copy of the starting model (the base, or the base with init_from merged)."""
+        with timing.timed("model_load"):
+            return models.load_model(self.recipe.model, self.plan, self.model_path, self.task,
+                                     self.init_adapter if adapter else None)
+
+
+def check(recipe: Recipe) -> list:
+    """Everything `harness validate` checks without loading a model: schema (done by load),
+    the TRL fields, the names of built-in data and embedded models, golden-set manifests and
+    the objective."""
+    train.check_trainer_fields(recipe)
+    if recipe.data.train.startswith("builtin:"):
+        data.BUILTIN_DATA.get(recipe.data.train, file=recipe.source, key="data.train")
+    if recipe.model.name.startswith("embedded:"):
+        models.EMBEDDED.get(recipe.model.name.split(":", 1)[1], file=recipe.source,
+                            key="model.name")
+    task = train.kind(recipe).task
+    manifests = []
+    for i, path in enumerate(recipe.all_goldensets):
+        key = f"eval.goldensets.{i}" if i < len(recipe.eval.goldensets) else \
+            "eval.forgetting_guard"
+        try:
+            found = shipped.locate(path, "goldensets")
+        except HarnessError as e:
+            raise HarnessError(e.message, file=recipe.source, key=key) from None
+        if found is None:
+            raise HarnessError(f"golden-set manifest {path!r} not found", file=recipe.source,
+                               key=key)
+        manifests.append(goldensets.load_manifest(found))
+        evaluation.check_fit(manifests[-1], found)
+    keys = [f"{m.name}/{metric}" for m in manifests
+            for metric in evaluation.metric_names(m, task)]
+    if recipe.sweep.space and recipe.sweep.objective not in keys:
+        from harness.errors import did_you_mean
+        raise HarnessError(f"objective {recipe.sweep.objective!r} is no golden-set metric of this "
+                           f"recipe{did_you_mean(recipe.sweep.objective, keys)} (known: "
+                           f"{', '.join(keys)})", file=recipe.source, key="sweep.objective")
+    if recipe.sweep.space and not _sweep_file(recipe):
+        raise HarnessError(f"sweep file {recipe.sweep.space!r} not found", file=recipe.source,
+                           key="sweep.space")
+    return manifests
+
+
+def _sweep_file(recipe: Recipe) -> str | None:
+    try:
+        return shipped.locate(recipe.sweep.space, "sweeps")
+    except HarnessError as e:
+        raise HarnessError(e.message, file=recipe.source, key="sweep.space") from None
+
+
+def resolve_init(recipe: Recipe, tracker) -> str | None:
+    """init_from as a local folder: a path as given, or an MLflow run's adapter."""
+    ref = recipe.model.init_from
+    if ref is None:
+        return None
+    if Path(ref).expanduser().is_dir():
+        return str(Path(ref).expanduser())
+    if ref.startswith((".", "/", "~")):
+        raise HarnessError(f"init_from path {ref!r} does not exist", file=recipe.source,
+                           key="model.init_from")
+    run_id = ref.removeprefix("runs:/").strip("/")
+    dest = Path(recipe.output_dir) / recipe.name / f"init-{run_id}"
+    return tracker.fetch_adapter(run_id, str(dest))
+
+
+def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int = 2) -> Prepared:
+    """`scorings`: how many models this process will score (a sweep: the base and each trial),
+    which decides whether decoding is compiled."""
+    from harness.errors import located
+    with located(recipe.source), phase("loading the model, data and golden sets"), \
+            timing.timed("data"):
+        prep = _prepare(recipe, tracker, with_data, scorings)
+        if not gc.isenabled():
+            # The CLI kept the collector off through set-up (harness.cli.main). What is alive
+            # now (libraries, tokenizer, rows, golden sets; no model yet) lives as long as the
+            # command: frozen, the full collection after each trial (which returns a model's
+            # memory) scans only what came after, not the millions of objects of torch and
+            # transformers.
+            gc.enable()
+            gc.collect()
+            gc.freeze()
+    return prep
+
+
+def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int) -> Prepared:
+    from harness import distributed
+    check(recipe)
+    distributed.setup()  # before CUDA starts: which GPU this process trains on
+    k = train.kind(recipe)
+    plan = models.device_plan(recipe.model)
+    say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
+    with timing.timed("model_load"):
+        path = models.resolve(recipe.model)
+        tok = models.load_tokenizer(recipe.model, path)
+    goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
+    train.check_device(recipe, plan)
+    prep = Prepared(recipe, k.task, plan, path, tok, goldens)
+    with timing.timed("model_load"):
+        init = resolve_init(recipe, tracker)
+    if init and models.is_adapter(init):
+        prep.init_adapter = init
+    elif init:
+        prep.model_path = init
+    if init:
+        say(f"starting from {recipe.model.init_from} ({init})")
+    scorings += bool(recipe.model.init_from)  # the original base is scored too
+    steps = scorings * evaluation.decode_steps(goldens, batch_size(prep),
+                                               recipe.eval.max_new_tokens, k.task)
+    prep.compiled = evaluation.compiled_decoding(recipe.eval.decoding, plan.device, steps)
+    if prep.compiled:  # kept across processes, past /tmp clean-ups; keyed by GPU inside
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(
+            models.cache_dir() / "inductor" / f"torch-{version('torch')}"))
+    if steps and plan.device == "cuda":
+        say(f"decoding {'compiled' if prep.compiled else 'eager'}: at most {steps} steps over "
+            f"{scorings} scorings (eval.decoding: {recipe.eval.decoding})")
+    sets = ", ".join(f"{g.name} ({len(g.prompts)})" for g in goldens)
+    if not with_data:
+        say(f"golden sets: {sets}")
+        return prep
+    prep.train_ds, prep.eval_ds, prep.data_info = data.load_train(recipe.data, recipe.seed,
+                                                                  k.data_kind)
+    max_length = recipe.trainer.get("max_length", train.default_field(recipe, "max_length"))
+    longer = data.check_lengths(prep.train_ds, tok, max_length, recipe.data.train)
+    if longer:
+        say(f"warning: {longer} of the first rows are longer than max_length={max_length} and "
+            "will be truncated")
+    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
+        f"golden sets: {sets}")
+    return prep
+
+
+def batch_size(prep: Prepared) -> int:
+    return prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
+
+
+def evaluate(prep: Prepared, model) -> dict:
+    return evaluation.evaluate_model(model, prep.tok, prep.goldens, batch_size(prep),
+                                     prep.recipe.eval.max_new_tokens, prep.task, prep.compiled)
+
+
+def evaluate_start(prep: Prepared) -> None:
+    """Score the starting model ('before'); with init_from, the original base too ('base')."""
+    say("scoring the starting model on the golden sets")
+    for side, with_init in (("before", True), ("base", False)):
+        if side == "base" and not prep.recipe.model.init_from:
+            break
+        with phase(f"scoring the {'starting' if with_init else 'base'} model"), \
+                timing.timed("score_before"):
+            model = as_trials_are(prep, prep.load_model(adapter=with_init))
+            setattr(prep, side, evaluate(prep, model))
+            del model
+            gc.collect()
+
+
+def as_trials_are(prep: Prepared, model):
+    """With compiled decoding, the starting model is scored inside the LoRA structure its trials
+    will have, its B matrices zero (peft's own initialisation: every adapter adds exactly 0, so
+    the outputs are the base's): the decoder compiled for it then serves every trial, instead of
+    compiling once for the base and once more for the first trial."""
+    spec = prep.recipe
+    if not prep.compiled or spec.adapter.type != "lora" or spec.model.quantization != "none":
+        return model
+    from peft import get_peft_model
+    model = get_peft_model(model, models.lora_config(spec.adapter, prep.task))
+    train.cast_adapter(model, spec.adapter, prep.plan)
+    return model
+
+
+def start_to_json(prep: Prepared) -> dict:
+    return {"before": evaluation.results_to_json(prep.before),
+            "base": evaluation.results_to_json(prep.base)}
+
+
+def start_from_json(prep: Prepared, d: dict) -> None:
+    prep.before = evaluation.results_from_json(d["before"])
+    prep.base = evaluation.results_from_json(d["base"])
+
+
+def datasets(prep: Prepared, recipe: Recipe) -> tuple:
+    """The training and held-out rows of `recipe`: prep's, unless the recipe (a trial) changes
+    the data."""
+    if recipe.data == prep.recipe.data:
+        return prep.train_ds, prep.eval_ds
+    train_ds, eval_ds, _ = data.load_train(recipe.data, recipe.seed, train.kind(recipe).data_kind)
+    return train_ds, eval_ds
+
+
+def slice_score(prep: Prepared, model, key: str, n: int) -> float:
+    """`key` ('math/numeric_accuracy') on the first n examples of its golden set: the cheap
+    intermediate objective a pruner watches during training."""
+    import dataclasses as dc
+    name, metric = key.split("/", 1)
+    gs = next(g for g in prep.goldens if g.name == name)
+    part = dc.replace(gs, prompts=gs.prompts[:n], references=gs.references[:n],
+                      chosen=gs.chosen and gs.chosen[:n], rejected=gs.rejected and gs.rejected[:n])
+    with timing.timed("score_pruner"):
+        return evaluation.evaluate_set(model, prep.tok, part, batch_size(prep),
+                                       prep.recipe.eval.max_new_tokens, prep.task,
+                                       prep.compiled).metrics[metric]

@@ -1,0 +1,72 @@
+"""What a command loads once (harness.prepared): recipe checks, init_from lookups, the decoding
+choice, and scoring the starting model as the trials will be scored."""
+import pytest
+
+from harness import prepared, recipe
+
+
+
+def test_init_from_unknown_run_is_one_line(recipe_dict):
+    from harness.errors import HarnessError
+    from harness.tracking import Tracker
+    r = recipe.build(recipe_dict, "t.yaml", {"model.init_from": "deadbeef"})
+    with pytest.raises(HarnessError, match="model.init_from: no MLflow run 'deadbeef'"):
+        prepared.prepare(r, Tracker(r))
+
+
+def test_the_base_scored_inside_a_zero_adapter_gives_the_base_outputs_exactly(recipe_dict):
+    """Compiled decoding scores the base inside the trials' LoRA structure: with peft's B = 0
+    every adapter adds exactly 0, so the greedy outputs and the perplexity are the base's."""
+    from peft import PeftModel
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 12})
+    prep = prepared.prepare(r, with_data=False)
+    plain = prepared.evaluate(prep, prepared.as_trials_are(prep, prep.load_model()))
+    prep.compiled = True  # a GPU's choice; generation stays eager here, the model is what differs
+    wrapped = prepared.as_trials_are(prep, prep.load_model())
+    assert isinstance(wrapped, PeftModel) and wrapped.peft_config["default"].r == r.adapter.r
+    scored = prepared.evaluate(prep, wrapped)
+    for name, res in plain.items():
+        assert res.columns["predictions"] == scored[name].columns["predictions"]
+        assert res.columns["nll"] == scored[name].columns["nll"]
+        assert res.metrics == scored[name].metrics
+
+
+def test_a_trained_adapter_is_merged_for_scoring_on_a_gpu_only(recipe_dict):
+    """On a GPU the tuned model is scored with its adapter merged (one matmul a layer, not
+    three); on a CPU it stays as trained, so CPU results are exactly the adapter's. The merged
+    model scores as the adapter does (run here on the CPU, where fp32 rounding is tiny)."""
+    import dataclasses
+
+    import torch
+    from peft import get_peft_model
+
+    from harness import models
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 12})
+    prep = prepared.prepare(r, with_data=False)
+    torch.manual_seed(1)
+    tuned = get_peft_model(prep.load_model(), models.lora_config(r.adapter))
+    for name, p in tuned.named_parameters():
+        if "lora_B" in name:  # a trained adapter: B is no longer zero
+            torch.nn.init.normal_(p, std=0.05)
+    layers = [m for m in tuned.modules() if hasattr(m, "merged")]
+    plain = prepared.evaluate(prep, tuned)
+    assert models.merged_for_scoring(tuned, r.model, prep.plan) is tuned
+    assert not any(m.merged for m in layers)  # CPU plan: as trained
+    gpu = dataclasses.replace(prep.plan, device="cuda")
+    merged = prepared.evaluate(prep, models.merged_for_scoring(tuned, r.model, gpu))
+    assert layers and all(m.merged for m in layers)
+    for name, res in plain.items():
+        assert res.columns["predictions"] == merged[name].columns["predictions"]
+        assert res.columns["nll"] == pytest.approx(merged[name].columns["nll"], rel=1e-4)
+    bnb = r.model.model_copy(update={"quantization": "4bit"})
+    fresh = get_peft_model(prep.load_model(), models.lora_config(r.adapter))
+    assert not any(m.merged for m in models.merged_for_scoring(fresh, bnb, gpu).modules()
+                   if hasattr(m, "merged"))
+
+
+def test_compiled_decoding_is_refused_on_a_cpu(recipe_dict):
+    from harness.errors import HarnessError
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.decoding": "compiled"})
+    with pytest.raises(HarnessError, match="t.yaml: eval.decoding: compiled decoding needs a "
+                                           "CUDA GPU"):
+        prepared.prepare(r, with_data=False)
