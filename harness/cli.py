@@ -96,11 +96,10 @@ def cmd_train(args) -> int:
         distributed.finish()
     if outcome is None:  # not rank 0
         return 0
+    from harness import report
     cmp = outcome.comparison
     for key in [r.sweep.objective] if r.sweep.objective in cmp["after"] else list(cmp["after"]):
-        say(f"{key}: {cmp['before'][key]:.4g} -> {cmp['after'][key]:.4g} "
-                f"({cmp['delta'][key]:+.4g}, 95% CI [{cmp['ci_low'][key]:+.3g}, "
-                f"{cmp['ci_high'][key]:+.3g}], p={cmp['p_value'][key]:.3g})")
+        say(report.delta_line(cmp, key))
     say(f"run {outcome.run_id}; report {path}")
     return 0
 
@@ -139,10 +138,9 @@ def cmd_eval(args) -> int:
     r = recipe.build(data, args.recipe or "harness eval", recipe.parse_sets(sets))
     out = scoring.run_eval(r, args.model, args.before, Tracker(r))
     if out["comparison"]:
-        for k, d in out["comparison"]["delta"].items():
-            say(f"{k}: {out['comparison']['before'][k]:.4g} -> "
-                    f"{out['comparison']['after'][k]:.4g} ({d:+.4g}, p="
-                    f"{out['comparison']['p_value'][k]:.3g})")
+        from harness import report
+        for k in out["comparison"]["delta"]:
+            say(report.delta_line(out["comparison"], k))
     print(f"run {out['run_id']}; report: {out['report']}")
     return 0
 

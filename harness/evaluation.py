@@ -253,10 +253,12 @@ def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:
 
 def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
     """Per metric key ('math/numeric_accuracy'): before, after, delta with its paired bootstrap
-    95% CI, a paired test's p-value, and fixed/broken example counts for 0/1 metrics."""
+    95% CI, a paired test's p-value and its Holm adjustment across all the keys compared, the
+    number of pairs, and for 0/1 metrics the examples fixed and broken (in the metric's
+    direction: for a lower-is-better metric, fixed means it went down)."""
     from harness import stats
     out = {side: {} for side in ("before", "after", "delta", "ci_low", "ci_high", "p_value",
-                                 "test", "changes")}
+                                 "test", "n", "changes")}
     for name, res in after.items():
         prev = before[name]
         for metric_name in res.metrics:
@@ -270,12 +272,17 @@ def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
             key = f"{name}/{metric_name}"
             for side, v in d.as_dict().items():
                 out[side][key] = v
+            out["n"][key] = len(res.examples)
             if metric.binary:
+                up = metric.higher_is_better
                 pairs = list(enumerate(zip(prev.examples, res.examples)))
-                fixed = [i for i, (x, y) in pairs if x[metric_name] < y[metric_name]]
-                broken = [i for i, (x, y) in pairs if x[metric_name] > y[metric_name]]
+                fixed = [i for i, (x, y) in pairs
+                         if stats.better(up, x[metric_name], y[metric_name])]
+                broken = [i for i, (x, y) in pairs
+                          if stats.better(up, y[metric_name], x[metric_name])]
                 out["changes"][key] = {"fixed": len(fixed), "broken": len(broken),
                                        "fixed_ids": fixed, "broken_ids": broken}
+    out["p_holm"] = stats.holm(out["p_value"])
     return out
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import yaml
 
-from harness import plots, timing
+from harness import metrics, plots, timing
 from harness.evaluation import SetResult, results_from_json
-from harness.stats import format_p
+from harness.stats import EXACT_BELOW, better, format_p
 from harness.recipe import Recipe
 
 
@@ -26,9 +26,22 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
+def delta_line(comparison: dict, key: str) -> str:
+    """One metric's before -> after on a terminal line, p-values printed as in the report."""
+    c = comparison
+    ci = (f", 95% CI [{c['ci_low'][key]:+.3g}, {c['ci_high'][key]:+.3g}]"
+          if key in c.get("ci_low", {}) else "")
+    holm = c.get("p_holm", {}).get(key)
+    return (f"{key}: {c['before'][key]:.4g} -> {c['after'][key]:.4g} ({c['delta'][key]:+.4g}"
+            f"{ci}, p={format_p(c['p_value'][key])}"
+            + (f", Holm p={format_p(holm)}" if holm is not None else "") + ")")
+
+
 def before_after(comparison: dict) -> str:
-    """A row per metric: (base,) before, after, delta with its 95% CI, the paired test's p."""
+    """A row per metric: (base,) before, after, delta with its 95% CI, the paired test's p
+    and its Holm adjustment across the table; a note when the pairs are too few for the CI."""
     base = comparison.get("base")
+    holm = comparison.get("p_holm", {})
     rows = []
     for k, after in comparison["after"].items():
         ch = comparison["changes"].get(k)
@@ -38,9 +51,18 @@ def before_after(comparison: dict) -> str:
         rows.append([k, *([base.get(k, "")] if base else []), comparison["before"].get(k, ""),
                      after, f"{comparison['delta'].get(k, float('nan')):+.4g}{ci}",
                      f"{format_p(p)} ({comparison['test'][k]})" if p is not None else "",
+                     format_p(holm[k]) if k in holm else "",
                      f"{ch['fixed']} / {ch['broken']}" if ch else ""])
-    return table(["metric", *(["base"] if base else []), "before", "after",
-                  "delta [95% CI]", "p (paired test)", "fixed / broken"], rows)
+    out = table(["metric", *(["base"] if base else []), "before", "after",
+                 "delta [95% CI]", "p (paired test)", f"Holm p ({len(holm)} tests)",
+                 "fixed / broken"], rows)
+    few = sorted({k.split("/")[0]: n for k, n in comparison.get("n", {}).items()
+                  if n < EXACT_BELOW}.items())
+    if few:
+        out += ("\n\n**Few examples**: " + ", ".join(f"{s} has {n}" for s, n in few)
+                + f". Below {EXACT_BELOW} pairs the bootstrap CI is unreliable; the p-values "
+                "are exact tests.")
+    return out
 
 
 def _short(text: str, n: int = 160) -> str:
@@ -77,9 +99,11 @@ def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int =
     out = []
     for name, res in after.items():
         key = next(iter(res.metrics))  # the set's first metric decides fixed/broken
+        up = metrics.load(key).higher_is_better
         pairs = list(zip(before[name].examples, res.examples))
-        ranked = ([p for p in pairs if p[1][key] > p[0][key]] + [p for p in pairs if p[1][key] <
-                  p[0][key]] + [p for p in pairs if p[1][key] == p[0][key]])[:n]
+        ranked = ([p for p in pairs if better(up, p[0][key], p[1][key])]
+                  + [p for p in pairs if better(up, p[1][key], p[0][key])]
+                  + [p for p in pairs if p[1][key] == p[0][key]])[:n]
         rows = [[_short(b["prompt"], 100),
                  _short(b.get("reference", b.get("chosen", "")).split("####")[-1], 20),
                  _shown(b), b[key], _shown(a), a[key]] for b, a in ranked]
@@ -153,8 +177,10 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
     body = ["## Best trial", "",
             f"Trial {best.number}: **{key} = {study.best_value:.4g}** "
             f"({recipe.sweep.direction}), MLflow run `{best.run_id}` in experiment "
-            f"`{tracker.experiment}` ({tracker.uri}).", "",
-            table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
+            f"`{tracker.experiment}` ({tracker.uri}). The best of "
+            f"{sum(t.state == 'COMPLETE' for t in study.trials)} completed trials, chosen on the "
+            "golden sets its before/after below is measured on: those figures lean optimistic.",
+            "", table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))

@@ -27,7 +27,7 @@ class Outcome:
 
 
 def log_comparison(tracker, comparison: dict) -> None:
-    for side in ("base", "before", "after", "delta", "ci_low", "ci_high", "p_value"):
+    for side in ("base", "before", "after", "delta", "ci_low", "ci_high", "p_value", "p_holm"):
         tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()})
     for key, c in comparison["changes"].items():
         tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})

@@ -1,6 +1,10 @@
 """Before/after statistics a reader can trust: a paired bootstrap 95% CI of each metric's
-delta, and a paired test (McNemar for 0/1 per-example scores, a paired bootstrap for corpus
-metrics such as BLEU or macro F1, Wilcoxon signed-rank for other continuous scores)."""
+delta, and a paired test: McNemar's exact test for 0/1 per-example scores; for other scores, a
+paired bootstrap (corpus metrics such as BLEU or perplexity) or Wilcoxon signed-rank, and below
+EXACT_BELOW pairs an exact paired permutation test instead (every swap of before and after
+within pairs), since a bootstrap's p cannot be trusted there (4 pairs, all improving: a
+bootstrap said <0.001; no paired test on 4 pairs can go below 0.125). Holm's adjustment covers
+the several comparisons of one report."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -8,6 +12,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 N_BOOT = 1000
+#: below this many pairs, p-values come from exact permutation tests (2**n arrangements at most
+#: 2,048) and reports say that the bootstrap CI is unreliable
+EXACT_BELOW = 12
 
 
 @dataclass
@@ -45,7 +52,12 @@ def paired(metric, args: dict, b_scores: list[float], a_scores: list[float], b_c
                        for idx in (rng.integers(0, n, n) for _ in range(n_boot))])
     low, high = np.percentile(deltas, [2.5, 97.5])
     diff = np.asarray(a_scores) - np.asarray(b_scores)
-    if getattr(metric, "corpus", False):
+    if not metric.binary and n < EXACT_BELOW:
+        scores, cols = _pooled(b_scores, a_scores, b_cols, a_cols)
+        p = _exact_permutation_p(lambda before_idx, after_idx: agg(scores, cols, after_idx)
+                                 - agg(scores, cols, before_idx), n)
+        test = "paired permutation (exact)"
+    elif getattr(metric, "corpus", False):
         # two-sided bootstrap p: how often the resampled delta lands on the other side of 0
         p = min(1.0, 2 * min((deltas <= 0).mean(), (deltas >= 0).mean()))
         test = "paired bootstrap"
@@ -59,6 +71,36 @@ def paired(metric, args: dict, b_scores: list[float], a_scores: list[float], b_c
         test = "Wilcoxon signed-rank"
     return Delta(float(before), float(after), float(after - before), float(low), float(high),
                  float(p), test)
+
+
+def _pooled(b_scores, a_scores, b_cols: dict, a_cols: dict) -> tuple[list, dict]:
+    """Before's examples then after's, so an index below n is a before, n and up an after."""
+    return list(b_scores) + list(a_scores), {k: list(b_cols[k]) + list(a_cols[k]) for k in b_cols}
+
+
+def _exact_permutation_p(statistic, n: int) -> float:
+    """Two-sided p of `statistic(before_idx, after_idx)` over all 2**n swaps within pairs
+    (scipy's permutation_test enumerates them all for so few pairs)."""
+    from scipy import stats
+    res = stats.permutation_test((np.arange(n), np.arange(n) + n), statistic,
+                                 permutation_type="samples", n_resamples=np.inf,
+                                 vectorized=False, alternative="two-sided")
+    return float(res.pvalue)
+
+
+def holm(p_values: dict[str, float]) -> dict[str, float]:
+    """Holm's step-down adjustment of several p-values (family-wise error at the level read)."""
+    ordered = sorted(p_values, key=lambda k: p_values[k])
+    out, running = {}, 0.0
+    for i, key in enumerate(ordered):
+        running = max(running, min(1.0, (len(ordered) - i) * p_values[key]))
+        out[key] = running
+    return out
+
+
+def better(higher_is_better: bool, before: float, after: float) -> bool:
+    """Whether `after` improves on `before` for a metric of this direction."""
+    return after > before if higher_is_better else after < before
 
 
 def format_p(p: float) -> str:

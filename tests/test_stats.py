@@ -51,3 +51,34 @@ def test_continuous_metric_uses_wilcoxon():
              "references": refs}
     d = _paired("f1", before, after)
     assert d.test == "Wilcoxon signed-rank" and d.delta > 0 and d.p_value < 0.001
+
+
+def test_few_pairs_get_exact_p_values():
+    """4 pairs, every one better after: no paired test can say less than 2/16 (two-sided); a
+    bootstrap said <0.001. Corpus metrics are permuted pair by pair too."""
+    m = metrics.load("perplexity")
+    b = {"nll": [10.0, 12.0, 9.0, 11.0], "tokens": [5, 6, 4, 5]}
+    a = {"nll": [8.0, 10.0, 7.0, 9.5], "tokens": [5, 6, 4, 5]}
+    d = stats.paired(m, {}, [0.0] * 4, [0.0] * 4, b, a)
+    assert d.test == "paired permutation (exact)" and d.p_value == pytest.approx(0.125)
+    assert d.delta < 0
+    refs = [f"the cat {i} sat on the mat" for i in range(stats.EXACT_BELOW - 1)]
+    worse = {"predictions": [f"a dog {i}" for i in range(len(refs))], "references": refs}
+    same = _paired("bleu", worse, {"predictions": refs, "references": refs})
+    assert same.test == "paired permutation (exact)"
+    assert same.p_value == pytest.approx(2 / 2 ** len(refs))  # all swapped or none: the extremes
+    enough = [f"the cat {i} sat on the mat" for i in range(stats.EXACT_BELOW)]
+    d = _paired("bleu", {"predictions": ["x"] * len(enough), "references": enough},
+                {"predictions": enough, "references": enough})
+    assert d.test == "paired bootstrap"
+
+
+def test_holm_adjusts_the_reports_p_values_step_down():
+    got = stats.holm({"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.5})
+    # sorted 0.01, 0.03, 0.04, 0.5 times 4, 3, 2, 1, each at least the one before
+    assert got == pytest.approx({"a": 0.04, "c": 0.09, "b": 0.09, "d": 0.5})
+    assert stats.holm({}) == {}
+
+
+def test_format_p_is_the_one_way_p_values_print():
+    assert stats.format_p(0.0) == "<0.001" and stats.format_p(0.125) == "0.125"
