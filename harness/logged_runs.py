@@ -62,7 +62,7 @@ def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
         else:
             if prep.init_adapter:
                 say("this adapter was trained on the base with model.init_from merged in; "
-                        "use --merge for a model that stands alone")
+                    "use --merge for a model that stands alone")
             for f in Path(adapter).iterdir():
                 if f.is_file() and not f.name.startswith("tokenizer"):
                     shutil.copy2(f, staged / f.name)

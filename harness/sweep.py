@@ -79,7 +79,7 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
     failed = stores.fail_orphans(study, storage)
     if failed:
         say(f"trial {', '.join(map(str, failed))}: its process is gone; failed, its values "
-                "will run again")
+            "will run again")
     return study
 
 
@@ -119,7 +119,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
         best = (max if recipe.sweep.direction == "maximize" else min)(
             (t.value for t in done), default=None)
         say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}"
-                + (f"; best so far {key} {best:.4g}" if best is not None else ""))
+            + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
         if distributed.world_size() > 1:  # the trial's other processes train these values too
@@ -146,7 +146,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
         trial.set_user_attr("times", outcome.times)
         value = outcome.objective(key)
         say(f"trial {trial.number}: {key} {value:.4g} "
-                f"(base {outcome.comparison['before'][key]:.4g})")
+            f"(base {outcome.comparison['before'][key]:.4g})")
         if math.isnan(value):
             raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
         return value
@@ -340,7 +340,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
         if workers > 1 or space.processes_per_trial > 1:
             per = space.processes_per_trial
             say(f"{workers} worker(s) joining study {name!r}"
-                    + (f", {per} processes a trial" if per > 1 else ""))
+                + (f", {per} processes a trial" if per > 1 else ""))
             _spawn_workers(recipe, tracker, parent, total, workers, per)
         else:
             _optimize(recipe, space, prep, tracker, study, parent, total)
