@@ -120,7 +120,8 @@ def cmd_sweep(args) -> int:
     before = f"{out['before_value']:.4g} -> " if out.get("before_value") is not None else ""
     print(f"\nsweep {out['study']}: {out['trials']} trial{'s' * (out['trials'] != 1)} finished\n"
           f"best trial {out['best_trial']}: {r.sweep.objective} {before}{out['best_value']:.4g}\n"
-          f"best params: {params}\n"
+          + (f"{out['heldout']['line']}\n" if out.get("heldout") else "")
+          + f"best params: {params}\n"
           f"runs: experiment {out['experiment']!r} in {out['tracking']} (sweep run "
           f"{out['parent_run_id']}, best run {out['best_run_id']}); see them with `harness ui`\n"
           f"report: {out['report']}")

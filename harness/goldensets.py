@@ -159,3 +159,26 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
     if not task.generates:
         return GoldenSet(m, path, prompts, [], columns["chosen_field"], columns["rejected_field"])
     return GoldenSet(m, path, prompts, columns["reference_field"])
+
+
+HELDOUT = "_heldout"  # the held-out part of a golden set is named <name>_heldout
+
+
+def split(gs: GoldenSet, share: float, seed: int) -> tuple[GoldenSet, GoldenSet]:
+    """(selection part, held-out part) of `gs`: the round(share * n) examples whose seeded hash
+    of prompt and answer ranks first are held out (at least one, and at least one left), so
+    every process and any row order pick the same ones. Rows keep their order in each part."""
+    import hashlib
+    n = len(gs.prompts)
+    answers = gs.references or gs.chosen
+    rank = sorted(range(n), key=lambda i: (hashlib.sha256(
+        f"{seed}\0{gs.prompts[i]}\0{answers[i]}".encode()).hexdigest(), i))
+    held = set(rank[:min(n - 1, max(1, round(share * n)))])
+
+    def part(ids: list[int], name: str) -> GoldenSet:
+        pick = lambda xs: [xs[i] for i in ids] if xs else xs  # noqa: E731
+        return GoldenSet(gs.manifest.model_copy(update={"name": name}), gs.path,
+                         pick(gs.prompts), pick(gs.references), pick(gs.chosen),
+                         pick(gs.rejected))
+    return (part([i for i in range(n) if i not in held], gs.name),
+            part([i for i in range(n) if i in held], gs.name + HELDOUT))

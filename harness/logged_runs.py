@@ -30,9 +30,12 @@ def rerun(uri: str, run_id: str) -> dict:
     for d in manifest.differences(m):
         say(f"differs from the logged run: {d}")
     tracker = Tracker(r)
+    logged = tracker.read_run(run_id)
+    # a sweep trial was scored on the objective set's selection and held-out parts: so is its rerun
     outcome, path = run.train_and_report(r, tracker, tags={"harness.rerun_of": run_id},
-                                         name=f"{r.name}-rerun")
-    original = tracker.read_run(run_id).metrics
+                                         name=f"{r.name}-rerun",
+                                         select=logged.tags.get("harness.kind") == "trial")
+    original = logged.metrics
     rows = {k: (original.get(f"after/{k}"), v) for k, v in outcome.comparison["after"].items()}
     return {"run_id": outcome.run_id, "of": run_id, "report": str(path), "after": rows}
 

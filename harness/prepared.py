@@ -98,13 +98,15 @@ def resolve_init(recipe: Recipe, tracker) -> str | None:
     return tracker.fetch_adapter(run_id, str(dest))
 
 
-def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int = 2) -> Prepared:
+def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int = 2,
+            select: bool = False) -> Prepared:
     """`scorings`: how many models this process will score (a sweep: the base and each trial),
-    which decides whether decoding is compiled."""
+    which decides whether decoding is compiled. `select`: a sweep, which holds part of the
+    objective's golden set out of selection (sweep.heldout)."""
     from harness.errors import located
     with located(recipe.source), phase("loading the model, data and golden sets"), \
             timing.timed("data"):
-        prep = _prepare(recipe, tracker, with_data, scorings)
+        prep = _prepare(recipe, tracker, with_data, scorings, select)
         if not gc.isenabled():
             # The CLI kept the collector off through set-up (harness.cli.main). What is alive
             # now (libraries, tokenizer, rows, golden sets; no model yet) lives as long as the
@@ -117,7 +119,7 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int 
     return prep
 
 
-def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int) -> Prepared:
+def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bool) -> Prepared:
     from harness import distributed
     check(recipe)
     distributed.setup()  # before CUDA starts: which GPU this process trains on
@@ -128,6 +130,8 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int) -> Prepare
         path = models.resolve(recipe.model)
         tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
+    if select and recipe.sweep.heldout:
+        goldens = held_out(recipe, goldens)
     train.check_device(recipe, plan)
     prep = Prepared(recipe, k.task, plan, path, tok, goldens)
     with timing.timed("model_load"):
@@ -162,6 +166,25 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int) -> Prepare
     say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
         f"golden sets: {sets}")
     return prep
+
+
+def held_out(recipe: Recipe, goldens: list) -> list:
+    """The golden sets with the objective's cut into a selection part (its own name, which the
+    objective and the pruner read) and a held-out part (<name>_heldout) that only reports read:
+    the best of several trials, chosen and reported on the same examples, looks better than it
+    is (the winner's curse)."""
+    name = recipe.sweep.objective.split("/", 1)[0]
+    out = []
+    for g in goldens:
+        if g.name != name:
+            out.append(g)
+        elif len(g.prompts) < 2:
+            raise HarnessError(f"golden set {name!r} has {len(g.prompts)} example: too few to "
+                               "hold any out of selection; set sweep.heldout: 0",
+                               file=recipe.source, key="sweep.heldout")
+        else:
+            out += goldensets.split(g, recipe.sweep.heldout, recipe.sweep.heldout_seed)
+    return out
 
 
 def batch_size(prep: Prepared) -> int:

@@ -105,6 +105,11 @@ class SweepSpec(Section):
     study_name: str | None = Field(None, description="Optuna study name; default: recipe name.")
     storage: str | None = Field(None, description="Optuna storage URL: sqlite:///optuna.db "
                                 "(default), journal:///path/study.log, postgresql://...")
+    heldout: float = Field(0.5, ge=0, lt=1, description="Share of the objective's golden set "
+                           "held out from selection: the objective and the pruner see the rest; "
+                           "the report gives the best trial's before/after on this part (set "
+                           "<name>_heldout). 0: no split. `harness train` never splits.")
+    heldout_seed: int = Field(0, description="Seed of the hash that picks the held-out examples.")
 
 
 class TrackingSpec(Section):

@@ -178,9 +178,8 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
             f"Trial {best.number}: **{key} = {study.best_value:.4g}** "
             f"({recipe.sweep.direction}), MLflow run `{best.run_id}` in experiment "
             f"`{tracker.experiment}` ({tracker.uri}). The best of "
-            f"{sum(t.state == 'COMPLETE' for t in study.trials)} completed trials, chosen on the "
-            "golden sets its before/after below is measured on: those figures lean optimistic.",
-            "", table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
+            f"{sum(t.state == 'COMPLETE' for t in study.trials)} completed trials.", "",
+            table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))
@@ -197,11 +196,27 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
     saved = tracker.load_json(best.run_id, "eval/results.json")
     if saved:
         after = results_from_json(saved["after"])
-        body += ["## Before / after (best trial)", "", before_after(saved["comparison"]), "",
+        body += ["## Before / after (best trial)", "", selection_note(recipe, saved["comparison"]),
+                 "", before_after(saved["comparison"]), "",
                  *_image(plots.before_after(saved["comparison"], out)),
                  "## Fixed and broken (best trial)", "", changed(before, saved["comparison"]), "",
                  "## Examples (best trial)", "", examples(before, after)]
     return _write(recipe, study.name, body)
+
+
+def selection_note(recipe: Recipe, comparison: dict) -> str:
+    """Which rows of a sweep's before/after were chosen on and which were held out."""
+    from harness.goldensets import HELDOUT
+    chosen = recipe.sweep.objective.split("/", 1)[0]
+    held = chosen + HELDOUT
+    n = comparison.get("n", {})
+    count = lambda s: next((v for k, v in n.items() if k.startswith(s + "/")), "?")  # noqa: E731
+    if not any(k.startswith(held + "/") for k in comparison["after"]):
+        return (f"The best trial was chosen on `{chosen}`, the set these figures come from: "
+                "they lean optimistic (sweep.heldout: 0).")
+    return (f"**Read `{held}`** ({count(held)} examples held out from selection and pruning): "
+            f"the estimate of the best trial. `{chosen}` ({count(chosen)} examples) is what the "
+            "best was selected on; its figures lean optimistic.")
 
 
 def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None = None) -> Path:

@@ -56,11 +56,12 @@ def run_tags(recipe: Recipe) -> dict:
     return tags
 
 
-def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: str | None = None):
+def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: str | None = None,
+                     select: bool = False):
     """The `harness train` pipeline: prepare, score the start, train and score one run, write
     its report. Returns (Outcome, report path)."""
     from harness import distributed, report
-    prep = prepare(recipe, tracker)
+    prep = prepare(recipe, tracker, select=select)  # select: a sweep trial's golden sets
     if not distributed.is_main():
         train_alongside(prep, recipe)
         return None, None

@@ -270,7 +270,8 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
     if not distributed.is_main():
         return _follow(recipe, space)
     tracker = Tracker(recipe)
-    prep = prepared.prepare(recipe, tracker, scorings=n_trials or space.n_trials)
+    prep = prepared.prepare(recipe, tracker, scorings=n_trials or space.n_trials,
+                            select=True)
     saved = tracker.load_json(parent, "eval/start.json")
     if not saved:
         raise HarnessError(f"sweep run {parent!r} has no eval/start.json to join",
@@ -286,7 +287,7 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
 def _follow(recipe: Recipe, space: SweepFile) -> None:
     """A rank other than 0 of a multi-GPU trial: trains, in step with rank 0, each trial's
     values as rank 0 announces them, until it announces none."""
-    prep = prepared.prepare(recipe)
+    prep = prepared.prepare(recipe, select=True)
     while (values := distributed.share()) is not None:
         callbacks = [] if space.pruner.type == "none" else [pruning_callback(
             None, space.pruner, prep, recipe.sweep.objective, recipe.sweep.direction, None)]
@@ -308,7 +309,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     if workers > 1:
         check_parallel(recipe, tracker)
     total = n_trials or space.n_trials
-    prep = prepared.prepare(recipe, tracker, scorings=total + 1)
+    prep = prepared.prepare(recipe, tracker, scorings=total + 1, select=True)
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
     repair_killed_runs(study, tracker)
@@ -350,6 +351,11 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                                                         if errors else ""), key="sweep")
         best = study.best_trial
         tracker.log_metrics({f"best/{key}": best.value})
+        heldout = _held_out_result(recipe, tracker, best, len(finished(study)))
+        if heldout:
+            tracker.log_metrics({f"best_{side}/{heldout['key']}": heldout[side]
+                                 for side in ("before", "after")})
+            tracker.describe(heldout["line"])
         # tags, not params: a resumed study may find a new best, and MLflow params are final
         tracker.set_tags({"harness.best_trial": best.number,
                           "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
@@ -365,10 +371,28 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times)
             tracker.log_artifacts(str(path.parent), "report")
         tracker.log_metrics(timing.closing_metrics())
-        say(f"best trial {best.number}: {key} {best.value:.4g}; report: {path}")
+        say(f"best trial {best.number}: {key} {best.value:.4g}"
+            + (f"; held out: {heldout['line']}" if heldout else "") + f"; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,
                 "best_params": best.params, "parent_run_id": parent, "report": str(path),
                 "before_value": flat_metrics(prep.before).get(key), "trials": len(finished(study)),
                 "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                "tracking": tracker.uri, "experiment": tracker.experiment}
+                "tracking": tracker.uri, "experiment": tracker.experiment,
+                "heldout": heldout}
+
+
+def _held_out_result(recipe: Recipe, tracker, best, trials: int) -> dict | None:
+    """The best trial's before/after on the held-out part of the objective's golden set (what
+    the sweep run's headline and description give), or None without a split."""
+    from harness.goldensets import HELDOUT
+    set_name, metric = recipe.sweep.objective.split("/", 1)
+    key = f"{set_name}{HELDOUT}/{metric}"
+    saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
+    cmp = saved["comparison"] if saved else {}
+    if key not in cmp.get("after", {}):
+        return None
+    from harness.report import delta_line
+    return {"key": key, "before": cmp["before"][key], "after": cmp["after"][key],
+            "line": f"best of {trials} trials (chosen on {recipe.sweep.objective}), held out: "
+                    + delta_line(cmp, key)}

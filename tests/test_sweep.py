@@ -48,9 +48,18 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert len(client.get_metric_history(t0.info.run_id, "loss")) == 2
     arts = {a.path for a in client.list_artifacts(t0.info.run_id)}
     assert {"recipe.yaml", "eval"} <= arts
-    table = json.loads(open(client.download_artifacts(
-        t0.info.run_id, "eval/math_examples.json", str(tmp_path))).read())
-    assert len(table["data"]) == 4 and "after/prediction" in table["columns"]
+    # the objective's 4 examples: 2 to select on (math), 2 held out for the report (sweep.heldout)
+    for name in ("math", "math_heldout"):
+        table = json.loads(open(client.download_artifacts(
+            t0.info.run_id, f"eval/{name}_examples.json", str(tmp_path))).read())
+        assert len(table["data"]) == 2 and "after/prediction" in table["columns"]
+    held = {json.dumps(r) for r in table["data"]}
+    assert not held & {json.dumps(r) for r in json.loads(open(client.download_artifacts(
+        t0.info.run_id, "eval/math_examples.json", str(tmp_path))).read())["data"]}
+    assert "after/math_heldout/numeric_accuracy" in m
+    assert out["heldout"]["key"] == "math_heldout/numeric_accuracy"
+    assert out["heldout"]["line"].startswith("best of 2 trials (chosen on math/numeric_accuracy)"
+                                             ", held out: math_heldout/numeric_accuracy: ")
 
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"best_adapter", "report", "eval"} <= parent_arts
@@ -60,6 +69,10 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert "## All trials" in report and "## Before / after (best trial)" in report
     assert "math/numeric_accuracy" in report and "## Examples (best trial)" in report
     assert "## Fixed and broken (best trial)" in report and "delta [95% CI]" in report
+    assert "**Read `math_heldout`** (2 examples held out from selection and pruning)" in report
+    pm = client.get_run(parent.info.run_id).data
+    assert "best_after/math_heldout/numeric_accuracy" in pm.metrics
+    assert pm.tags["mlflow.note.content"] == out["heldout"]["line"]
 
     # the same command resumes the study: one more trial, same parent, base not re-scored
     r3 = recipe.build(recipe_dict, "tiny.yaml", {})
