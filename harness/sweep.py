@@ -372,7 +372,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             tracker.log_artifacts(str(path.parent), "report")
         tracker.log_metrics(timing.closing_metrics())
         say(f"best trial {best.number}: {key} {best.value:.4g}"
-            + (f"; held out: {heldout['line']}" if heldout else "") + f"; report: {path}")
+            + (f"; {heldout['line']}" if heldout else "") + f"; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,
                 "best_params": best.params, "parent_run_id": parent, "report": str(path),
