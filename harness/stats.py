@@ -81,6 +81,8 @@ def _pooled(b_scores, a_scores, b_cols: dict, a_cols: dict) -> tuple[list, dict]
 def _exact_permutation_p(statistic, n: int) -> float:
     """Two-sided p of `statistic(before_idx, after_idx)` over all 2**n swaps within pairs
     (scipy's permutation_test enumerates them all for so few pairs)."""
+    if n < 2:  # one pair: itself or swapped, each as extreme as the other
+        return 1.0
     from scipy import stats
     res = stats.permutation_test((np.arange(n), np.arange(n) + n), statistic,
                                  permutation_type="samples", n_resamples=np.inf,

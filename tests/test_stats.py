@@ -67,6 +67,9 @@ def test_few_pairs_get_exact_p_values():
     same = _paired("bleu", worse, {"predictions": refs, "references": refs})
     assert same.test == "paired permutation (exact)"
     assert same.p_value == pytest.approx(2 / 2 ** len(refs))  # all swapped or none: the extremes
+    one = stats.paired(m, {}, [0.0], [0.0], {"nll": [10.0], "tokens": [5]},
+                       {"nll": [8.0], "tokens": [5]})
+    assert one.p_value == 1.0  # a single pair: swapped or not, equally extreme
     enough = [f"the cat {i} sat on the mat" for i in range(stats.EXACT_BELOW)]
     d = _paired("bleu", {"predictions": ["x"] * len(enough), "references": enough},
                 {"predictions": enough, "references": enough})

@@ -38,8 +38,27 @@ try {
   await page.getByText(/Comparing \d+ Runs/).first().waitFor({ timeout: 30000 });
   seen.compare_heading = (await page.getByText(/Comparing \d+ Runs/).first().innerText()).trim();
   seen.compare_url = page.url();
-  seen.compare_metrics = [...new Set((await page.innerText('body'))
-    .match(/\b(after|delta)\/[\w./-]+/g) || [])].sort();
+  // the Metrics box scrolls and renders only the rows near its view: scroll it through,
+  // collecting every metric name it shows
+  const first = page.getByText(/^after\//).first();
+  await first.waitFor({ timeout: 30000 });
+  const box = await first.evaluateHandle((el) => {
+    let p = el;
+    while (p && !(p.scrollHeight > p.clientHeight + 1 && getComputedStyle(p).overflowY !== 'visible')) {
+      p = p.parentElement;
+    }
+    return p || document.scrollingElement;
+  });
+  const names = new Set();
+  for (let i = 0, end = false; i < 60 && !end; i++) {
+    end = await box.evaluate((b) => b.scrollTop + b.clientHeight >= b.scrollHeight - 1);
+    for (const m of ((await page.innerText('body')).match(/\b(after|delta)\/[\w./-]+/g) || [])) {
+      names.add(m);
+    }
+    await box.evaluate((b) => { b.scrollTop += 120; });
+    await page.waitForTimeout(100);
+  }
+  seen.compare_metrics = [...names].sort();
   await page.screenshot({ path: `${outDir}/compare.png`, fullPage: true });
 } catch (e) {
   seen.error = String(e).split('\n')[0];
