@@ -229,6 +229,16 @@ def start_to_json(prep: Prepared) -> dict:
             "base": evaluation.results_to_json(prep.base)}
 
 
+def start_matches(prep: Prepared, d: dict) -> bool:
+    """Whether saved start scores (start_to_json) are of these golden sets' examples, in this
+    order: a resumed study whose sets or held-out split changed must score its start again, or
+    its before/after pairs would not be pairs."""
+    before = d.get("before", {})
+    return set(before) == {g.name for g in prep.goldens} and all(
+        [e.get("prompt") for e in before[g.name]["examples"]] == list(g.prompts)
+        for g in prep.goldens)
+
+
 def start_from_json(prep: Prepared, d: dict) -> None:
     prep.before = evaluation.results_from_json(d["before"])
     prep.base = evaluation.results_from_json(d["base"])

@@ -273,9 +273,9 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
     prep = prepared.prepare(recipe, tracker, scorings=n_trials or space.n_trials,
                             select=True)
     saved = tracker.load_json(parent, "eval/start.json")
-    if not saved:
-        raise HarnessError(f"sweep run {parent!r} has no eval/start.json to join",
-                           key="--worker-of")
+    if not saved or not prepared.start_matches(prep, saved):
+        raise HarnessError(f"sweep run {parent!r} has no eval/start.json of these golden sets "
+                           "to join", key="--worker-of")
     prepared.start_from_json(prep, saved)
     study = open_study(recipe, space, worker=index)
     _optimize(recipe, space, prep, tracker, study, parent, n_trials or space.n_trials)
@@ -329,7 +329,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
         saved = tracker.load_json(parent, "eval/start.json")
-        if saved:  # a resumed study: the starting model was scored already
+        # a resumed study: the starting model was scored already, on these same examples
+        if saved and prepared.start_matches(prep, saved):
             prepared.start_from_json(prep, saved)
         else:
             prepared.evaluate_start(prep)

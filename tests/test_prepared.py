@@ -70,3 +70,19 @@ def test_compiled_decoding_is_refused_on_a_cpu(recipe_dict):
     with pytest.raises(HarnessError, match="t.yaml: eval.decoding: compiled decoding needs a "
                                            "CUDA GPU"):
         prepared.prepare(r, with_data=False)
+
+
+def test_saved_start_scores_are_reused_only_for_the_same_examples(recipe_dict):
+    """A resumed sweep reads its start's scores back only when they are of the same examples
+    in the same order: another held-out share, or no split, scores the start again."""
+    import json
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 4})
+    prep = prepared.prepare(r, with_data=False, select=True)
+    assert [g.name for g in prep.goldens] == ["math", "math_heldout"]
+    prepared.evaluate_start(prep)
+    saved = json.loads(json.dumps(prepared.start_to_json(prep)))
+    assert prepared.start_matches(prep, saved)
+    quarter = recipe.build(recipe_dict, "t.yaml", {"sweep.heldout": 0.25})
+    assert not prepared.start_matches(prepared.prepare(quarter, with_data=False, select=True),
+                                      saved)
+    assert not prepared.start_matches(prepared.prepare(r, with_data=False), saved)
