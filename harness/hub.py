@@ -38,10 +38,6 @@ def unreachable_because(timeout: float = 3.0) -> str | None:
     return None
 
 
-def reachable(timeout: float = 3.0) -> bool:
-    return unreachable_because(timeout) is None
-
-
 def offline_reason() -> str | None:
     """Why the last go_offline_if_unreachable switched the HF libraries offline (or None)."""
     return _why

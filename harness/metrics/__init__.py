@@ -24,10 +24,6 @@ for _t in ("1", "2", "L", "Lsum"):
     METRICS.register(f"rouge{_t}")(("rouge", {"rouge_type": f"rouge{_t}"}))
 
 
-def names() -> list[str]:
-    return list(METRICS)
-
-
 def check(name: str, **where) -> str:
     METRICS.get(name, **where)
     return name
