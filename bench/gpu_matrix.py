@@ -292,7 +292,7 @@ CELLS = {c.name: c for c in [
          check=check_train(SFT_METRICS + ["eval_loss"], extra=early_stop_extra)),
     Cell("eval", "sft_math", "eval", check=check_eval),
     Cell("processes_2", "sft_math", "train", processes=2,
-         check=check_train(SFT_METRICS, "off", extra=ddp_extra), needs_gpus=2),
+         check=check_train(SFT_METRICS, "on", extra=ddp_extra), needs_gpus=2),
 ]}
 
 

@@ -11,7 +11,8 @@ peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
     python bench/train_speed.py --shared ../shared [--configs harness harness_sdpa] \
         [--peers liger liger] [--dpo] [--processes 1 2] [--json out.json]
     (PROFILE=harness: profile it; --processes: each configuration on 1 and on 2 GPUs, under
-    torchrun as `harness train --processes N` runs it)
+    torchrun as `harness train --processes N` runs it; a configuration named `name@2` runs on 2
+    GPUs only, e.g. harness_b8@2 for one GPU's global batch on two)
 
 Tokens are non-padding tokens; MFU uses 4N FLOPs a token for LoRA (N: the model's parameters)
 against the H100's 989 TFLOP/s bf16 peak, as the peer does.
@@ -193,6 +194,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
             "steps": res.trainer.state.global_step, "first_steps_ms": clock.first_steps_ms(),
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
+            "in_sync": res.metrics.get("distributed/in_sync"),
             "settings": {"attention": plan.attention if train.padding_free(args) else
                          model.config._attn_implementation,
                          "packing": getattr(args, "packing", None),
@@ -241,11 +243,17 @@ def main() -> None:
     ap.add_argument("--dpo", action="store_true", help="also DPO, with and without precompute")
     ap.add_argument("--processes", nargs="+", type=int, default=[1],
                     help="run each configuration data-parallel on this many GPUs (several: each)")
+    ap.add_argument("--share-gpu", action="store_true",
+                    help="several processes on GPU 0, DDP over gloo: checks data parallel "
+                         "(graphs, ranks in sync, loss) on a one-GPU machine; not its speed")
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         from harness import distributed
+        if args.share_gpu and distributed.world_size() > 1:  # every rank on GPU 0 (accelerate
+            os.environ["LOCAL_RANK"] = "0"  # reads LOCAL_RANK); NCCL refuses two ranks a GPU
+            CONFIGS[args.one[0]] = {**CONFIGS[args.one[0]], "trainer.ddp_backend": "gloo"}
         distributed.setup()
         row = measure(args.one[0], args.one[1], args.shared, args.rows)
         if distributed.is_main():
@@ -259,17 +267,23 @@ def main() -> None:
     configs = args.configs + (["dpo", "dpo_precompute"] if args.dpo else [])
     with tempfile.TemporaryDirectory() as d:
         model_dir = random_model(f"{args.shared}/anchors/smollm2-135m", d)
-        for name, n in [(c, n) for c in configs for n in args.processes]:
+        # "name@N": that configuration on N GPUs only (harness_b8@2: one GPU's global batch)
+        runs = [(c.split("@")[0], [int(c.split("@")[1])] if "@" in c else args.processes)
+                for c in configs]
+        for name, n in [(c, n) for c, ns in runs for n in ns]:
             launcher = [sys.executable] if n == 1 else [
                 sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={n}"]
             cmd = [*launcher, __file__, "--one", name, model_dir, "--shared", args.shared,
-                   "--rows", str(args.rows)]
+                   "--rows", str(args.rows)] + (["--share-gpu"] if args.share_gpu else [])
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, **ENV.get(name, {})})
             if proc.returncode or "ROW " not in proc.stdout:
                 print(f"{name} failed:\n{proc.stderr[-3000:]}", flush=True)
                 continue
+            for line in dict.fromkeys(x for x in proc.stderr.splitlines()
+                                      if x.startswith("harness: ")):  # what the harness said
+                print(f"{name}@{n}: {line}", flush=True)
             if os.environ.get("PROFILE") == name:
                 print(proc.stderr[proc.stderr.find("-----"):][-9000:], flush=True)
             rows.append(json.loads(proc.stdout.split("ROW ", 1)[1].splitlines()[0]))
@@ -279,11 +293,20 @@ def main() -> None:
     for r in rows:
         if r.get("gpus") == 1:
             one[r["config"]] = r
+        elif r["config"].startswith("harness_b8@") and "harness" in one:
+            base = one["harness"]  # the same global batch (16 bins) on one GPU
+            print(f"{r['config']}: mean / final loss {r['train_loss']} / {r['final_loss']} "
+                  f"against 1 GPU's {base['train_loss']} / {base['final_loss']} at the same "
+                  f"global batch; ranks in sync {r['in_sync']}, graphed steps "
+                  f"{r['settings']['cuda_graph_steps']}", flush=True)
         elif r.get("gpus", 1) > 1 and r["config"].split("@")[0] in one:
             base = one[r["config"].split("@")[0]]
             steady = r["steady_tok_per_s"] / base["steady_tok_per_s"]
             print(f"{r['config']}: {r['tok_per_s'] / base['tok_per_s']:.2f}x the same "
-                  f"configuration on 1 GPU ({steady:.2f}x after the first 5 steps)", flush=True)
+                  f"configuration on 1 GPU ({steady:.2f}x after the first 5 steps); graphed "
+                  f"steps {base['settings']['cuda_graph_steps']} / "
+                  f"{r['settings']['cuda_graph_steps']}, ranks in sync {r['in_sync']}",
+                  flush=True)
     print("\n| configuration | tokens/s | x TRL tuned+Liger | after step 5 | MFU % | peak GiB | "
           "train s | wall s | mean train loss | final loss |")
     print("|---|---|---|---|---|---|---|---|---|---|")

@@ -14,6 +14,13 @@ A graph replays fixed shapes at fixed addresses, so every step's batch must look
   the kernels), up to MAX_SHAPES shapes; other shapes (the last, shorter batch) run eagerly.
 Anything else (evaluation, generation, a batch with an attention mask) runs the model's own
 forward, and the graphs are dropped when training ends.
+
+Under data parallel (DDP) the graphs hold no collective: DDP wraps the whole model, the graphed
+backward hands the parameters' gradients to autograd as one node, and DDP's gradient hooks fire
+on them after the replay, so the all-reduce runs outside the graph as it does eagerly; training
+then runs on the capture's stream (`capture_stream` says why). Each rank
+captures on its own when it has seen a shape twice; ranks whose shapes differ simply replay
+different graphs (or run eagerly) within the same step.
 """
 from __future__ import annotations
 
@@ -28,7 +35,7 @@ MAX_SHAPES = 2
 SEQUENCES_MULTIPLE = 64  # sequences a batch, rounded up: one graph covers most batches
 
 
-def blocker(config, plan, recipe, packed: bool, world_size: int) -> str | None:
+def blocker(config, plan, recipe, packed: bool) -> str | None:
     """Why the graphs cannot be used for this run, or None. `packed`: the trainer packs its
     batches padding-free (harness.train knows)."""
     if not plan.cuda_graphs:
@@ -42,7 +49,6 @@ def blocker(config, plan, recipe, packed: bool, world_size: int) -> str | None:
         # the graph's gradient buffers become the parameters' .grad; a second micro-batch would
         # overwrite the first's before adding itself
         (config.gradient_accumulation_steps > 1, "trainer.gradient_accumulation_steps > 1"),
-        (world_size > 1, "data parallel (several processes)"),
         (config.gradient_checkpointing, "trainer.activation_checkpointing"
          if hasattr(config, "activation_checkpointing") else "trainer.gradient_checkpointing"),
         # its thread pins batches with CUDA calls, which fail a capture running beside them
@@ -187,9 +193,37 @@ class GraphedBackbone:
 
 
 @contextlib.contextmanager
-def cuda_graphs(model, enabled: bool):
+def capture_stream(enabled: bool):
+    """The block runs on the stream graphs are captured on (torch.cuda.graph's
+    default_capture_stream), ordered after the work before it and before the work after it.
+
+    Why, under DDP: autograd records the stream a parameter's gradient-accumulation node was
+    made on, and a backward that hands it a gradient from another stream makes that stream
+    wait. Without DDP the nodes are made afresh each step, on the stream that runs it (the
+    capture's, while capturing). DDP makes them once, when it wraps the model, and keeps them:
+    made on the default stream, the capture's backward would make the default stream wait on
+    the capturing one, which CUDA refuses ("operation would make the legacy stream depend on a
+    capturing blocking stream"). Made on the capture stream, there is nothing to wait for."""
+    if not enabled:
+        yield
+        return
+    import torch
+    if torch.cuda.graph.default_capture_stream is None:  # torch.cuda.graph makes it lazily
+        torch.cuda.graph.default_capture_stream = torch.cuda.Stream()
+    stream, caller = torch.cuda.graph.default_capture_stream, torch.cuda.current_stream()
+    stream.wait_stream(caller)
+    try:
+        with torch.cuda.stream(stream):
+            yield
+    finally:
+        caller.wait_stream(stream)
+
+
+@contextlib.contextmanager
+def cuda_graphs(model, enabled: bool, data_parallel: bool = False):
     """Train `model`'s backbone through CUDA graphs inside the block; yields the GraphedBackbone
-    (None when off). The backbone's own forward is back afterwards and the graphs are freed."""
+    (None when off). The backbone's own forward is back afterwards and the graphs are freed.
+    `data_parallel`: DDP will wrap the model inside the block (see capture_stream)."""
     if not enabled:
         yield None
         return
@@ -200,7 +234,8 @@ def cuda_graphs(model, enabled: bool):
     graphed = GraphedBackbone(backbone)
     backbone.forward = graphed  # an instance attribute: nn.Module calls it first
     try:
-        yield graphed
+        with capture_stream(data_parallel):
+            yield graphed
     finally:
         del backbone.forward
         graphed.graphs.clear()

@@ -273,7 +273,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
                                       else None), kernels.fused_norms(model, plan.fused_norm), \
-            graphs.cuda_graphs(model, blocked is None) as graphed, \
+            graphs.cuda_graphs(model, blocked is None,
+                               data_parallel=distributed.world_size() > 1) as graphed, \
             faults(recipe, output_dir) as where:
         trainer = k.trainer_cls()(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
@@ -316,12 +317,10 @@ def scoring_ready(model, use_cache: bool) -> None:
         del base.forward
 
 
-def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan,
-                  world_size: int | None = None) -> str | None:
+def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan) -> str | None:
     """Why this run's decoder stack cannot train through CUDA graphs (None: it will). The plan's
     default gives way with a note; a recipe that asks for them gets an error."""
-    why = graphs.blocker(config, plan, recipe, kind(recipe).packs and padding_free(config),
-                         world_size or distributed.world_size())
+    why = graphs.blocker(config, plan, recipe, kind(recipe).packs and padding_free(config))
     if why is None or why == "off":
         return why
     if recipe.model.cuda_graphs:
