@@ -257,7 +257,8 @@ def parser() -> argparse.ArgumentParser:
     rp.set_defaults(fn=cmd_report)
     x = sub.add_parser("export", help="write a run's model for use elsewhere: its adapter, or "
                        "merged into its base (--merge), with the tokenizer and chat template")
-    x.add_argument("run_id")
+    x.add_argument("run_id", help="a run id, a sweep run's id (its best trial), or a "
+                   "LoggedModel id (m-...)")
     x.add_argument("out_dir")
     x.add_argument("--merge", action="store_true", help="merge the adapter into the base model")
     x.add_argument("--register", metavar="NAME", help="also register it in the MLflow Model "

@@ -74,8 +74,11 @@ def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
         out.rmdir()
     staged.replace(out)  # a half-written export is never left at OUT_DIR
     result = {"run_id": run_id, "path": str(out), "merged": bool(merge)}
-    if register:
-        result["version"] = tracker.register(run_id, str(out), register)
+    if register:  # the run's own LoggedModel, or the merged export logged as one
+        from harness.tracking import MODEL_TAG
+        model_id = None if merge else tracker.read_run(run_id).tags.get(MODEL_TAG)
+        result["version"] = tracker.register(run_id, register, model_id=model_id,
+                                             folder=str(out))
     return result
 
 

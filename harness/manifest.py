@@ -89,9 +89,15 @@ def log(tracker, prep, train_ds) -> dict:
 
 
 def fetch(uri: str, run_id: str) -> tuple[str, dict]:
-    """(run id, manifest) of a run in the store at `uri`; a sweep's run gives its best trial's."""
+    """(run id, manifest) of a run in the store at `uri`; a sweep's run gives its best trial's,
+    a LoggedModel's id (m-...) the run that made it."""
     from harness.tracking import Reader, redact
     store = Reader(uri)
+    if run_id.startswith("m-"):
+        made_by = store.model_run(run_id)
+        if made_by is None:
+            raise HarnessError(f"no MLflow LoggedModel {run_id!r} in {redact(uri)}", file="RUN_ID")
+        run_id = made_by
     run = store.read_run(run_id)
     if run is None:
         raise HarnessError(f"no MLflow run {run_id!r} in {redact(uri)}", file="RUN_ID")

@@ -116,6 +116,12 @@ class TrackingSpec(Section):
     uri: str | None = Field(None, description="MLflow tracking URI; default MLFLOW_TRACKING_URI "
                             "or sqlite:///mlflow.db.")
     experiment: str | None = Field(None, description="MLflow experiment; default: recipe name.")
+    log_models: Literal["all", "best", "none"] | None = Field(
+        None, description="Trained models kept as MLflow LoggedModels (the UI's Models view; "
+        "`harness export`, `--register` and `init_from` read them): all (every run and sweep "
+        "trial; the default for LoRA adapters), best (a sweep's best trial and `harness train`'s "
+        "run; the default for full fine-tunes, whose weights are large), none (models stay in "
+        "output_dir only).")
 
 
 class ParamSpace(Section):
@@ -232,6 +238,11 @@ class Recipe(Section):
         guard = self.eval.forgetting_guard
         listed = guard and any(shipped.same(guard, g, "goldensets") for g in self.eval.goldensets)
         return self.eval.goldensets + ([guard] if guard and not listed else [])
+
+    @property
+    def models_logged(self) -> str:
+        """tracking.log_models with its default: all for adapters, best for full weights."""
+        return self.tracking.log_models or ("best" if self.adapter.type == "none" else "all")
 
     def fingerprint(self) -> str:
         """Short hash of the resolved recipe: equal recipes, equal runs (tagged on every run)."""

@@ -26,11 +26,22 @@ class Outcome:
         return self.comparison["after"][key]
 
 
-def log_comparison(tracker, comparison: dict) -> None:
+def log_comparison(tracker, comparison: dict, model: tuple | None = None) -> None:
+    """The before/after metrics of the active run. `model`: (run id, LoggedModel id, golden
+    sets): the after/ ones are linked to the model and to each set's dataset."""
     for side in ("base", "before", "after", "delta", "ci_low", "ci_high", "p_value", "p_holm"):
+        if side == "after" and model:
+            run_id, model_id, goldens = model
+            tracker.log_model_metrics(run_id, model_id, comparison["after"], goldens)
+            continue
         tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()})
     for key, c in comparison["changes"].items():
         tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})
+
+
+def model_kind(recipe: Recipe) -> str:
+    """The LoggedModel's model_type: what its files are."""
+    return "peft-lora-adapter" if recipe.adapter.type == "lora" else "transformers"
 
 
 def headline(recipe: Recipe, run_name: str, comparison: dict) -> str:
@@ -136,8 +147,10 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
             raise TrialPruned(f"pruned at step {result.trainer.state.global_step}")
         adapter_dir = train.save(result, str(Path(out_dir) / "final"))
         tracker.set_tags({"harness.adapter_dir": str(Path(adapter_dir).resolve())})
-        if not nested:  # a sweep uploads only its best trial's adapter
-            tracker.log_artifacts(adapter_dir, "adapter")
+        # a sweep's trials under `best`: only the best one, once the study knows it (sweep.py)
+        logged = recipe.models_logged == "all" or (recipe.models_logged == "best" and not nested)
+        model_id = tracker.log_model(run_id, adapter_dir, run_name, model_kind(recipe)) \
+            if logged else None
         say(f"{run_name}: scoring the tuned model")
         with phase(f"scoring {run_name}"), timing.timed("score_after"):
             # compiled decoding keeps the adapter: its one compile serves the unmerged structure
@@ -147,7 +160,7 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
             comparison = evaluation.compare(prep.before, after)
         if prep.base:
             comparison["base"] = evaluation.flat_metrics(prep.base)
-        log_comparison(tracker, comparison)
+        log_comparison(tracker, comparison, (run_id, model_id, prep.goldens) if model_id else None)
         tracker.describe(headline(recipe, run_name, comparison))
         for name, res in after.items():
             tracker.log_table(evaluation.paired_rows(prep.before[name], res),

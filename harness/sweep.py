@@ -302,7 +302,7 @@ def _follow(recipe: Recipe, space: SweepFile) -> None:
 def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> dict:
     optuna = _setup()
     from harness import report
-    from harness.tracking import KIND_TAG, STUDY_TAG, Tracker
+    from harness.tracking import BEST_MODEL_TAG, KIND_TAG, STUDY_TAG, Tracker
     space = load_space(recipe)
     check_gpus(recipe, space, workers)
     tracker = Tracker(recipe)
@@ -358,13 +358,11 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                                  for side in ("before", "after")})
             tracker.describe(heldout["line"])
         # tags, not params: a resumed study may find a new best, and MLflow params are final
+        best_model = _best_model(recipe, tracker, best, prep.goldens)
         tracker.set_tags({"harness.best_trial": best.number,
                           "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
+                          **({BEST_MODEL_TAG: best_model} if best_model else {}),
                           **{f"best.{k}": v for k, v in best.params.items()}})
-        if best.user_attrs.get("adapter_dir"):
-            from pathlib import Path
-            if Path(best.user_attrs["adapter_dir"]).is_dir():
-                tracker.log_artifacts(best.user_attrs["adapter_dir"], "best_adapter")
         times = timing.command_times()  # for the report; time/other is logged after it
         tracker.log_metrics(timing.metrics({k: v for k, v in times.items() if k != "other"}))
         with phase("writing the sweep report"), timing.timed("report"):
@@ -381,6 +379,27 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                 "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                 "tracking": tracker.uri, "experiment": tracker.experiment,
                 "heldout": heldout}
+
+
+def _best_model(recipe: Recipe, tracker, best, goldens) -> str | None:
+    """The best trial's LoggedModel id: logged with the trial under tracking.log_models `all`;
+    under `best`, logged now from the trial's adapter folder (when this machine has it)."""
+    from pathlib import Path
+
+    from harness.tracking import MODEL_TAG
+    run_id, folder = best.user_attrs.get("mlflow_run_id"), best.user_attrs.get("adapter_dir")
+    view = tracker.read_run(run_id) if run_id else None
+    if view is None or recipe.models_logged == "none":
+        return None
+    if view.tags.get(MODEL_TAG):
+        return view.tags[MODEL_TAG]
+    if recipe.models_logged != "best" or not folder or not Path(folder).is_dir():
+        return None
+    model_id = tracker.log_model(run_id, folder, view.name, run.model_kind(recipe))
+    tracker.log_model_metrics(run_id, model_id, {k.removeprefix("after/"): v for k, v in
+                                                 view.metrics.items() if k.startswith("after/")},
+                              goldens)
+    return model_id
 
 
 def _held_out_result(recipe: Recipe, tracker, best, trials: int) -> dict | None:

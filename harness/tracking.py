@@ -18,6 +18,8 @@ from harness.recipe import Recipe, map_strings
 
 STUDY_TAG = "harness.study"
 KIND_TAG = "harness.kind"
+MODEL_TAG = "harness.model_id"  # a run's LoggedModel (its trained adapter or model)
+BEST_MODEL_TAG = "harness.best_model_id"  # a sweep run's best trial's LoggedModel
 MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, without importing mlflow here
 _SECRETS = [(re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # user:password@host
             (re.compile(r"([?&;](?:token|access_token|api_key|apikey|key|password|passwd|secret|"
@@ -91,24 +93,45 @@ class Reader:
         except (MlflowException, OSError):
             return None
 
-    def register(self, run_id: str, folder: str, name: str) -> str:
-        """Log `folder` to the run as exported_model/ and make it a new version of registered
-        model `name` (created when new); the run's after/, delta/ and before/ metrics become
-        the version's tags. Returns the version."""
-        from mlflow.exceptions import MlflowException
-        client = self.client
-        client.log_artifacts(run_id, folder, "exported_model")
+    def log_model(self, run_id: str, folder: str, name: str, kind: str) -> str:
+        """`folder` (a LoRA adapter or a whole model) as an MLflow LoggedModel made by run
+        `run_id`: the UI's Models view lists it, the run shows it among its outputs, and
+        `models:/<id>` downloads or registers it. Returns its id (also the run's MODEL_TAG)."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        experiment = self.client.get_run(run_id).info.experiment_id
+        model = self.client.create_logged_model(experiment, name=name, source_run_id=run_id,
+                                                model_type=kind, tags={"harness.run_id": run_id})
         try:
-            client.create_registered_model(name)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        source = f"{client.get_run(run_id).info.artifact_uri}/exported_model"
-        mv = client.create_model_version(name, source, run_id=run_id)
-        for k, v in client.get_run(run_id).data.metrics.items():
+            self.client.log_model_artifacts(model.model_id, folder)
+        except BaseException:  # never left PENDING: the Models view shows it failed
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        self.client.set_tag(run_id, MODEL_TAG, model.model_id)
+        return model.model_id
+
+    def model_run(self, model_id: str) -> str | None:
+        """The run that made LoggedModel `model_id`, or None when the store has no such model."""
+        from mlflow.exceptions import MlflowException
+        try:
+            return self.client.get_logged_model(model_id).source_run_id
+        except MlflowException:
+            return None
+
+    def register(self, run_id: str, name: str, model_id: str | None = None,
+                 folder: str | None = None) -> str:
+        """A new version of registered model `name` (created when new) from the run's
+        LoggedModel `model_id`, or from `folder` (a merged export) logged as a new LoggedModel
+        of the run first; the run's after/, delta/ and before/ metrics become the version's
+        tags. Returns the version."""
+        if model_id is None:
+            model_id = self.log_model(run_id, folder, f"{name}-export", "export")
+        mv = self.mlflow.register_model(f"models:/{model_id}", name)
+        for k, v in self.client.get_run(run_id).data.metrics.items():
             if k.startswith(("after/", "delta/", "before/")):
-                client.set_model_version_tag(name, mv.version, k, f"{v:.6g}")
-        client.set_model_version_tag(name, mv.version, "harness.run_id", run_id)
+                self.client.set_model_version_tag(name, mv.version, k, f"{v:.6g}")
+        self.client.set_model_version_tag(name, mv.version, "harness.run_id", run_id)
         return str(mv.version)
 
 
@@ -218,14 +241,32 @@ class Tracker(Reader):
     def log_inputs(self, train_ds, source: str, goldens) -> None:
         """The training rows and each golden set as MLflow dataset inputs (name, digest, context),
         so the UI's Datasets column shows what a run saw."""
-        import pandas as pd
         self._log_input(self._dataset(train_ds, lambda: self.mlflow.data.from_huggingface(
             train_ds, path=redact(source), name="train")), "training")
         for g in goldens:
-            self._log_input(self._dataset(g, lambda g=g: self.mlflow.data.from_pandas(
-                pd.DataFrame({"prompt": g.prompts,
-                              "reference": g.references or [""] * len(g.prompts)}),
-                source=g.path, name=g.name)), "evaluation")
+            self._log_input(self._golden_dataset(g), "evaluation")
+
+    def _golden_dataset(self, g):
+        import pandas as pd
+        return self._dataset(g, lambda: self.mlflow.data.from_pandas(
+            pd.DataFrame({"prompt": g.prompts, "reference": g.references or [""] * len(g.prompts)}),
+            source=g.path, name=g.name))
+
+    def log_model_metrics(self, run_id: str, model_id: str, after: dict[str, float],
+                          goldens) -> None:
+        """The tuned model's golden-set scores (`after`: 'math/numeric_accuracy' -> value) as the
+        run's after/ metrics, each linked to the model and to its golden set's dataset: the
+        Models view ranks the models by them, per dataset."""
+        left = dict(after)
+        for g in goldens:
+            these = {f"after/{k}": float(left.pop(k)) for k in list(left)
+                     if k.split("/", 1)[0] == g.name}
+            if these:
+                self.mlflow.log_metrics(these, run_id=run_id, model_id=model_id,
+                                        dataset=self._golden_dataset(g))
+        if left:  # a set this process did not load (never expected): linked to the model only
+            self.mlflow.log_metrics({f"after/{k}": float(v) for k, v in left.items()},
+                                    run_id=run_id, model_id=model_id)
 
     def _dataset(self, rows, build):
         """The MLflow dataset of `rows`, built by `build()` the first time."""
@@ -290,9 +331,9 @@ class Tracker(Reader):
         return bool(self.client.list_artifacts(run_id, path))
 
     def fetch_adapter(self, run_id: str, dest: str) -> str:
-        """The adapter a run produced, as a local folder: its `adapter/` or `best_adapter/`
-        artifact, its sweep's `best_adapter/` when it is that sweep's best trial, or the folder
-        its `harness.adapter_dir` tag names."""
+        """The adapter (or model) a run produced, as a local folder: its LoggedModel, the
+        LoggedModel of a sweep run's best trial, the `adapter/` or `best_adapter/` artifact
+        runs logged before LoggedModels, or the folder its `harness.adapter_dir` tag names."""
         from mlflow.exceptions import MlflowException
 
         from harness.errors import HarnessError
@@ -302,6 +343,10 @@ class Tracker(Reader):
             raise HarnessError(f"no MLflow run {run_id!r} in {self.uri}",
                                key="model.init_from") from None
         tags = run.data.tags
+        model_id = tags.get(MODEL_TAG) or tags.get(BEST_MODEL_TAG)
+        if model_id:
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            return self.mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=dest)
         sources = [(run_id, "adapter"), (run_id, "best_adapter")]
         parent = tags.get("mlflow.parentRunId")
         if parent and self.client.get_run(parent).data.tags.get("harness.best_run_id") == run_id:
@@ -314,6 +359,7 @@ class Tracker(Reader):
         local = tags.get("harness.adapter_dir")
         if local and Path(local).is_dir():
             return local
-        raise HarnessError(f"MLflow run {run_id!r} has no adapter (no adapter/ or best_adapter/ "
-                           "artifact, and its local adapter folder is gone)",
+        raise HarnessError(f"MLflow run {run_id!r} has no adapter (no LoggedModel, no adapter/ "
+                           "or best_adapter/ artifact, and its local adapter folder is gone: "
+                           "tracking.log_models)",
                            key="model.init_from")

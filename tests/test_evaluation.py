@@ -132,9 +132,9 @@ def test_static_cache_path_gives_the_same_greedy_outputs(tiny):
 
 def test_decoding_is_compiled_only_where_the_steps_win_the_compile_back():
     from conftest import ROOT
-    gs = goldensets.load(str(ROOT / "goldensets" / "math.yaml"))  # 40 problems, 64 new tokens
-    # 40 problems at batch 16: 3 batches of 64 new tokens
-    assert evaluation.decode_steps([gs], 16, None, "causal-lm") == 3 * 64
+    gs = goldensets.load(str(ROOT / "goldensets" / "math.yaml"))  # 170 problems, 64 new tokens
+    # 170 problems at batch 16: 11 batches of 64 new tokens
+    assert evaluation.decode_steps([gs], 16, None, "causal-lm") == 11 * 64
     assert evaluation.decode_steps([gs], 256, 10, "causal-lm") == 10
     assert evaluation.decode_steps([gs], 16, None, "seq-cls") == 0  # a reward model scores
     few, many = 7 * 80, evaluation.COMPILE_BREAK_EVEN_STEPS

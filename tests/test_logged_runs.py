@@ -89,6 +89,33 @@ def test_export_adapter_alone(trained, tmp_path):
     assert AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter") is not None
 
 
+def test_export_and_register_from_the_runs_logged_model(trained, tmp_path):
+    r, outcome, client = trained
+    model_id = client.get_run(outcome.run_id).data.tags["harness.model_id"]
+    res = logged_runs.export(r.tracking.uri, model_id, str(tmp_path / "a"), register="tiny-lora")
+    assert res["run_id"] == outcome.run_id and (tmp_path / "a" / "adapter_config.json").is_file()
+    mv = client.get_model_version("tiny-lora", res["version"])
+    assert mv.source == f"models:/{model_id}" and mv.run_id == outcome.run_id
+    assert mv.tags["harness.run_id"] == outcome.run_id
+    with pytest.raises(HarnessError, match="RUN_ID: no MLflow LoggedModel 'm-nope'"):
+        logged_runs.export(r.tracking.uri, "m-nope", str(tmp_path / "b"))
+
+
+def test_log_models_none_keeps_the_adapter_local(recipe_dict, write_recipe, tmp_path):
+    import mlflow
+    d = dict(recipe_dict, tracking=dict(recipe_dict["tracking"], log_models="none"))
+    r = recipe.build(d, write_recipe(d))
+    outcome, _ = run.train_and_report(r, Tracker(r))
+    client = mlflow.MlflowClient(r.tracking.uri)
+    exp = client.get_experiment_by_name(r.name)
+    assert not client.search_logged_models([exp.experiment_id])
+    assert "harness.model_id" not in client.get_run(outcome.run_id).data.tags
+    # export (and init_from) still find the adapter, in the run's output folder
+    logged_runs.export(r.tracking.uri, outcome.run_id, str(tmp_path / "a"))
+    assert (tmp_path / "a" / "adapter_config.json").is_file()
+    mlflow.set_tracking_uri(None)
+
+
 def test_unknown_run_is_one_line(trained):
     r, _, _ = trained
     with pytest.raises(HarnessError, match="RUN_ID: no MLflow run 'nope'"):

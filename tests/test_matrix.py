@@ -298,5 +298,7 @@ def test_two_workers_three_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, 
             r.info.run_id for r in trials}
         assert len({t.params["trainer.learning_rate"] for t in study.trials}) == 4  # no repeat
         parent_arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
-        assert {"best_adapter", "report", "eval"} <= parent_arts  # served by the server
+        assert {"report", "eval"} <= parent_arts  # served by the server
+        assert all(client.get_logged_model(r.data.tags["harness.model_id"]).status == "READY"
+                   for r in trials)  # the trials' adapters, through the server
     mlflow.set_tracking_uri(None)

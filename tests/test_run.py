@@ -32,7 +32,14 @@ def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
     import mlflow
     sft, tracker, _ = _train(recipe_dict, **{"trainer.learning_rate": 5e-3})
     client = mlflow.MlflowClient()
-    assert any(a.path == "adapter" for a in client.list_artifacts(sft.run_id))
+    # the adapter is the run's MLflow LoggedModel, its after/ metrics linked to it and its set
+    model_id = client.get_run(sft.run_id).data.tags["harness.model_id"]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == sft.run_id and model.status == "READY"
+    assert model.model_type == "peft-lora-adapter"
+    assert {m.key: m.dataset_name for m in model.metrics}["after/math/numeric_accuracy"] == "math"
+    assert [o.model_id for o in client.get_run(sft.run_id).outputs.model_outputs] == [model_id]
+    assert not client.list_artifacts(sft.run_id, "adapter")  # not stored twice
 
     d = dict(recipe_dict, method="dpo", name="tiny-dpo",
              data={"train": "builtin:math_preferences", "builtin_rows": 8},

@@ -62,9 +62,21 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
                                              ", held out: math_heldout/numeric_accuracy: ")
 
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"best_adapter", "report", "eval"} <= parent_arts
-    assert any(a.path.endswith("adapter_config.json")
-               for a in client.list_artifacts(parent.info.run_id, "best_adapter"))
+    assert {"report", "eval"} <= parent_arts
+    # every trial's adapter is a LoggedModel of its run (tracking.log_models: all), ranked in
+    # the Models view by its after/ metrics; the sweep run names the best trial's
+    trials = sorted((r for r in runs if r.data.tags.get("harness.kind") == "trial"),
+                    key=lambda r: int(r.data.tags["harness.trial"]))
+    models = [client.get_logged_model(t.data.tags["harness.model_id"]) for t in trials]
+    assert [m.source_run_id for m in models] == [t.info.run_id for t in trials]
+    for m, t in zip(models, trials):
+        linked = {x.key: (x.value, x.dataset_name) for x in m.metrics}
+        assert linked["after/math/numeric_accuracy"] == (
+            t.data.metrics["after/math/numeric_accuracy"], "math")
+        assert linked["after/math_heldout/numeric_accuracy"][1] == "math_heldout"
+    best_run = client.get_run(parent.info.run_id).data.tags["harness.best_run_id"]
+    assert client.get_run(parent.info.run_id).data.tags["harness.best_model_id"] == \
+        client.get_run(best_run).data.tags["harness.model_id"]
     report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "## All trials" in report and "## Before / after (best trial)" in report
     assert "math/numeric_accuracy" in report and "## Examples (best trial)" in report
@@ -102,6 +114,22 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     runs = client.search_runs([exp.experiment_id])
     assert sum(x.data.tags.get("harness.kind") == "sweep" for x in runs) == 2
     assert all(x.info.status == "FINISHED" for x in runs)
+
+
+def test_log_models_best_logs_the_best_trial_alone(recipe_dict, client):
+    r = recipe.build(recipe_dict, "tiny.yaml", {"tracking.log_models": "best"})
+    out = sweep.run_sweep(r)
+    exp = client.get_experiment_by_name("tiny")
+    trials = [x for x in client.search_runs([exp.experiment_id])
+              if x.data.tags.get("harness.kind") == "trial"]
+    with_model = [t for t in trials if "harness.model_id" in t.data.tags]
+    assert [t.info.run_id for t in with_model] == [out["best_run_id"]]
+    model = client.get_logged_model(with_model[0].data.tags["harness.model_id"])
+    assert {m.key: m.dataset_name for m in model.metrics}["after/math/numeric_accuracy"] == "math"
+    assert client.get_run(out["parent_run_id"]).data.tags["harness.best_model_id"] == \
+        model.model_id
+    assert [m.model_id for m in client.search_logged_models([exp.experiment_id])] == \
+        [model.model_id]
 
 
 def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
