@@ -2,6 +2,7 @@
 (tests/ui/check_ui.mjs; `make test` runs tests/ui/setup.sh to install both) on the store of a
 real tiny sweep."""
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -35,8 +36,8 @@ def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # opens on runs
     url, first_line = ui
     assert url in first_line  # `harness ui` prints where it listens
-    shots = tmp_path / "screenshots"
-    shots.mkdir()
+    shots = Path(os.environ.get("HARNESS_UI_SHOTS") or tmp_path / "screenshots")
+    shots.mkdir(exist_ok=True)
     proc = subprocess.run(["node", str(UI / "check_ui.mjs"), url, exp.experiment_id, str(shots)],
                           capture_output=True, text=True, timeout=300, cwd=UI)
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -46,7 +47,11 @@ def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path
         assert any(m.startswith(key) for m in seen["chart_metrics"]), seen["chart_metrics"]
     assert seen["compare_heading"].startswith("Comparing 3 Runs")
     assert "delta/math/numeric_accuracy" in seen["compare_metrics"]
-    for name in ("runs.png", "charts.png", "compare.png"):
+    # the Models tab: each trial's LoggedModel, its scores as columns, linked to the golden set
+    assert seen["models"] == ["trial-0", "trial-1", "trial-2"]
+    assert "after/math/numeric_accuracy" in seen["models_text"]
+    assert "math (#" in seen["models_text"]  # the golden set's dataset, by name and digest
+    for name in ("runs.png", "charts.png", "compare.png", "models.png"):
         assert (shots / name).stat().st_size > 20_000
     best = client.get_run(out["best_run_id"])
     assert "math/numeric_accuracy" in best.data.tags["mlflow.note.content"]  # the description

@@ -1,6 +1,7 @@
 // Drives Debian's chromium through the MLflow UI of a sweep made by tests/test_ui.py and prints
 // what it saw as one JSON line: the trial rows under the sweep run, the metric names on the
-// chart view, and the compare view's heading. Screenshots go to OUT_DIR.
+// chart view, the compare view's heading, and the experiment's Models tab. Screenshots go to
+// OUT_DIR.
 import { chromium } from 'playwright-core';
 
 const [url, experimentId, outDir] = process.argv.slice(2);
@@ -60,6 +61,14 @@ try {
   }
   seen.compare_metrics = [...names].sort();
   await page.screenshot({ path: `${outDir}/compare.png`, fullPage: true });
+  // the experiment's Models tab: each trial's adapter as a LoggedModel, with its scores
+  await page.goto(`${url}/#/experiments/${experimentId}/models`);
+  await page.getByText('trial-0', { exact: true }).first().waitFor({ timeout: 30000 });
+  await page.waitForTimeout(2000);
+  const models = await page.innerText('body');
+  seen.models = [...new Set(models.match(/trial-\d+/g) || [])].sort();
+  seen.models_text = models.slice(0, 4000);
+  await page.screenshot({ path: `${outDir}/models.png`, fullPage: true });
 } catch (e) {
   seen.error = String(e).split('\n')[0];
 } finally {
