@@ -23,12 +23,15 @@ FORMATS = {
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "output"),
     "question_answer": ("question", "answer"),
+    "prompt": ("prompt",),  # prompt-only rows (GRPO), with an optional reference `answer`
     "text": ("text",),
 }
 ROLES = ("system", "user", "assistant")
 #: what each kind of trainer reads
 KINDS = {"supervised": ("messages", "prompt_completion", "instruction", "question_answer", "text"),
-         "preference": ("preference",)}
+         "preference": ("preference",),
+         # reinforcement fine-tuning: prompts to complete, and the answer a verifier checks
+         "prompt": ("prompt", "question_answer", "prompt_completion")}
 
 
 #: `data.train: builtin:<name>`: generators of rows, (rows, seed, max_operand) -> list[dict]
@@ -167,6 +170,23 @@ def to_trl(row: dict, fmt: str, source: str, index: int) -> dict:
     return {"text": row["text"]}
 
 
+def to_prompt(row: dict, fmt: str, source: str, index: int) -> dict:
+    """One row for GRPO: a conversational `prompt`, and the reference `answer` verifiable
+    rewards check (TRL hands the row's other columns to the reward functions)."""
+    prompt = row.get("question") if fmt == "question_answer" else row.get("prompt")
+    answer = row.get("answer") if fmt != "prompt_completion" else row.get("completion")
+    if isinstance(answer, list):  # a chat completion: its text
+        answer = "".join(m.get("content") or "" for m in answer if isinstance(m, dict))
+    if isinstance(prompt, list):
+        _check_messages(prompt + [{"role": "assistant", "content": "-"}], source, index)
+    elif isinstance(prompt, str) and prompt.strip():
+        prompt = [{"role": "user", "content": prompt}]
+    else:
+        column = "question" if fmt == "question_answer" else "prompt"
+        raise HarnessError(f"column {column!r} is empty or not a string", file=source, row=index)
+    return {"prompt": prompt, "answer": "" if answer is None else str(answer)}
+
+
 def _preference(row: dict, source: str, index: int, need) -> dict:
     """Explicit prompt (plain or chat) or implicit-prompt chat pairs, as TRL documents them."""
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
@@ -200,7 +220,8 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
                            f"{', '.join(KINDS[kind])})", file=spec.train, key="data.train")
     skip = min(spec.skip_rows, len(raw))
     # converted in file order, so an error's row number is the row's line in the file
-    rows = [to_trl(r, fmt, spec.train, skip + i + 1)
+    convert = to_prompt if kind == "prompt" else to_trl
+    rows = [convert(r, fmt, spec.train, skip + i + 1)
             for i, r in enumerate(raw.select(range(skip, len(raw))))]
     if fmt == "preference" and all(r["chosen"] == r["rejected"] for r in rows):
         raise HarnessError("chosen equals rejected on every row: nothing to prefer",
@@ -233,6 +254,8 @@ def check_lengths(ds, tok, max_length: int | None, source: str, sample: int = 25
             msgs = row["messages"]
         elif "completion" in row:
             msgs = row["prompt"] + row["completion"]
+        elif "answer" in row:  # a prompt to complete (GRPO)
+            msgs = row["prompt"]
         elif "chosen" in row:  # implicit-prompt pairs carry no prompt column
             if isinstance(row["chosen"], str):  # plain text pairs: no chat template
                 return len(tok((row.get("prompt") or "") + row["chosen"])["input_ids"])

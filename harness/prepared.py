@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from harness import data, evaluation, goldensets, models, shipped, timing, train
+from harness import data, evaluation, goldensets, models, rewards, shipped, timing, train
 from harness.errors import HarnessError, phase, say
 from harness.recipe import Recipe
 
@@ -49,6 +49,8 @@ def check(recipe: Recipe) -> list:
     if recipe.model.name.startswith("embedded:"):
         models.EMBEDDED.get(recipe.model.name.split(":", 1)[1], file=recipe.source,
                             key="model.name")
+    for i, reward in enumerate(recipe.rewards):
+        rewards.REWARDS.get(reward.name, file=recipe.source, key=f"rewards.{i}.name")
     task = train.kind(recipe).task
     manifests = []
     for i, path in enumerate(recipe.all_goldensets):

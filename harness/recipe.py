@@ -179,6 +179,17 @@ class SweepFile(Section):
                                      "N such groups run trials side by side.")
 
 
+class RewardSpec(Section):
+    """One reward of a GRPO run (harness.rewards): its score of each completion, weighted."""
+    name: str = Field(..., description="From the reward registry: math_answer (the final number "
+                      "equals the row's answer), answer_format (a '#### N' line), function (a "
+                      "Python callable named by `path`).")
+    weight: float = Field(1.0, description="Its weight in the total reward "
+                          "(GRPOConfig.reward_weights).")
+    path: str | None = Field(None, description="function: `package.module:name`, imported (never "
+                             "code in YAML).")
+
+
 class EarlyStoppingSpec(Section):
     """Stop a run when eval loss on data.eval_rows has not improved for `patience`
     evaluations; the best checkpoint is loaded back at the end (transformers'
@@ -193,7 +204,7 @@ class EarlyStoppingSpec(Section):
 class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the study, "
                       "experiment and report folder.")
-    method: str = Field("sft", description="Trainer from the registry: sft, dpo, reward.")
+    method: str = Field("sft", description="Trainer from the registry: sft, dpo, reward, grpo.")
     seed: int = 42
     model: ModelSpec = Field(default_factory=ModelSpec)
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)
@@ -201,6 +212,8 @@ class Recipe(Section):
     trainer: dict[str, Any] = Field(default_factory=dict, description="Fields of the TRL config "
                                     "of the method (SFTConfig...), passed through.")
     eval: EvalSpec = Field(default_factory=EvalSpec)
+    rewards: list[RewardSpec] = Field(default_factory=list, description="method grpo: the "
+                                      "rewards of each completion, summed with their weights.")
     early_stopping: EarlyStoppingSpec | None = Field(None, description="Early stopping on "
                                                      "held-out eval loss; needs data.eval_rows.")
     sweep: SweepSpec = Field(default_factory=SweepSpec)
@@ -225,6 +238,14 @@ class Recipe(Section):
 
     def to_dict(self) -> dict:
         return self.model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _rewards_only_for_grpo(self):
+        if self.method == "grpo" and not self.rewards:
+            raise ValueError("method grpo needs rewards: e.g. [{name: math_answer}]")
+        if self.method != "grpo" and self.rewards:
+            raise ValueError(f"rewards are for method grpo, not {self.method}")
+        return self
 
     @model_validator(mode="after")
     def _early_stopping_needs_eval_rows(self):
@@ -384,19 +405,32 @@ def parse_value(text: str) -> Any:
 
 
 def apply_override(data: dict, dotted: str, value: Any, file: str = "--set") -> None:
-    """Set data[a][b]... = value for 'a.b...'; intermediate mappings are created."""
+    """Set data[a][b]... = value for 'a.b...'; intermediate mappings are created. A number
+    indexes a list that is there ('rewards.1.weight')."""
     parts = dotted.split(".")
     if not all(parts):
         raise HarnessError(f"bad key path {dotted!r}", file=file)
     node = data
-    for i, p in enumerate(parts[:-1]):
+    for i, p in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            if not (p.isdigit() and int(p) < len(node)):
+                raise HarnessError(f"{'.'.join(parts[:i])} has {len(node)} items, no {p!r}",
+                                   file=file, key=dotted)
+            if last:
+                node[int(p)] = value
+                return
+            node = node[int(p)]
+            continue
+        if last:
+            node[p] = value
+            return
         nxt = node.get(p)
         if nxt is None:
             nxt = node[p] = {}
-        if not isinstance(nxt, dict):
+        if not isinstance(nxt, (dict, list)):
             raise HarnessError(f"{'.'.join(parts[:i + 1])} is not a mapping", file=file, key=dotted)
         node = nxt
-    node[parts[-1]] = value
 
 
 def parse_sets(sets: list[str] | None) -> dict[str, Any]:

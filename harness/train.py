@@ -1,4 +1,4 @@
-"""A registry of trainers (sft, dpo, reward): recipe -> TRL config + trainer.
+"""A registry of trainers (sft, dpo, reward, grpo): recipe -> TRL config + trainer.
 
 Knows nothing of Optuna or MLflow: a sweep hands it callbacks, tracking hands it `report_to`.
 """
@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import attention, distributed, fences, graphs, kernels, models
+from harness import attention, distributed, fences, graphs, kernels, models, rewards
 from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -33,6 +33,9 @@ class TrainerKind:
     packs: bool = False  # takes the GPU fast path's padding-free packing
     # the trainer takes already prepared rows (SFTConfig.dataset_kwargs skip_prepare_dataset)
     reuses_prepared: bool = False
+    rewarded: bool = False  # takes reward functions (GRPO): the recipe's `rewards:`
+    #: the harness's defaults for this trainer's own config fields (the recipe's keys win)
+    defaults: tuple = ()
 
     def config_cls(self):
         return _load(self.config_class)
@@ -57,6 +60,14 @@ TRAINERS.register("dpo")(TrainerKind("dpo", "trl:DPOConfig", "trl:DPOTrainer",
 TRAINERS.register("reward")(TrainerKind("reward", "trl:RewardConfig", "trl:RewardTrainer",
                                         task="seq-cls", data_kind="preference", lora_lr=1e-4,
                                         full_lr=1e-5))
+# GRPO: completions sampled per prompt, scored by the recipe's rewards. Completions of 128
+# tokens hold a worked grade-school solution (TRL's 512 is for long reasoning) and keep a CPU
+# step in minutes; 4 completions a prompt give the group its spread at half TRL's cost.
+TRAINERS.register("grpo")(TrainerKind("grpo", "trl:GRPOConfig", "trl:GRPOTrainer",
+                                      data_kind="prompt", lora_lr=2e-5, full_lr=1e-6,
+                                      rewarded=True,
+                                      defaults=(("max_completion_length", 128),
+                                                ("num_generations", 4))))
 
 # keys the harness owns: set from other recipe sections or by the harness itself
 OWNED = {"output_dir": "output_dir", "seed": "seed"}
@@ -187,6 +198,9 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         defaults["ddp_find_unused_parameters"] = False
     if k.packs:
         defaults["packing"] = plan.packing
+    defaults.update(k.defaults)
+    if k.rewarded:
+        defaults["reward_weights"] = [float(r.weight) for r in recipe.rewards]
     es = recipe.early_stopping
     if es:  # evaluate and checkpoint together, keep the best, load it back at the end
         defaults.update(eval_strategy="steps", eval_steps=es.eval_steps, save_strategy="steps",
@@ -276,10 +290,11 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             graphs.cuda_graphs(model, blocked is None,
                                data_parallel=distributed.world_size() > 1) as graphed, \
             faults(recipe, output_dir) as where:
+        extra = {"reward_funcs": rewards.build(recipe.rewards)[0]} if k.rewarded else {}
         trainer = k.trainer_cls()(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
-            callbacks=callbacks + [finite.callback])
+            callbacks=callbacks + [finite.callback], **extra)
         if reuses and not prepared:
             PREPARED.keep(*source, trainer)
         where["trainer"] = trainer
