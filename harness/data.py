@@ -19,6 +19,7 @@ LOCAL_BUILDERS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": 
 # format -> columns that identify it, in detection order
 FORMATS = {
     "preference": ("chosen", "rejected"),
+    "unpaired": ("prompt", "completion", "label"),  # KTO: one completion, judged good or bad
     "messages": ("messages",),
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "output"),
@@ -31,13 +32,16 @@ ROLES = ("system", "user", "assistant")
 KINDS = {"supervised": ("messages", "prompt_completion", "instruction", "question_answer", "text"),
          "preference": ("preference",),
          # reinforcement fine-tuning: prompts to complete, and the answer a verifier checks
-         "prompt": ("prompt", "question_answer", "prompt_completion")}
+         "prompt": ("prompt", "question_answer", "prompt_completion"),
+         # KTO: single completions labelled desirable or not (pairs are unpaired by train.py)
+         "unpaired": ("unpaired", "preference")}
 
 
 #: `data.train: builtin:<name>`: generators of rows, (rows, seed, max_operand) -> list[dict]
 BUILTIN_DATA: Registry = Registry("built-in data")
 BUILTIN_DATA.register("builtin:math")(mathgen.generate_rows)
 BUILTIN_DATA.register("builtin:math_preferences")(mathgen.generate_preference_rows)
+BUILTIN_DATA.register("builtin:math_unpaired")(mathgen.generate_unpaired_rows)
 
 
 def builtin_rows(spec: DataSpec) -> list[dict] | None:
@@ -144,6 +148,13 @@ def to_trl(row: dict, fmt: str, source: str, index: int) -> dict:
                 raise HarnessError(f"column {c!r} is empty or not a string", file=source, row=index)
     if fmt == "preference":
         return _preference(row, source, index, need)
+    if fmt == "unpaired":
+        if not isinstance(row["label"], bool):
+            raise HarnessError(f"column 'label' must be true or false, got {row['label']!r}",
+                               file=source, row=index)
+        pair = to_trl({"prompt": row["prompt"], "completion": row["completion"]},
+                      "prompt_completion", source, index)
+        return {**pair, "label": row["label"]}
     if fmt == "messages":
         msgs = row["messages"]
         _check_messages(msgs, source, index)

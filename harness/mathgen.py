@@ -171,3 +171,12 @@ def generate_preference_rows(n: int, seed: int = 0, max_operand: int = 20) -> li
         rejected = p.flawed_solution(rng)
         rows.append({"prompt": p.question, "chosen": p.solution, "rejected": rejected})
     return rows
+
+
+def generate_unpaired_rows(n: int, seed: int = 0, max_operand: int = 20) -> list[dict]:
+    """Unpaired rows for KTO, from the preference rows: each problem gives one completion,
+    desirable (`label` true: its worked solution) or undesirable (false: its flawed one), in
+    turn, so no prompt has both (KTO's setting: single judgements, not pairs)."""
+    return [{"prompt": r["prompt"], "completion": r["chosen"] if i % 2 == 0 else r["rejected"],
+             "label": i % 2 == 0}
+            for i, r in enumerate(generate_preference_rows(n, seed, max_operand))]

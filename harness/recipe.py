@@ -204,7 +204,7 @@ class EarlyStoppingSpec(Section):
 class Recipe(Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Names the study, "
                       "experiment and report folder.")
-    method: str = Field("sft", description="Trainer from the registry: sft, dpo, reward, grpo.")
+    method: str = Field("sft", description="Trainer from the registry: sft, dpo, reward, kto, grpo.")
     seed: int = 42
     model: ModelSpec = Field(default_factory=ModelSpec)
     adapter: AdapterSpec = Field(default_factory=AdapterSpec)

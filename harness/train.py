@@ -1,4 +1,4 @@
-"""A registry of trainers (sft, dpo, reward, grpo): recipe -> TRL config + trainer.
+"""A registry of trainers (sft, dpo, reward, kto, grpo): recipe -> TRL config + trainer.
 
 Knows nothing of Optuna or MLflow: a sweep hands it callbacks, tracking hands it `report_to`.
 """
@@ -60,6 +60,10 @@ TRAINERS.register("dpo")(TrainerKind("dpo", "trl:DPOConfig", "trl:DPOTrainer",
 TRAINERS.register("reward")(TrainerKind("reward", "trl:RewardConfig", "trl:RewardTrainer",
                                         task="seq-cls", data_kind="preference", lora_lr=1e-4,
                                         full_lr=1e-5))
+# KTO: single completions judged desirable or not; with LoRA the reference is the
+# adapter-disabled base, as for DPO. Preference pairs are unpaired first (train()).
+TRAINERS.register("kto")(TrainerKind("kto", "trl:KTOConfig", "trl:KTOTrainer",
+                                     data_kind="unpaired", lora_lr=5e-5, full_lr=5e-7))
 # GRPO: completions sampled per prompt, scored by the recipe's rewards. Completions of 128
 # tokens hold a worked grade-school solution (TRL's 512 is for long reasoning) and keep a CPU
 # step in minutes; 4 completions a prompt give the group its spread at half TRL's cost.
@@ -291,6 +295,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
                                data_parallel=distributed.world_size() > 1) as graphed, \
             faults(recipe, output_dir) as where:
         extra = {"reward_funcs": rewards.build(recipe.rewards)[0]} if k.rewarded else {}
+        if k.data_kind == "unpaired":  # pairs become two single judgements (TRL's own way)
+            train_ds, eval_ds = (unpaired(ds) for ds in (train_ds, eval_ds))
         trainer = k.trainer_cls()(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
@@ -313,6 +319,15 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             metrics.update(trainer.evaluate())
     scoring_ready(trainer.model, use_cache)
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
+
+
+def unpaired(ds):
+    """Preference pairs as KTO's unpaired rows (trl.data_utils.unpair_preference_dataset);
+    other rows as they are."""
+    if ds is None or "chosen" not in ds.column_names:
+        return ds
+    from trl.data_utils import unpair_preference_dataset
+    return unpair_preference_dataset(ds)
 
 
 def scoring_ready(model, use_cache: bool) -> None:

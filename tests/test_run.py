@@ -59,3 +59,28 @@ def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
                                                       rel=1e-4)
     assert m["before/math/perplexity"] != pytest.approx(m["base/math/perplexity"], rel=1e-3)
     assert "after/prefs/pairwise_accuracy" in m
+
+
+@pytest.mark.parametrize("data", ["builtin:math_unpaired", "builtin:math_preferences"])
+def test_sft_then_kto_on_unpaired_judgements_or_unpaired_pairs(recipe_dict, pref_goldenset, data):
+    import mlflow
+    sft, _, _ = _train(recipe_dict)
+    d = dict(recipe_dict, method="kto", name="tiny-kto",
+             data={"train": data, "builtin_rows": 8},
+             trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
+    d["model"] = dict(d["model"], init_from=sft.run_id)
+    d["eval"] = dict(d["eval"], goldensets=d["eval"]["goldensets"] + [pref_goldenset])
+    kto, _, prep = _train(d)
+    assert prep.init_adapter
+    if data == "builtin:math_unpaired":  # one judgement a problem: good ones and bad ones
+        assert set(prep.train_ds["label"]) == {False, True}
+        prompts = [str(p) for p in prep.train_ds["prompt"]]
+        assert len(set(prompts)) == len(prompts)
+    run_ = mlflow.MlflowClient().get_run(kto.run_id)
+    assert run_.data.tags["harness.init_from"] == sft.run_id
+    assert run_.data.params["recipe.method"] == "kto"
+    m = run_.data.metrics
+    assert "after/prefs/pairwise_accuracy" in m and "train_loss" in m
+    # TRL's KTO logs the rewards of desirable and undesirable completions
+    assert any(k.startswith("rewards/chosen") or k.startswith("rewards/rejected") for k in m), \
+        sorted(m)
