@@ -11,7 +11,7 @@ from pathlib import Path
 
 from harness import data, evaluation, goldensets, models, rewards, shipped, timing, train
 from harness.errors import HarnessError, phase, say
-from harness.recipe import Recipe
+from harness.recipe import ModelSpec, Recipe
 
 
 @dataclass
@@ -31,6 +31,8 @@ class Prepared:
     before: dict = field(default_factory=dict)  # golden set -> SetResult
     base: dict = field(default_factory=dict)  # the original base, when init_from is set
     compiled: bool = False  # golden sets decoded compiled (evaluation.compiled_decoding)
+    # GRPO's reward models: reward index -> (base folder, adapter folder or None, device plan)
+    reward_models: dict = field(default_factory=dict)
 
     def load_model(self, adapter: bool = True):
         """A fresh copy of the starting model (the base, or the base with init_from merged)."""
@@ -83,6 +85,42 @@ def _sweep_file(recipe: Recipe) -> str | None:
         return shipped.locate(recipe.sweep.space, "sweeps")
     except HarnessError as e:
         raise HarnessError(e.message, file=recipe.source, key="sweep.space") from None
+
+
+def resolve_reward_model(recipe: Recipe, index: int, tracker) -> tuple[str, str | None]:
+    """GRPO's reward `rewards.<index>` (name reward_model) as (base model folder, adapter folder
+    or None): a folder as given (an adapter names its base in adapter_config.json), or the
+    adapter of an MLflow run of a `reward` recipe and that run's base model."""
+    key, ref = f"rewards.{index}.path", recipe.rewards[index].path
+    if not ref:
+        raise HarnessError("reward_model needs path: a reward run's id or a model folder",
+                           file=recipe.source, key=key)
+    folder = Path(ref).expanduser()
+    if folder.is_dir():
+        if not models.is_adapter(str(folder)):
+            return str(folder), None
+        import json
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        return base, str(folder)
+    if ref.startswith((".", "/", "~")):
+        raise HarnessError(f"reward model folder {ref!r} does not exist", file=recipe.source,
+                           key=key)
+    run_id = ref.removeprefix("runs:/").strip("/")
+    if run_id.startswith("m-") and tracker:  # a LoggedModel: the run that made it
+        run_id = tracker.model_run(run_id) or run_id
+    logged = tracker.read_run(run_id) if tracker else None
+    if logged is None:
+        raise HarnessError(f"no MLflow run {run_id!r} for the reward model", file=recipe.source,
+                           key=key)
+    method = logged.params.get("recipe.method")
+    if method != "reward":
+        raise HarnessError(f"MLflow run {run_id!r} is a {method} run, not a reward run (a "
+                           "reward model comes from a `method: reward` recipe)",
+                           file=recipe.source, key=key)
+    base = models.resolve(ModelSpec(name=logged.params["recipe.model.name"]))
+    adapter = tracker.fetch_adapter(run_id, str(Path(recipe.output_dir) / recipe.name
+                                                / f"reward-{run_id}"))
+    return base, adapter
 
 
 def resolve_init(recipe: Recipe, tracker) -> str | None:
@@ -144,6 +182,9 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
         prep.model_path = init
     if init:
         say(f"starting from {recipe.model.init_from} ({init})")
+    with timing.timed("model_load"):
+        prep.reward_models = {i: (*resolve_reward_model(recipe, i, tracker), plan)
+                              for i, r in enumerate(recipe.rewards) if r.name == "reward_model"}
     scorings += bool(recipe.model.init_from)  # the original base is scored too
     steps = scorings * evaluation.decode_steps(goldens, batch_size(prep),
                                                recipe.eval.max_new_tokens, k.task)

@@ -182,12 +182,14 @@ class SweepFile(Section):
 class RewardSpec(Section):
     """One reward of a GRPO run (harness.rewards): its score of each completion, weighted."""
     name: str = Field(..., description="From the reward registry: math_answer (the final number "
-                      "equals the row's answer), answer_format (a '#### N' line), function (a "
-                      "Python callable named by `path`).")
+                      "equals the row's answer), answer_format (a '#### N' line), reward_model "
+                      "(a reward run's model, named by `path`), function (a Python callable "
+                      "named by `path`).")
     weight: float = Field(1.0, description="Its weight in the total reward "
                           "(GRPOConfig.reward_weights).")
-    path: str | None = Field(None, description="function: `package.module:name`, imported (never "
-                             "code in YAML).")
+    path: str | None = Field(None, description="reward_model: an MLflow run id of a `reward` "
+                             "recipe (or a LoggedModel id, or a model or adapter folder); "
+                             "function: `package.module:name`, imported (never code in YAML).")
 
 
 class EarlyStoppingSpec(Section):

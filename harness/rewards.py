@@ -6,6 +6,8 @@ optimizes is what the before/after measures: `math_answer` is the `numeric_accur
 against the row's reference answer, `answer_format` the `answer_format` metric (a '#### N'
 line). `function` names a Python callable by its import path (`package.module:name`, never code
 in YAML) with TRL's reward-function signature: `f(prompts, completions, **columns) -> list`.
+`reward_model` scores completions with a model a `reward` recipe trained (its adapter merged into
+its base, a one-logit sequence classifier, as TRL takes it): the RLHF chain, reward run -> GRPO.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import importlib
 from harness.errors import HarnessError
 from harness.registry import Registry
 
-#: reward name -> builder(spec) -> a TRL reward function (named, as TRL logs rewards/<name>)
+#: reward name -> builder(spec, found) -> (a TRL reward function or model, its tokenizer or None);
+#: `found`: what harness.prepared resolved for it (a reward model's base and adapter folders)
 REWARDS: Registry = Registry("reward")
 
 
@@ -25,7 +28,7 @@ def _texts(completions) -> list[str]:
 
 
 def _metric_reward(metric_name: str, needs_reference: bool):
-    def build(spec):
+    def build(spec, found=None):
         from harness import metrics
         metric = metrics.load(metric_name)
 
@@ -38,7 +41,7 @@ def _metric_reward(metric_name: str, needs_reference: bool):
             refs = answer if answer is not None else [""] * len(texts)
             return metric.score_examples(predictions=texts, references=[str(r) for r in refs])
         reward.__name__ = spec.name
-        return reward
+        return reward, None
     return build
 
 
@@ -47,7 +50,7 @@ REWARDS.register("answer_format")(_metric_reward("answer_format", needs_referenc
 
 
 @REWARDS.register("function")
-def _function(spec):
+def _function(spec, found=None):
     """A user's reward function: `path: package.module:name`, imported, never evaluated."""
     module, _, name = (spec.path or "").partition(":")
     if not module or not name:
@@ -60,10 +63,24 @@ def _function(spec):
                            key="rewards") from None
     if not callable(fn):
         raise HarnessError(f"reward function {spec.path!r} is not callable", key="rewards")
-    return fn
+    return fn, None
 
 
-def build(specs) -> tuple[list, list[float]]:
-    """(TRL reward functions, their weights) for the recipe's `rewards:` list."""
-    funcs = [REWARDS.get(s.name, key="rewards")(s) for s in specs]
-    return funcs, [float(s.weight) for s in specs]
+@REWARDS.register("reward_model")
+def _reward_model(spec, found):
+    """`found`: (base model folder, adapter folder or None, device plan), from prepared."""
+    from harness import models
+    from harness.recipe import ModelSpec
+    base, adapter, plan = found
+    where = ModelSpec(name=base)
+    model = models.load_model(where, plan, base, task="seq-cls", adapter=adapter)
+    model.eval().requires_grad_(False)
+    return model, models.load_tokenizer(where, base)
+
+
+def build(specs, found: dict | None = None) -> tuple[list, list, list[float]]:
+    """(reward functions or models, their tokenizers or None, weights) for `rewards:`; `found`:
+    index -> what prepared resolved for that reward (reward models)."""
+    built = [REWARDS.get(s.name, key=f"rewards.{i}.name")(s, (found or {}).get(i))
+             for i, s in enumerate(specs)]
+    return [b[0] for b in built], [b[1] for b in built], [float(s.weight) for s in specs]

@@ -64,6 +64,9 @@ def run_tags(recipe: Recipe) -> dict:
             "harness.model": recipe.model.name, "harness.recipe_hash": recipe.fingerprint()}
     if recipe.model.init_from:
         tags["harness.init_from"] = recipe.model.init_from  # lineage: the run this one builds on
+    judges = [r.path for r in recipe.rewards if r.name == "reward_model"]
+    if judges:  # the RLHF chain: the reward run(s) whose model scored the completions
+        tags["harness.reward_model"] = ",".join(judges)
     return tags
 
 
@@ -93,7 +96,7 @@ def train_alongside(prep: Prepared, recipe: Recipe, callbacks: list | None = Non
     train_ds, eval_ds = datasets(prep, recipe)
     with tempfile.TemporaryDirectory() as out:
         train.train(recipe, prep.load_model(), prep.tok, train_ds, eval_ds, prep.plan, out,
-                    callbacks=callbacks)
+                    callbacks=callbacks, reward_models=prep.reward_models)
     gc.collect()
 
 
@@ -131,7 +134,8 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
         try:
             with phase(f"training {run_name}"), timing.timed("train"):
                 result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan,
-                                     out_dir, callbacks=callbacks, report_to=tracker.report_to)
+                                     out_dir, callbacks=callbacks, report_to=tracker.report_to,
+                                     reward_models=prep.reward_models)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise

@@ -272,7 +272,9 @@ class TrainResult:
 
 
 def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan, output_dir: str,
-          callbacks: list | None = None, report_to: list[str] | None = None) -> TrainResult:
+          callbacks: list | None = None, report_to: list[str] | None = None,
+          reward_models: dict | None = None) -> TrainResult:
+    """`reward_models`: GRPO's reward models as prepared resolved them (harness.rewards)."""
     k = kind(recipe)
     config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
     callbacks = list(callbacks or [])
@@ -294,7 +296,10 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             graphs.cuda_graphs(model, blocked is None,
                                data_parallel=distributed.world_size() > 1) as graphed, \
             faults(recipe, output_dir) as where:
-        extra = {"reward_funcs": rewards.build(recipe.rewards)[0]} if k.rewarded else {}
+        extra = {}
+        if k.rewarded:
+            funcs, toks, _ = rewards.build(recipe.rewards, reward_models)
+            extra = {"reward_funcs": funcs, "reward_processing_classes": toks}
         if k.data_kind == "unpaired":  # pairs become two single judgements (TRL's own way)
             train_ds, eval_ds = (unpaired(ds) for ds in (train_ds, eval_ds))
         trainer = k.trainer_cls()(

@@ -85,3 +85,35 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
         assert f"rewards/{name}/mean" in m, sorted(m)
     assert client.get_run(out.run_id).data.params["recipe.method"] == "grpo"
     mlflow.set_tracking_uri(None)
+
+
+def test_rlhf_chain_reward_run_then_grpo_scored_by_its_model(recipe_dict, pref_goldenset):
+    import mlflow
+    d = dict(recipe_dict, method="reward", name="tiny-rm",
+             data={"train": "builtin:math_preferences", "builtin_rows": 8},
+             trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
+    d["eval"] = dict(d["eval"], goldensets=[pref_goldenset])
+    d["sweep"] = dict(d["sweep"], objective="prefs/pairwise_accuracy")
+    rm = recipe.build(d, "rm.yaml")
+    judge, _ = run.train_and_report(rm, Tracker(rm))
+    g = recipe.build(_grpo(recipe_dict, rewards=[
+        {"name": "reward_model", "path": judge.run_id}, {"name": "answer_format"}]), "g.yaml")
+    tracker = Tracker(g)
+    prep = prepared.prepare(g, tracker)
+    base, adapter, _ = prep.reward_models[0]
+    assert adapter and (__import__("pathlib").Path(adapter) / "adapter_config.json").is_file()
+    prepared.evaluate_start(prep)
+    out = run.run_one(prep, g, tracker, "rlhf", nested=False)
+    logged = mlflow.MlflowClient(g.tracking.uri).get_run(out.run_id)
+    assert logged.data.tags["harness.reward_model"] == judge.run_id  # the chain, as a tag
+    assert any(k.startswith("rewards/") and "answer_format" not in k
+               for k in logged.data.metrics), sorted(logged.data.metrics)
+    # a run that trained no reward model is refused, naming the key
+    sft, _ = run.train_and_report(recipe.build(recipe_dict, "s.yaml"),
+                                  Tracker(recipe.build(recipe_dict, "s.yaml")))
+    bad = recipe.build(_grpo(recipe_dict, rewards=[{"name": "reward_model", "path": sft.run_id}]),
+                       "g.yaml")
+    with pytest.raises(HarnessError, match=r"g.yaml: rewards.0.path: MLflow run '\w+' is a sft "
+                                           "run, not a reward run"):
+        prepared.prepare(bad, Tracker(bad))
+    mlflow.set_tracking_uri(None)
