@@ -3,8 +3,9 @@ runs it from a folder of their own (not this checkout: shipped golden sets and s
 from the package), on the tiny model.
 
 Cells are chosen so each feature appears at least once, not the full product: each method
-(sft, dpo, reward), each data format (messages; prompt/completion as strings and as chat;
-instruction/input/output; question/answer; plain text; explicit and implicit preference pairs)
+(sft, dpo, reward, kto, grpo), each data format (messages; prompt/completion as strings and as
+chat; instruction/input/output; question/answer; plain text; explicit and implicit preference
+pairs; unpaired prompt/completion/label; prompts with answers)
 and file type (JSONL, CSV, Parquet), each command (train, sweep, eval, rerun, report, export),
 each pruner intermediate (objective on packed varlen batches, eval_loss), early stopping and
 init_from chaining. Every cell checks the MLflow runs' statuses, their metrics and the report,
@@ -52,6 +53,9 @@ def _rows(fmt: str, n: int = 12) -> list[dict]:
             "question_answer": {"question": p, "answer": a},
             "text": {"text": f"{p}\n{a}"},
             "explicit_pairs": {"prompt": p, "chosen": a, "rejected": bad},
+            "unpaired": {"prompt": p, "completion": a if len(out) % 2 == 0 else bad,
+                         "label": len(out) % 2 == 0},
+            "prompt_answer": {"prompt": p, "answer": a},
             "implicit_pairs": {"chosen": [chat("user", p), chat("assistant", a)],
                                "rejected": [chat("user", p), chat("assistant", bad)]},
         }[fmt])
@@ -97,6 +101,10 @@ CELLS = [
          method="dpo", chain=True, recipe={"data.eval_rows": 2}),
     Cell("reward-explicit-pairs-parquet-train", "explicit_pairs", "parquet", ["train"],
          method="reward"),
+    Cell("kto-unpaired-csv-init-from-sft", "unpaired", "csv", ["train"], method="kto",
+         chain=True),
+    Cell("grpo-prompt-answer-jsonl-train-export", "prompt_answer", "jsonl", ["train", "export"],
+         method="grpo"),
 ]
 
 
@@ -121,7 +129,7 @@ def _recipe(extra: dict, folder: Path, tiny_model_dir: str, method: str, fmt: st
             name: str) -> dict:
     """A recipe with relative paths, as a user writes it beside their data. The forgetting
     guard is left at its default: the shipped builtin:general_knowledge."""
-    pref = method in ("dpo", "reward")
+    pref = method in ("dpo", "reward", "kto")
     gs = Path(small_goldenset(folder, "math_preferences.jsonl" if pref else "math.jsonl",
                               "name: prefs\ntask: preference\nprompt_field: prompt\nmetrics: "
                               "[pairwise_accuracy, score_margin]\n" if pref else
@@ -137,6 +145,10 @@ def _recipe(extra: dict, folder: Path, tiny_model_dir: str, method: str, fmt: st
                    "storage": "sqlite:///optuna.db"},
          # absolute: MLflow keeps one store per URI in a process, and the tests share processes
          "tracking": {"uri": f"sqlite:///{folder}/mlflow.db"}}
+    if method == "grpo":  # completions sampled and rewarded: no max_length, a few short ones
+        d["trainer"] = {"max_steps": 1, "per_device_train_batch_size": 2, "num_generations": 2,
+                        "max_completion_length": 6}
+        d["rewards"] = [{"name": "math_answer"}, {"name": "answer_format", "weight": 0.5}]
     for k, v in extra.items():
         _set(d, k, v)
     return d
