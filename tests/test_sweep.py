@@ -154,8 +154,15 @@ def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
             "  trainer.num_train_epochs: {type: int, low: 1, high: 2}\n"),
     ("reward", "trainer.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}\n"
                "  adapter.r: {type: categorical, choices: [4, 8]}\n"),
+    ("kto", "trainer.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}\n"
+            "  trainer.beta: {type: categorical, choices: [0.05, 0.3]}\n"),
+    # GRPO's own knobs: KL weight, completions a prompt, a reward's weight (a list index)
+    ("grpo", "trainer.learning_rate: {type: float, low: 1.0e-5, high: 1.0e-4, log: true}\n"
+             "  trainer.beta: {type: categorical, choices: [0.0, 0.04]}\n"
+             "  trainer.num_generations: {type: categorical, choices: [2, 4]}\n"
+             "  rewards.1.weight: {type: categorical, choices: [0.0, 0.5]}\n"),
 ])
-def test_dpo_and_reward_sweeps(recipe_dict, tmp_path, client, method, space,
+def test_preference_and_rl_sweeps(recipe_dict, tmp_path, client, method, space,
                                pref_goldenset):
     import optuna
     (tmp_path / "pspace.yaml").write_text(f"n_trials: 2\nsampler: random\nparams:\n  {space}")
@@ -165,6 +172,13 @@ def test_dpo_and_reward_sweeps(recipe_dict, tmp_path, client, method, space,
     d["eval"] = dict(d["eval"], goldensets=[pref_goldenset])
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "pspace.yaml"),
                       objective="prefs/pairwise_accuracy")
+    if method == "grpo":  # prompts and their answers; the math golden set as objective
+        d.update(data={"train": "builtin:math", "builtin_rows": 8},
+                 trainer={"max_steps": 1, "per_device_train_batch_size": 4,
+                          "max_completion_length": 6},
+                 rewards=[{"name": "math_answer"}, {"name": "answer_format"}])
+        d["eval"] = recipe_dict["eval"]
+        d["sweep"]["objective"] = "math/numeric_accuracy"
     out = sweep.run_sweep(recipe.build(d, f"{method}.yaml"))
     study = optuna.load_study(study_name=f"tiny-{method}", storage=d["sweep"]["storage"])
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
