@@ -113,11 +113,19 @@ def load_source(source: str, split: str = "train", subset: str | None = None,
     return ds
 
 
-def detect_format(columns: list[str], source: str, key: str = "data.format") -> str:
-    for fmt, needed in FORMATS.items():
+#: shapes only one kind of trainer reads, detected only for it: elsewhere prompt/completion/label
+#: rows are prompt/completion rows (the label unused), and prompt/chosen rows lack `rejected`
+OWN_FORMATS = {"unpaired": "unpaired", "prompt": "prompt"}
+
+
+def detect_format(columns: list[str], source: str, key: str = "data.format",
+                  kind: str | None = None) -> str:
+    candidates = {f: c for f, c in FORMATS.items()
+                  if f not in OWN_FORMATS or OWN_FORMATS[f] == kind}
+    for fmt, needed in candidates.items():
         if all(c in columns for c in needed):
             return fmt
-    known = "; ".join(f"{f}: {', '.join(c)}" for f, c in FORMATS.items())
+    known = "; ".join(f"{f}: {', '.join(c)}" for f, c in candidates.items())
     raise HarnessError(f"cannot tell the row format from columns {columns} (expected {known})",
                        file=source, key=key)
 
@@ -220,7 +228,8 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
     rows = builtin_rows(spec)
     raw = datasets.Dataset.from_list(rows) if rows else load_source(spec.train, spec.split,
                                                                      spec.subset)
-    fmt = spec.format if spec.format != "auto" else detect_format(raw.column_names, spec.train)
+    fmt = spec.format if spec.format != "auto" else detect_format(raw.column_names, spec.train,
+                                                                     kind=kind)
     needed = FORMATS[fmt]
     missing = [c for c in needed if c not in raw.column_names]
     if missing:

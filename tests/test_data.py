@@ -170,3 +170,12 @@ def test_builtin_preferences_and_unknown_builtin():
     assert len(train) == 6 and info["format"] == "preference"
     with pytest.raises(HarnessError, match="did you mean builtin:math"):
         data.load_train(DataSpec(train="builtin:maths"), seed=0)
+
+
+def test_shapes_of_one_trainer_are_detected_only_for_it():
+    cols = ["prompt", "completion", "label"]
+    assert data.detect_format(cols, "x.jsonl") == "prompt_completion"  # SFT: the label unused
+    assert data.detect_format(cols, "x.jsonl", kind="unpaired") == "unpaired"  # KTO
+    assert data.detect_format(["prompt", "answer"], "x.jsonl", kind="prompt") == "prompt"  # GRPO
+    with pytest.raises(HarnessError, match="cannot tell the row format"):
+        data.detect_format(["prompt", "answer"], "x.jsonl", kind="supervised")
