@@ -39,6 +39,25 @@ def log_comparison(tracker, comparison: dict, model: tuple | None = None) -> Non
         tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})
 
 
+def log_completions(tracker, out_dir: str) -> None:
+    """The completions GRPO sampled while training, with each reward and advantage (the parquet
+    files TRL's `log_completions` writes, one per logging step), as one MLflow table."""
+    files = sorted((Path(out_dir) / "completions").glob("completions_*.parquet"))
+    if not files:
+        return
+    import pandas as pd
+
+    def text(v):
+        v = v.tolist() if hasattr(v, "tolist") else v
+        if isinstance(v, list):  # chat turns
+            return "\n".join(f"{m.get('role')}: {m.get('content')}" if isinstance(m, dict)
+                             else str(m) for m in v)
+        return v
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    tracker.log_table([{k: text(v) for k, v in row.items()} for row in frame.to_dict("records")],
+                      "completions.json")
+
+
 def model_kind(recipe: Recipe) -> str:
     """The LoggedModel's model_type: what its files are."""
     return "peft-lora-adapter" if recipe.adapter.type == "lora" else "transformers"
@@ -139,6 +158,7 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise
+        log_completions(tracker, out_dir)
         if "cuda_graphs/steps" in result.metrics:
             tracker.log_metrics({"cuda_graphs/steps": result.metrics["cuda_graphs/steps"]})
         from harness import distributed

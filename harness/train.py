@@ -71,7 +71,12 @@ TRAINERS.register("grpo")(TrainerKind("grpo", "trl:GRPOConfig", "trl:GRPOTrainer
                                       data_kind="prompt", lora_lr=2e-5, full_lr=1e-6,
                                       rewarded=True,
                                       defaults=(("max_completion_length", 128),
-                                                ("num_generations", 4))))
+                                                ("num_generations", 4),
+                                                # TRL writes each logging step's completions
+                                                # under output_dir/completions; run.py logs
+                                                # them to MLflow. One printed a step, not all
+                                                ("log_completions", True),
+                                                ("num_completions_to_print", 1))))
 
 # keys the harness owns: set from other recipe sections or by the harness itself
 OWNED = {"output_dir": "output_dir", "seed": "seed"}

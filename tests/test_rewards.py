@@ -84,6 +84,13 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
     for name in ("math_answer", "answer_format", "length_reward"):
         assert f"rewards/{name}/mean" in m, sorted(m)
     assert client.get_run(out.run_id).data.params["recipe.method"] == "grpo"
+    # the completions TRL sampled, with each reward and the advantage, as an MLflow table
+    import json
+    table = json.loads(open(client.download_artifacts(out.run_id, "completions.json")).read())
+    assert {"step", "prompt", "completion", "math_answer", "answer_format", "length_reward",
+            "advantage"} <= set(table["columns"])
+    assert len(table["data"]) == 2 and "user: " in table["data"][0][table["columns"].index(
+        "prompt")]
     mlflow.set_tracking_uri(None)
 
 
