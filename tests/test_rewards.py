@@ -91,6 +91,11 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
             "advantage"} <= set(table["columns"])
     assert len(table["data"]) == 2 and "user: " in table["data"][0][table["columns"].index(
         "prompt")]
+    # `harness rerun` trains the logged GRPO recipe again, rewards and all, from its manifest
+    from harness import logged_runs
+    again = logged_runs.rerun(r.tracking.uri, out.run_id)
+    assert set(again["after"]) == set(out.comparison["after"])
+    assert client.get_run(again["run_id"]).data.tags["harness.rerun_of"] == out.run_id
     mlflow.set_tracking_uri(None)
 
 
