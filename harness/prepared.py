@@ -87,52 +87,64 @@ def _sweep_file(recipe: Recipe) -> str | None:
         raise HarnessError(e.message, file=recipe.source, key="sweep.space") from None
 
 
+def model_fields(ref: str, tracker) -> dict:
+    """The recipe's `model:` section for a model reference: a Hub id, a local model folder,
+    embedded:<name>, an adapter folder (its base from adapter_config.json), or an MLflow run id
+    (`runs:/<id>` or the bare id; the run's base model and its adapter), or a LoggedModel id
+    (m-...; the run that made it)."""
+    p = Path(ref).expanduser()
+    if (p / "adapter_config.json").is_file():
+        import json
+        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
+        if not base:
+            raise HarnessError("adapter_config.json names no base model", file=str(p))
+        return {"name": base, "init_from": str(p)}
+    if p.exists() or ref.startswith("embedded:") or (not ref.startswith("runs:/") and "/" in ref):
+        return {"name": ref}
+    run_id = ref.removeprefix("runs:/").strip("/")
+    if run_id.startswith("m-"):  # a LoggedModel: the run that made it
+        run_id = tracker.model_run(run_id) or run_id
+    params = tracker.run_params(run_id)
+    if params is None:
+        raise HarnessError(f"{ref!r} is no model path, Hub id or MLflow run in {tracker.uri}",
+                           key="model")
+    return {"name": params.get("recipe.model.name", ""), "init_from": run_id}
+
+
 def resolve_reward_model(recipe: Recipe, index: int, tracker) -> tuple[str, str | None]:
     """GRPO's reward `rewards.<index>` (name reward_model) as (base model folder, adapter folder
-    or None): a folder as given (an adapter names its base in adapter_config.json), or the
-    adapter of an MLflow run of a `reward` recipe and that run's base model."""
+    or None), from any model reference (model_fields); a run must have trained a reward model."""
     key, ref = f"rewards.{index}.path", recipe.rewards[index].path
     if not ref:
         raise HarnessError("reward_model needs path: a reward run's id or a model folder",
                            file=recipe.source, key=key)
-    folder = Path(ref).expanduser()
-    if folder.is_dir():
-        if not models.is_adapter(str(folder)):
-            return str(folder), None
-        import json
-        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
-        return base, str(folder)
-    if ref.startswith((".", "/", "~")):
-        raise HarnessError(f"reward model folder {ref!r} does not exist", file=recipe.source,
-                           key=key)
-    run_id = ref.removeprefix("runs:/").strip("/")
-    if run_id.startswith("m-") and tracker:  # a LoggedModel: the run that made it
-        run_id = tracker.model_run(run_id) or run_id
-    logged = tracker.read_run(run_id) if tracker else None
-    if logged is None:
-        raise HarnessError(f"no MLflow run {run_id!r} for the reward model", file=recipe.source,
-                           key=key)
-    method = logged.params.get("recipe.method")
-    if method != "reward":
-        raise HarnessError(f"MLflow run {run_id!r} is a {method} run, not a reward run (a "
-                           "reward model comes from a `method: reward` recipe)",
-                           file=recipe.source, key=key)
-    base = models.resolve(ModelSpec(name=logged.params["recipe.model.name"]))
-    adapter = tracker.fetch_adapter(run_id, str(Path(recipe.output_dir) / recipe.name
-                                                / f"reward-{run_id}"))
-    return base, adapter
+    try:
+        fields = model_fields(ref, tracker)
+    except HarnessError as e:
+        raise HarnessError(e.message, file=recipe.source, key=key) from None
+    init = fields.get("init_from")
+    if init and not Path(init).is_dir():  # a run: it must be a reward run
+        method = tracker.run_params(init).get("recipe.method")
+        if method != "reward":
+            raise HarnessError(f"MLflow run {init!r} is a {method} run, not a reward run (a "
+                               "reward model comes from a `method: reward` recipe)",
+                               file=recipe.source, key=key)
+    base = models.resolve(ModelSpec(name=fields["name"]))
+    return base, resolve_init(recipe, tracker, init, key) if init else None
 
 
-def resolve_init(recipe: Recipe, tracker) -> str | None:
-    """init_from as a local folder: a path as given, or an MLflow run's adapter."""
-    ref = recipe.model.init_from
+def resolve_init(recipe: Recipe, tracker, ref: str | None = None,
+                 key: str = "model.init_from") -> str | None:
+    """init_from (or `ref`, at `key`) as a local folder: a path as given, or the adapter of an
+    MLflow run or LoggedModel."""
+    ref = recipe.model.init_from if ref is None else ref
     if ref is None:
         return None
     if Path(ref).expanduser().is_dir():
         return str(Path(ref).expanduser())
     if ref.startswith((".", "/", "~")):
-        raise HarnessError(f"init_from path {ref!r} does not exist", file=recipe.source,
-                           key="model.init_from")
+        raise HarnessError(f"{key.split('.')[-1]} path {ref!r} does not exist",
+                           file=recipe.source, key=key)
     run_id = ref.removeprefix("runs:/").strip("/")
     dest = Path(recipe.output_dir) / recipe.name / f"init-{run_id}"
     return tracker.fetch_adapter(run_id, str(dest))

@@ -2,32 +2,9 @@
 before/after pair. load -> validate -> score -> compare -> track -> report."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 from harness import evaluation, prepared, run, timing
-from harness.errors import HarnessError, phase, say
+from harness.errors import phase, say
 from harness.recipe import Recipe, build
-
-
-def model_fields(ref: str, tracker) -> dict:
-    """The recipe's `model:` section for a model reference: a Hub id, a local model folder,
-    embedded:<name>, an adapter folder (its base from adapter_config.json), or an MLflow run id
-    (`runs:/<id>` or the bare id; the run's base model and its adapter)."""
-    p = Path(ref).expanduser()
-    if (p / "adapter_config.json").is_file():
-        base = json.loads((p / "adapter_config.json").read_text()).get("base_model_name_or_path")
-        if not base:
-            raise HarnessError("adapter_config.json names no base model", file=str(p))
-        return {"name": base, "init_from": str(p)}
-    if p.exists() or ref.startswith("embedded:") or (not ref.startswith("runs:/") and "/" in ref):
-        return {"name": ref}
-    run_id = ref.removeprefix("runs:/").strip("/")
-    params = tracker.run_params(run_id)
-    if params is None:
-        raise HarnessError(f"{ref!r} is no model path, Hub id or MLflow run in {tracker.uri}",
-                           key="model")
-    return {"name": params.get("recipe.model.name", ""), "init_from": run_id}
 
 
 def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> dict:
@@ -37,7 +14,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
     sides = {"after": after_ref, **({"before": before_ref} if before_ref else {})}
     results = {}
     for side, ref in sides.items():
-        r = build(base.to_dict(), base.source, {"model": model_fields(ref, tracker)})
+        r = build(base.to_dict(), base.source, {"model": prepared.model_fields(ref, tracker)})
         prep = prepared.prepare(r, tracker, with_data=False)
         say(f"scoring {side}: {ref}")
         with phase(f"scoring {ref}"), timing.timed(f"score_{side}"):

@@ -333,10 +333,17 @@ class Tracker(Reader):
     def fetch_adapter(self, run_id: str, dest: str) -> str:
         """The adapter (or model) a run produced, as a local folder: its LoggedModel, the
         LoggedModel of a sweep run's best trial, the `adapter/` or `best_adapter/` artifact
-        runs logged before LoggedModels, or the folder its `harness.adapter_dir` tag names."""
+        runs logged before LoggedModels, or the folder its `harness.adapter_dir` tag names.
+        `run_id` may be a LoggedModel's id (m-...): that model."""
         from mlflow.exceptions import MlflowException
 
         from harness.errors import HarnessError
+        if run_id.startswith("m-"):
+            if self.model_run(run_id) is None:
+                raise HarnessError(f"no MLflow LoggedModel {run_id!r} in {self.uri}",
+                                   key="model.init_from")
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            return self.mlflow.artifacts.download_artifacts(f"models:/{run_id}", dst_path=dest)
         try:
             run = self.client.get_run(run_id)
         except MlflowException:

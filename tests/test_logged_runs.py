@@ -99,6 +99,11 @@ def test_export_and_register_from_the_runs_logged_model(trained, tmp_path):
     assert mv.tags["harness.run_id"] == outcome.run_id
     with pytest.raises(HarnessError, match="RUN_ID: no MLflow LoggedModel 'm-nope'"):
         logged_runs.export(r.tracking.uri, "m-nope", str(tmp_path / "b"))
+    # init_from (and GRPO's reward_model) may name the LoggedModel itself
+    got = Tracker(r).fetch_adapter(model_id, str(tmp_path / "c"))
+    assert (Path(got) / "adapter_config.json").is_file()
+    with pytest.raises(HarnessError, match="model.init_from: no MLflow LoggedModel 'm-nope'"):
+        Tracker(r).fetch_adapter("m-nope", str(tmp_path / "d"))
 
 
 def test_log_models_none_keeps_the_adapter_local(recipe_dict, write_recipe, tmp_path):

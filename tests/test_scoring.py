@@ -37,4 +37,4 @@ def test_eval_unknown_model_reference(recipe_dict):
     from harness.errors import HarnessError
     ev = recipe.build({"name": "e", "tracking": recipe_dict["tracking"]}, "harness eval")
     with pytest.raises(HarnessError, match="'nope' is no model path, Hub id or MLflow run"):
-        scoring.model_fields("nope", Tracker(ev))
+        prepared.model_fields("nope", Tracker(ev))
