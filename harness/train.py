@@ -36,6 +36,8 @@ class TrainerKind:
     rewarded: bool = False  # takes reward functions (GRPO): the recipe's `rewards:`
     #: the harness's defaults for this trainer's own config fields (the recipe's keys win)
     defaults: tuple = ()
+    #: ... and those that replace them on a CUDA GPU
+    gpu_defaults: tuple = ()
 
     def config_cls(self):
         return _load(self.config_class)
@@ -66,12 +68,17 @@ TRAINERS.register("kto")(TrainerKind("kto", "trl:KTOConfig", "trl:KTOTrainer",
                                      data_kind="unpaired", lora_lr=5e-5, full_lr=5e-7))
 # GRPO: completions sampled per prompt, scored by the recipe's rewards. Completions of 128
 # tokens hold a worked grade-school solution (TRL's 512 is for long reasoning) and keep a CPU
-# step in minutes; 4 completions a prompt give the group its spread at half TRL's cost.
+# step in minutes; 4 completions a prompt give the group its spread at half TRL's cost. A step
+# samples one prompt's group on a CPU, four on a GPU: TRL's generate there is bound by ~75 ms of
+# launches a token whatever the batch (H200, bench/grpo_speed.py), so 16 rows decode for the
+# price of 4 (16 is divisible by every num_generations of sweeps/grpo_math.yaml).
 TRAINERS.register("grpo")(TrainerKind("grpo", "trl:GRPOConfig", "trl:GRPOTrainer",
                                       data_kind="prompt", lora_lr=2e-5, full_lr=1e-6,
                                       rewarded=True,
+                                      gpu_defaults=(("per_device_train_batch_size", 16),),
                                       defaults=(("max_completion_length", 128),
                                                 ("num_generations", 4),
+                                                ("per_device_train_batch_size", 4),
                                                 # TRL writes each logging step's completions
                                                 # under output_dir/completions; run.py logs
                                                 # them to MLflow. One printed a step, not all
@@ -208,6 +215,8 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
     if k.packs:
         defaults["packing"] = plan.packing
     defaults.update(k.defaults)
+    if plan.device == "cuda":
+        defaults.update(k.gpu_defaults)
     if k.rewarded:
         defaults["reward_weights"] = [float(r.weight) for r in recipe.rewards]
     es = recipe.early_stopping

@@ -252,3 +252,19 @@ def test_a_second_trainer_takes_the_rows_the_first_prepared_and_trains_the_same(
     third, _ = losses(shorter, "d")
     assert third.trainer.train_dataset is not fresh.trainer.train_dataset
     assert max(len(x) for x in third.trainer.train_dataset["input_ids"]) <= 64
+
+
+def test_grpo_samples_one_group_a_step_on_cpu_and_four_on_a_gpu(tmp_path):
+    """The GPU default holds four prompts' groups (its decoding costs the same per token
+    whatever the batch); a recipe's own batch wins on either."""
+    import dataclasses
+    r = recipe.load("recipes/grpo_math.yaml")
+    cpu = models.device_plan(r.model)
+    gpu = dataclasses.replace(cpu, device="cuda")
+    sizes = {p.device: train.build_config(r, p, str(tmp_path)).per_device_train_batch_size
+             for p in (cpu, gpu)}
+    assert sizes == {"cpu": 4, "cuda": 16}
+    own = recipe.with_values(r, {"trainer.per_device_train_batch_size": 8})
+    assert train.build_config(own, gpu, str(tmp_path)).per_device_train_batch_size == 8
+    cfg = train.build_config(r, gpu, str(tmp_path))
+    assert cfg.per_device_train_batch_size % cfg.num_generations == 0
