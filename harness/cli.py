@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import signal
 import sys
@@ -115,6 +116,10 @@ def cmd_sweep(args) -> int:
     if args.workers < 1:
         raise HarnessError(f"--workers must be at least 1, got {args.workers}", file="--workers")
     out = sweep.run_sweep(r, n_trials=args.n_trials, workers=args.workers)
+    if args.group_result:  # rank 0 of a group sweep.run_sweep launched: it prints the summary
+        if out is not None:
+            Path(args.group_result).write_text(json.dumps(out, default=str))
+        return 0
     params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
                        for k, v in out["best_params"].items())
     before = f"{out['before_value']:.4g} -> " if out.get("before_value") is not None else ""
@@ -231,6 +236,7 @@ def parser() -> argparse.ArgumentParser:
                    "journal:///path/study.log (several workers on one machine), postgresql://... "
                    "(several machines running the same command join one study)")
     s.add_argument("--worker-of", help=argparse.SUPPRESS)  # a spawned worker: the sweep's run id
+    s.add_argument("--group-result", help=argparse.SUPPRESS)  # a rank of a multi-GPU sweep
     e = sub.add_parser("eval", help="score a model on golden sets without training, alone or "
                        "against --before", description="MODEL: embedded:<name>, a Hub id, a model "
                        "or adapter folder, or an MLflow run id (runs:/<id> or the bare id).")

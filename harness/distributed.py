@@ -76,21 +76,45 @@ def command(argv: list[str], processes: int) -> list[str]:
     """`harness <argv>`, under torchrun when it takes several processes."""
     if processes == 1:
         return [sys.executable, "-m", "harness", *argv]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+    return [sys.executable, "-m", "harness.distributed", "--standalone",
             f"--nproc-per-node={processes}", "-m", "harness", *argv]
 
 
-def launch(argv: list[str], processes: int) -> int:
+def torchrun(args: list[str]) -> int:
+    """torchrun (torch.distributed.run) with `args`; returns the first failed rank's exit code.
+    torchrun's own CLI answers a rank's failure with its ChildFailedError traceback on the
+    terminal, after the rank has printed its one line (and written its crash log)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+    try:
+        run(parse_args(args))
+    except ChildFailedError as e:
+        rank, first = e.get_first_failure()  # the root cause: the others were stopped after it
+        if first.exitcode >= 0:
+            return first.exitcode or 1
+        # killed by a signal: it printed nothing, so say it here (torchrun's log line is terse)
+        sig = -first.exitcode
+        why = " (SIGKILL: out of memory, or killed)" if sig == 9 else ""
+        print(f"error: rank {rank} was killed by signal {sig}{why}; the other ranks were "
+              "stopped", file=sys.stderr, flush=True)
+        return 128 + sig
+    return 0
+
+
+def launch(argv: list[str], processes: int, env: dict | None = None) -> int:
     """`harness <argv>` in `processes` processes on this machine, one GPU each where there are
-    GPUs. Returns torchrun's exit code."""
+    GPUs (`env` on top of this process's). Returns torchrun's exit code."""
     return subprocess.call(command(argv, processes), env={
-        **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
+        **os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), **(env or {})})
 
 
-def share(obj=None):
-    """Rank 0's `obj`, on every rank (a collective: all ranks call it). On gloo with a long
-    timeout, so the other ranks may wait for as long as rank 0 scores a model; a NCCL
-    collective would time out."""
+def join() -> None:
+    """Meet the other ranks now (a collective): the group's rendezvous times out (30 min),
+    the broadcasts after it wait for as long as rank 0 needs (share)."""
+    _control_group()
+
+
+def _control_group():
     global _control
     from datetime import timedelta
 
@@ -101,8 +125,16 @@ def share(obj=None):
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo",
                                     timeout=timedelta(minutes=30))
         _control = dist.new_group(backend="gloo", timeout=timedelta(days=7))
+    return _control
+
+
+def share(obj=None):
+    """Rank 0's `obj`, on every rank (a collective: all ranks call it). On gloo with a long
+    timeout, so the other ranks may wait for as long as rank 0 scores a model; a NCCL
+    collective would time out."""
+    import torch.distributed as dist
     box = [obj]
-    dist.broadcast_object_list(box, src=0, group=_control)
+    dist.broadcast_object_list(box, src=0, group=_control_group())
     return box[0]
 
 
@@ -141,3 +173,7 @@ def finish() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     _control = None
+
+
+if __name__ == "__main__":  # command(): torchrun, ending in an exit code instead of a traceback
+    sys.exit(torchrun(sys.argv[1:]))

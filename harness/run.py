@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import evaluation, manifest, models, timing, train
-from harness.errors import HarnessError, phase, say
+from harness.errors import Diverged, HarnessError, phase, say
 from harness.prepared import Prepared, datasets, evaluate, evaluate_start, prepare
 from harness.recipe import Recipe
 
@@ -96,7 +96,10 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     from harness import distributed, report
     prep = prepare(recipe, tracker, select=select)  # select: a sweep trial's golden sets
     if not distributed.is_main():
-        train_alongside(prep, recipe)
+        try:
+            train_alongside(prep, recipe)
+        except Diverged:  # rank 0 saw the same averaged loss: it fails the run and says why;
+            pass  # failing here first would have torchrun stop rank 0 while it does
         return None, None
     evaluate_start(prep)
     # the run's time/ metrics cover the whole command: preparing and scoring the start too

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 from harness import distributed, plots, prepared, run, timing
 from harness import storage as stores
@@ -236,7 +237,6 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
     """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe, each
     a torchrun group of `per_trial` processes when trials train on several GPUs."""
     import subprocess
-    from pathlib import Path
 
     import yaml
     ids = distributed.gpu_ids()
@@ -259,6 +259,39 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
     if any(codes):
         raise TrainingFault(f"sweep workers exited with codes {codes} (their lines above say "
                             "why); the same command resumes the study", key="--workers")
+
+
+def _as_group(recipe: Recipe, space: SweepFile, n_trials: int | None) -> dict:
+    """Trials of several GPUs with one worker: the whole sweep (set-up, the start's scoring,
+    the trials, the report) runs once in a torchrun group of processes_per_trial ranks, rank 0
+    leading. Spawning the group only for the trials made its ranks import, load and prepare
+    all over again after this process had (~30 s on 2 x H200, docs/benchmarks.md). This process
+    only checks the recipe, waits, and returns what rank 0 wrote."""
+    import json
+
+    import yaml
+    prepared.check(recipe)  # bad input fails here, once, not in every rank
+    if recipe.model.init_from:  # an MLflow run's adapter, downloaded here once
+        from harness.tracking import Tracker
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
+            "init_from": prepared.resolve_init(recipe, Tracker(recipe))})})
+    folder = Path(recipe.output_dir) / recipe.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path, result = folder / "sweep-recipe-group.yaml", folder / f"sweep-{os.getpid()}.json"
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    per, ids = space.processes_per_trial, distributed.gpu_ids()
+    say(f"sweep in a group of {per} processes, {per} a trial")
+    argv = ["sweep", str(path), "--n-trials", str(n_trials or space.n_trials),
+            "--group-result", str(result)]
+    code = distributed.launch(argv, per, {"CUDA_VISIBLE_DEVICES": ",".join(ids[:per])}
+                              if ids else None)
+    if code or not result.exists():
+        raise TrainingFault(f"the sweep's group of {per} processes exited with code {code} (its "
+                            "lines above say why); the same command resumes the study",
+                            key="processes_per_trial")
+    out = json.loads(result.read_text())
+    result.unlink()
+    return out
 
 
 def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) -> None:
@@ -288,6 +321,7 @@ def _follow(recipe: Recipe, space: SweepFile) -> None:
     """A rank other than 0 of a multi-GPU trial: trains, in step with rank 0, each trial's
     values as rank 0 announces them, until it announces none."""
     prep = prepared.prepare(recipe, select=True)
+    distributed.join()
     while (values := distributed.share()) is not None:
         callbacks = [] if space.pruner.type == "none" else [pruning_callback(
             None, space.pruner, prep, recipe.sweep.objective, recipe.sweep.direction, None)]
@@ -305,11 +339,18 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     from harness.tracking import BEST_MODEL_TAG, KIND_TAG, STUDY_TAG, Tracker
     space = load_space(recipe)
     check_gpus(recipe, space, workers)
+    group = distributed.world_size() > 1  # this process is a rank of a multi-GPU trials' group
+    if group and not distributed.is_main():
+        return _follow(recipe, space)
+    if space.processes_per_trial > 1 and workers == 1 and not group:
+        return _as_group(recipe, space, n_trials)
     tracker = Tracker(recipe)
     if workers > 1:
         check_parallel(recipe, tracker)
     total = n_trials or space.n_trials
     prep = prepared.prepare(recipe, tracker, scorings=total + 1, select=True)
+    if group:
+        distributed.join()
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
     repair_killed_runs(study, tracker)
@@ -326,7 +367,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
         else:
             tracker.log_params({"recipe": recipe.to_dict(), "sweep": space.model_dump(mode="json"),
-                                "storage": recipe.sweep.storage or DEFAULT_STORAGE})
+                                "storage": recipe.sweep.storage or DEFAULT_STORAGE,
+                                "distributed/world_size": distributed.world_size()})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
         saved = tracker.load_json(parent, "eval/start.json")
         # a resumed study: the starting model was scored already, on these same examples
@@ -339,13 +381,16 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
-        if workers > 1 or space.processes_per_trial > 1:
+        if workers > 1:
             per = space.processes_per_trial
             say(f"{workers} worker(s) joining study {name!r}"
                 + (f", {per} processes a trial" if per > 1 else ""))
             _spawn_workers(recipe, tracker, parent, total, workers, per)
         else:
             _optimize(recipe, space, prep, tracker, study, parent, total)
+            if group:
+                distributed.share(None)  # the study is done: the other ranks stop following
+                distributed.finish()
         if not [t for t in finished(study) if t.state.name == "COMPLETE"]:
             errors = {t.user_attrs.get("error") for t in study.trials} - {None}
             raise TrainingFault("no trial completed" + (f" ({'; '.join(sorted(errors))})"
@@ -384,8 +429,6 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
 def _best_model(recipe: Recipe, tracker, best, goldens) -> str | None:
     """The best trial's LoggedModel id: logged with the trial under tracking.log_models `all`;
     under `best`, logged now from the trial's adapter folder (when this machine has it)."""
-    from pathlib import Path
-
     from harness.tracking import MODEL_TAG
     run_id, folder = best.user_attrs.get("mlflow_run_id"), best.user_attrs.get("adapter_dir")
     view = tracker.read_run(run_id) if run_id else None

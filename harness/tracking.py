@@ -201,7 +201,14 @@ class Tracker(Reader):
         # end_run drains the async queue (transformers' MLflowCallback logs asynchronously)
         # before it sets the status; a flush first would restart the queue's thread only to
         # stop it again, each stop waiting up to a second for the thread's poll
-        self.mlflow.end_run(status=status)
+        run = self.mlflow.active_run()
+        try:
+            self.mlflow.end_run(status=status)
+        except KeyboardInterrupt:  # a SIGTERM (torchrun stopping a group) while ending: the
+            # status is written anyway, then the interrupt goes on; the run never stays RUNNING
+            if run is not None:
+                self.mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+            raise
 
     def log_params(self, params: dict) -> None:
         flat = flatten(params)
