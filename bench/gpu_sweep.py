@@ -13,6 +13,7 @@ went: the sweep run's `time/*` metrics (phase, seconds, share of time/total) and
 model load, training, scoring after and logging.
 
     python bench/gpu_sweep.py --shared ../shared [--arms 2 1 w2] [--n-trials 2] [--rows 4000]
+        [--epochs 1]
 """
 from __future__ import annotations
 
@@ -57,7 +58,7 @@ def server(root: Path, port: int):
 
 
 def arm(name: str, n_trials: int, model: str, shared: str, root: Path, rows: int,
-        examples: int, trace: bool) -> dict:
+        examples: int, trace: bool, epochs: int = 1) -> dict:
     """`name`: GPUs a trial ("2", "1"), or "wN": N workers of one GPU each."""
     import mlflow
     root.mkdir(parents=True)
@@ -80,6 +81,7 @@ def arm(name: str, n_trials: int, model: str, shared: str, root: Path, rows: int
         d["sweep"]["storage"] = f"journal:///{root}/study.log"
         d["tracking"] = {"uri": "http://127.0.0.1:5123"}
     d["eval"].update(max_examples=examples, batch_size=examples)
+    d["trainer"]["num_train_epochs"] = epochs  # longer trials: what multi-GPU trials are for
     d.update(output_dir=str(root / "out"), reports_dir=str(root / "reports"))
     path = root / "recipe.yaml"
     path.write_text(yaml.safe_dump(d))
@@ -88,8 +90,8 @@ def arm(name: str, n_trials: int, model: str, shared: str, root: Path, rows: int
                              str(workers)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                             text=True)
     said = [f"{time.perf_counter() - t:6.1f}s {line.rstrip()}" for line in proc.stderr
-            if line.startswith(("[harness]", "error", "Traceback", "interrupted", "{'train_runtime"))
-            or "exitcode" in line]
+            if line.startswith(("[harness]", "error", "Traceback", "interrupted",
+                                "{'train_runtime")) or "exitcode" in line]
     code = proc.wait()
     wall = time.perf_counter() - t
     if code or trace:
@@ -148,12 +150,13 @@ def main() -> None:
     ap.add_argument("--arms", nargs="+", help="each arm: GPUs a trial (2, 1) or wN, N workers "
                     "of one GPU each (default: --processes, then 1)")
     ap.add_argument("--trace", action="store_true", help="print what each sweep said, timed")
+    ap.add_argument("--epochs", type=int, default=1, help="epochs a trial trains")
     args = ap.parse_args()
     print(f"warm-up (imports, CUDA): {warm_up():.1f} s", flush=True)
     with tempfile.TemporaryDirectory() as d:
         model = random_model(f"{args.shared}/anchors/smollm2-135m", f"{d}/model")
         arms = [arm(n, args.n_trials, model, args.shared, Path(d) / f"arm{n}", args.rows,
-                    args.examples, args.trace)
+                    args.examples, args.trace, args.epochs)
                 for n in args.arms or (str(args.processes), "1")]
     print("\n| workers | GPUs a trial | sweep wall s | trial | MLflow status | world size | "
           "effective batch | ranks in sync | train s | train loss |")

@@ -48,6 +48,7 @@ def _quiet() -> None:
     if not sys.stderr.isatty():  # progress bars only where a person watches
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("TQDM_DISABLE", "1")  # tqdm's own switch (genai.evaluate's bar)
     for name in ("mlflow", "alembic", "optuna", "httpx", "datasets"):
         logging.getLogger(name).setLevel(logging.WARNING)
     import warnings

@@ -298,3 +298,35 @@ def paired_rows(before: SetResult, after: SetResult) -> list[dict]:
         row.update({f"after/{k}": v for k, v in a.items() if k not in INPUTS})
         rows.append(row)
     return rows
+
+
+def genai_records(res: SetResult) -> list[dict]:
+    """One MLflow GenAI evaluation record per example: the prompt as `inputs`, what the model
+    produced (the response; the nll, scores... its metrics take) as `outputs`, the reference
+    (or the chosen/rejected pair) as `expectations`."""
+    records = []
+    for i, ex in enumerate(res.examples):
+        outputs = {"response": ex["prediction"]} if "prediction" in ex else {}
+        outputs.update({k: v[i] for k, v in res.columns.items()
+                        if k not in ("predictions", "references")})
+        expectations = {k: ex[k] for k in ("chosen", "rejected") if k in ex}
+        if "reference" in ex:
+            expectations["expected_response"] = ex["reference"]
+        records.append({"inputs": {"prompt": ex["prompt"]}, "outputs": outputs,
+                        "expectations": expectations})
+    return records
+
+
+def example_scorers(res: SetResult) -> dict:
+    """'<set>/<metric>' -> f(outputs, expectations): the harness's metric scoring one record
+    of genai_records (MLflow's code scorers call it), equal to that example's own score."""
+    def scorer(name: str):
+        def score(outputs: dict, expectations: dict) -> float:
+            cols = {k: [v] for k, v in outputs.items() if k != "response"}
+            if "response" in outputs:
+                cols["predictions"] = [outputs["response"]]
+            if "expected_response" in expectations:
+                cols["references"] = [expectations["expected_response"]]
+            return metrics.score_example(name, cols, res.metric_args.get(name))
+        return score
+    return {f"{res.name}/{m}": scorer(m) for m in res.metrics}

@@ -122,6 +122,13 @@ class TrackingSpec(Section):
         "trial; the default for LoRA adapters), best (a sweep's best trial and `harness train`'s "
         "run; the default for full fine-tunes, whose weights are large), none (models stay in "
         "output_dir only).")
+    log_evaluations: Literal["all", "best", "none"] = Field(
+        "best", description="Per-example before/after as MLflow GenAI evaluation results "
+        "(mlflow.genai.evaluate on the scored outputs, one assessment per metric: the UI's "
+        "Evaluations and Traces views, comparable run against run): best (`harness train`'s "
+        "run, and a sweep's best trial; the before side on the sweep run, or on the train "
+        "run's nested `before` run), all (every sweep trial too; ~0.1-0.2 s an example and "
+        "side on a SQLite store), none.")
 
 
 class ParamSpace(Section):

@@ -21,6 +21,7 @@ class Outcome:
     adapter_dir: str
     train_metrics: dict
     times: dict = field(default_factory=dict)  # seconds per phase (harness.timing)
+    model_id: str | None = None  # its LoggedModel, under tracking.log_models
 
     def objective(self, key: str) -> float:
         return self.comparison["after"][key]
@@ -112,6 +113,30 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     return outcome, path
 
 
+def log_evaluations(prep: Prepared, tracker, results: dict, of_run: str, name: str,
+                    side: str, model_id: str | None = None) -> str:
+    """Each golden set's per-example results as MLflow GenAI evaluation records, in an
+    evaluation run of their own, `<name>/<side>`, nested under `of_run` (the run that scored
+    them): MLflow 3's UI lists a run that has a LoggedModel output among its training runs and
+    one without among its evaluation runs, where records are browsed and one run's compared
+    with another's. Inside a sweep the run nests under the sweep run (MLflow nests a run under
+    the active one). `model_id` links the records to the model they score. Tags `of_run` with
+    the evaluation run's id (harness.evaluations.<side>); returns it."""
+    from harness.tracking import EVALUATIONS_TAG, KIND_TAG
+    with phase("logging the evaluation records"), timing.timed("evaluations"), \
+            tracker.run(f"{name}/{side}", nested=True, tags={
+                **run_tags(prep.recipe), KIND_TAG: side, "mlflow.parentRunId": of_run},
+                description=f"{name}'s golden-set examples {side} training, as MLflow "
+                            "evaluation records") as run_id:
+        for res in results.values():
+            tracker.log_evaluation(evaluation.genai_records(res),
+                                   evaluation.example_scorers(res), model_id=model_id)
+    tracker.set_tags({f"{EVALUATIONS_TAG}.{side}": run_id}, run_id=of_run)
+    say(f"evaluation records of {name} ({side}): {sum(len(r.examples) for r in results.values())}"
+        f" examples, run {run_id}")
+    return run_id
+
+
 def train_alongside(prep: Prepared, recipe: Recipe, callbacks: list | None = None) -> None:
     """A rank other than 0: trains in step with rank 0 (DDP), which saves, scores and logs."""
     import tempfile
@@ -132,6 +157,12 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     mark = timing.CLOCK.totals() if times_from is None else times_from
     with timing.timed("logging"):  # what the phases inside leave: params, tables, artifacts
         outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
+    policy = recipe.tracking.log_evaluations
+    if policy == "all" or (policy == "best" and not nested):
+        log_evaluations(prep, tracker, outcome.after, outcome.run_id, run_name, "after",
+                        outcome.model_id)
+        if not nested:  # harness train: the start's side too (a sweep's is on its own run)
+            log_evaluations(prep, tracker, prep.before, outcome.run_id, run_name, "before")
     # logged once the run has ended, so that its own logging counts too
     outcome.times = timing.since(timing.CLOCK.totals(), mark)
     tracker.log_metrics(timing.metrics(outcome.times), run_id=outcome.run_id)
@@ -194,7 +225,8 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
                               f"eval/{name}_examples.json")
         tracker.log_dict({"comparison": comparison, "after": evaluation.results_to_json(after),
                           "before": evaluation.results_to_json(prep.before)}, "eval/results.json")
-        outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics)
+        outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics,
+                          model_id=model_id)
         del model, result
         gc.collect()
     return outcome

@@ -381,6 +381,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
+            if recipe.tracking.log_evaluations != "none":  # what trials' records compare with
+                run.log_evaluations(prep, tracker, prep.before, parent, name, "before")
         if workers > 1:
             per = space.processes_per_trial
             say(f"{workers} worker(s) joining study {name!r}"
@@ -404,6 +406,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             tracker.describe(heldout["line"])
         # tags, not params: a resumed study may find a new best, and MLflow params are final
         best_model = _best_model(recipe, tracker, best, prep.goldens)
+        if recipe.tracking.log_evaluations == "best":
+            _best_evaluations(prep, tracker, best, best_model)
         tracker.set_tags({"harness.best_trial": best.number,
                           "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                           **({BEST_MODEL_TAG: best_model} if best_model else {}),
@@ -443,6 +447,19 @@ def _best_model(recipe: Recipe, tracker, best, goldens) -> str | None:
                                                  view.metrics.items() if k.startswith("after/")},
                               goldens)
     return model_id
+
+
+def _best_evaluations(prep, tracker, best, model_id: str | None) -> None:
+    """Under tracking.log_evaluations `best`: the best trial's per-example records, from the
+    results it logged, once (a resumed study whose best is unchanged has them)."""
+    from harness.evaluation import results_from_json
+    from harness.tracking import EVALUATIONS_TAG
+    run_id = best.user_attrs.get("mlflow_run_id")
+    view = tracker.read_run(run_id) if run_id else None
+    saved = tracker.load_json(run_id, "eval/results.json") if view else None
+    if saved and not view.tags.get(f"{EVALUATIONS_TAG}.after"):
+        run.log_evaluations(prep, tracker, results_from_json(saved["after"]), run_id, view.name,
+                            "after", model_id)
 
 
 def _held_out_result(recipe: Recipe, tracker, best, trials: int) -> dict | None:

@@ -5,12 +5,13 @@ plain `mlflow ui` there shows the runs); the recipe's `tracking.uri` or MLFLOW_T
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ STUDY_TAG = "harness.study"
 KIND_TAG = "harness.kind"
 MODEL_TAG = "harness.model_id"  # a run's LoggedModel (its trained adapter or model)
 BEST_MODEL_TAG = "harness.best_model_id"  # a sweep run's best trial's LoggedModel
+EVALUATIONS_TAG = "harness.evaluations"  # + .before / .after: the run's evaluation runs
 MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, without importing mlflow here
 _SECRETS = [(re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # user:password@host
             (re.compile(r"([?&;](?:token|access_token|api_key|apikey|key|password|passwd|secret|"
@@ -222,8 +224,13 @@ class Tracker(Reader):
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step,
                                 run_id=run_id)
 
-    def set_tags(self, tags: dict) -> None:
-        self.mlflow.set_tags({k: redact(str(v)) for k, v in tags.items()})
+    def set_tags(self, tags: dict, run_id: str | None = None) -> None:
+        """On the active run, or on run_id."""
+        tags = {k: redact(str(v)) for k, v in tags.items()}
+        if run_id is None:
+            self.mlflow.set_tags(tags)
+        for k, v in tags.items() if run_id else ():
+            self.client.set_tag(run_id, k, v)
 
     def describe(self, text: str) -> None:
         """The run's description in the UI (MLflow keeps it in the mlflow.note.content tag)."""
@@ -274,6 +281,36 @@ class Tracker(Reader):
         if left:  # a set this process did not load (never expected): linked to the model only
             self.mlflow.log_metrics({f"after/{k}": float(v) for k, v in left.items()},
                                     run_id=run_id, model_id=model_id)
+
+    def log_evaluation(self, records: list[dict], scorers: dict,
+                       model_id: str | None = None) -> None:
+        """Per-example results the way MLflow's GenAI evaluation records them:
+        mlflow.genai.evaluate on precomputed outputs (`records`: inputs/outputs/expectations),
+        `scorers` (name -> f(outputs, expectations)) as code scorers. Each record becomes a
+        trace of the active run with one assessment per scorer, and each scorer's mean a run
+        metric (`<name>/mean`); `model_id` links the traces to the LoggedModel."""
+        from mlflow import genai
+        from mlflow.genai.scorers import scorer
+
+        def code_scorer(name, fn):
+            def score(outputs, expectations):
+                return fn(outputs, expectations)
+            return scorer(name=name)(score)
+        wrapped = [code_scorer(n, f) for n, f in scorers.items()]
+        env = "MLFLOW_GENAI_EVAL_MAX_WORKERS"
+        before = os.environ.get(env)
+        if before is None and self.uri.startswith("sqlite"):
+            # its default 10 threads each hold a SQLite connection and exhaust the store's
+            # pool; one writer is as fast there (SQLite serialises writes)
+            os.environ[env] = "1"
+        try:
+            # genai.evaluate writes a banner on stdout after every call (where the results
+            # are: the harness's own lines say so); warnings and logs still show
+            with redirect_stdout(io.StringIO()):
+                genai.evaluate(data=records, scorers=wrapped, model_id=model_id)
+        finally:
+            if before is None:
+                os.environ.pop(env, None)
 
     def _dataset(self, rows, build):
         """The MLflow dataset of `rows`, built by `build()` the first time."""

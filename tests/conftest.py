@@ -95,6 +95,15 @@ def recipe_dict(tmp_path, tiny_model_dir, tiny_goldenset) -> dict:
 
 
 @pytest.fixture
+def client(recipe_dict):
+    """An MlflowClient on the recipe's store (the fluent API's URI set to it meanwhile)."""
+    import mlflow
+    mlflow.set_tracking_uri(recipe_dict["tracking"]["uri"])
+    yield mlflow.MlflowClient()
+    mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture
 def write_recipe(tmp_path):
     def write(data: dict, name: str = "recipe.yaml") -> str:
         import yaml

@@ -13,7 +13,8 @@ def test_two_processes_train_together_and_rank_0_alone_logs(recipe_dict, write_r
                            "--processes", "2"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     client = mlflow.MlflowClient(d["tracking"]["uri"])
-    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                              "tags.`harness.kind` = 'train'")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # rank 0 only
     run = runs[0]
     assert run.data.params["distributed/world_size"] == "2"
@@ -86,7 +87,9 @@ def test_a_sweep_of_two_process_trials_prunes_on_every_rank(recipe_dict, tmp_pat
     assert max(pruned.intermediate_values) < 4  # both ranks stopped early, none hung
     client = mlflow.MlflowClient(d["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
-    assert len(runs) == 4  # the sweep and its 3 trials: rank 1 logs nothing
+    # the sweep, its 3 trials and the records of the start and of the best: rank 1 logs nothing
+    assert sorted(r.data.tags["harness.kind"] for r in runs) == [
+        "after", "before", "sweep", "trial", "trial", "trial"]
     for t in study.trials:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         assert run.data.params["distributed/world_size"] == "2"

@@ -178,7 +178,8 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
         d = _recipe({}, user_dir, tiny_model_dir, "sft", "messages", "jsonl", "chain-sft")
         Path("chain-sft.yaml").write_text(yaml.safe_dump(d))
         _cli(capsys, "train", "chain-sft.yaml", "--set", "trainer.learning_rate=5e-3")
-        (sft_run,) = _runs(client, "chain-sft")
+        (sft_run,) = [r for r in _runs(client, "chain-sft")
+                      if r.data.tags["harness.kind"] == "train"]
         extra["model.init_from"] = sft_run.info.run_id
     d = _recipe(extra, user_dir, tiny_model_dir, cell.method, cell.fmt, cell.ext, "cell")
     if cell.space:

@@ -3,6 +3,7 @@
 real tiny sweep."""
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -38,8 +39,12 @@ def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path
     assert url in first_line  # `harness ui` prints where it listens
     shots = Path(os.environ.get("HARNESS_UI_SHOTS") or tmp_path / "screenshots")
     shots.mkdir(exist_ok=True)
-    proc = subprocess.run(["node", str(UI / "check_ui.mjs"), url, exp.experiment_id, str(shots)],
-                          capture_output=True, text=True, timeout=300, cwd=UI)
+    best = client.get_run(out["best_run_id"])
+    after_run = best.data.tags["harness.evaluations.after"]
+    before_run = client.get_run(out["parent_run_id"]).data.tags["harness.evaluations.before"]
+    proc = subprocess.run(["node", str(UI / "check_ui.mjs"), url, exp.experiment_id, str(shots),
+                           after_run, before_run], capture_output=True, text=True, timeout=300,
+                          cwd=UI)
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     assert "error" not in seen, seen
     assert seen["trials"] == ["trial-0", "trial-1", "trial-2"]  # nested under the sweep run
@@ -51,8 +56,19 @@ def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path
     assert seen["models"] == ["trial-0", "trial-1", "trial-2"]
     assert "after/math/numeric_accuracy" in seen["models_text"]
     assert "math (#" in seen["models_text"]  # the golden set's dataset, by name and digest
-    for name in ("runs.png", "charts.png", "compare.png", "models.png"):
+    # the Evaluation runs view: the best trial's records beside the start's, example by example
+    name = client.get_run(after_run).info.run_name  # trial-N/after
+    assert re.fullmatch(rf"Comparing (#\w+ )?{name} to (#\w+ )?tiny/before",
+                        seen["evaluation_heading"]), seen["evaluation_heading"]
+    text = seen["evaluation_text"]
+    saved = json.loads(Path(client.download_artifacts(out["best_run_id"], "eval/results.json",
+                                                      str(tmp_path))).read_text())
+    examples = [ex for res in saved["after"].values() for ex in res["examples"]]
+    assert f"{len(examples)} of {len(examples)}" in text, text  # one row an example
+    assert "Assessments" in text, text  # a column a metric
+    for ex in examples:  # each golden prompt, on the page
+        assert ex["prompt"][:25] in text, ex["prompt"]
+    for name in ("runs.png", "charts.png", "compare.png", "models.png", "evaluations.png"):
         assert (shots / name).stat().st_size > 20_000
-    best = client.get_run(out["best_run_id"])
     assert "math/numeric_accuracy" in best.data.tags["mlflow.note.content"]  # the description
     mlflow.set_tracking_uri(None)

@@ -73,3 +73,12 @@ def compute(name: str, columns: dict, args: dict | None = None) -> dict:
     out = metric.compute(per_example=True, **{k: columns[k] for k in metric.features},
                          **fixed, **(args or {}))
     return {name: out[metric.name], "scores": out["scores"]}
+
+
+def score_example(name: str, columns: dict, args: dict | None = None) -> float:
+    """One example's score (`columns`: each input as a one-item list), by the metric's own
+    per-example scoring: what compute()'s 'scores' holds for that example."""
+    module, fixed = module_and_args(name)
+    metric = _load_module(module)
+    return float(metric.score_examples(**{k: columns[k] for k in metric.features}, **fixed,
+                                       **(args or {}))[0])

@@ -1,10 +1,11 @@
 // Drives Debian's chromium through the MLflow UI of a sweep made by tests/test_ui.py and prints
 // what it saw as one JSON line: the trial rows under the sweep run, the metric names on the
-// chart view, the compare view's heading, and the experiment's Models tab. Screenshots go to
-// OUT_DIR.
+// chart view, the compare view's heading, the experiment's Models tab, and the Evaluation runs
+// view comparing the best trial's records (AFTER_RUN) with the start's (BEFORE_RUN).
+// Screenshots go to OUT_DIR.
 import { chromium } from 'playwright-core';
 
-const [url, experimentId, outDir] = process.argv.slice(2);
+const [url, experimentId, outDir, afterRun, beforeRun] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium', args: ['--no-sandbox'] });
 const seen = {};
@@ -69,6 +70,16 @@ try {
   seen.models = [...new Set(models.match(/trial-\d+/g) || [])].sort();
   seen.models_text = models.slice(0, 4000);
   await page.screenshot({ path: `${outDir}/models.png`, fullPage: true });
+  // the Evaluation runs view: the best trial's per-example records against the start's
+  await page.goto(`${url}/#/experiments/${experimentId}/evaluation-runs?selectedRunUuid=` +
+                  `${afterRun}&compareToRunUuid=${beforeRun}`);
+  const heading = page.getByText(/^Comparing/).first();
+  await heading.waitFor({ timeout: 60000 });
+  await page.getByText(/Assessments/).first().waitFor({ timeout: 30000 });
+  await page.waitForTimeout(2000);
+  seen.evaluation_heading = (await heading.locator('..').innerText()).replace(/\s+/g, ' ').trim();
+  seen.evaluation_text = (await page.innerText('body')).slice(0, 6000);
+  await page.screenshot({ path: `${outDir}/evaluations.png`, fullPage: true });
 } catch (e) {
   seen.error = String(e).split('\n')[0];
 } finally {

@@ -1,0 +1,93 @@
+"""MLflow GenAI evaluation records (tracking.log_evaluations): each golden example scored by a
+run as a trace with one assessment per metric, equal to the harness's own per-example scores,
+in evaluation runs of their own (`<name>/before`, `<name>/after`: MLflow 3's UI lists runs
+without a model output as evaluation runs, and compares them there)."""
+import math
+
+import pytest
+
+
+def _scores(run_id: str) -> dict:
+    """{(prompt, assessment name): value} of the run's evaluation traces."""
+    import mlflow
+    out = {}
+    for trace in mlflow.search_traces(run_id=run_id, return_type="list"):
+        prompt = trace.data.spans[0].inputs["prompt"]
+        for a in trace.info.assessments:
+            if a.feedback is not None:
+                out[(prompt, a.name)] = a.feedback.value
+    return out
+
+
+def _expected(saved: dict, set_name: str = "math") -> dict:
+    res = saved[set_name]
+    return {(ex["prompt"], f"{set_name}/{m}"): ex[m]
+            for ex in res["examples"] for m in res["metrics"]}
+
+
+def _same(got: dict, want: dict) -> None:
+    assert got.keys() == want.keys()
+    for k, v in want.items():
+        assert got[k] == pytest.approx(v, rel=1e-9) or (math.isnan(v) and math.isnan(got[k])), k
+
+
+def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_scores(recipe_dict,
+                                                                                 client):
+    from harness import recipe, run
+    from harness.tracking import KIND_TAG, MODEL_TAG, Tracker
+    r = recipe.build(recipe_dict, "t.yaml")
+    outcome, _ = run.train_and_report(r, Tracker(r))
+    saved = Tracker(r).load_json(outcome.run_id, "eval/results.json")
+    trained = client.get_run(outcome.run_id)
+    children = {c.data.tags[KIND_TAG]: c for c in client.search_runs(
+        [trained.info.experiment_id], f"tags.mlflow.parentRunId = '{outcome.run_id}'")}
+    assert set(children) == {"before", "after"}
+    for side, child in children.items():
+        assert child.info.run_name == f"tiny/{side}" and child.info.status == "FINISHED"
+        assert trained.data.tags[f"harness.evaluations.{side}"] == child.info.run_id
+        assert not child.outputs.model_outputs  # so the UI lists it among evaluation runs
+        got = _scores(child.info.run_id)
+        _same(got, _expected(saved[side]))
+        assert len({p for p, _ in got}) == 4  # one trace an example
+    after = children["after"]
+    # the scorers' means are metrics of the evaluation run, beside the harness's own
+    assert after.data.metrics["math/numeric_accuracy/mean"] == pytest.approx(
+        trained.data.metrics["after/math/numeric_accuracy"])
+    import mlflow
+    traces = mlflow.search_traces(run_id=after.info.run_id, return_type="list")
+    # the after records are linked to the run's LoggedModel
+    assert {t.info.request_metadata.get("mlflow.modelId") for t in traces} == {
+        trained.data.tags[MODEL_TAG]}
+
+
+def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
+    import optuna
+
+    from harness import recipe, sweep
+    from harness.tracking import Tracker
+    r = recipe.build(dict(recipe_dict, sweep=dict(recipe_dict["sweep"], heldout=0)), "t.yaml")
+    out = sweep.run_sweep(r)
+    study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
+    best_run = study.best_trial.user_attrs["mlflow_run_id"]
+    saved = Tracker(r).load_json(best_run, "eval/results.json")
+    parent = client.get_run(out["parent_run_id"])
+    _same(_scores(parent.data.tags["harness.evaluations.before"]), _expected(saved["before"]))
+    after_run = client.get_run(best_run).data.tags["harness.evaluations.after"]
+    _same(_scores(after_run), _expected(saved["after"]))
+    assert client.get_run(after_run).info.run_name == f"trial-{study.best_trial.number}/after"
+    for t in study.trials:
+        tags = client.get_run(t.user_attrs["mlflow_run_id"]).data.tags
+        assert ("harness.evaluations.after" in tags) == (t.number == study.best_trial.number)
+    # resumed with nothing left to run: the best trial's records are not logged twice
+    sweep.run_sweep(r)
+    assert client.get_run(best_run).data.tags["harness.evaluations.after"] == after_run
+
+
+def test_none_logs_no_records(recipe_dict, client):
+    from harness import recipe, run
+    from harness.tracking import Tracker
+    r = recipe.build(dict(recipe_dict, tracking=dict(recipe_dict["tracking"],
+                                                     log_evaluations="none")), "t.yaml")
+    outcome, _ = run.train_and_report(r, Tracker(r))
+    runs = client.search_runs([client.get_run(outcome.run_id).info.experiment_id])
+    assert len(runs) == 1
