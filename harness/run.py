@@ -122,10 +122,11 @@ def log_evaluations(prep: Prepared, tracker, results: dict, of_run: str, name: s
     with another's. Inside a sweep the run nests under the sweep run (MLflow nests a run under
     the active one). `model_id` links the records to the model they score. Tags `of_run` with
     the evaluation run's id (harness.evaluations.<side>); returns it."""
-    from harness.tracking import EVALUATIONS_TAG, KIND_TAG
+    from harness.tracking import EVALUATION_OF_TAG, EVALUATIONS_TAG, KIND_TAG
     with phase("logging the evaluation records"), timing.timed("evaluations"), \
             tracker.run(f"{name}/{side}", nested=True, tags={
-                **run_tags(prep.recipe), KIND_TAG: side, "mlflow.parentRunId": of_run},
+                **run_tags(prep.recipe), KIND_TAG: side, "mlflow.parentRunId": of_run,
+                EVALUATION_OF_TAG: of_run},
                 description=f"{name}'s golden-set examples {side} training, as MLflow "
                             "evaluation records") as run_id:
         for res in results.values():

@@ -35,6 +35,7 @@ def repair_killed_runs(study, tracker) -> None:
         run_id = t.user_attrs.get("mlflow_run_id")
         if run_id:
             tracker.end_if_running(run_id, "KILLED", {"harness.trial_state": "FAIL"})
+            tracker.end_running_evaluations(run_id)  # killed while logging its records
 
 
 def sweep_run(study, tracker) -> str | None:
@@ -374,6 +375,11 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
         # a resumed study: the starting model was scored already, on these same examples
         if saved and prepared.start_matches(prep, saved):
             prepared.start_from_json(prep, saved)
+            from harness.tracking import EVALUATIONS_TAG
+            if recipe.tracking.log_evaluations != "none" and not tracker.read_run(
+                    parent).tags.get(f"{EVALUATIONS_TAG}.before"):  # killed while logging them
+                tracker.end_running_evaluations(parent)
+                run.log_evaluations(prep, tracker, prep.before, parent, name, "before")
         else:
             prepared.evaluate_start(prep)
             tracker.log_dict(prepared.start_to_json(prep), "eval/start.json")  # what resumes read
@@ -458,6 +464,7 @@ def _best_evaluations(prep, tracker, best, model_id: str | None) -> None:
     view = tracker.read_run(run_id) if run_id else None
     saved = tracker.load_json(run_id, "eval/results.json") if view else None
     if saved and not view.tags.get(f"{EVALUATIONS_TAG}.after"):
+        tracker.end_running_evaluations(run_id)  # a killed earlier attempt's
         run.log_evaluations(prep, tracker, results_from_json(saved["after"]), run_id, view.name,
                             "after", model_id)
 

@@ -22,6 +22,7 @@ KIND_TAG = "harness.kind"
 MODEL_TAG = "harness.model_id"  # a run's LoggedModel (its trained adapter or model)
 BEST_MODEL_TAG = "harness.best_model_id"  # a sweep run's best trial's LoggedModel
 EVALUATIONS_TAG = "harness.evaluations"  # + .before / .after: the run's evaluation runs
+EVALUATION_OF_TAG = "harness.evaluation_of"  # an evaluation run's source run
 MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, without importing mlflow here
 _SECRETS = [(re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # user:password@host
             (re.compile(r"([?&;](?:token|access_token|api_key|apikey|key|password|passwd|secret|"
@@ -370,6 +371,17 @@ class Tracker(Reader):
             self.client.set_tag(run_id, k, redact(str(v)))
         self.client.set_terminated(run_id, status)
         return True
+
+    def end_running_evaluations(self, of_run: str) -> int:
+        """End KILLED the evaluation runs of `of_run` (tag EVALUATION_OF) that a killed process
+        left RUNNING; returns how many."""
+        runs = self.mlflow.search_runs(
+            experiment_names=[self.experiment], output_format="list",
+            filter_string=f"tags.`{EVALUATION_OF_TAG}` = '{of_run}' and "
+                          "attributes.status = 'RUNNING'")
+        for r in runs:
+            self.client.set_terminated(r.info.run_id, "KILLED")
+        return len(runs)
 
     def _has_artifact(self, run_id: str, path: str) -> bool:
         return bool(self.client.list_artifacts(run_id, path))

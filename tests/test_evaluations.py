@@ -91,3 +91,23 @@ def test_none_logs_no_records(recipe_dict, client):
     outcome, _ = run.train_and_report(r, Tracker(r))
     runs = client.search_runs([client.get_run(outcome.run_id).info.experiment_id])
     assert len(runs) == 1
+
+
+def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe_dict, client):
+    """kill -9 while the sweep logged the start's records: the evaluation run stays RUNNING
+    and the sweep run has no `harness.evaluations.before`. The same command ends that run
+    KILLED and logs the records again (the store is put in that state by hand: a real kill
+    lands at a random point)."""
+    from harness import recipe, sweep
+    from harness.tracking import EVALUATION_OF_TAG, KIND_TAG
+    r = recipe.build(recipe_dict, "t.yaml")
+    parent = sweep.run_sweep(r)["parent_run_id"]
+    exp = client.get_run(parent).info.experiment_id
+    stale = client.create_run(exp, run_name="tiny/before", tags={
+        KIND_TAG: "before", EVALUATION_OF_TAG: parent, "mlflow.parentRunId": parent}).info.run_id
+    client.delete_tag(parent, "harness.evaluations.before")
+    sweep.run_sweep(r)  # the study is complete: nothing to train, the records to repair
+    assert client.get_run(stale).info.status == "KILLED"
+    again = client.get_run(parent).data.tags["harness.evaluations.before"]
+    assert again != stale and client.get_run(again).info.status == "FINISHED"
+    assert not [x for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
