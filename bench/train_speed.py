@@ -39,7 +39,8 @@ CONFIGS = {
     # the GPU defaults: padding-free packing + varlen attention, bf16 LoRA weights, fused AdamW
     "harness": {},
     # the same, 3 epochs: the first steps' fixed cost (eager steps, capture, NCCL's start)
-    # spread over 3x the steps, as in a trial of minutes
+    # spread over 3x the steps, as in a trial of minutes (its tokens column counts one epoch's
+    # tokens, so read its ratios, not its tokens/s)
     "harness_3ep": {"trainer.num_train_epochs": 3},
     # TRL's own choices for each lever, one at a time
     "harness_sdpa": {"model.attn_implementation": "sdpa"},

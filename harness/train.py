@@ -212,10 +212,6 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         # transformers searches a PeftModel's graph for unused parameters every DDP step; every
         # LoRA weight gets a gradient, and on a GPU that host-side walk slows each step
         defaults["ddp_find_unused_parameters"] = False
-        # the same LoRA weights take part in every step: DDP's static graph skips re-deriving
-        # the reduction order and readiness each iteration, host work on the step's critical
-        # path once the step replays as a CUDA graph
-        defaults["ddp_static_graph"] = True
     if k.packs:
         defaults["packing"] = plan.packing
     defaults.update(k.defaults)
