@@ -54,11 +54,10 @@ def main() -> None:
         tracker = Tracker(r)
         results = {res.name: res for res in map(scored, args.sets)}
         n = sum(len(res.examples) for res in results.values())
-        prep = type("Prep", (), {"recipe": r})()
         with tracker.run("source") as source:
             pass
         t = time.perf_counter()
-        eval_run = run.log_evaluations(prep, tracker, results, source, "source", "after")
+        eval_run = run.log_evaluations(r, tracker, results, source, "source", "after")
         wall = time.perf_counter() - t
         got = {}
         for trace in mlflow.search_traces(run_id=eval_run, return_type="list"):

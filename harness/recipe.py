@@ -125,9 +125,9 @@ class TrackingSpec(Section):
     log_evaluations: Literal["all", "best", "none"] = Field(
         "best", description="Per-example before/after as MLflow GenAI evaluation results "
         "(mlflow.genai.evaluate on the scored outputs, one assessment per metric: the UI's "
-        "Evaluations and Traces views, comparable run against run): best (`harness train`'s "
-        "run, and a sweep's best trial; the before side on the sweep run, or on the train "
-        "run's nested `before` run), all (every sweep trial too; ~0.1-0.2 s an example and "
+        "Evaluation runs view, comparable run against run; each side an evaluation run "
+        "<name>/before, <name>/after): best (`harness train`'s and `harness eval`'s runs, a "
+        "sweep's start and best trial), all (every sweep trial too; ~0.1 s an example and "
         "side on a SQLite store), none.")
 
 

@@ -113,7 +113,7 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     return outcome, path
 
 
-def log_evaluations(prep: Prepared, tracker, results: dict, of_run: str, name: str,
+def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: str,
                     side: str, model_id: str | None = None) -> str:
     """Each golden set's per-example results as MLflow GenAI evaluation records, in an
     evaluation run of their own, `<name>/<side>`, nested under `of_run` (the run that scored
@@ -125,7 +125,7 @@ def log_evaluations(prep: Prepared, tracker, results: dict, of_run: str, name: s
     from harness.tracking import EVALUATION_OF_TAG, EVALUATIONS_TAG, KIND_TAG
     with phase("logging the evaluation records"), timing.timed("evaluations"), \
             tracker.run(f"{name}/{side}", nested=True, tags={
-                **run_tags(prep.recipe), KIND_TAG: side, "mlflow.parentRunId": of_run,
+                **run_tags(recipe), KIND_TAG: side, "mlflow.parentRunId": of_run,
                 EVALUATION_OF_TAG: of_run},
                 description=f"{name}'s golden-set examples {side} training, as MLflow "
                             "evaluation records") as run_id:
@@ -160,10 +160,10 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
     policy = recipe.tracking.log_evaluations
     if policy == "all" or (policy == "best" and not nested):
-        log_evaluations(prep, tracker, outcome.after, outcome.run_id, run_name, "after",
+        log_evaluations(recipe, tracker, outcome.after, outcome.run_id, run_name, "after",
                         outcome.model_id)
         if not nested:  # harness train: the start's side too (a sweep's is on its own run)
-            log_evaluations(prep, tracker, prep.before, outcome.run_id, run_name, "before")
+            log_evaluations(recipe, tracker, prep.before, outcome.run_id, run_name, "before")
     # logged once the run has ended, so that its own logging counts too
     outcome.times = timing.since(timing.CLOCK.totals(), mark)
     tracker.log_metrics(timing.metrics(outcome.times), run_id=outcome.run_id)

@@ -37,6 +37,9 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
                 tracker.log_table(res.examples, f"eval/{name}_examples.json")
         tracker.log_dict({k: evaluation.results_to_json(v) for k, v in results.items()},
                          "eval/results.json")
+        if base.tracking.log_evaluations != "none":  # each side's per-example records
+            for side in sides:
+                run.log_evaluations(base, tracker, results[side], run_id, base.name, side)
         times = timing.CLOCK.totals()
         tracker.log_metrics(timing.metrics(times))
         path = report.write_eval(base, sides, results, comparison, tracker, run_id, times)

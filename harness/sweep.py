@@ -379,7 +379,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             if recipe.tracking.log_evaluations != "none" and not tracker.read_run(
                     parent).tags.get(f"{EVALUATIONS_TAG}.before"):  # killed while logging them
                 tracker.end_running_evaluations(parent)
-                run.log_evaluations(prep, tracker, prep.before, parent, name, "before")
+                run.log_evaluations(recipe, tracker, prep.before, parent, name, "before")
         else:
             prepared.evaluate_start(prep)
             tracker.log_dict(prepared.start_to_json(prep), "eval/start.json")  # what resumes read
@@ -388,7 +388,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
             if recipe.tracking.log_evaluations != "none":  # what trials' records compare with
-                run.log_evaluations(prep, tracker, prep.before, parent, name, "before")
+                run.log_evaluations(recipe, tracker, prep.before, parent, name, "before")
         if workers > 1:
             per = space.processes_per_trial
             say(f"{workers} worker(s) joining study {name!r}"
@@ -413,7 +413,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
         # tags, not params: a resumed study may find a new best, and MLflow params are final
         best_model = _best_model(recipe, tracker, best, prep.goldens)
         if recipe.tracking.log_evaluations == "best":
-            _best_evaluations(prep, tracker, best, best_model)
+            _best_evaluations(recipe, tracker, best, best_model)
         tracker.set_tags({"harness.best_trial": best.number,
                           "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                           **({BEST_MODEL_TAG: best_model} if best_model else {}),
@@ -455,7 +455,7 @@ def _best_model(recipe: Recipe, tracker, best, goldens) -> str | None:
     return model_id
 
 
-def _best_evaluations(prep, tracker, best, model_id: str | None) -> None:
+def _best_evaluations(recipe: Recipe, tracker, best, model_id: str | None) -> None:
     """Under tracking.log_evaluations `best`: the best trial's per-example records, from the
     results it logged, once (a resumed study whose best is unchanged has them)."""
     from harness.evaluation import results_from_json
@@ -465,8 +465,8 @@ def _best_evaluations(prep, tracker, best, model_id: str | None) -> None:
     saved = tracker.load_json(run_id, "eval/results.json") if view else None
     if saved and not view.tags.get(f"{EVALUATIONS_TAG}.after"):
         tracker.end_running_evaluations(run_id)  # a killed earlier attempt's
-        run.log_evaluations(prep, tracker, results_from_json(saved["after"]), run_id, view.name,
-                            "after", model_id)
+        run.log_evaluations(recipe, tracker, results_from_json(saved["after"]), run_id,
+                            view.name, "after", model_id)
 
 
 def _held_out_result(recipe: Recipe, tracker, best, trials: int) -> dict | None:

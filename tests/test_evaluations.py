@@ -111,3 +111,15 @@ def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe
     again = client.get_run(parent).data.tags["harness.evaluations.before"]
     assert again != stale and client.get_run(again).info.status == "FINISHED"
     assert not [x for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
+
+
+def test_harness_eval_records_each_side(recipe_dict, tiny_model_dir, client):
+    """`harness eval MODEL --before BASE`: the eval run's two sides as evaluation runs."""
+    from harness import evaluation, recipe, scoring
+    from harness.tracking import Tracker
+    r = recipe.build(recipe_dict, "t.yaml")
+    out = scoring.run_eval(r, tiny_model_dir, tiny_model_dir, Tracker(r))
+    tags = client.get_run(out["run_id"]).data.tags
+    for side in ("before", "after"):
+        saved = evaluation.results_to_json(out["results"][side])
+        _same(_scores(tags[f"harness.evaluations.{side}"]), _expected(saved))
