@@ -45,8 +45,6 @@ def main() -> None:
                                                   "goldensets/general_knowledge.yaml"])
     ap.add_argument("--tracking", help="default: a new SQLite store in a temporary folder")
     args = ap.parse_args()
-    import mlflow
-
     from harness.tracking import Tracker
     with tempfile.TemporaryDirectory() as d:
         uri = args.tracking or f"sqlite:///{d}/mlflow.db"
@@ -59,12 +57,7 @@ def main() -> None:
         t = time.perf_counter()
         eval_run = run.log_evaluations(r, tracker, results, source, "source", "after")
         wall = time.perf_counter() - t
-        got = {}
-        for trace in mlflow.search_traces(run_id=eval_run, return_type="list"):
-            prompt = trace.data.spans[0].inputs["prompt"]
-            for a in trace.info.assessments:
-                if a.feedback is not None:
-                    got[(prompt, a.name)] = a.feedback.value
+        got = tracker.evaluation_scores(eval_run)
         want = {(ex["prompt"], f"{s}/{m}"): ex[m] for s, res in results.items()
                 for ex in res.examples for m in res.metrics}
         same = sum(1 for k, v in want.items() if k in got and (

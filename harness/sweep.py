@@ -238,15 +238,8 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
     """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe, each
     a torchrun group of `per_trial` processes when trials train on several GPUs."""
     import subprocess
-
-    import yaml
     ids = distributed.gpu_ids()
-    path = Path(recipe.output_dir) / recipe.name / f"sweep-recipe-{parent}.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if per_trial > 1:  # an MLflow run's adapter, downloaded here once, not by every rank
-        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
-            "init_from": prepared.resolve_init(recipe, tracker)})})
-    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    path = _recipe_file(recipe, parent, tracker if per_trial > 1 else None)
     procs = []
     for i in range(workers):
         env = dict(os.environ)
@@ -262,6 +255,20 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
                             "why); the same command resumes the study", key="--workers")
 
 
+def _recipe_file(recipe: Recipe, name: str, tracker=None) -> Path:
+    """The recipe as a file for the processes this one starts (`harness sweep FILE`). With a
+    tracker, init_from is resolved to a local folder first: an MLflow run's adapter downloaded
+    here once, not by every rank of a group."""
+    import yaml
+    if tracker is not None:
+        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
+            "init_from": prepared.resolve_init(recipe, tracker)})})
+    path = Path(recipe.output_dir) / recipe.name / f"sweep-recipe-{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    return path
+
+
 def _as_group(recipe: Recipe, space: SweepFile, n_trials: int | None) -> dict:
     """Trials of several GPUs with one worker: the whole sweep (set-up, the start's scoring,
     the trials, the report) runs once in a torchrun group of processes_per_trial ranks, rank 0
@@ -269,17 +276,10 @@ def _as_group(recipe: Recipe, space: SweepFile, n_trials: int | None) -> dict:
     all over again after this process had (~30 s on 2 x H200, docs/benchmarks.md). This process
     only checks the recipe, waits, and returns what rank 0 wrote."""
     import json
-
-    import yaml
     prepared.check(recipe)  # bad input fails here, once, not in every rank
-    if recipe.model.init_from:  # an MLflow run's adapter, downloaded here once
-        from harness.tracking import Tracker
-        recipe = recipe.model_copy(update={"model": recipe.model.model_copy(update={
-            "init_from": prepared.resolve_init(recipe, Tracker(recipe))})})
-    folder = Path(recipe.output_dir) / recipe.name
-    folder.mkdir(parents=True, exist_ok=True)
-    path, result = folder / "sweep-recipe-group.yaml", folder / f"sweep-{os.getpid()}.json"
-    path.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    from harness.tracking import Tracker
+    path = _recipe_file(recipe, "group", Tracker(recipe) if recipe.model.init_from else None)
+    result = path.with_name(f"sweep-{os.getpid()}.json")
     per, ids = space.processes_per_trial, distributed.gpu_ids()
     say(f"sweep in a group of {per} processes, {per} a trial")
     argv = ["sweep", str(path), "--n-trials", str(n_trials or space.n_trials),
@@ -375,11 +375,6 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
         # a resumed study: the starting model was scored already, on these same examples
         if saved and prepared.start_matches(prep, saved):
             prepared.start_from_json(prep, saved)
-            from harness.tracking import EVALUATIONS_TAG
-            if recipe.tracking.log_evaluations != "none" and not tracker.read_run(
-                    parent).tags.get(f"{EVALUATIONS_TAG}.before"):  # killed while logging them
-                tracker.end_running_evaluations(parent)
-                run.log_evaluations(recipe, tracker, prep.before, parent, name, "before")
         else:
             prepared.evaluate_start(prep)
             tracker.log_dict(prepared.start_to_json(prep), "eval/start.json")  # what resumes read
@@ -387,8 +382,10 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             for side in ("before", "base"):
                 tracker.log_metrics({f"{side}/{k}": v
                                      for k, v in flat_metrics(getattr(prep, side)).items()})
-            if recipe.tracking.log_evaluations != "none":  # what trials' records compare with
-                run.log_evaluations(recipe, tracker, prep.before, parent, name, "before")
+        # what trials' records compare with; again when a killed process left them half-logged
+        if recipe.tracking.log_evaluations != "none" and tracker.needs_evaluations(parent,
+                                                                                   "before"):
+            run.log_evaluations(recipe, tracker, prep.before, parent, name, "before")
         if workers > 1:
             per = space.processes_per_trial
             say(f"{workers} worker(s) joining study {name!r}"
@@ -459,12 +456,12 @@ def _best_evaluations(recipe: Recipe, tracker, best, model_id: str | None) -> No
     """Under tracking.log_evaluations `best`: the best trial's per-example records, from the
     results it logged, once (a resumed study whose best is unchanged has them)."""
     from harness.evaluation import results_from_json
-    from harness.tracking import EVALUATIONS_TAG
     run_id = best.user_attrs.get("mlflow_run_id")
     view = tracker.read_run(run_id) if run_id else None
-    saved = tracker.load_json(run_id, "eval/results.json") if view else None
-    if saved and not view.tags.get(f"{EVALUATIONS_TAG}.after"):
-        tracker.end_running_evaluations(run_id)  # a killed earlier attempt's
+    if view is None or not tracker.needs_evaluations(run_id, "after"):
+        return
+    saved = tracker.load_json(run_id, "eval/results.json")
+    if saved:
         run.log_evaluations(recipe, tracker, results_from_json(saved["after"]), run_id,
                             view.name, "after", model_id)
 

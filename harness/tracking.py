@@ -75,6 +75,22 @@ class Reader:
         self.client = mlflow.MlflowClient(uri)
         self._store_uri = uri
 
+    def evaluation_scores(self, run_id: str) -> dict:
+        """An evaluation run's records read back: {(prompt, assessment name): value}."""
+        out, token = {}, None
+        experiment = self.client.get_run(run_id).info.experiment_id
+        while True:
+            page = self.client.search_traces(locations=[experiment], run_id=run_id,
+                                             max_results=500, page_token=token)
+            for trace in page:
+                prompt = trace.data.spans[0].inputs["prompt"]
+                for a in trace.info.assessments:
+                    if a.feedback is not None:
+                        out[(prompt, a.name)] = a.feedback.value
+            token = page.token
+            if not token:
+                return out
+
     def read_run(self, run_id: str) -> RunView | None:
         """The run, or None when the store has no such run."""
         from mlflow.exceptions import MlflowException
@@ -210,7 +226,7 @@ class Tracker(Reader):
         except KeyboardInterrupt:  # a SIGTERM (torchrun stopping a group) while ending: the
             # status is written anyway, then the interrupt goes on; the run never stays RUNNING
             if run is not None:
-                self.mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+                self.client.set_terminated(run.info.run_id, status)
             raise
 
     def log_params(self, params: dict) -> None:
@@ -229,8 +245,8 @@ class Tracker(Reader):
         """On the active run, or on run_id."""
         tags = {k: redact(str(v)) for k, v in tags.items()}
         if run_id is None:
-            self.mlflow.set_tags(tags)
-        for k, v in tags.items() if run_id else ():
+            return self.mlflow.set_tags(tags)
+        for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
 
     def describe(self, text: str) -> None:
@@ -367,9 +383,18 @@ class Tracker(Reader):
         run = self.read_run(run_id)
         if run is None or run.status != "RUNNING":
             return False
-        for k, v in tags.items():
-            self.client.set_tag(run_id, k, redact(str(v)))
+        self.set_tags(tags, run_id)
         self.client.set_terminated(run_id, status)
+        return True
+
+    def needs_evaluations(self, of_run: str, side: str) -> bool:
+        """Whether `of_run` lacks its finished `side` evaluation run (tag EVALUATIONS_TAG.side,
+        set once its records are all logged); if so, any a killed process left RUNNING are
+        ended first, so the records can be logged again."""
+        view = self.read_run(of_run)
+        if view is None or view.tags.get(f"{EVALUATIONS_TAG}.{side}"):
+            return False
+        self.end_running_evaluations(of_run)
         return True
 
     def end_running_evaluations(self, of_run: str) -> int:

@@ -10,13 +10,9 @@ import pytest
 def _scores(run_id: str) -> dict:
     """{(prompt, assessment name): value} of the run's evaluation traces."""
     import mlflow
-    out = {}
-    for trace in mlflow.search_traces(run_id=run_id, return_type="list"):
-        prompt = trace.data.spans[0].inputs["prompt"]
-        for a in trace.info.assessments:
-            if a.feedback is not None:
-                out[(prompt, a.name)] = a.feedback.value
-    return out
+
+    from harness.tracking import Reader
+    return Reader(mlflow.get_tracking_uri()).evaluation_scores(run_id)
 
 
 def _expected(saved: dict, set_name: str = "math") -> dict:
