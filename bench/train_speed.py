@@ -10,7 +10,8 @@ peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
 
     python bench/train_speed.py --shared ../shared [--configs harness harness_sdpa] \
         [--peers liger liger] [--dpo] [--processes 1 2] [--json out.json]
-    (PROFILE=harness: profile it; --processes: each configuration on 1 and on 2 GPUs, under
+    (PROFILE=harness: profile it, PROFILE_STEPS=first:count and PROFILE_TRACE=folder
+    for which steps and a Chrome trace a rank; --processes: each configuration on 1 and on 2 GPUs, under
     torchrun as `harness train --processes N` runs it; a configuration named `name@2` runs on 2
     GPUs only, e.g. harness_b8@2 for one GPU's global batch on two)
 
@@ -58,6 +59,9 @@ CONFIGS = {
     # unused-parameter search back on (transformers turns it on for a PeftModel)
     "harness_b8": {"trainer.per_device_train_batch_size": 8},
     "harness_find_unused": {"trainer.ddp_find_unused_parameters": True},
+    # DDP's own defaults: buffers broadcast every forward, gradients copied in and out of the
+    # all-reduce buckets
+    "harness_ddp_defaults": {"trainer.ddp_broadcast_buffers": True},
     # K and V copied to the query's 9 heads before the varlen kernel (harness.attention.grouped_kv)
     "harness_repeat_kv": {},
     # batch padding and allocator segments, each back to TRL's or PyTorch's choice, then both
@@ -73,7 +77,8 @@ CONFIGS = {
 FIXED_SEGMENTS = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
 ENV = {"harness_fixed_segments": FIXED_SEGMENTS, "harness_before": FIXED_SEGMENTS,
        "harness_cublaslt": {"TORCH_BLAS_PREFER_CUBLASLT": "1"}}
-PATCH = {"harness_repeat_kv": ("harness.attention", "grouped_kv", False)}
+PATCH = {"harness_repeat_kv": ("harness.attention", "grouped_kv", False),
+         "harness_ddp_defaults": ("harness.distributed", "BUCKET_VIEWS", False)}
 
 
 def workload(name: str, model_dir: str, shared: str, rows: int) -> dict:
@@ -102,19 +107,25 @@ def tokens_in(ds) -> int:
     return sum(len(x) for x in ds["input_ids"])
 
 
-def profiler(first: int, steps: int):
-    """A callback that profiles training steps first..first+steps and prints the top ops."""
+def profiler(first: int, steps: int, trace: str | None):
+    """A callback that profiles training steps first..first+steps and prints the top ops; with
+    `trace` (a folder) each rank also writes a Chrome trace there. `first` 0: the profile starts
+    before the Trainer is built (start() is called then), so it also holds the DDP wrap, NCCL's
+    first collectives and the first steps."""
     import torch
     from transformers import TrainerCallback
 
     class Profile(TrainerCallback):
         prof = None
 
+        def start(self):
+            self.prof = torch.profiler.profile(activities=[
+                torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
+            self.prof.__enter__()
+
         def on_step_begin(self, args, state, control, **kw):
-            if state.global_step == first:
-                self.prof = torch.profiler.profile(activities=[
-                    torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA])
-                self.prof.__enter__()
+            if state.global_step == first and self.prof is None and first:
+                self.start()
 
         def on_step_end(self, args, state, control, **kw):
             if self.prof and state.global_step == first + steps:
@@ -124,6 +135,11 @@ def profiler(first: int, steps: int):
                 for key in ("cuda_time_total", "cpu_time_total"):
                     print(table.table(sort_by=key, row_limit=22, max_name_column_width=60),
                           file=sys.stderr, flush=True)
+                if trace:
+                    from harness import distributed
+                    self.prof.export_chrome_trace(
+                        f"{trace}/s{first}_{distributed.world_size()}gpu_r{distributed.rank()}"
+                        ".json.gz")
                 self.prof = None
     return Profile()
 
@@ -146,7 +162,7 @@ def steady_clock(first: int):
         def on_step_end(self, args, state, control, **kw):
             if state.global_step <= first:
                 torch.cuda.synchronize()
-                self.marks.append(time.perf_counter())
+            self.marks.append(time.perf_counter())  # later steps: the host's, unsynchronized
             if state.global_step == first:
                 self.start = self.marks[-1]
 
@@ -155,11 +171,17 @@ def steady_clock(first: int):
             self.end, self.steps = time.perf_counter(), state.global_step
 
         def first_steps_ms(self) -> list[int]:
-            return [round(1000 * (b - a)) for a, b in zip(self.marks, self.marks[1:])]
+            return [round(1000 * (b - a)) for a, b in zip(self.marks, self.marks[1:first + 1])]
+
+        def later_steps_ms(self) -> list[int]:
+            return [round(1000 * (b - a)) for a, b in zip(self.marks[first:], self.marks[first + 1:])]
     return Clock()
 
 
-def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
+def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = False) -> dict:
+    """One training run of `name`; `warm`: the same run once before, in this process (or
+    torchrun group), and the second measured, as a sweep's later trials and the peer's second
+    run are: kernels loaded and compiled, NCCL's communicators up."""
     import torch
 
     from harness import data, models, train
@@ -170,13 +192,21 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
     k = train.kind(r)
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model)
+    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    if warm:
+        with tempfile.TemporaryDirectory() as out:
+            train.train(r, models.load_model(r.model, plan, task=k.task), tok, tr, None, plan, out)
     model = models.load_model(r.model, plan, task=k.task)
     n_params = sum(p.numel() for p in model.parameters())
-    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
     torch.cuda.reset_peak_memory_stats()
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        prof = [profiler(10, 3)] if os.environ.get("PROFILE") == name else []
+        prof = []
+        if os.environ.get("PROFILE") == name:  # PROFILE_STEPS=first:count, PROFILE_TRACE=folder
+            first, count = map(int, os.environ.get("PROFILE_STEPS", "10:3").split(":"))
+            prof = [profiler(first, count, os.environ.get("PROFILE_TRACE"))]
+            if first == 0:
+                prof[0].start()
         clock = steady_clock(5)
         res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
         wall = time.perf_counter() - t
@@ -186,7 +216,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
     args = res.trainer.args
     from harness import distributed
     n = distributed.world_size()
-    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n,
+    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n, "warm": warm,
             "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
             "tokens": tokens, "tok_per_s": round(tokens / runtime),
             # bins are nearly full, so tokens spread evenly over the steps
@@ -196,6 +226,9 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
             "steps": res.trainer.state.global_step, "first_steps_ms": clock.first_steps_ms(),
+            "later_steps_ms": clock.later_steps_ms(),
+            # the Trainer's clock before its first step: building the loop, the DDP wrap
+            "before_loop_s": round(runtime - (clock.end - clock.marks[0]), 2),
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
             "in_sync": res.metrics.get("distributed/in_sync"),
@@ -213,6 +246,8 @@ def measure(name: str, model_dir: str, shared: str, rows: int) -> dict:
                          "effective_batch": distributed.params(args)[
                              "distributed/effective_batch_size"],
                          "find_unused": args.ddp_find_unused_parameters,
+                         "ddp": {k.split("/")[1]: v for k, v in distributed.params(
+                             args, res.trainer).items() if k.endswith(("view", "buffers"))},
                          "gradient_checkpointing": args.gradient_checkpointing}}
 
 
@@ -250,6 +285,8 @@ def main() -> None:
     ap.add_argument("--share-gpu", action="store_true",
                     help="several processes on GPU 0, DDP over gloo: checks data parallel "
                          "(graphs, ranks in sync, loss) on a one-GPU machine; not its speed")
+    ap.add_argument("--warm", action="store_true",
+                    help="measure each configuration's second run in its process (see measure)")
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -259,7 +296,7 @@ def main() -> None:
             os.environ["LOCAL_RANK"] = "0"  # reads LOCAL_RANK); NCCL refuses two ranks a GPU
             CONFIGS[args.one[0]] = {**CONFIGS[args.one[0]], "trainer.ddp_backend": "gloo"}
         distributed.setup()
-        row = measure(args.one[0], args.one[1], args.shared, args.rows)
+        row = measure(args.one[0], args.one[1], args.shared, args.rows, args.warm)
         if distributed.is_main():
             print("ROW " + json.dumps(row), flush=True)
         return
@@ -279,7 +316,8 @@ def main() -> None:
                 sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc-per-node={n}"]
             cmd = [*launcher, __file__, "--one", name, model_dir, "--shared", args.shared,
-                   "--rows", str(args.rows)] + (["--share-gpu"] if args.share_gpu else [])
+                   "--rows", str(args.rows)] + (["--share-gpu"] if args.share_gpu else []) \
+                + (["--warm"] if args.warm else [])
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, **ENV.get(name, {})})
             if proc.returncode or "ROW " not in proc.stdout:

@@ -138,12 +138,33 @@ def share(obj=None):
     return box[0]
 
 
-def params(config) -> dict:
-    """What a reader needs to compare runs across world sizes."""
+def params(config, trainer=None) -> dict:
+    """What a reader needs to compare runs across world sizes; with the `trainer`, what its DDP
+    wrapper was built with (accelerate's DDP kwargs handler, read when train() wraps the model)."""
     n = world_size()
-    return {"distributed/world_size": n,
-            "distributed/effective_batch_size": config.per_device_train_batch_size * n
-            * config.gradient_accumulation_steps}
+    out = {"distributed/world_size": n,
+           "distributed/effective_batch_size": config.per_device_train_batch_size * n
+           * config.gradient_accumulation_steps}
+    handler = getattr(getattr(trainer, "accelerator", None), "ddp_handler", None)
+    for name in ("gradient_as_bucket_view", "broadcast_buffers"):
+        if hasattr(handler, name) and n > 1:
+            out[f"distributed/{name}"] = getattr(handler, name)
+    return out
+
+
+BUCKET_VIEWS = True  # gradients kept in DDP's all-reduce buckets (bench/train_speed.py A/Bs it)
+
+
+def gradients_in_buckets(trainer) -> None:
+    """DDP keeps each gradient inside its all-reduce bucket (gradient_as_bucket_view): the
+    reduced bucket is then the `.grad` the optimizer reads. Without it DDP copies every
+    gradient into the bucket and, reduced, back out: ~420 small copies a step for LoRA on all
+    linear layers, on the host's critical path after the replayed backward. TrainingArguments
+    has no field for it; the DDP kwargs handler the Trainer builds from its ddp_* fields
+    (accelerate's DistributedDataParallelKwargs) does, and is read when train() wraps the model."""
+    handler = getattr(getattr(trainer, "accelerator", None), "ddp_handler", None)
+    if BUCKET_VIEWS and world_size() > 1 and hasattr(handler, "gradient_as_bucket_view"):
+        handler.gradient_as_bucket_view = True
 
 
 def weights_in_sync(model) -> bool:

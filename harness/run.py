@@ -198,7 +198,7 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
             tracker.log_metrics({"cuda_graphs/steps": result.metrics["cuda_graphs/steps"]})
         from harness import distributed
         if distributed.world_size() > 1:
-            tracker.log_params(distributed.params(result.trainer.args))
+            tracker.log_params(distributed.params(result.trainer.args, result.trainer))
             tracker.log_metrics({"distributed/in_sync": result.metrics["distributed/in_sync"]})
         stopped = next((cb for cb in callbacks or [] if getattr(cb, "pruned", False)), None)
         if stopped:

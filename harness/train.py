@@ -212,6 +212,10 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         # transformers searches a PeftModel's graph for unused parameters every DDP step; every
         # LoRA weight gets a gradient, and on a GPU that host-side walk slows each step
         defaults["ddp_find_unused_parameters"] = False
+    # DDP would broadcast rank 0's buffers before every forward: a collective each step that
+    # holds the ranks in step. A language model's buffers are constants derived from its config
+    # (rotary frequencies), equal on every rank from the load; none is trained.
+    defaults["ddp_broadcast_buffers"] = False
     if k.packs:
         defaults["packing"] = plan.packing
     defaults.update(k.defaults)
@@ -327,6 +331,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             trainer.data_collator = graphs.StaticSequences(trainer.data_collator,
                                                            config.max_length)
         cast_adapter(trainer.model, recipe.adapter, plan)
+        distributed.gradients_in_buckets(trainer)
         out = trainer.train()
         finite.check(recipe, config)
         metrics = dict(out.metrics)

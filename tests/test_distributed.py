@@ -19,6 +19,10 @@ def test_two_processes_train_together_and_rank_0_alone_logs(recipe_dict, write_r
     run = runs[0]
     assert run.data.params["distributed/world_size"] == "2"
     assert run.data.params["distributed/effective_batch_size"] == "4"
+    # what the DDP wrapper ran with: gradients reduced in place in its buckets, no per-step
+    # broadcast of the buffers
+    assert run.data.params["distributed/gradient_as_bucket_view"] == "True"
+    assert run.data.params["distributed/broadcast_buffers"] == "False"
     assert run.data.metrics["distributed/in_sync"] == 1.0  # the same weights on both ranks
     assert "after/math/numeric_accuracy" in run.data.metrics  # scored once, by rank 0
     assert proc.stderr.count("[harness] run ") == 1  # one summary, from rank 0
