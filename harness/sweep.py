@@ -54,10 +54,11 @@ def study_name(recipe: Recipe) -> str:
 
 
 def sampler_seed(seed: int, worker: int, existing: int) -> int:
-    """The sampler's seed for a process joining a study that holds `existing` trials. A sampler
-    seeded as before replays its draws from the start (TPE's start-up trials are random), so a
-    resumed study or a second worker would repeat finished trials' values: each start draws
-    from a seed of its own, derived from the sweep file's, so reruns stay reproducible."""
+    """The sampler's seed for a process joining a study that holds `existing` trials (TPE,
+    random; a grid takes the sweep file's, see open_study). A sampler seeded as before replays
+    its draws from the start (TPE's start-up trials are random), so a resumed study or a second
+    worker would repeat finished trials' values: each start draws from a seed of its own,
+    derived from the sweep file's, so reruns stay reproducible."""
     if existing == 0:
         return seed + worker
     import hashlib
@@ -75,7 +76,10 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
                                 pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
                                     space.pruner),
                                 direction=recipe.sweep.direction, load_if_exists=True)
-    seed = sampler_seed(space.seed, worker, len(study.get_trials(deepcopy=False)))
+    # Optuna's GridSampler gives trial N the N-th point of the grid it shuffled with its seed:
+    # every process on the study must shuffle alike, or two of them run one point twice
+    seed = space.seed if space.sampler == "grid" else sampler_seed(
+        space.seed, worker, len(study.get_trials(deepcopy=False)))
     study.sampler = SAMPLERS.get(space.sampler, key="sampler")(
         space.model_copy(update={"seed": seed}))
     failed = stores.fail_orphans(study, storage)

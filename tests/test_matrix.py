@@ -290,12 +290,17 @@ def test_two_workers_three_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, 
     (tmp_path / "space4.yaml").write_text(
         "n_trials: 4\nsampler: random\nparams:\n"
         "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
+    # the second sweep a grid: the workers must split its points, not draw them each
+    (tmp_path / "grid4.yaml").write_text(
+        "n_trials: 4\nsampler: grid\nparams:\n  trainer.learning_rate: "
+        "{type: categorical, choices: [1.0e-4, 2.0e-4, 4.0e-4, 8.0e-4]}\n")
     mlflow.set_tracking_uri(mlflow_server)
     client = mlflow.MlflowClient()
     for i in range(3):
         d = dict(recipe_dict, name=f"tiny-{i}")
         url = pg_database() if backend == "postgresql" else f"journal:///{tmp_path}/study{i}.log"
-        d["sweep"] = dict(d["sweep"], space=str(tmp_path / "space4.yaml"), storage=url)
+        d["sweep"] = dict(d["sweep"], storage=url,
+                          space=str(tmp_path / ("grid4.yaml" if i == 1 else "space4.yaml")))
         d["tracking"] = {"uri": mlflow_server}
         d["eval"] = dict(d["eval"], max_examples=2)
         out = sweep.run_sweep(recipe.build(d, write_recipe(d, f"r{i}.yaml")), workers=2)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from harness import recipe, storage, sweep
+from harness import recipe, search, storage, sweep
 
 
 def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
@@ -323,3 +323,37 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, cl
     assert "training diverged" in failed.user_attrs["error"]
     run = client.get_run(failed.user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["harness.error"]
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "journal", "postgresql"])
+def test_a_grid_is_covered_once_by_two_workers_and_by_a_resumed_study(recipe_dict, tmp_path,
+                                                                       request, backend):
+    """Optuna's GridSampler gives trial N the N-th point of its shuffled grid, so every process
+    on a study must shuffle alike: two workers asking at once, and a study resumed by a new
+    process, each get a point of their own and the grid is covered once."""
+    space = tmp_path / "grid.yaml"
+    space.write_text("n_trials: 6\nsampler: grid\nseed: 3\nparams:\n"
+                     "  trainer.learning_rate: {type: categorical, choices: [1.0e-4, 2.0e-4, "
+                     "4.0e-4]}\n  adapter.r: {type: categorical, choices: [4, 8]}\n")
+    url = (request.getfixturevalue("pg_database")() if backend == "postgresql" else
+           f"sqlite:///{tmp_path}/grid.db" if backend == "sqlite" else
+           f"journal:///{tmp_path}/grid.log")
+    d = dict(recipe_dict, sweep=dict(recipe_dict["sweep"], space=str(space), storage=url))
+    r = recipe.build(d, str(tmp_path / "recipe.yaml"))
+    sf = recipe.load_sweep_file(space, r)
+
+    def point(study):
+        trial = study.ask()
+        values = search.trial_values(sf, trial)
+        return trial, (values["trainer.learning_rate"], values["adapter.r"])
+
+    # two workers ask before either tells (what `--workers 2` does at its start)
+    workers = [sweep.open_study(r, sf, worker=i) for i in (1, 2)]
+    asked = [point(workers[i % 2]) for i in range(4)]
+    for trial, _ in asked[:2]:
+        workers[0].tell(trial, 0.0)
+    # a new process resumes the study: the asked-but-unfinished trials are still running
+    resumed = sweep.open_study(r, sf, worker=0)
+    asked += [point(resumed) for _ in range(2)]
+    assert sorted(p for _, p in asked) == sorted(
+        (lr, rank) for lr in (1e-4, 2e-4, 4e-4) for rank in (4, 8))
