@@ -1,6 +1,12 @@
 """What the GPU benchmarks share: a same-shape model with random weights (real weights cannot
-travel to the GPU machine), built from a config folder such as ../shared/anchors/smollm2-135m."""
+travel to the GPU machine), built from a config folder such as ../shared/anchors/smollm2-135m,
+and the MLflow tracking server that parallel workers log through."""
 from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 
 def random_model(config_dir: str, out: str) -> str:
@@ -11,3 +17,21 @@ def random_model(config_dir: str, out: str) -> str:
     AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).save_pretrained(out)
     AutoTokenizer.from_pretrained(config_dir).save_pretrained(out)
     return out
+
+
+def server(root: Path, port: int):
+    """`harness server` on a SQLite store under `root`: the MLflow tracking server parallel
+    workers need (SQLite itself would be written by several processes at once)."""
+    import urllib.request
+    proc = subprocess.Popen([sys.executable, "-m", "harness", "server", "--backend-store-uri",
+                             f"sqlite:///{root}/mlflow.db", "--port", str(port),
+                             "--artifacts-destination", str(root / "mlartifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(240):
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    sys.exit("harness server did not start")

@@ -49,12 +49,13 @@ from typing import Callable
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import random_model  # noqa: E402
+from common import random_model, server  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent  # the project root: commands run here, so the
 # recipes' relative golden-set paths (and builtin:<name>) resolve as in the README
 ORDER = ["sft_train_cuda_graphs", "sft_sweep_pruner_objective", "sft_sweep_pruner_eval_loss",
-         "dpo_train", "reward_train", "qlora_train", "early_stopping", "eval", "processes_2"]
+         "dpo_train", "reward_train", "qlora_train", "early_stopping", "eval", "processes_2",
+         "sweep_processes_2", "sweep_workers_2"]
 
 
 @dataclass
@@ -87,10 +88,11 @@ class Cell:
     command: str  # train, sweep, eval
     over: dict = field(default_factory=dict)  # dotted recipe keys
     sweep_pruner: dict | None = None
-    processes: int = 1
+    processes: int = 1  # train: --processes; sweep: processes_per_trial (a torchrun group)
+    workers: int = 1  # sweep --workers: a journal study, MLflow through `harness server`
     check: Callable | None = None  # (store, ctx) -> list of problems, and an info string
     needs_gpu: str | None = None  # why it is skipped without a GPU
-    needs_gpus: int = 0  # GPUs it needs (processes_2: 2)
+    needs_gpus: int = 0  # GPUs it needs on a GPU machine (processes_2: 2; a CPU runs gloo)
 
 
 # ---------------------------------------------------------------------------- recipes
@@ -104,7 +106,7 @@ def set_key(d: dict, dotted: str, value) -> None:
     d[last] = value
 
 
-def write_recipe(cell: Cell, ctx: Ctx, where: Path) -> Path:
+def write_recipe(cell: Cell, ctx: Ctx, where: Path, uri: str) -> Path:
     s = ctx.sizes
     d = yaml.safe_load((ROOT / "recipes" / f"{cell.base}.yaml").read_text())
     name = f"gm_{cell.name}"
@@ -117,8 +119,10 @@ def write_recipe(cell: Cell, ctx: Ctx, where: Path) -> Path:
         "trainer.num_train_epochs": 1,
         "trainer.logging_steps": 1,
         "eval.max_examples": s.examples,
-        "tracking.uri": f"sqlite:///{where}/mlflow.db",
-        "sweep.storage": f"sqlite:///{where}/optuna.db",
+        "tracking.uri": uri,
+        # several workers write the study at once: a journal file (SQLite is refused)
+        "sweep.storage": f"journal:///{where}/study.log" if cell.workers > 1 else
+        f"sqlite:///{where}/optuna.db",
     }
     if d["method"] != "reward":  # a reward model does not generate
         over["eval.max_new_tokens"] = s.new_tokens
@@ -127,6 +131,7 @@ def write_recipe(cell: Cell, ctx: Ctx, where: Path) -> Path:
     over.update(cell.over)
     if cell.sweep_pruner is not None:
         space = {"n_trials": 2, "sampler": "grid", "seed": 0, "pruner": cell.sweep_pruner,
+                 "processes_per_trial": cell.processes,
                  "params": {"trainer.learning_rate": {"type": "categorical",
                                                       "choices": [2e-4, 5e-4]}}}
         (where / "space.yaml").write_text(yaml.safe_dump(space))
@@ -203,7 +208,9 @@ def check_train(metrics: list[str], graphs: str | None = None, extra: Callable |
     return check
 
 
-def check_sweep(intermediate_needs_eval: bool):
+def check_sweep(intermediate_needs_eval: bool, world_size: int = 1):
+    """The sweep run and its 2 trials; each grid point run once (parallel workers must split
+    the grid); with `world_size` 2, every trial trained on 2 ranks that ended in sync."""
     def check(store: Store, ctx: Ctx):
         problems, info = [], []
         parent = need_one(store, "sweep", problems)
@@ -232,6 +239,15 @@ def check_sweep(intermediate_needs_eval: bool):
                               f"reports={n})"
             else:
                 states[-1] += f"(reports={n})"
+        lrs = [t.data.params.get("recipe.trainer.learning_rate") for t in trials]
+        if len(set(lrs)) != len(lrs):
+            problems.append(f"a grid point ran twice: learning rates {lrs}")
+        for t in trials if world_size > 1 else []:
+            ws = t.data.params.get("distributed/world_size")
+            sync = t.data.metrics.get("distributed/in_sync")
+            if ws != str(world_size) or (t.info.status == "FINISHED" and sync != 1.0):
+                problems.append(f"trial {t.data.tags['harness.trial']}: world_size {ws}, "
+                                f"in_sync {sync}")
         info.append("trials " + " ".join(states))
         return problems, ", ".join(info)
     return check
@@ -293,6 +309,16 @@ CELLS = {c.name: c for c in [
     Cell("eval", "sft_math", "eval", check=check_eval),
     Cell("processes_2", "sft_math", "train", processes=2,
          check=check_train(SFT_METRICS, "on", extra=ddp_extra), needs_gpus=2),
+    # the whole sweep in one torchrun group of 2 ranks; rank 0's pruner stops both
+    Cell("sweep_processes_2", "sft_math", "sweep", processes=2,
+         sweep_pruner={"type": "median", "intermediate": "objective", "examples": 4,
+                       "every_steps": 2, "n_startup_trials": 0},
+         check=check_sweep(False, world_size=2), needs_gpus=2),
+    # two workers, a GPU each, splitting the grid
+    Cell("sweep_workers_2", "sft_math", "sweep", workers=2,
+         sweep_pruner={"type": "median", "intermediate": "objective", "examples": 4,
+                       "every_steps": 2, "n_startup_trials": 0},
+         check=check_sweep(False), needs_gpus=2),
 ]}
 
 
@@ -305,7 +331,7 @@ def resolve_over(cell: Cell, ctx: Ctx) -> Cell:
 
 # ---------------------------------------------------------------------------- running a cell
 
-def command(cell: Cell, ctx: Ctx, where: Path) -> list[str]:
+def command(cell: Cell, ctx: Ctx, where: Path, uri: str) -> list[str]:
     py = [sys.executable, "-m", "harness"]
     if cell.command == "eval":
         s = ctx.sizes
@@ -316,9 +342,9 @@ def command(cell: Cell, ctx: Ctx, where: Path) -> list[str]:
                      "--set", f"output_dir={where}/outputs",
                      "--set", f"eval.max_examples={s.examples}",
                      "--set", f"eval.max_new_tokens={s.new_tokens}"]
-    recipe = write_recipe(cell, ctx, where)
+    recipe = write_recipe(cell, ctx, where, uri)
     if cell.command == "sweep":
-        return py + ["sweep", str(recipe), "--n-trials", "2"]
+        return py + ["sweep", str(recipe), "--n-trials", "2", "--workers", str(cell.workers)]
     return py + ["train", str(recipe)] + (["--processes", str(cell.processes)]
                                           if cell.processes > 1 else [])
 
@@ -337,10 +363,18 @@ def run_cell(cell: Cell, ctx: Ctx) -> dict:
     where.mkdir(parents=True)
     uri = f"sqlite:///{where}/mlflow.db"
     t = time.perf_counter()
+    served = None
     try:
-        precreate_experiment(uri, f"gm_{cell.name}", where)
-        cmd = command(cell, ctx, where)
-    except Exception as e:  # a bug of this script, not of the harness
+        if cell.workers > 1:  # workers log through a server (its artifacts under `where`)
+            port = 5200 + ORDER.index(cell.name)
+            served = server(where, port)
+            uri = f"http://127.0.0.1:{port}"
+        else:
+            precreate_experiment(uri, f"gm_{cell.name}", where)
+        cmd = command(cell, ctx, where, uri)
+    except (Exception, SystemExit) as e:  # a bug of this script, not of the harness
+        if served:
+            served.kill()
         return {"cell": cell.name, "status": "FAIL", "s": time.perf_counter() - t,
                 "reason": f"set-up: {type(e).__name__}: {e}", "tail": []}
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PYTHONUNBUFFERED": "1",
@@ -369,6 +403,9 @@ def run_cell(cell: Cell, ctx: Ctx) -> dict:
         problems += more if code == 0 else more[:1]  # an exit code says the rest
     except Exception as e:
         problems.append(f"store check: {type(e).__name__}: {e}")
+    if served:
+        served.terminate()
+        served.wait()
     errors = [line for line in tail if line.startswith(("error:", "RuntimeError", "ValueError",
                                                         "TypeError", "AssertionError"))]
     if code != 0 and errors:
@@ -434,7 +471,7 @@ def main() -> None:
         if cell.needs_gpu and not gpu:
             res = {"cell": name, "status": "SKIP", "s": 0.0, "reason": f"(cpu: {cell.needs_gpu})",
                    "tail": []}
-        elif gpus < cell.needs_gpus:
+        elif gpu and gpus < cell.needs_gpus:
             res = {"cell": name, "status": "SKIP", "s": 0.0,
                    "reason": f"({gpus} GPU{'s' * (gpus != 1)})", "tail": []}
         else:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import yaml
-from common import random_model
+from common import random_model, server
 from train_speed import workload
 
 from harness import timing
@@ -38,23 +38,6 @@ def warm_up() -> float:
                     "harness.sweep, harness.train, harness.tracking, harness.evaluation; "
                     "torch.cuda.is_available() and torch.zeros(1, device='cuda')"], check=True)
     return time.perf_counter() - t
-
-
-def server(root: Path, port: int):
-    """`harness server` on a SQLite store: the MLflow tracking server parallel workers need."""
-    import urllib.request
-    proc = subprocess.Popen([sys.executable, "-m", "harness", "server", "--backend-store-uri",
-                             f"sqlite:///{root}/mlflow.db", "--port", str(port),
-                             "--artifacts-destination", str(root / "mlartifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.5)
-    proc.kill()
-    sys.exit("harness server did not start")
 
 
 def arm(name: str, n_trials: int, model: str, shared: str, root: Path, rows: int,
