@@ -344,8 +344,9 @@ def main() -> None:
         elif r.get("gpus", 1) > 1 and r["config"].split("@")[0] in one:
             base = one[r["config"].split("@")[0]]
             steady = r["steady_tok_per_s"] / base["steady_tok_per_s"]
-            print(f"{r['config']}: {r['tok_per_s'] / base['tok_per_s']:.2f}x the same "
-                  f"configuration on 1 GPU ({steady:.2f}x after the first 5 steps); graphed "
+            print(f"{r['config']}{' (warm)' if r.get('warm') else ''}: "
+                  f"{r['tok_per_s'] / base['tok_per_s']:.2f}x the same configuration on 1 GPU "
+                  f"({steady:.2f}x after the first 5 steps); graphed "
                   f"steps {base['settings']['cuda_graph_steps']} / "
                   f"{r['settings']['cuda_graph_steps']}, ranks in sync {r['in_sync']}",
                   flush=True)
