@@ -9,11 +9,12 @@ everything else is the harness's GPU defaults. Each configuration runs in a fres
 peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
 
     python bench/train_speed.py --shared ../shared [--configs harness harness_sdpa] \
-        [--peers liger liger] [--dpo] [--processes 1 2] [--json out.json]
-    (PROFILE=harness: profile it, PROFILE_STEPS=first:count and PROFILE_TRACE=folder
-    for which steps and a Chrome trace a rank; --processes: each configuration on 1 and on 2 GPUs, under
-    torchrun as `harness train --processes N` runs it; a configuration named `name@2` runs on 2
-    GPUs only, e.g. harness_b8@2 for one GPU's global batch on two)
+        [--peers liger liger] [--dpo] [--processes 1 2] [--warm] [--json out.json]
+    (PROFILE=harness: profile it, PROFILE_STEPS=first:count and PROFILE_TRACE=folder for
+    which steps and a Chrome trace a rank; --processes: each configuration on 1 and on 2 GPUs,
+    under torchrun as `harness train --processes N` runs it; a configuration named `name@2`
+    runs on 2 GPUs only, e.g. harness_b8@2 for one GPU's global batch on two; --warm: each
+    measured on its second run in its process, as the peer and a sweep's later trials are)
 
 Tokens are non-padding tokens; MFU uses 4N FLOPs a token for LoRA (N: the model's parameters)
 against the H100's 989 TFLOP/s bf16 peak, as the peer does.
