@@ -145,7 +145,7 @@ def params(config, trainer=None) -> dict:
     out = {"distributed/world_size": n,
            "distributed/effective_batch_size": config.per_device_train_batch_size * n
            * config.gradient_accumulation_steps}
-    handler = getattr(getattr(trainer, "accelerator", None), "ddp_handler", None)
+    handler = _ddp_handler(trainer)
     for name in ("gradient_as_bucket_view", "broadcast_buffers"):
         if hasattr(handler, name) and n > 1:
             out[f"distributed/{name}"] = getattr(handler, name)
@@ -155,14 +155,19 @@ def params(config, trainer=None) -> dict:
 BUCKET_VIEWS = True  # gradients kept in DDP's all-reduce buckets (bench/train_speed.py A/Bs it)
 
 
+def _ddp_handler(trainer):
+    """The DDP kwargs the Trainer built from its ddp_* fields (accelerate's
+    DistributedDataParallelKwargs), which accelerate reads when train() wraps the model."""
+    return getattr(getattr(trainer, "accelerator", None), "ddp_handler", None)
+
+
 def gradients_in_buckets(trainer) -> None:
     """DDP keeps each gradient inside its all-reduce bucket (gradient_as_bucket_view): the
-    reduced bucket is then the `.grad` the optimizer reads. Without it DDP copies every
-    gradient into the bucket and, reduced, back out: ~420 small copies a step for LoRA on all
-    linear layers, on the host's critical path after the replayed backward. TrainingArguments
-    has no field for it; the DDP kwargs handler the Trainer builds from its ddp_* fields
-    (accelerate's DistributedDataParallelKwargs) does, and is read when train() wraps the model."""
-    handler = getattr(getattr(trainer, "accelerator", None), "ddp_handler", None)
+    reduced bucket is then the `.grad` the optimizer reads, so the gradients are held once, not
+    twice, and not copied back out of the buckets after each all-reduce (for LoRA on all
+    linear layers, ~420 small copies a step; at 135M parameters no speed difference showed,
+    docs/benchmarks.md). TrainingArguments has no field for it; the DDP kwargs handler has."""
+    handler = _ddp_handler(trainer)
     if BUCKET_VIEWS and world_size() > 1 and hasattr(handler, "gradient_as_bucket_view"):
         handler.gradient_as_bucket_view = True
 
