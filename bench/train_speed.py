@@ -175,7 +175,8 @@ def steady_clock(first: int):
             return [round(1000 * (b - a)) for a, b in zip(self.marks, self.marks[1:first + 1])]
 
         def later_steps_ms(self) -> list[int]:
-            return [round(1000 * (b - a)) for a, b in zip(self.marks[first:], self.marks[first + 1:])]
+            later = self.marks[first:]
+            return [round(1000 * (b - a)) for a, b in zip(later, later[1:])]
     return Clock()
 
 
@@ -217,6 +218,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
     args = res.trainer.args
     from harness import distributed
     n = distributed.world_size()
+    ddp = distributed.params(args, res.trainer)
     return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n, "warm": warm,
             "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
             "tokens": tokens, "tok_per_s": round(tokens / runtime),
@@ -228,8 +230,6 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
             "steps": res.trainer.state.global_step, "first_steps_ms": clock.first_steps_ms(),
             "later_steps_ms": clock.later_steps_ms(),
-            # the Trainer's clock before its first step: building the loop, the DDP wrap
-            "before_loop_s": round(runtime - (clock.end - clock.marks[0]), 2),
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
             "in_sync": res.metrics.get("distributed/in_sync"),
@@ -244,11 +244,9 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
                          "expandable_segments": plan.expandable_segments,
                          "cuda_graph_steps": res.metrics.get("cuda_graphs/steps"),
                          "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
-                         "effective_batch": distributed.params(args)[
-                             "distributed/effective_batch_size"],
+                         "effective_batch": ddp.pop("distributed/effective_batch_size"),
                          "find_unused": args.ddp_find_unused_parameters,
-                         "ddp": {k.split("/")[1]: v for k, v in distributed.params(
-                             args, res.trainer).items() if k.endswith(("view", "buffers"))},
+                         "ddp": ddp,  # world size, and what DDP was built with
                          "gradient_checkpointing": args.gradient_checkpointing}}
 
 
