@@ -53,6 +53,7 @@ CONFIGS = {
     "harness_no_autocast": {"trainer.bf16": False},  # a bf16 model and bf16 adapters, no autocast
     "harness_unfused_norm": {"model.fused_norm": False},  # transformers' own RMSNorm
     "harness_loader_workers": {"trainer.dataloader_num_workers": 2},  # collation off the loop
+    "harness_loader_main": {"trainer.dataloader_num_workers": 0},  # no worker start a run
     # twice the tokens a step (32 bins of 1024), at the same lr and at lr x sqrt(2)
     "harness_32k": {"trainer.per_device_train_batch_size": 32},
     "harness_32k_lr": {"trainer.per_device_train_batch_size": 32, "trainer.learning_rate": 2.83e-4},
@@ -243,6 +244,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
                          "fused_norm": plan.fused_norm,
                          "expandable_segments": plan.expandable_segments,
                          "cuda_graph_steps": res.metrics.get("cuda_graphs/steps"),
+                         "cuda_graph_shapes": res.metrics.get("cuda_graphs/shapes"),
                          "pad_to_multiple_of": getattr(args, "pad_to_multiple_of", None),
                          "effective_batch": ddp.pop("distributed/effective_batch_size"),
                          "find_unused": args.ddp_find_unused_parameters,

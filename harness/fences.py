@@ -24,7 +24,7 @@ TESTED: dict[str, dict[str, str]] = {
     "cuda_graphs": {"torch": ">=2.11,<2.14", "transformers": ">=5.17,<5.25", "trl": ">=1.16,<1.17"},
     # kernels.py: transformers' Llama/Mistral/Qwen RMSNorm forward swapped for F.rms_norm
     "fused_norm": {"transformers": ">=5.17,<5.25"},
-    # models.py: torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+    # models.py: torch._C._accelerator_setAllocatorSettings("expandable_segments:True")
     "allocator_settings": {"torch": ">=2.11,<2.14"},
     # train.padding_free: TRL's rule for when SFTTrainer flattens a batch, written out here
     "padding_free_rule": {"trl": ">=1.16,<1.17"},

@@ -8,10 +8,16 @@ replays each as one graph launch; TRL's loop, the loss and the optimizer stay as
 
 A graph replays fixed shapes at fixed addresses, so every step's batch must look the same:
 - the packed batch is padded to a multiple of max_length (`DevicePlan.pad_packed`);
-- `StaticSequences` (on the host, after TRL's collator) folds that padding into one sequence,
-  rounds the number of sequences up with empty ones and gives max_length as the longest;
+- `StaticSequences` (on the host, after TRL's collator) pads it on to max_length a bin (bins
+  that hold 15 bins' worth of tokens take as many as 16 full ones), makes the padding a few
+  sequences instead of one a token, rounds the number of sequences up with empty ones and
+  gives max_length as the longest;
 - a batch shape is captured the second time it comes (its first step runs eagerly and warms up
   the kernels), up to MAX_SHAPES shapes; other shapes (the last, shorter batch) run eagerly.
+  A process that has already run that shape through a model of the same shape (a sweep's later
+  trials, `WARM`) captures it the first time: the eager step would warm nothing, and it costs
+  ~0.3-0.4 s, a tenth of a 2-GPU trial of 27 steps (docs/benchmarks.md). A batch of fewer
+  sequences than a captured graph holds replays that graph, with empty sequences added.
 Anything else (evaluation, generation, a batch with an attention mask) runs the model's own
 forward, and the graphs are dropped when training ends.
 
@@ -33,6 +39,10 @@ from harness import fences
 
 MAX_SHAPES = 2
 SEQUENCES_MULTIPLE = 64  # sequences a batch, rounded up: one graph covers most batches
+CU = ("cu_seq_lens_q", "cu_seq_lens_k")  # a batch's sequence bounds, a sequence's slot each
+# (model signature, batch key) pairs this process has run eagerly: their kernels are loaded,
+# tuned and compiled, so a new model of the same signature can capture such a batch at once
+WARM: set = set()
 
 
 def blocker(config, plan, recipe, packed: bool) -> str | None:
@@ -62,7 +72,8 @@ def blocker(config, plan, recipe, packed: bool) -> str | None:
 
 
 class StaticSequences:
-    """TRL's padding-free collator, its sequence bounds made the same shape every step."""
+    """TRL's padding-free collator, its batches made the same shape every step: as many tokens
+    as their bins hold at most, sequence bounds rounded up to a multiple of `multiple`."""
 
     def __init__(self, collator, max_length: int, multiple: int = SEQUENCES_MULTIPLE):
         self.collator, self.max_length, self.multiple = collator, max_length, multiple
@@ -80,12 +91,23 @@ class StaticSequences:
             return out
         total = out["input_ids"].shape[1]
         real = sum(len(e["input_ids"]) for e in examples)
-        if real < total:  # TRL makes each padding token a sequence of its own: make them one
-            out["position_ids"][0, real:] = torch.arange(total - real)
-            cu = torch.cat([cu[cu <= real], cu.new_tensor([total])])
+        # as long as its bins full: a batch whose bins hold fewer tokens (15 bins' worth in 16)
+        # is no second shape; each bin holds at most max_length tokens
+        full = max(total, len(examples) * self.max_length)
+        if full > total:
+            fills = {"input_ids": self.collator.pad_token_id, "labels": -100}
+            for name, v in out.items():
+                if torch.is_tensor(v) and v.dim() >= 2 and v.shape[:2] == (1, total):
+                    out[name] = torch.cat([v, v.new_full((1, full - total, *v.shape[2:]),
+                                                         fills.get(name, 0))], 1)
+        if real < full:  # TRL makes each padding token a sequence of its own: make them a few
+            pad = torch.arange(full - real) % self.max_length  # of max_length at most
+            out["position_ids"][0, real:] = pad.to(out["position_ids"].dtype)
+            cu = torch.cat([cu[cu <= real], cu.new_tensor(
+                [*range(real + self.max_length, full, self.max_length), full])])
         n = cu.numel() - 1
         cu = torch.cat([cu, cu.new_full((math.ceil(n / self.multiple) * self.multiple - n,),
-                                        total)])  # empty sequences at the end
+                                        full)])  # empty sequences at the end
         out["cu_seq_lens_q"] = out["cu_seq_lens_k"] = cu
         longest = max(self.max_length, int(cu.diff().max()))
         out["max_length_q"] = out["max_length_k"] = longest
@@ -93,6 +115,11 @@ class StaticSequences:
             out["seq_idx"] = torch.repeat_interleave(
                 torch.arange(cu.numel() - 1, dtype=torch.int32), cu.diff())[None]
         return out
+
+
+def _tensors(key) -> dict:
+    """A batch key's tensors: name -> (shape, dtype)."""
+    return {name: (shape, dtype) for name, shape, dtype in key[0]}
 
 
 def _stack(forward, names: tuple[str, ...], constants: dict, backbone):
@@ -123,6 +150,11 @@ class GraphedBackbone:
         self.pool = torch.cuda.graph_pool_handle()
         self.steps = 0
         self.failed: str | None = None
+        # the parameters' names, shapes, dtypes and trainability: a LoRA rank or a dtype apart
+        # is a model whose kernels have not run yet
+        self.signature = hash((type(backbone).__qualname__, tuple(
+            (n, tuple(p.shape), p.dtype, p.requires_grad)
+            for n, p in backbone.named_parameters())))
 
     def key(self, kwargs: dict):
         import torch
@@ -151,10 +183,16 @@ class GraphedBackbone:
             return self.own(*args, **kwargs)
         graph = self.graphs.get(key)
         if graph is None:
+            key, kwargs = self.roomier(key, kwargs)
+            graph = self.graphs.get(key)
+        if graph is None:
             self.seen[key] += 1
-            if self.seen[key] < 2 or len(self.graphs) >= MAX_SHAPES:
-                return self.own(**kwargs)
-            graph = self.capture(key, kwargs)
+            warm = (self.signature, key) in WARM
+            if (self.seen[key] < 2 and not warm) or len(self.graphs) >= MAX_SHAPES:
+                out = self.own(**kwargs)
+                WARM.add((self.signature, key))
+                return out
+            graph = self.capture(key, kwargs, retry=self.seen[key] < 2)
             if graph is None:
                 return self.own(**kwargs)
         from transformers.modeling_outputs import BaseModelOutputWithPast
@@ -162,7 +200,34 @@ class GraphedBackbone:
         hidden = graph(*(kwargs[name] for name, _, _ in key[0]))
         return BaseModelOutputWithPast(last_hidden_state=hidden)
 
-    def capture(self, key, kwargs: dict):
+    def roomier(self, key, kwargs: dict):
+        """A captured key whose batch is this one's but for more sequence slots, and the batch
+        with empty sequences added to fit it; else `key` and `kwargs` as they are. A batch of
+        fewer sequences than most (63 where most have 64-127) then replays the common graph
+        instead of running eagerly and taking a graph of its own."""
+        import torch
+        mine = _tensors(key)
+        if not set(CU) <= set(mine):
+            return key, kwargs
+        n = mine[CU[0]][0][0]
+        fits = {}
+        for k in self.graphs:
+            theirs = _tensors(k)
+            slots = theirs.get(CU[0], ((0,), None))[0][0]
+            if k[1:] == key[1:] and slots > n and theirs == {
+                    **mine, **{name: ((slots,), mine[name][1]) for name in CU}}:
+                fits[k] = slots
+        if not fits:
+            return key, kwargs
+        wider = min(fits, key=fits.get)
+        padded = dict(kwargs)
+        for name in CU:  # cumulative lengths: an empty sequence repeats the total
+            padded[name] = torch.cat([kwargs[name], kwargs[name][-1:].expand(fits[wider] - n)])
+        return wider, padded
+
+    def capture(self, key, kwargs: dict, retry: bool = False):
+        """The graph of `key`'s batch, or None. `retry`: a failure is not the last try; the
+        shape runs eagerly once and is captured the next time it comes."""
         import torch
         names = tuple(name for name, _, _ in key[0])
         stack = _stack(self.own, names, dict(key[1]), self.backbone)
@@ -179,14 +244,19 @@ class GraphedBackbone:
             # the capture's end reports "a previous error during capture": say which
             cause = e.__context__ if isinstance(e.__context__, Exception) else e
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            self.failed = f"capture failed: {first}"
-            print(f"harness: CUDA graphs off for the rest of training ({self.failed})",
-                  file=sys.stderr)
             # a capture that fails before its end leaves the CUDA generator marked as capturing,
             # and every later random op (dropout) raises; a copy of its state is not marked
             gen = torch.cuda.default_generators[torch.cuda.current_device()]
             gen.graphsafe_set_state(gen.clone_state())
             torch.cuda.empty_cache()
+            if retry:  # this model may hold state its first forward sets up: warm it first
+                WARM.discard((self.signature, key))
+                # the failed capture leaves its pool marked as being recorded to
+                self.pool = torch.cuda.graph_pool_handle()
+                return None
+            self.failed = f"capture failed: {first}"
+            print(f"harness: CUDA graphs off for the rest of training ({self.failed})",
+                  file=sys.stderr)
             return None
         self.graphs[key] = graph
         return graph

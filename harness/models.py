@@ -165,7 +165,9 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     # before the first CUDA allocation; applies to later segments
     if plan.expandable_segments and fences.allowed("allocator_settings"):
-        torch.cuda.memory._set_allocator_settings("expandable_segments:True")
+        # what torch.cuda.memory._set_allocator_settings calls; torch 2.11 deprecated that
+        # wrapper in favour of this
+        torch._C._accelerator_setAllocatorSettings("expandable_segments:True")
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     path = path or resolve(spec)
     kwargs = {"num_labels": 1} if task != "causal-lm" else {}

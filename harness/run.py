@@ -194,8 +194,9 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
             tracker.set_tags({"harness.error": str(e)})
             raise
         log_completions(tracker, out_dir)
-        if "cuda_graphs/steps" in result.metrics:
-            tracker.log_metrics({"cuda_graphs/steps": result.metrics["cuda_graphs/steps"]})
+        graphed = {k: v for k, v in result.metrics.items() if k.startswith("cuda_graphs/")}
+        if graphed:
+            tracker.log_metrics(graphed)
         from harness import distributed
         if distributed.world_size() > 1:
             tracker.log_params(distributed.params(result.trainer.args, result.trainer))

@@ -335,8 +335,9 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         out = trainer.train()
         finite.check(recipe, config)
         metrics = dict(out.metrics)
-        if plan.cuda_graphs:  # steps whose decoder stack ran as a graph
+        if plan.cuda_graphs:  # steps whose decoder stack ran as a graph, batch shapes captured
             metrics["cuda_graphs/steps"] = graphed.steps if graphed is not None else 0
+            metrics["cuda_graphs/shapes"] = len(graphed.graphs) if graphed is not None else 0
         if distributed.world_size() > 1:  # every rank takes part in the check
             metrics["distributed/in_sync"] = float(distributed.weights_in_sync(trainer.model))
         if eval_ds is not None:

@@ -72,6 +72,8 @@ def test_cuda_varlen_with_fewer_kv_heads_matches_attention_per_sequence(monkeypa
                                    atol=2e-2 * want.abs().max().item())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(),
+                    reason="the CPU's segmented SDPA; a GPU's varlen kernel is tested above")
 def test_packed_training_with_varlen_matches_transformers_packed_mask(recipe_dict, tmp_path,
                                                                      monkeypatch):
     """TRL packing (bfd, padding-free) trained through harness_varlen gives the losses of the same
@@ -97,7 +99,8 @@ def test_packed_batches_padded_to_max_length_train_to_the_same_losses(recipe_dic
     padding is attended alone and carries no label, so the losses are the unpadded run's."""
     over = {"trainer.packing": True, "trainer.max_steps": 3, "adapter.dropout": 0.0,
             "model.attn_implementation": attention.NAME}
-    _, plain = _run(recipe_dict, tmp_path / "a", **over)
+    # unpadded even where the plan would pad (a GPU)
+    _, plain = _run(recipe_dict, tmp_path / "a", **over, **{"trainer.pad_to_multiple_of": None})
     _, padded = _run(recipe_dict, tmp_path / "b", **over, **{"trainer.pad_to_multiple_of": 128})
     rows = [padded.trainer.train_dataset[i] for i in range(4)]
     batch, unpadded = padded.trainer.data_collator(rows), plain.trainer.data_collator(rows)
@@ -113,6 +116,7 @@ def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, re
     import dataclasses
 
     from harness import train
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU, also on a GPU host
     cpu = models.device_plan(recipe.ModelSpec())
     assert (cpu.packing, cpu.optim, cpu.attention, cpu.adapter_dtype) == (
         False, "adamw_torch", "sdpa", "float32")
@@ -163,4 +167,4 @@ def test_gpu_plan_loads_the_model_into_segments_that_grow_in_place(tiny_model_di
         assert any(s["is_expandable"] and s["allocated_size"] for s in segments)
         assert next(model.parameters()).is_cuda
     finally:
-        torch.cuda.memory._set_allocator_settings("expandable_segments:False")
+        torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
