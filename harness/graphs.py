@@ -8,10 +8,10 @@ replays each as one graph launch; TRL's loop, the loss and the optimizer stay as
 
 A graph replays fixed shapes at fixed addresses, so every step's batch must look the same:
 - the packed batch is padded to a multiple of max_length (`DevicePlan.pad_packed`);
-- `StaticSequences` (on the host, after TRL's collator) pads it on to max_length a bin (bins
-  that hold 15 bins' worth of tokens take as many as 16 full ones), makes the padding a few
-  sequences instead of one a token, rounds the number of sequences up with empty ones and
-  gives max_length as the longest;
+- `StaticSequences` (on the host, after TRL's collator) pads it on to max_length a bin when it
+  is at most a bin short (16 bins holding 15 bins' worth of tokens take as many as 16 full
+  ones), makes the padding a few sequences instead of one a token, rounds the number of
+  sequences up with empty ones and gives max_length as the longest;
 - a batch shape is captured the second time it comes (its first step runs eagerly and warms up
   the kernels), up to MAX_SHAPES shapes; other shapes (the last, shorter batch) run eagerly.
   A process that has already run that shape through a model of the same shape (a sweep's later
@@ -92,8 +92,11 @@ class StaticSequences:
         total = out["input_ids"].shape[1]
         real = sum(len(e["input_ids"]) for e in examples)
         # as long as its bins full: a batch whose bins hold fewer tokens (15 bins' worth in 16)
-        # is no second shape; each bin holds at most max_length tokens
-        full = max(total, len(examples) * self.max_length)
+        # is no second shape. Only up to one bin short: rows that are not bins (evaluation with
+        # eval_packing off) are not padded to max_length each.
+        full = len(examples) * self.max_length
+        if not total < full <= total + self.max_length:
+            full = total
         if full > total:
             fills = {"input_ids": self.collator.pad_token_id, "labels": -100}
             for name, v in out.items():

@@ -87,18 +87,19 @@ def test_static_sequences_give_every_batch_one_shape_and_the_same_loss(recipe_di
     assert static.pad_token_id == trl.pad_token_id
     # bins that hold fewer tokens than they could: padded on to max_length each, in sequences of
     # max_length at most, so that the batch has the shape of a batch of full bins
-    narrow = graphs.StaticSequences(trl, max_length=total // len(rows) + 128, multiple=16)
-    full = narrow(rows)
-    length = narrow.max_length
+    length = total // (len(rows) - 1)  # bins a third short: half a batch of padding to add
+    full = graphs.StaticSequences(trl, max_length=length, multiple=16)(rows)
     assert full["input_ids"].shape == full["labels"].shape == (1, len(rows) * length)
     assert full["labels"][0, total:].eq(-100).all() and full["labels"][:, :total].equal(
         plain["labels"])
     bounds = full["cu_seq_lens_q"]
     pads = bounds[(bounds > real) & (bounds < len(rows) * length)].tolist()
-    assert pads == list(range(real + length, len(rows) * length, length))
-    assert full["max_length_q"] == length and bounds.diff().max() <= length
+    assert pads == [real + length]  # the padding: two sequences, neither over max_length
     assert full["position_ids"][0, real:].tolist() == [
         i % length for i in range(len(rows) * length - real)]
+    # more than a bin short: rows, not bins (evaluation unpacked); padded to no bin's length
+    rows_alone = graphs.StaticSequences(trl, max_length=10 * total, multiple=16)(rows)
+    assert rows_alone["input_ids"].shape == (1, total)
     model = res.model.eval()
     on = lambda b: {k: v.to(model.device) if torch.is_tensor(v) else v  # noqa: E731
                     for k, v in b.items()}
