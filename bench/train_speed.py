@@ -16,6 +16,10 @@ peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
     runs on 2 GPUs only, e.g. harness_b8@2 for one GPU's global batch on two; --warm: each
     measured on its second run in its process, as the peer and a sweep's later trials are)
 
+On the GPU machine ../shared does not travel: copy what this reads into the carried, ignored
+.whl/ and pass --shared .whl/shared (anchors/bench_sft.py and anchors/smollm2-135m, and
+data/gsm8k/train.jsonl).
+
 Tokens are non-padding tokens; MFU uses 4N FLOPs a token for LoRA (N: the model's parameters)
 against the H100's 989 TFLOP/s bf16 peak, as the peer does.
 """
@@ -53,7 +57,6 @@ CONFIGS = {
     "harness_no_autocast": {"trainer.bf16": False},  # a bf16 model and bf16 adapters, no autocast
     "harness_unfused_norm": {"model.fused_norm": False},  # transformers' own RMSNorm
     "harness_loader_workers": {"trainer.dataloader_num_workers": 2},  # collation off the loop
-    "harness_loader_main": {"trainer.dataloader_num_workers": 0},  # no worker start a run
     # twice the tokens a step (32 bins of 1024), at the same lr and at lr x sqrt(2)
     "harness_32k": {"trainer.per_device_train_batch_size": 32},
     "harness_32k_lr": {"trainer.per_device_train_batch_size": 32, "trainer.learning_rate": 2.83e-4},
