@@ -9,7 +9,7 @@ everything else is the harness's GPU defaults. Each configuration runs in a fres
 peers are ../shared/anchors/bench_sft.py's own variants, run in the same call.
 
     python bench/train_speed.py --shared ../shared [--configs harness harness_sdpa] \
-        [--peers liger liger] [--dpo] [--processes 1 2] [--warm] [--json out.json]
+        [--peers liger liger] [--dpo] [--processes 1 2] [--warm] [--runs 3] [--json out.json]
     (PROFILE=harness: profile it, PROFILE_STEPS=first:count and PROFILE_TRACE=folder for
     which steps and a Chrome trace a rank; --processes: each configuration on 1 and on 2 GPUs,
     under torchrun as `harness train --processes N` runs it; a configuration named `name@2`
@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gc
 import importlib
 import json
 import os
@@ -75,6 +76,11 @@ CONFIGS = {
     "harness_before": {"trainer.pad_to_multiple_of": None},
     "harness_cublaslt": {},  # GEMMs through cuBLASLt instead of cuBLAS
     "harness_eager": {"model.cuda_graphs": False},  # the decoder stack run op by op from Python
+    "harness_trainer_own": {},  # Trainer's own per-step host work (harness.steps off)
+    # one loader worker, and none (batches collated in the loop): a worker's start (a fork of
+    # this process, then its first batch) is paid in the first step of every run
+    "harness_loader_1": {"trainer.dataloader_num_workers": 1},
+    "harness_loader_main": {"trainer.dataloader_num_workers": 0},
     "dpo": {},
     "dpo_precompute": {"trainer.precompute_ref_log_probs": True},
 }
@@ -83,7 +89,8 @@ FIXED_SEGMENTS = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
 ENV = {"harness_fixed_segments": FIXED_SEGMENTS, "harness_before": FIXED_SEGMENTS,
        "harness_cublaslt": {"TORCH_BLAS_PREFER_CUBLASLT": "1"}}
 PATCH = {"harness_repeat_kv": ("harness.attention", "grouped_kv", False),
-         "harness_ddp_defaults": ("harness.distributed", "BUCKET_VIEWS", False)}
+         "harness_ddp_defaults": ("harness.distributed", "BUCKET_VIEWS", False),
+         "harness_trainer_own": ("harness.steps", "ON", False)}
 
 
 def workload(name: str, model_dir: str, shared: str, rows: int) -> dict:
@@ -184,12 +191,31 @@ def steady_clock(first: int):
     return Clock()
 
 
-def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = False) -> dict:
-    """One training run of `name`; `warm`: the same run once before, in this process (or
-    torchrun group), and the second measured, as a sweep's later trials and the peer's second
-    run are: kernels loaded and compiled, NCCL's communicators up."""
-    import torch
+class Pauses:
+    """A gc.callbacks entry timing Python's collector passes: generation -> count, ms."""
 
+    def __init__(self):
+        self.started, self.seen = 0.0, {}
+
+    def __call__(self, phase: str, info: dict):
+        if phase == "start":
+            self.started = time.perf_counter()
+            return
+        n, ms, longest = self.seen.get(info["generation"], (0, 0.0, 0.0))
+        took = 1000 * (time.perf_counter() - self.started)
+        self.seen[info["generation"]] = (n + 1, ms + took, max(longest, took))
+
+    def summary(self) -> dict:
+        return {f"gen{g}": {"passes": n, "ms": round(ms, 1), "longest_ms": round(top, 1)}
+                for g, (n, ms, top) in sorted(self.seen.items())}
+
+
+def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = False,
+            runs: int = 1) -> list[dict]:
+    """`runs` training runs of `name`, one after another in this process (or torchrun group);
+    `warm`: the same run once before them, unmeasured, as a sweep's first trial is before its
+    later ones and the peer's first run before its second: kernels loaded and compiled, NCCL's
+    communicators up."""
     from harness import data, models, train
     r = workload(name, model_dir, shared, rows)
     if name in PATCH:
@@ -202,6 +228,13 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
     if warm:
         with tempfile.TemporaryDirectory() as out:
             train.train(r, models.load_model(r.model, plan, task=k.task), tok, tr, None, plan, out)
+    return [{**one_run(name, r, k, plan, tok, tr), "warm": warm, "run": i} for i in range(runs)]
+
+
+def one_run(name: str, r, k, plan, tok, tr) -> dict:
+    import torch
+
+    from harness import models, train
     model = models.load_model(r.model, plan, task=k.task)
     n_params = sum(p.numel() for p in model.parameters())
     torch.cuda.reset_peak_memory_stats()
@@ -214,7 +247,12 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
             if first == 0:
                 prof[0].start()
         clock = steady_clock(5)
-        res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
+        pauses = Pauses()
+        gc.callbacks.append(pauses)
+        try:
+            res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
+        finally:
+            gc.callbacks.remove(pauses)
         wall = time.perf_counter() - t
     tokens = tokens_in(res.trainer.train_dataset)  # every rank's: the dataset is not sharded
     runtime = res.metrics["train_runtime"]
@@ -223,7 +261,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
     from harness import distributed
     n = distributed.world_size()
     ddp = distributed.params(args, res.trainer)
-    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n, "warm": warm,
+    return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n,
             "runtime_s": round(runtime, 2), "wall_s": round(wall, 1),
             "tokens": tokens, "tok_per_s": round(tokens / runtime),
             # bins are nearly full, so tokens spread evenly over the steps
@@ -233,6 +271,7 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "peak_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2),
             "steps": res.trainer.state.global_step, "first_steps_ms": clock.first_steps_ms(),
+            "gc_ms": pauses.summary(),  # this rank's collector passes while training
             "later_steps_ms": clock.later_steps_ms(),
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
@@ -291,6 +330,10 @@ def main() -> None:
                          "(graphs, ranks in sync, loss) on a one-GPU machine; not its speed")
     ap.add_argument("--warm", action="store_true",
                     help="measure each configuration's second run in its process (see measure)")
+    ap.add_argument("--runs", type=int, default=1,
+                    help="measured runs of each configuration, one after another in its process "
+                         "(or torchrun group); with --processes, run i on 1 GPU pairs with run i "
+                         "on 2")
     ap.add_argument("--json", default=None)
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -300,9 +343,9 @@ def main() -> None:
             os.environ["LOCAL_RANK"] = "0"  # reads LOCAL_RANK); NCCL refuses two ranks a GPU
             CONFIGS[args.one[0]] = {**CONFIGS[args.one[0]], "trainer.ddp_backend": "gloo"}
         distributed.setup()
-        row = measure(args.one[0], args.one[1], args.shared, args.rows, args.warm)
+        found = measure(args.one[0], args.one[1], args.shared, args.rows, args.warm, args.runs)
         if distributed.is_main():
-            print("ROW " + json.dumps(row), flush=True)
+            print("ROWS " + json.dumps(found), flush=True)
         return
     import torch
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}", flush=True)
@@ -321,10 +364,10 @@ def main() -> None:
                 f"--nproc-per-node={n}"]
             cmd = [*launcher, __file__, "--one", name, model_dir, "--shared", args.shared,
                    "--rows", str(args.rows)] + (["--share-gpu"] if args.share_gpu else []) \
-                + (["--warm"] if args.warm else [])
+                + (["--warm"] if args.warm else []) + ["--runs", str(args.runs)]
             proc = subprocess.run(cmd, capture_output=True, text=True,
                                   env={**os.environ, **ENV.get(name, {})})
-            if proc.returncode or "ROW " not in proc.stdout:
+            if proc.returncode or "ROWS " not in proc.stdout:
                 print(f"{name} failed:\n{proc.stderr[-3000:]}", flush=True)
                 continue
             for line in dict.fromkeys(x for x in proc.stderr.splitlines()
@@ -332,13 +375,17 @@ def main() -> None:
                 print(f"{name}@{n}: {line}", flush=True)
             if os.environ.get("PROFILE") == name:
                 print(proc.stderr[proc.stderr.find("-----"):][-9000:], flush=True)
-            rows.append(json.loads(proc.stdout.split("ROW ", 1)[1].splitlines()[0]))
-            print(json.dumps(rows[-1]), flush=True)
+            for row in json.loads(proc.stdout.split("ROWS ", 1)[1].splitlines()[0]):
+                rows.append(row)
+                print(json.dumps(row), flush=True)
     ref = next((r for r in rows if r["config"] == "peer:trl_tuned_liger_lora"), None)
-    one = {}  # each several-GPU run against the 1-GPU run of its configuration just before it
+    # each several-GPU run against the 1-GPU run of its configuration just before it, run i
+    # against run i
+    one = {}
     for r in rows:
         if r.get("gpus") == 1:
             one[r["config"]] = r
+            one[(r["config"], r.get("run", 0))] = r
         elif r["config"].startswith("harness_b8@") and "harness" in one:
             base = one["harness"]  # the same global batch (16 bins) on one GPU
             print(f"{r['config']}: mean / final loss {r['train_loss']} / {r['final_loss']} "
@@ -346,9 +393,10 @@ def main() -> None:
                   f"global batch; ranks in sync {r['in_sync']}, graphed steps "
                   f"{r['settings']['cuda_graph_steps']}", flush=True)
         elif r.get("gpus", 1) > 1 and r["config"].split("@")[0] in one:
-            base = one[r["config"].split("@")[0]]
+            base = one.get((r["config"].split("@")[0], r.get("run", 0)),
+                           one[r["config"].split("@")[0]])
             steady = r["steady_tok_per_s"] / base["steady_tok_per_s"]
-            print(f"{r['config']}{' (warm)' if r.get('warm') else ''}: "
+            print(f"{r['config']}{' (warm)' if r.get('warm') else ''} run {r.get('run', 0)}: "
                   f"{r['tok_per_s'] / base['tok_per_s']:.2f}x the same configuration on 1 GPU "
                   f"({steady:.2f}x after the first 5 steps); graphed "
                   f"steps {base['settings']['cuda_graph_steps']} / "

@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import attention, distributed, fences, graphs, kernels, models, rewards
+from harness import attention, distributed, fences, graphs, kernels, models, rewards, steps
 from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -320,7 +320,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             extra = {"reward_funcs": funcs, "reward_processing_classes": toks}
         if k.data_kind == "unpaired":  # pairs become two single judgements (TRL's own way)
             train_ds, eval_ds = (unpaired(ds) for ds in (train_ds, eval_ds))
-        trainer = k.trainer_cls()(
+        trainer = steps.lean(k.trainer_cls())(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
             callbacks=callbacks + [finite.callback], **extra)
