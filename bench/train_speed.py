@@ -49,6 +49,9 @@ CONFIGS = {
     # spread over 3x the steps, as in a trial of minutes (its tokens column counts one epoch's
     # tokens, so read its ratios, not its tokens/s)
     "harness_3ep": {"trainer.num_train_epochs": 3},
+    # the same, its loader workers started again every epoch (Trainer's default)
+    "harness_3ep_refork": {"trainer.num_train_epochs": 3,
+                           "trainer.dataloader_persistent_workers": False},
     # TRL's own choices for each lever, one at a time
     "harness_sdpa": {"model.attn_implementation": "sdpa"},
     "harness_fp32_adapter": {"adapter.dtype": "float32"},

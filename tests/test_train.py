@@ -71,6 +71,40 @@ def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict,
     assert saved
 
 
+def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_each_epoch(
+        recipe_dict, tmp_path, monkeypatch):
+    """With loader workers (a GPU plan's two) the harness keeps them across epochs
+    (dataloader_persistent_workers): one start a run instead of one an epoch, the same batches."""
+    import dataclasses
+
+    from torch.utils.data import dataloader
+    started = []
+    own = dataloader._MultiProcessingDataLoaderIter.__init__
+
+    def counting(self, loader):
+        started.append(loader)
+        own(self, loader)
+    monkeypatch.setattr(dataloader._MultiProcessingDataLoaderIter, "__init__", counting)
+    trainer = {k: v for k, v in recipe_dict["trainer"].items() if k != "max_steps"}
+    three_epochs = {**recipe_dict, "trainer": {**trainer, "num_train_epochs": 3},
+                    "adapter": {**recipe_dict["adapter"], "dropout": 0.0}}
+    losses = {}
+    for keep in (None, False):  # the harness's default, then workers started every epoch
+        over = {} if keep is None else {"trainer.dataloader_persistent_workers": keep}
+        r = recipe.build(three_epochs, "test.yaml", over)
+        plan = dataclasses.replace(models.device_plan(r.model), loader_workers=2)
+        k = train.kind(r)
+        tr, ev, _ = data.load_train(r.data, r.seed, k.data_kind)
+        started.clear()
+        res = train.train(r, models.load_model(r.model, plan, task=k.task),
+                          models.load_tokenizer(r.model), tr, ev, plan,
+                          str(tmp_path / str(keep)))
+        assert res.trainer.args.dataloader_num_workers == 2 and res.trainer.state.epoch == 3
+        assert len(started) == (1 if keep is None else 3)
+        losses[keep] = [h["loss"] for h in res.log_history if "loss" in h]
+    assert len(losses[None]) == 6 and losses[None] == losses[False]
+
+
 def test_full_fine_tune_without_adapter(recipe_dict, tmp_path):
     _, res = _run(recipe_dict, tmp_path, **{"adapter.type": "none", "trainer.max_steps": 1})
     assert all(p.requires_grad for p in res.model.parameters())
