@@ -206,7 +206,8 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         # kept across epochs: otherwise the last step of an epoch joins them and the first of
         # the next forks them again and waits for their first batch (~0.1 s an epoch on the
         # H200 machine, docs/benchmarks.md)
-        dataloader_persistent_workers=plan.loader_workers > 0,
+        dataloader_persistent_workers=bool(
+            recipe.trainer.get("dataloader_num_workers", plan.loader_workers)),
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
     )
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(recipe.trainer):

@@ -7,8 +7,10 @@ import pytest
 
 def test_two_processes_train_together_and_rank_0_alone_logs(recipe_dict, write_recipe):
     import mlflow
+    # two loader workers a rank, kept across epochs (a GPU plan's default): the ranks exit
+    # with them alive
     d = dict(recipe_dict, trainer=dict(recipe_dict["trainer"], max_steps=3,
-                                       per_device_train_batch_size=2))
+                                       per_device_train_batch_size=2, dataloader_num_workers=2))
     proc = subprocess.run([sys.executable, "-m", "harness", "train", write_recipe(d),
                            "--processes", "2"], capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -103,6 +103,13 @@ def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_ea
         assert len(started) == (1 if keep is None else 3)
         losses[keep] = [h["loss"] for h in res.log_history if "loss" in h]
     assert len(losses[None]) == 6 and losses[None] == losses[False]
+    # a recipe that asks for workers on a plan without any also keeps them
+    cpu = recipe.build(recipe_dict, "t.yaml", {"trainer.dataloader_num_workers": 1})
+    assert train.build_config(cpu, models.device_plan(cpu.model),
+                              str(tmp_path)).dataloader_persistent_workers
+    plain = recipe.build(recipe_dict, "t.yaml")  # no workers (a CPU plan's): Trainer's default
+    assert not train.build_config(plain, models.device_plan(plain.model),
+                                  str(tmp_path)).dataloader_persistent_workers
 
 
 def test_full_fine_tune_without_adapter(recipe_dict, tmp_path):
