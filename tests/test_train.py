@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -34,8 +35,9 @@ def test_cpu_defaults_are_fp32_without_gradient_checkpointing(recipe_dict, tmp_p
         assert cfg.gradient_checkpointing is True  # the user overrides what the harness picked
 
 
-def _run(recipe_dict, tmp_path, **over):
+def _run(recipe_dict, tmp_path, plan_changes: dict | None = None, **over):
     r, plan = build(recipe_dict, **over)
+    plan = dataclasses.replace(plan, **(plan_changes or {}))
     k = train.kind(r)
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)
@@ -75,8 +77,6 @@ def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_ea
         recipe_dict, tmp_path, monkeypatch):
     """With loader workers (a GPU plan's two) the harness keeps them across epochs
     (dataloader_persistent_workers): one start a run instead of one an epoch, the same batches."""
-    import dataclasses
-
     from torch.utils.data import dataloader
     started = []
     own = dataloader._MultiProcessingDataLoaderIter.__init__
@@ -91,14 +91,8 @@ def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_ea
     losses = {}
     for keep in (None, False):  # the harness's default, then workers started every epoch
         over = {} if keep is None else {"trainer.dataloader_persistent_workers": keep}
-        r = recipe.build(three_epochs, "test.yaml", over)
-        plan = dataclasses.replace(models.device_plan(r.model), loader_workers=2)
-        k = train.kind(r)
-        tr, ev, _ = data.load_train(r.data, r.seed, k.data_kind)
         started.clear()
-        res = train.train(r, models.load_model(r.model, plan, task=k.task),
-                          models.load_tokenizer(r.model), tr, ev, plan,
-                          str(tmp_path / str(keep)))
+        _, res = _run(three_epochs, tmp_path / str(keep), {"loader_workers": 2}, **over)
         assert res.trainer.args.dataloader_num_workers == 2 and res.trainer.state.epoch == 3
         assert len(started) == (1 if keep is None else 3)
         losses[keep] = [h["loss"] for h in res.log_history if "loss" in h]
