@@ -192,16 +192,15 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
 
 
 def merged_for_scoring(model, spec: ModelSpec, plan: DevicePlan):
-    """A trained LoRA model, on a GPU, with its adapter merged into the base weights for
-    scoring (peft's merge_adapter, in place; the adapter is saved before). Unmerged, every
-    linear layer runs two more small matmuls, a scaling and an add per decoding step: with
-    peft's float32 adapters a step took 2.7x the plain model's (H200, SmolLM2-135M shape, r=16
-    on every linear layer: 65-70 ms against 24-29 ms merged; bench/decode_agreement.py measures
-    the harness's bf16 adapters). The bf16 rounding of W + BA may flip a near-tie (the same
-    script states the agreement). On a CPU the model stays as trained, so CPU results are
-    exactly the adapter's; a quantized base is not merged into (it would be requantized)."""
-    if plan.device != "cuda" or spec.quantization != "none" or \
-            not callable(getattr(model, "merge_adapter", None)):
+    """A trained LoRA model with its adapter merged into the base weights for scoring (peft's
+    merge_adapter, in place; the adapter is saved before). Unmerged, every linear layer runs two
+    more small matmuls, a scaling and an add per decoding step: with peft's float32 adapters a
+    step took 2.7x the plain model's (H200, SmolLM2-135M shape, r=16 on every linear layer: 65-70
+    ms against 24-29 ms merged; bench/decode_agreement.py measures the harness's bf16 adapters),
+    and on a CPU a tuned model's scoring took about twice the base's (issue 31). The rounding of
+    W + BA may flip a near-tie (bench/decode_agreement.py states the agreement). A quantized base
+    is not merged into (it would be requantized)."""
+    if spec.quantization != "none" or not callable(getattr(model, "merge_adapter", None)):
         return model
     model.merge_adapter()
     return model

@@ -246,9 +246,24 @@ def batch_size(prep: Prepared) -> int:
     return prep.recipe.eval.batch_size or (256 if prep.plan.device == "cuda" else 32)
 
 
-def evaluate(prep: Prepared, model) -> dict:
-    return evaluation.evaluate_model(model, prep.tok, prep.goldens, batch_size(prep),
-                                     prep.recipe.eval.max_new_tokens, prep.task, prep.compiled)
+def evaluate(prep: Prepared, model, goldens: list | None = None) -> dict:
+    """`model` scored on `goldens` (default: all of prep's)."""
+    return evaluation.evaluate_model(model, prep.tok, prep.goldens if goldens is None else goldens,
+                                     batch_size(prep), prep.recipe.eval.max_new_tokens, prep.task,
+                                     prep.compiled)
+
+
+def is_held_out(gs) -> bool:
+    return gs.name.endswith(goldensets.HELDOUT)
+
+
+def trial_goldens(prep: Prepared, trial: bool) -> list:
+    """The golden sets a tuned model is scored on as it finishes: all, except a sweep trial's
+    held-out parts under sweep.heldout_scoring `chosen` (the chosen trial scores them once the
+    study has chosen it, run.score_held_out: no selection reads them)."""
+    if trial and prep.recipe.sweep.heldout_scoring == "chosen":
+        return [g for g in prep.goldens if not is_held_out(g)]
+    return prep.goldens
 
 
 def evaluate_start(prep: Prepared) -> None:

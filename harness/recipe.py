@@ -110,6 +110,11 @@ class SweepSpec(Section):
                            "the report gives the best trial's before/after on this part (set "
                            "<name>_heldout). 0: no split. `harness train` never splits.")
     heldout_seed: int = Field(0, description="Seed of the hash that picks the held-out examples.")
+    heldout_scoring: Literal["chosen", "all"] = Field(
+        "chosen", description="Which tuned models score the held-out part: chosen (the start and "
+        "the best trial, once the study has chosen it; no trial's selection can read it, and "
+        "the report reads only the chosen one's) or all (every trial too: its after/ metrics "
+        "in each trial run, at the cost of decoding it once a trial).")
 
 
 class TrackingSpec(Section):

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from harness import evaluation, manifest, models, timing, train
 from harness.errors import Diverged, HarnessError, phase, say
-from harness.prepared import Prepared, datasets, evaluate, evaluate_start, prepare
+from harness.prepared import (Prepared, datasets, evaluate, evaluate_start, is_held_out, prepare,
+                              trial_goldens)
 from harness.recipe import Recipe
 
 
@@ -27,17 +28,21 @@ class Outcome:
         return self.comparison["after"][key]
 
 
-def log_comparison(tracker, comparison: dict, model: tuple | None = None) -> None:
-    """The before/after metrics of the active run. `model`: (run id, LoggedModel id, golden
-    sets): the after/ ones are linked to the model and to each set's dataset."""
+def log_comparison(tracker, comparison: dict, model: tuple | None = None,
+                   run_id: str | None = None) -> None:
+    """The before/after metrics of the active run (or of run_id, ended). `model`: (run id,
+    LoggedModel id, golden sets): the after/ ones are linked to the model and to each set's
+    dataset."""
     for side in ("base", "before", "after", "delta", "ci_low", "ci_high", "p_value", "p_holm"):
         if side == "after" and model:
-            run_id, model_id, goldens = model
-            tracker.log_model_metrics(run_id, model_id, comparison["after"], goldens)
+            model_run, model_id, goldens = model
+            tracker.log_model_metrics(model_run, model_id, comparison["after"], goldens)
             continue
-        tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()})
+        tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()},
+                            run_id=run_id)
     for key, c in comparison["changes"].items():
-        tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]})
+        tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]},
+                            run_id=run_id)
 
 
 def log_completions(tracker, out_dir: str) -> None:
@@ -138,6 +143,59 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
     return run_id
 
 
+def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool:
+    """Under sweep.heldout_scoring `chosen`: the chosen trial (run `run_id`) scored on the
+    held-out parts its trial skipped, from its saved adapter (or model), once. Its run gets
+    their before/after metrics, the Holm adjustment across all its keys again, their example
+    tables and a complete eval/results.json, which the sweep's report and records read.
+    Returns whether it scored (False: nothing held out, or scored already)."""
+    held = [g for g in prep.goldens if is_held_out(g)]
+    saved = tracker.load_json(run_id, "eval/results.json")
+    if not held or saved is None or all(g.name in saved["after"] for g in held):
+        return False
+    view = tracker.read_run(run_id)
+    say(f"{view.name}: scoring the chosen trial on the held-out examples")
+    with phase(f"scoring {view.name} held out"), timing.timed("score_after"):
+        model = _trained_model(prep, recipe, tracker, run_id, view)
+        after = {**evaluation.results_from_json(saved["after"]), **evaluate(prep, model, held)}
+        del model
+        gc.collect()
+        comparison = evaluation.compare(prep.before, after)
+    if prep.base:
+        comparison["base"] = evaluation.flat_metrics(prep.base)
+    new = {k for k in comparison["after"] if k.split("/", 1)[0] in {g.name for g in held}}
+    only = {side: ({k: v for k, v in d.items() if k in new} if side != "p_holm" else d)
+            for side, d in comparison.items()}  # p_holm: adjusted across every key again
+    from harness.tracking import MODEL_TAG
+    model_id = view.tags.get(MODEL_TAG)
+    log_comparison(tracker, only, (run_id, model_id, held) if model_id else None, run_id)
+    for g in held:
+        tracker.log_table(evaluation.paired_rows(prep.before[g.name], after[g.name]),
+                          f"eval/{g.name}_examples.json", run_id=run_id)
+    tracker.log_dict({"comparison": comparison, "after": evaluation.results_to_json(after),
+                      "before": evaluation.results_to_json(prep.before)}, "eval/results.json",
+                     run_id=run_id)
+    return True
+
+
+def _trained_model(prep: Prepared, recipe: Recipe, tracker, run_id: str, view):
+    """A finished run's tuned model, for scoring: the starting model with the run's adapter
+    (merged where scoring merges), or its whole saved model."""
+    folder = view.tags.get("harness.adapter_dir")
+    if not folder or not Path(folder).is_dir():  # another machine's worker trained it
+        fetched = Path(recipe.output_dir) / recipe.name / run_id / "fetched"
+        folder = tracker.fetch_adapter(run_id, str(fetched))
+    if not models.is_adapter(folder):
+        with timing.timed("model_load"):
+            return models.load_model(recipe.model, prep.plan, folder, prep.task)
+    from peft import PeftModel
+    with timing.timed("model_load"):
+        model = PeftModel.from_pretrained(prep.load_model(), folder)
+        train.cast_adapter(model, recipe.adapter, prep.plan)
+    # compiled decoding serves the unmerged structure its trials had (one compile a process)
+    return model if prep.compiled else models.merged_for_scoring(model, recipe.model, prep.plan)
+
+
 def train_alongside(prep: Prepared, recipe: Recipe, callbacks: list | None = None) -> None:
     """A rank other than 0: trains in step with rank 0 (DDP), which saves, scores and logs."""
     import tempfile
@@ -216,7 +274,7 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
             # compiled decoding keeps the adapter: its one compile serves the unmerged structure
             scored = result.model if prep.compiled else models.merged_for_scoring(
                 result.model, recipe.model, prep.plan)
-            after = evaluate(prep, scored)
+            after = evaluate(prep, scored, trial_goldens(prep, nested))
             comparison = evaluation.compare(prep.before, after)
         if prep.base:
             comparison["base"] = evaluation.flat_metrics(prep.base)

@@ -406,6 +406,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                                                         if errors else ""), key="sweep")
         best = study.best_trial
         tracker.log_metrics({f"best/{key}": best.value})
+        # the held-out part, read by no selection, scored for the chosen trial alone
+        run.score_held_out(prep, recipe, tracker, best.user_attrs.get("mlflow_run_id", ""))
         heldout = _held_out_result(recipe, tracker, best, len(finished(study)))
         if heldout:
             tracker.log_metrics({f"best_{side}/{heldout['key']}": heldout[side]

@@ -253,13 +253,14 @@ class Tracker(Reader):
         """The run's description in the UI (MLflow keeps it in the mlflow.note.content tag)."""
         self.mlflow.set_tag("mlflow.note.content", redact(text))
 
-    def log_dict(self, data: dict, path: str) -> None:
-        self.mlflow.log_dict(redact_tree(data), path)
+    def log_dict(self, data: dict, path: str, run_id: str | None = None) -> None:
+        """Into the active run, or into run_id after it ended."""
+        self.mlflow.log_dict(redact_tree(data), path, run_id=run_id)
 
-    def log_table(self, rows: list[dict], path: str) -> None:
+    def log_table(self, rows: list[dict], path: str, run_id: str | None = None) -> None:
         if rows:
             cols = {k: [r.get(k) for r in rows] for k in rows[0]}
-            self.mlflow.log_table(data=cols, artifact_file=path)
+            self.mlflow.log_table(data=cols, artifact_file=path, run_id=run_id)
 
     def log_artifacts(self, local_dir: str, path: str | None = None,
                       run_id: str | None = None) -> None:

@@ -40,15 +40,26 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert len(client.get_metric_history(t0.info.run_id, "loss")) == 2
     arts = {a.path for a in client.list_artifacts(t0.info.run_id)}
     assert {"recipe.yaml", "eval"} <= arts
-    # the objective's 4 examples: 2 to select on (math), 2 held out for the report (sweep.heldout)
+    # the objective's 4 examples: 2 to select on (math), 2 held out for the report
+    # (sweep.heldout), scored for the chosen trial alone (sweep.heldout_scoring: chosen)
+    chosen = client.get_run(out["best_run_id"])
+    other = next(t for t in trials if t.info.run_id != chosen.info.run_id)
     for name in ("math", "math_heldout"):
         table = json.loads(open(client.download_artifacts(
-            t0.info.run_id, f"eval/{name}_examples.json", str(tmp_path))).read())
+            chosen.info.run_id, f"eval/{name}_examples.json", str(tmp_path))).read())
         assert len(table["data"]) == 2 and "after/prediction" in table["columns"]
     held = {json.dumps(r) for r in table["data"]}
     assert not held & {json.dumps(r) for r in json.loads(open(client.download_artifacts(
-        t0.info.run_id, "eval/math_examples.json", str(tmp_path))).read())["data"]}
-    assert "after/math_heldout/numeric_accuracy" in m
+        chosen.info.run_id, "eval/math_examples.json", str(tmp_path))).read())["data"]}
+    assert "after/math_heldout/numeric_accuracy" in chosen.data.metrics
+    assert "p_holm/math_heldout/numeric_accuracy" in chosen.data.metrics
+    assert not any("math_heldout" in k for k in other.data.metrics)
+    assert {a.path for a in client.list_artifacts(other.info.run_id, "eval")} == {
+        "eval/math_examples.json", "eval/results.json"}
+    saved = json.loads(open(client.download_artifacts(
+        chosen.info.run_id, "eval/results.json", str(tmp_path))).read())
+    assert set(saved["after"]) == {"math", "math_heldout"}
+    assert set(saved["comparison"]["p_holm"]) == set(saved["comparison"]["after"])
     assert out["heldout"]["key"] == "math_heldout/numeric_accuracy"
     assert out["heldout"]["line"].startswith("best of 2 trials (chosen on math/numeric_accuracy)"
                                              ", held out: math_heldout/numeric_accuracy: ")
@@ -65,7 +76,8 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
         linked = {x.key: (x.value, x.dataset_name) for x in m.metrics}
         assert linked["after/math/numeric_accuracy"] == (
             t.data.metrics["after/math/numeric_accuracy"], "math")
-        assert linked["after/math_heldout/numeric_accuracy"][1] == "math_heldout"
+        if t.info.run_id == chosen.info.run_id:
+            assert linked["after/math_heldout/numeric_accuracy"][1] == "math_heldout"
     best_run = client.get_run(parent.info.run_id).data.tags["harness.best_run_id"]
     assert client.get_run(parent.info.run_id).data.tags["harness.best_model_id"] == \
         client.get_run(best_run).data.tags["harness.model_id"]
@@ -357,3 +369,25 @@ def test_a_grid_is_covered_once_by_two_workers_and_by_a_resumed_study(recipe_dic
     asked += [point(resumed) for _ in range(2)]
     assert sorted(p for _, p in asked) == sorted(
         (lr, rank) for lr in (1e-4, 2e-4, 4e-4) for rank in (4, 8))
+
+
+def test_chosen_trials_held_out_scores_equal_scoring_every_trial(recipe_dict, client, tmp_path):
+    """sweep.heldout_scoring: the chosen trial, scored on the held-out part from its saved
+    adapter after the study, gets the outputs `all` gets from the model it just trained."""
+    def held_out_predictions(overrides: dict) -> tuple[dict, list]:
+        out = sweep.run_sweep(recipe.build(recipe_dict, "tiny.yaml", overrides))
+        exp = client.get_experiment_by_name(overrides["tracking.experiment"])
+        trials = [x for x in client.search_runs([exp.experiment_id])
+                  if x.data.tags.get("harness.kind") == "trial"]
+        saved = json.loads(open(client.download_artifacts(
+            out["best_run_id"], "eval/results.json", str(tmp_path / overrides["name"]))).read())
+        held = saved["after"]["math_heldout"]
+        return ([e["prediction"] for e in held["examples"]], held["columns"]["nll"], trials)
+    (tmp_path / "chosen").mkdir()
+    (tmp_path / "all").mkdir()
+    chosen, value, trials = held_out_predictions({"name": "chosen", "tracking.experiment": "chosen"})
+    assert sum("after/math_heldout/numeric_accuracy" in t.data.metrics for t in trials) == 1
+    every, value_all, trials = held_out_predictions({"name": "all", "tracking.experiment": "all",
+                                                     "sweep.heldout_scoring": "all"})
+    assert all("after/math_heldout/numeric_accuracy" in t.data.metrics for t in trials)
+    assert chosen == every and value == pytest.approx(value_all, rel=1e-4)  # nll: merged or not
