@@ -288,8 +288,9 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    from harness import timing
+    from harness import ledger, timing
     timing.restart()  # start-up counts from here (harness.timing)
+    ledger.restart()
     _quiet()
     _sigterm_as_interrupt()
     preparing = args.command in ("train", "sweep", "eval", "rerun", "export")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from harness import goldensets, metrics
+from harness import goldensets, ledger, metrics
 from harness.goldensets import GoldenSet
 
 
@@ -108,8 +108,12 @@ def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
                 gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                      temperature=None, top_p=None, top_k=None,
                                      pad_token_id=tok.pad_token_id, **extra, **generate_kwargs)
+            new = gen[:len(idx), enc["input_ids"].shape[1]:]
+            ledger.add("decoded_examples", len(idx))
+            ledger.add("decode_steps", new.shape[1])
+            ledger.add("generated_tokens", int((new != tok.pad_token_id).sum()))
             for row, i in enumerate(idx):
-                out[i] = tok.decode(gen[row, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+                out[i] = tok.decode(new[row], skip_special_tokens=True)
     finally:
         tok.padding_side = side
     return out
@@ -119,6 +123,7 @@ def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: 
     """Per example: summed NLL (nats) of the tokens of full[len(prompt):], and their count."""
     import torch
     nll, counts = [0.0] * len(prompts), [0] * len(prompts)
+    ledger.add("nll_examples", len(prompts))
     side, tok.padding_side = tok.padding_side, "right"
     try:
         for idx in _batches(list(range(len(prompts))), batch_size):
@@ -148,6 +153,7 @@ def reward_scores(model, tok, texts: list[str], batch_size: int) -> list[float]:
     """The one-logit head's score of each text (a reward model)."""
     import torch
     out: list[float] = []
+    ledger.add("scored_responses", len(texts))
     side, tok.padding_side = tok.padding_side, "right"
     try:
         for idx in _batches(list(range(len(texts))), batch_size):

@@ -8,7 +8,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from harness import evaluation, manifest, prepared, recipe, run, timing
+from harness import evaluation, ledger, manifest, prepared, recipe, run, timing
 from harness.errors import HarnessError, say
 
 
@@ -96,7 +96,8 @@ def rebuild_report(uri: str, run_id: str) -> Path:
         before = evaluation.results_from_json(
             tracker.load_json(run_id, "eval/start.json")["before"])
         path = report.write_sweep(r, summary, before, tracker, images,
-                                  timing.from_metrics(logged.metrics))
+                                  timing.from_metrics(logged.metrics),
+                                  ledger.from_metrics(logged.metrics))
     else:
         saved = tracker.load_json(trial_run, "eval/results.json")
         if not saved or "before" not in saved:
@@ -106,7 +107,7 @@ def rebuild_report(uri: str, run_id: str) -> Path:
         outcome = run.Outcome(trial_run, saved["comparison"], evaluation.results_from_json(
             saved["after"]), info.tags.get("harness.adapter_dir", ""),
             {k: v for k, v in info.metrics.items() if k.startswith("train_")},
-            timing.from_metrics(info.metrics))
+            timing.from_metrics(info.metrics), work=ledger.from_metrics(info.metrics))
         name = r.name if tags.get("harness.kind") == "train" else f"{r.name}-{info.name}"
         path = report.write_run(r, outcome, evaluation.results_from_json(saved["before"]),
                                 tracker, name)

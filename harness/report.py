@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import metrics, plots, timing
+from harness import ledger, metrics, plots, timing
 from harness.evaluation import SetResult, results_from_json
 from harness.stats import EXACT_BELOW, better, format_p
 from harness.recipe import Recipe
@@ -134,12 +134,14 @@ def report_dir(recipe: Recipe, name: str) -> Path:
     return path
 
 
-def time_table(times: dict[str, float]) -> list[str]:
-    """'Where the time went' lines, or none when nothing was timed (an older run)."""
-    if not times:
-        return []
-    return ["## Where the time went", "", table(["phase", "seconds", "share"],
-                                                timing.rows(times)), ""]
+def time_table(times: dict[str, float], work: dict[str, int] | None = None) -> list[str]:
+    """'Where the time went' lines and the work done (harness.ledger), or none when nothing was
+    timed or counted (an older run)."""
+    out = ["## Where the time went", "", table(["phase", "seconds", "share"],
+                                              timing.rows(times)), ""] if times else []
+    if work:
+        out += ["## Work done", "", table(["what", "count"], ledger.rows(work)), ""]
+    return out
 
 
 @dataclass
@@ -162,7 +164,8 @@ class SweepSummary:
 
 
 def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
-                images: list[str] = (), times: dict[str, float] | None = None) -> Path:
+                images: list[str] = (), times: dict[str, float] | None = None,
+                work: dict[str, int] | None = None) -> Path:
     key = recipe.sweep.objective
     best = study.best
     extra = sorted(k for k in best.after if k != key)
@@ -183,7 +186,7 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))
-    body += time_table(times or {})
+    body += time_table(times or {}, work)
     trial_times: dict[str, float] = {}
     for t in study.trials:
         for k, v in t.times.items():
@@ -230,12 +233,13 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None =
             *_image(plots.before_after(outcome.comparison, out)),
             "## Fixed and broken", "", changed(before, outcome.comparison), "",
             "## Examples", "", examples(before, outcome.after), "",
-            *time_table(outcome.times)]
+            *time_table(outcome.times, outcome.work)]
     return _write(recipe, name, body)
 
 
 def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | None, tracker,
-               run_id: str, times: dict[str, float] | None = None) -> Path:
+               run_id: str, times: dict[str, float] | None = None,
+               work: dict[str, int] | None = None) -> Path:
     from harness.evaluation import flat_metrics
     body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
             f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
@@ -247,5 +251,5 @@ def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | No
         body += ["## Scores", "", table(["metric", "value"], [[k, v] for k, v in
                                                                flat_metrics(results["after"])
                                                                .items()])]
-    body += ["", *time_table(times or {})]
+    body += ["", *time_table(times or {}, work)]
     return _write(recipe, recipe.name, body)

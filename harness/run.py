@@ -7,7 +7,7 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import evaluation, manifest, models, timing, train
+from harness import evaluation, ledger, manifest, models, timing, train
 from harness.errors import Diverged, HarnessError, phase, say
 from harness.prepared import (Prepared, datasets, evaluate, evaluate_start, is_held_out, prepare,
                               trial_goldens)
@@ -22,6 +22,7 @@ class Outcome:
     adapter_dir: str
     train_metrics: dict
     times: dict = field(default_factory=dict)  # seconds per phase (harness.timing)
+    work: dict = field(default_factory=dict)  # counts (harness.ledger)
     model_id: str | None = None  # its LoggedModel, under tracking.log_models
 
     def objective(self, key: str) -> float:
@@ -212,8 +213,10 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run.
     A callback that sets `pruned` ends the run KILLED (tagged PRUNED) with TrialPruned.
     The run's time/ metrics are the phases since `times_from` (timing.Clock.totals(); default:
-    this call's start)."""
+    this call's start), its work/ metrics the counts since then (harness.ledger; with
+    `times_from`, since the command's start)."""
     mark = timing.CLOCK.totals() if times_from is None else times_from
+    counted = ledger.totals() if times_from is None else {}
     with timing.timed("logging"):  # what the phases inside leave: params, tables, artifacts
         outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
     policy = recipe.tracking.log_evaluations
@@ -224,7 +227,9 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
             log_evaluations(recipe, tracker, prep.before, outcome.run_id, run_name, "before")
     # logged once the run has ended, so that its own logging counts too
     outcome.times = timing.since(timing.CLOCK.totals(), mark)
-    tracker.log_metrics(timing.metrics(outcome.times), run_id=outcome.run_id)
+    outcome.work = ledger.since(ledger.totals(), counted)
+    tracker.log_metrics({**timing.metrics(outcome.times), **ledger.metrics(outcome.work)},
+                        run_id=outcome.run_id)
     return outcome
 
 
@@ -251,6 +256,7 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise
+        ledger.add("trained_tokens", train.trained_tokens(result))
         log_completions(tracker, out_dir)
         graphed = {k: v for k, v in result.metrics.items() if k.startswith("cuda_graphs/")}
         if graphed:

@@ -2,7 +2,7 @@
 before/after pair. load -> validate -> score -> compare -> track -> report."""
 from __future__ import annotations
 
-from harness import evaluation, prepared, run, timing
+from harness import evaluation, ledger, prepared, run, timing
 from harness.errors import phase, say
 from harness.recipe import Recipe, build
 
@@ -40,8 +40,8 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         if base.tracking.log_evaluations != "none":  # each side's per-example records
             for side in sides:
                 run.log_evaluations(base, tracker, results[side], run_id, base.name, side)
-        times = timing.CLOCK.totals()
-        tracker.log_metrics(timing.metrics(times))
-        path = report.write_eval(base, sides, results, comparison, tracker, run_id, times)
+        times, work = timing.CLOCK.totals(), ledger.totals()
+        tracker.log_metrics({**timing.metrics(times), **ledger.metrics(work)})
+        path = report.write_eval(base, sides, results, comparison, tracker, run_id, times, work)
         tracker.log_artifacts(str(path.parent), "report")
     return {"run_id": run_id, "report": str(path), "results": results, "comparison": comparison}

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from harness import distributed, plots, prepared, run, timing
+from harness import distributed, ledger, plots, prepared, run, timing
 from harness import storage as stores
 from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase, say
 from harness.recipe import Recipe, SweepFile, with_values
@@ -422,10 +422,13 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                           **({BEST_MODEL_TAG: best_model} if best_model else {}),
                           **{f"best.{k}": v for k, v in best.params.items()}})
         times = timing.command_times()  # for the report; time/other is logged after it
-        tracker.log_metrics(timing.metrics({k: v for k, v in times.items() if k != "other"}))
+        tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
+                             **ledger.metrics(ledger.totals())})
+        work = ledger.totals()  # this process's: workers' trials log their own
         with phase("writing the sweep report"), timing.timed("report"):
             images = study_plots(study, report.report_dir(recipe, name))
-            path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times)
+            path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times,
+                                      work)
             tracker.log_artifacts(str(path.parent), "report")
         tracker.log_metrics(timing.closing_metrics())
         say(f"best trial {best.number}: {key} {best.value:.4g}"

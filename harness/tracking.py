@@ -15,6 +15,7 @@ from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness import ledger
 from harness.recipe import Recipe, map_strings
 
 STUDY_TAG = "harness.study"
@@ -128,6 +129,7 @@ class Reader:
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
         self.client.set_tag(run_id, MODEL_TAG, model.model_id)
+        ledger.add("mlflow_writes", 5)  # the model, its files, final status, output, tag
         return model.model_id
 
     def model_run(self, model_id: str) -> str | None:
@@ -187,6 +189,7 @@ class Tracker(Reader):
         tags = {k: redact(str(v)) for k, v in (tags or {}).items()} or None
         active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
                                   tags=tags, description=description)
+        ledger.add("mlflow_writes", 2)  # started, and ended below
         try:
             yield active.info.run_id
         except KeyboardInterrupt:
@@ -234,33 +237,40 @@ class Tracker(Reader):
         items = list(flat.items())
         for i in range(0, len(items), 100):
             self.mlflow.log_params(dict(items[i:i + 100]))
+            ledger.add("mlflow_writes")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None,
                     run_id: str | None = None) -> None:
         """Into the active run, or into run_id after it ended."""
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step,
                                 run_id=run_id)
+        ledger.add("mlflow_writes")
 
     def set_tags(self, tags: dict, run_id: str | None = None) -> None:
         """On the active run, or on run_id."""
         tags = {k: redact(str(v)) for k, v in tags.items()}
         if run_id is None:
+            ledger.add("mlflow_writes")
             return self.mlflow.set_tags(tags)
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
+            ledger.add("mlflow_writes")
 
     def describe(self, text: str) -> None:
         """The run's description in the UI (MLflow keeps it in the mlflow.note.content tag)."""
         self.mlflow.set_tag("mlflow.note.content", redact(text))
+        ledger.add("mlflow_writes")
 
     def log_dict(self, data: dict, path: str, run_id: str | None = None) -> None:
         """Into the active run, or into run_id after it ended."""
         self.mlflow.log_dict(redact_tree(data), path, run_id=run_id)
+        ledger.add("mlflow_writes")
 
     def log_table(self, rows: list[dict], path: str, run_id: str | None = None) -> None:
         if rows:
             cols = {k: [r.get(k) for r in rows] for k in rows[0]}
             self.mlflow.log_table(data=cols, artifact_file=path, run_id=run_id)
+            ledger.add("mlflow_writes")
 
     def log_artifacts(self, local_dir: str, path: str | None = None,
                       run_id: str | None = None) -> None:
@@ -269,6 +279,7 @@ class Tracker(Reader):
             self.client.log_artifacts(run_id, local_dir, path)
         else:
             self.mlflow.log_artifacts(local_dir, artifact_path=path)
+        ledger.add("mlflow_writes")
 
     def log_inputs(self, train_ds, source: str, goldens) -> None:
         """The training rows and each golden set as MLflow dataset inputs (name, digest, context),
@@ -296,9 +307,11 @@ class Tracker(Reader):
             if these:
                 self.mlflow.log_metrics(these, run_id=run_id, model_id=model_id,
                                         dataset=self._golden_dataset(g))
+                ledger.add("mlflow_writes")
         if left:  # a set this process did not load (never expected): linked to the model only
             self.mlflow.log_metrics({f"after/{k}": float(v) for k, v in left.items()},
                                     run_id=run_id, model_id=model_id)
+            ledger.add("mlflow_writes")
 
     def log_evaluation(self, records: list[dict], scorers: dict,
                        model_id: str | None = None) -> None:
@@ -345,6 +358,7 @@ class Tracker(Reader):
         import time
 
         from mlflow.exceptions import MlflowException
+        ledger.add("mlflow_writes")  # once, however many tries it takes
         for attempt in range(attempts):
             try:
                 return self.mlflow.log_input(dataset, context=context)

@@ -477,6 +477,13 @@ def padding_free(config) -> bool:
                                                         or packs)
 
 
+def trained_tokens(result: TrainResult) -> int:
+    """The tokens a run trained on: TRL's `num_tokens` at its last logged step (every step's
+    under the harness's logging_steps 1)."""
+    return int(next((h["num_tokens"] for h in reversed(result.log_history)
+                     if "num_tokens" in h), 0))
+
+
 def save(result: TrainResult, path: str) -> str:
     """The adapter (or full model) and tokenizer, loadable with from_pretrained. Written beside
     `path` and renamed into place, so a run killed mid-save never leaves half a model there."""
