@@ -323,6 +323,11 @@ def genai_records(res: SetResult) -> list[dict]:
     return records
 
 
+def record_scores(res: SetResult) -> list[dict]:
+    """Each example's own scores, '<set>/<metric>' -> value, in genai_records' order."""
+    return [{f"{res.name}/{m}": ex[m] for m in res.metrics} for ex in res.examples]
+
+
 def example_scorers(res: SetResult) -> dict:
     """'<set>/<metric>' -> f(outputs, expectations): the harness's metric scoring one record
     of genai_records (MLflow's code scorers call it), equal to that example's own score."""

@@ -32,6 +32,9 @@ TESTED: dict[str, dict[str, str]] = {
     "fused_lm_head": {"trl": ">=1.16,<1.17"},
     # train.PreparedRows: rows TRL prepared handed to the next trainer (skip_prepare_dataset)
     "prepared_rows": {"trl": ">=1.16,<1.17", "datasets": ">=5.0,<6"},
+    # records.py: finished traces handed to the tracking store's start_trace / log_spans
+    # (TracingClient.store) with MLflow's trace metadata helpers, instead of genai.evaluate
+    "trace_store": {"mlflow": ">=3.17,<3.18"},
 }
 
 

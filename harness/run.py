@@ -120,24 +120,28 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
 
 
 def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: str,
-                    side: str, model_id: str | None = None) -> str:
+                    side: str, model_id: str | None = None, adding: dict | None = None) -> str:
     """Each golden set's per-example results as MLflow GenAI evaluation records, in an
     evaluation run of their own, `<name>/<side>`, nested under `of_run` (the run that scored
     them): MLflow 3's UI lists a run that has a LoggedModel output among its training runs and
     one without among its evaluation runs, where records are browsed and one run's compared
     with another's. Inside a sweep the run nests under the sweep run (MLflow nests a run under
     the active one). `model_id` links the records to the model they score. Tags `of_run` with
-    the evaluation run's id (harness.evaluations.<side>); returns it."""
+    the evaluation run's id (harness.evaluations.<side>); returns it. `adding`: the sets of
+    `results` that are new to `of_run`'s existing `side` evaluation run, which gets them."""
     from harness.tracking import EVALUATION_OF_TAG, EVALUATIONS_TAG, KIND_TAG
+    existing = tracker.read_run(of_run).tags.get(f"{EVALUATIONS_TAG}.{side}") if adding else None
     with phase("logging the evaluation records"), timing.timed("evaluations"), \
-            tracker.run(f"{name}/{side}", nested=True, tags={
+            tracker.run(f"{name}/{side}", nested=True, run_id=existing, tags={
                 **run_tags(recipe), KIND_TAG: side, "mlflow.parentRunId": of_run,
                 EVALUATION_OF_TAG: of_run},
                 description=f"{name}'s golden-set examples {side} training, as MLflow "
                             "evaluation records") as run_id:
-        for res in results.values():
-            tracker.log_evaluation(evaluation.genai_records(res),
+        for res in (adding if existing else results).values():
+            tracker.log_evaluation(evaluation.genai_records(res), evaluation.record_scores(res),
                                    evaluation.example_scorers(res), model_id=model_id)
+        tracker.check_records(run_id, sum(len(r.examples) for r in results.values()),
+                              sum(len(r.examples) * len(r.metrics) for r in results.values()))
     tracker.set_tags({f"{EVALUATIONS_TAG}.{side}": run_id}, run_id=of_run)
     say(f"evaluation records of {name} ({side}): {sum(len(r.examples) for r in results.values())}"
         f" examples, run {run_id}")
@@ -176,6 +180,9 @@ def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool
     tracker.log_dict({"comparison": comparison, "after": evaluation.results_to_json(after),
                       "before": evaluation.results_to_json(prep.before)}, "eval/results.json",
                      run_id=run_id)
+    if recipe.tracking.log_evaluations == "all":  # its after records get the held-out sets
+        log_evaluations(recipe, tracker, after, run_id, view.name, "after", model_id,
+                        adding={g.name: after[g.name] for g in held})
     return True
 
 

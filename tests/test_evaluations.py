@@ -27,8 +27,20 @@ def _same(got: dict, want: dict) -> None:
         assert got[k] == pytest.approx(v, rel=1e-9) or (math.isnan(v) and math.isnan(got[k])), k
 
 
+@pytest.fixture(params=["bulk", "genai.evaluate"])
+def writer(request, monkeypatch):
+    """Both ways records are written: in bulk (harness.records, the tested MLflow versions) and
+    by mlflow.genai.evaluate (outside them: the fence off)."""
+    from harness import fences
+    if request.param == "genai.evaluate":
+        monkeypatch.setitem(fences.TESTED, "trace_store", {"mlflow": "<0"})
+    fences.allowed.cache_clear()
+    yield request.param
+    fences.allowed.cache_clear()
+
+
 def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_scores(recipe_dict,
-                                                                                 client):
+                                                                                 client, writer):
     from harness import recipe, run
     from harness.tracking import KIND_TAG, MODEL_TAG, Tracker
     r = recipe.build(recipe_dict, "t.yaml")
@@ -51,9 +63,16 @@ def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_score
         trained.data.metrics["after/math/numeric_accuracy"])
     import mlflow
     traces = mlflow.search_traces(run_id=after.info.run_id, return_type="list")
-    # the after records are linked to the run's LoggedModel
+    # the after records are linked to the run's LoggedModel, and to the run
     assert {t.info.request_metadata.get("mlflow.modelId") for t in traces} == {
         trained.data.tags[MODEL_TAG]}
+    assert {t.info.request_metadata.get("mlflow.sourceRun") for t in traces} == {
+        after.info.run_id}
+    assert after.data.tags["mlflow.runType"] == "genai_evaluate"
+    assert [d.dataset.name for d in after.inputs.dataset_inputs] == ["dataset"]
+    # in the golden set's order, as the UI lists them (newest first)
+    want = [e["prompt"] for e in saved["after"]["math"]["examples"]]
+    assert [t.data.spans[0].inputs["prompt"] for t in traces][::-1] == want
 
 
 def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
@@ -119,3 +138,25 @@ def test_harness_eval_records_each_side(recipe_dict, tiny_model_dir, client):
     for side in ("before", "after"):
         saved = evaluation.results_to_json(out["results"][side])
         _same(_scores(tags[f"harness.evaluations.{side}"]), _expected(saved))
+
+
+def test_all_records_every_trial_and_the_chosen_ones_held_out_examples_join_its_run(
+        recipe_dict, client):
+    """log_evaluations: all: every trial's after records; the chosen trial, scored on the
+    held-out part once chosen (sweep.heldout_scoring: chosen), gets those records in the same
+    evaluation run, which then holds every set its results hold."""
+    import optuna
+
+    from harness import recipe, sweep
+    from harness.tracking import Tracker
+    r = recipe.build(recipe_dict, "t.yaml", {"tracking.log_evaluations": "all"})
+    sweep.run_sweep(r)
+    study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
+    for t in study.trials:
+        run_id = t.user_attrs["mlflow_run_id"]
+        saved = Tracker(r).load_json(run_id, "eval/results.json")
+        want = {k: v for name in saved["after"] for k, v in _expected(saved["after"], name).items()}
+        assert ("math_heldout" in saved["after"]) == (t.number == study.best_trial.number)
+        evaluation_run = client.get_run(run_id).data.tags["harness.evaluations.after"]
+        _same(_scores(evaluation_run), want)
+        assert client.get_run(evaluation_run).info.status == "FINISHED"
