@@ -129,11 +129,11 @@ class TrackingSpec(Section):
         "output_dir only).")
     log_evaluations: Literal["all", "best", "none"] = Field(
         "best", description="Per-example before/after as MLflow GenAI evaluation results "
-        "(mlflow.genai.evaluate on the scored outputs, one assessment per metric: the UI's "
-        "Evaluation runs view, comparable run against run; each side an evaluation run "
+        "(the records mlflow.genai.evaluate writes, one assessment per metric, written in bulk: "
+        "the UI's Evaluation runs view, comparable run against run; each side an evaluation run "
         "<name>/before, <name>/after): best (`harness train`'s and `harness eval`'s runs, a "
-        "sweep's start and best trial), all (every sweep trial too; ~0.1 s an example and "
-        "side on a SQLite store), none.")
+        "sweep's start and best trial), all (every sweep trial too; ~10 ms an example and side "
+        "on a SQLite store), none.")
 
 
 class ParamSpace(Section):
