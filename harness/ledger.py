@@ -47,11 +47,6 @@ def restart() -> None:
     LEDGER = Ledger()
 
 
-def since(now: dict[str, int], mark: dict[str, int]) -> dict[str, int]:
-    """The counts between two totals()."""
-    return {k: v - mark.get(k, 0) for k, v in now.items() if v - mark.get(k, 0)}
-
-
 def metrics(counts: dict[str, int]) -> dict[str, float]:
     return {f"work/{k}": float(v) for k, v in counts.items()}
 

@@ -234,7 +234,7 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
             log_evaluations(recipe, tracker, prep.before, outcome.run_id, run_name, "before")
     # logged once the run has ended, so that its own logging counts too
     outcome.times = timing.since(timing.CLOCK.totals(), mark)
-    outcome.work = ledger.since(ledger.totals(), counted)
+    outcome.work = timing.since(ledger.totals(), counted)  # counts only grow: as for seconds
     tracker.log_metrics({**timing.metrics(outcome.times), **ledger.metrics(outcome.work)},
                         run_id=outcome.run_id)
     return outcome

@@ -422,9 +422,9 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                           **({BEST_MODEL_TAG: best_model} if best_model else {}),
                           **{f"best.{k}": v for k, v in best.params.items()}})
         times = timing.command_times()  # for the report; time/other is logged after it
-        tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
-                             **ledger.metrics(ledger.totals())})
         work = ledger.totals()  # this process's: workers' trials log their own
+        tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
+                             **ledger.metrics(work)})
         with phase("writing the sweep report"), timing.timed("report"):
             images = study_plots(study, report.report_dir(recipe, name))
             path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times,
