@@ -4,7 +4,10 @@ the same LoRA), side by side in one call, each in a fresh process.
 
 Both arms: SmolLM2-135M's shape with random weights (built from a config folder), the
 `builtin:math` prompts, the rewards math_answer + answer_format (the harness's reward functions,
-so both score alike), LoRA r=16 on all linear layers, the same number of optimizer steps.
+so both score alike), LoRA r=16 on all linear layers, the same number of optimizer steps unless an arm asks for its own (--arms ARM:N).
+The harness arms: its default (rollouts decoded with the adapter merged, harness.rollouts),
+TRL's unmerged rollouts, merged and compiled rollouts, and TRL's continuous-batching engine
+(--arms). Tokens/s is a rate, so the arms may run different numbers of steps.
 Tokens are TRL's own `num_tokens` (prompt and completion tokens the trainer processed: the
 generation and the training of each step), over the Trainer's train_runtime.
 
@@ -24,11 +27,26 @@ from common import random_model
 REWARDS = [{"name": "math_answer"}, {"name": "answer_format", "weight": 0.2}]
 
 
-def harness_arm(model_dir: str, steps: int, out: str) -> dict:
-    from harness import data, models, recipe, train
+#: harness arms: name -> (rollouts merged, recipe values on top of recipes/grpo_math.yaml)
+HARNESS_ARMS = {
+    "harness": (True, {}),
+    # TRL's own rollouts through the unmerged adapter (the harness before issue 31)
+    "harness_unmerged": (False, {}),
+    # rollouts merged and compiled (a static KV cache in CUDA graphs), as eval.decoding: auto
+    # picks for a run of at least evaluation.COMPILE_BREAK_EVEN_STEPS decoding steps
+    "harness_compiled": (True, {"eval.decoding": "compiled"}),
+    # TRL's transformers continuous-batching engine (generate_batch) instead of generate
+    "harness_cb": (False, {"trainer.use_transformers_continuous_batching": True}),
+}
+
+
+def harness_arm(model_dir: str, steps: int, out: str, arm: str = "harness") -> dict:
+    from harness import data, models, recipe, rollouts, train
+    merged, values = HARNESS_ARMS[arm]
+    rollouts.ON = merged
     r = recipe.load("recipes/grpo_math.yaml")
     r = recipe.with_values(r, {"model.name": model_dir, "trainer.max_steps": steps,
-                               "trainer.logging_steps": 1})
+                               "trainer.logging_steps": 1, **values})
     k = train.kind(r)
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model)
@@ -36,7 +54,7 @@ def harness_arm(model_dir: str, steps: int, out: str) -> dict:
     ds, _, _ = data.load_train(r.data, r.seed, k.data_kind)
     t = time.perf_counter()
     res = train.train(r, model, tok, ds, None, plan, out)
-    return _row("harness", res.trainer, res.metrics, time.perf_counter() - t)
+    return _row(arm, res.trainer, res.metrics, time.perf_counter() - t)
 
 
 def trl_arm(model_dir: str, steps: int, out: str) -> dict:
@@ -76,6 +94,8 @@ def _row(name: str, trainer, metrics: dict, wall: float) -> dict:
             "batch": args.per_device_train_batch_size, "bf16": args.bf16,
             "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
             if torch.cuda.is_available() else 0.0,
+            "step_s": [round(h["step_time"], 2) for h in trainer.state.log_history
+                       if "step_time" in h],
             "reward_mean": [round(h["reward"], 3) for h in trainer.state.log_history
                             if "reward" in h][-1:]}
 
@@ -84,20 +104,27 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="../shared/anchors/smollm2-135m")
     ap.add_argument("--steps", type=int, default=4)
-    ap.add_argument("--arms", nargs="+", default=["trl", "harness"])
+    ap.add_argument("--arms", nargs="+", default=["trl", "harness", "harness_unmerged"],
+                    help=f"trl and any of {', '.join(HARNESS_ARMS)}; ARM:N runs N optimizer steps "
+                    "(default --steps): a compiled arm pays its compile once, as a real run does, "
+                    "so give it a run's length")
     ap.add_argument("--one", nargs=2, metavar=("ARM", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        arm = {"harness": harness_arm, "trl": trl_arm}[args.one[0]]
+        name, model_dir = args.one
         with tempfile.TemporaryDirectory() as out:
-            print("ROW " + json.dumps(arm(args.one[1], args.steps, out)), flush=True)
+            row = trl_arm(model_dir, args.steps, out) if name == "trl" else \
+                harness_arm(model_dir, args.steps, out, name)
+            print("ROW " + json.dumps(row), flush=True)
         return
     rows = []
     with tempfile.TemporaryDirectory() as d:
         model_dir = random_model(args.config, d)
         for arm in args.arms:
+            arm, _, steps = arm.partition(":")
+            steps = int(steps or args.steps)
             proc = subprocess.run([sys.executable, __file__, "--one", arm, model_dir,
-                                   "--steps", str(args.steps)], capture_output=True, text=True)
+                                   "--steps", str(steps)], capture_output=True, text=True)
             if proc.returncode or "ROW " not in proc.stdout:
                 print(f"{arm} failed:\n{proc.stderr[-3000:]}", flush=True)
                 continue

@@ -67,9 +67,14 @@ def generates(gs: GoldenSet, task: str) -> bool:
 
 def decode_steps(goldens: list[GoldenSet], batch_size: int, max_new_tokens: int | None,
                  task: str) -> int:
-    """At most this many decoding steps score `goldens` once: batches x new tokens a set."""
-    return sum(-(-len(gs.prompts) // batch_size) * (max_new_tokens or gs.manifest.max_new_tokens)
-               for gs in goldens if generates(gs, task))
+    """At most this many decoding steps score `goldens` once: their generating sets share one
+    pass (_generations), each batch at most the longest cap."""
+    sets = [gs for gs in goldens if generates(gs, task)]
+    if not sets:
+        return 0
+    rows = sum(len(gs.prompts) for gs in sets)
+    return -(-rows // batch_size) * max(max_new_tokens or gs.manifest.max_new_tokens
+                                        for gs in sets)
 
 
 def compiled_decoding(choice: str, device: str, steps: int) -> bool:
@@ -80,17 +85,21 @@ def compiled_decoding(choice: str, device: str, steps: int) -> bool:
     return device == "cuda" and steps >= COMPILE_BREAK_EVEN_STEPS
 
 
-def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
+def generate(model, tok, texts: list[str], max_new_tokens: int | list[int], batch_size: int,
              static_cache: bool = False, **generate_kwargs) -> list[str]:
-    """Greedy continuations; left padding and length-sorted batches (less padding, and the
-    same batches every time, so results are deterministic).
+    """Greedy continuations; left padding and batches sorted by cap and length (less padding,
+    and the same batches every time, so results are deterministic).
 
+    max_new_tokens: one cap for all, or one a text (several golden sets decoded in one pass: a
+    row stops at its own cap, the batch when its last row does).
     static_cache: decode with a static KV cache, which transformers compiles into CUDA graphs:
     prompt lengths are padded to multiples of 64 and every batch keeps the same size, so a
     handful of shapes are compiled once and then replayed (compiled_decoding says when)."""
     import torch
+    caps = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(texts)
     lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
-    order = sorted(range(len(texts)), key=lambda i: (lengths[i], i))
+    # rows of one cap together (a set's short answers do not wait in a long set's batches)
+    order = sorted(range(len(texts)), key=lambda i: (caps[i], lengths[i], i))
     out: list[str] = [""] * len(texts)
     extra = {"cache_implementation": "static"} if static_cache else {}
     # equal batches (520 prompts at most 256 a batch: 3 of 174, not 256 + 256 + 8)
@@ -100,23 +109,45 @@ def generate(model, tok, texts: list[str], max_new_tokens: int, batch_size: int,
     try:
         for idx in _batches(order, size):
             batch = [texts[i] for i in idx]
+            row_caps = [caps[i] for i in idx]
             if static_cache:  # a short last batch would be a new shape to compile: fill it up
                 batch += [batch[-1]] * (size - len(batch))
+                row_caps += [row_caps[-1]] * (size - len(row_caps))
             enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False,
                       pad_to_multiple_of=64 if static_cache else None).to(model.device)
+            start = enc["input_ids"].shape[1]
+            stop = {} if len(set(row_caps)) == 1 else {
+                "stopping_criteria": _row_caps(row_caps, start, model.device)}
             with torch.inference_mode():
-                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                gen = model.generate(**enc, max_new_tokens=max(row_caps), do_sample=False,
                                      temperature=None, top_p=None, top_k=None,
-                                     pad_token_id=tok.pad_token_id, **extra, **generate_kwargs)
-            new = gen[:len(idx), enc["input_ids"].shape[1]:]
+                                     pad_token_id=tok.pad_token_id, **extra, **stop,
+                                     **generate_kwargs)
+            new = gen[:len(idx), start:]
             ledger.add("decoded_examples", len(idx))
             ledger.add("decode_steps", new.shape[1])
-            ledger.add("generated_tokens", int((new != tok.pad_token_id).sum()))
             for row, i in enumerate(idx):
-                out[i] = tok.decode(new[row], skip_special_tokens=True)
+                mine = new[row, :caps[i]]
+                ledger.add("generated_tokens", int((mine != tok.pad_token_id).sum()))
+                out[i] = tok.decode(mine, skip_special_tokens=True)
     finally:
         tok.padding_side = side
     return out
+
+
+def _row_caps(caps: list[int], start: int, device):
+    """Transformers' stopping criterion that ends each row at its own cap (generate then pads
+    it, and stops when every row has ended)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class RowCaps(StoppingCriteria):
+        def __init__(self):
+            self.caps = torch.tensor(caps, device=device)
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids.shape[1] - start) >= self.caps
+    return StoppingCriteriaList([RowCaps()])
 
 
 def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: int):
@@ -125,8 +156,10 @@ def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: 
     nll, counts = [0.0] * len(prompts), [0] * len(prompts)
     ledger.add("nll_examples", len(prompts))
     side, tok.padding_side = tok.padding_side, "right"
+    # length-sorted batches: less padding when several golden sets share the pass
+    order = sorted(range(len(fulls)), key=lambda i: (len(fulls[i]), i))
     try:
-        for idx in _batches(list(range(len(prompts))), batch_size):
+        for idx in _batches(order, batch_size):
             enc = tok([fulls[i] for i in idx], return_tensors="pt", padding=True,
                       add_special_tokens=False).to(model.device)
             labels = enc["input_ids"].clone()
@@ -177,9 +210,30 @@ def response_scores(model, tok, msgs: list[list[dict]], responses: list[str], ba
     return [-x for x in nll]
 
 
-def _columns(model, tok, gs: GoldenSet, batch_size: int, max_new_tokens: int | None,
-             task: str, compiled: bool) -> tuple[dict, list[dict]]:
-    """The inputs metrics take (predictions, nll, chosen_scores, ...) and the example rows."""
+def _generations(model, tok, sets: list[GoldenSet], batch_size: int,
+                 max_new_tokens: int | None, compiled: bool) -> dict[str, dict]:
+    """Every generating golden set in one decoding pass (each row to its set's cap) and one
+    reference-NLL pass: set name -> its predictions, references, nll and token counts."""
+    prompts, fulls, caps, spans = [], [], [], {}
+    for gs in sets:
+        msgs = [chat_prompt(tok, p, gs.manifest.system_prompt) for p in gs.prompts]
+        spans[gs.name] = (len(prompts), len(prompts) + len(msgs))
+        prompts += [render(tok, x) for x in msgs]
+        fulls += [render(tok, x, ref) for x, ref in zip(msgs, gs.references)]
+        caps += [max_new_tokens or gs.manifest.max_new_tokens] * len(msgs)
+    if not prompts:
+        return {}
+    preds = generate(model, tok, prompts, caps, batch_size, static_cache=compiled)
+    nll, counts = reference_nll(model, tok, prompts, fulls, batch_size)
+    return {gs.name: {"predictions": preds[a:b], "references": gs.references, "nll": nll[a:b],
+                      "tokens": counts[a:b]}
+            for gs in sets for a, b in [spans[gs.name]]}
+
+
+def _columns(model, tok, gs: GoldenSet, batch_size: int, task: str,
+             generated: dict | None) -> tuple[dict, list[dict]]:
+    """The inputs metrics take (predictions, nll, chosen_scores, ...) and the example rows;
+    a generating set's columns come from `_generations`."""
     m = gs.manifest
     msgs = [chat_prompt(tok, p, m.system_prompt) for p in gs.prompts]
     if gs.is_preference:
@@ -194,14 +248,9 @@ def _columns(model, tok, gs: GoldenSet, batch_size: int, max_new_tokens: int | N
         cols = {"reward_scores": response_scores(model, tok, msgs, gs.references, batch_size,
                                                  task)}
         return cols, [{"prompt": p, "reference": r} for p, r in zip(gs.prompts, gs.references)]
-    prompts = [render(tok, x) for x in msgs]
-    preds = generate(model, tok, prompts, max_new_tokens or m.max_new_tokens, batch_size,
-                     static_cache=compiled)
-    cols = {"predictions": preds, "references": gs.references}
-    fulls = [render(tok, x, ref) for x, ref in zip(msgs, gs.references)]
-    cols["nll"], cols["tokens"] = reference_nll(model, tok, prompts, fulls, batch_size)
-    return cols, [{"prompt": p, "reference": r, "prediction": y}
-                  for p, r, y in zip(gs.prompts, gs.references, preds)]
+    return dict(generated), [{"prompt": p, "reference": r, "prediction": y}
+                             for p, r, y in zip(gs.prompts, gs.references,
+                                                generated["predictions"])]
 
 
 def metric_names(manifest, task: str) -> list[str]:
@@ -214,14 +263,10 @@ def metric_names(manifest, task: str) -> list[str]:
 def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
                  max_new_tokens: int | None = None, task: str = "causal-lm",
                  compiled: bool = False) -> SetResult:
-    import contextlib
+    return evaluate_model(model, tok, [gs], batch_size, max_new_tokens, task, compiled)[gs.name]
 
-    from harness import attention
-    was_training = model.training
-    model.eval()
-    kernels = contextlib.nullcontext() if compiled else attention.scoring_kernels(model)
-    with attention.own_attention(model), kernels:  # own: a pruner's slice, mid-training
-        columns, examples = _columns(model, tok, gs, batch_size, max_new_tokens, task, compiled)
+
+def _scored(gs: GoldenSet, task: str, columns: dict, examples: list[dict]) -> SetResult:
     values, args = {}, {}
     for name in metric_names(gs.manifest, task):
         args[name] = goldensets.metric_args(gs.manifest, name)
@@ -229,7 +274,6 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
         values[name] = res[name]
         for ex, s in zip(examples, res["scores"]):
             ex[name] = s
-    model.train(was_training)
     return SetResult(gs.name, values, examples, columns, args)
 
 
@@ -245,11 +289,23 @@ def check_fit(manifest, path: str) -> None:
                                key=f"metrics.{i}")
 
 
-def evaluate_model(model, tok, goldensets: list[GoldenSet], batch_size: int = 32,
+def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
                    max_new_tokens: int | None = None, task: str = "causal-lm",
                    compiled: bool = False) -> dict[str, SetResult]:
-    return {gs.name: evaluate_set(model, tok, gs, batch_size, max_new_tokens, task, compiled)
-            for gs in goldensets}
+    """`model` on every golden set: the generating ones decoded together in one pass."""
+    import contextlib
+
+    from harness import attention
+    was_training = model.training
+    model.eval()
+    kernels = contextlib.nullcontext() if compiled else attention.scoring_kernels(model)
+    with attention.own_attention(model), kernels:  # own: a pruner's slice, mid-training
+        generated = _generations(model, tok, [gs for gs in goldens if generates(gs, task)],
+                                 batch_size, max_new_tokens, compiled)
+        columns = {gs.name: _columns(model, tok, gs, batch_size, task, generated.get(gs.name))
+                   for gs in goldens}
+    model.train(was_training)
+    return {gs.name: _scored(gs, task, *columns[gs.name]) for gs in goldens}
 
 
 def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:

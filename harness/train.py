@@ -15,7 +15,8 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import attention, distributed, fences, graphs, kernels, models, rewards, steps
+from harness import (attention, distributed, fences, graphs, kernels, models, rewards, rollouts,
+                     steps)
 from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -337,7 +338,13 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
                                                            config.max_length)
         cast_adapter(trainer.model, recipe.adapter, plan)
         distributed.gradients_in_buckets(trainer)
-        out = trainer.train()
+        with (rollouts.merged(trainer.model, config, compiled_rollouts(recipe, config, plan,
+                                                                     len(train_ds)))
+              if k.rewarded else contextlib.nullcontext()) as unmerged:
+            if unmerged in ("quantized base weights", "more than one adapter"):
+                print(f"harness: GRPO rollouts decode through the unmerged adapter ({unmerged})",
+                      file=sys.stderr)
+            out = trainer.train()
         finite.check(recipe, config)
         metrics = dict(out.metrics)
         if plan.cuda_graphs:  # steps whose decoder stack ran as a graph, batch shapes captured
@@ -349,6 +356,20 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             metrics.update(trainer.evaluate())
     scoring_ready(trainer.model, use_cache)
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
+
+
+def compiled_rollouts(recipe: Recipe, config, plan: models.DevicePlan, prompts: int) -> bool:
+    """Whether GRPO's rollouts decode compiled (harness.rollouts): `eval.decoding` decides as it
+    does for golden sets, over the decoding steps of the run's rollouts (one generation every
+    steps_per_generation optimizer steps, each up to max_completion_length tokens)."""
+    from harness import evaluation
+    steps = config.max_steps
+    if steps <= 0:  # epochs: each prompt's group once an epoch
+        per_step = config.per_device_train_batch_size * config.gradient_accumulation_steps
+        steps = math.ceil(config.num_train_epochs * prompts * config.num_generations / per_step)
+    every = getattr(config, "steps_per_generation", None) or config.gradient_accumulation_steps
+    decoding = -(-steps // every) * config.max_completion_length
+    return evaluation.compiled_decoding(recipe.eval.decoding, plan.device, decoding)
 
 
 def unpaired(ds):

@@ -130,6 +130,57 @@ def test_static_cache_path_gives_the_same_greedy_outputs(tiny):
     assert evaluation.generate(model, tok, texts, 6, 2, static_cache=True) == dynamic
 
 
+def test_one_pass_ends_each_row_at_its_own_cap_as_decoding_it_alone_would(tiny):
+    model, tok = tiny
+    texts = [evaluation.render(tok, [{"role": "user", "content": q}])
+             for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3",
+                       "Name a colour."]]
+    caps = [9, 3, 6, 1]
+    alone = [evaluation.generate(model, tok, [t], cap, 1)[0] for t, cap in zip(texts, caps)]
+    for static in (False, True):
+        assert evaluation.generate(model, tok, texts, caps, 4, static_cache=static) == alone
+    ids = [tok(evaluation.generate(model, tok, [t], 9, 1)[0], add_special_tokens=False)
+           ["input_ids"] for t in texts]
+    assert any(len(x) > cap for x, cap in zip(ids, caps))  # the caps cut something
+
+
+def test_every_generating_set_is_decoded_in_one_pass_and_scored_as_alone(tiny, tmp_path,
+                                                                          monkeypatch):
+    """Two generating golden sets with different caps, and a preference set: the generating
+    ones share one `generate` batch and one reference-NLL batch; each set's results are what
+    scoring it alone gives."""
+    from conftest import small_goldenset
+    model, tok = tiny
+    math = goldensets.load(small_goldenset(
+        tmp_path, "math.jsonl", "name: math\ntask: math\nmax_new_tokens: 7\n"
+        "metrics: [numeric_accuracy, perplexity]\n", rows=3))
+    gk = goldensets.load(small_goldenset(
+        tmp_path, "general_knowledge.jsonl", "name: general_knowledge\ntask: generation\n"
+        "prompt_template: 'Answer in one or two words. {question}'\nreference_field: answer\n"
+        "metrics: [contains_answer, f1]\nmax_new_tokens: 3\n", rows=3))
+    pref = goldensets.load(small_goldenset(
+        tmp_path, "math_preferences.jsonl", "name: math_preferences\ntask: preference\n"
+        "prompt_field: prompt\nmetrics: [pairwise_accuracy, score_margin]\n", rows=2))
+    assert math.manifest.max_new_tokens != gk.manifest.max_new_tokens
+    alone = {gs.name: evaluation.evaluate_set(model, tok, gs, batch_size=8)
+             for gs in (math, gk, pref)}
+    calls = []
+    own = type(model).generate
+
+    def counted(self, *args, **kwargs):
+        calls.append(kwargs["input_ids"].shape[0])
+        return own(self, *args, **kwargs)
+    monkeypatch.setattr(type(model), "generate", counted)
+    together = evaluation.evaluate_model(model, tok, [math, pref, gk], batch_size=8)
+    assert calls == [6]  # math's 3 and general_knowledge's 3 in one batch
+    assert list(together) == ["math", "math_preferences", "general_knowledge"]
+    for name, res in together.items():
+        assert [e.get("prediction") for e in res.examples] == \
+            [e.get("prediction") for e in alone[name].examples]
+        for key, value in res.metrics.items():
+            assert value == pytest.approx(alone[name].metrics[key], rel=1e-5), (name, key)
+
+
 def test_decoding_is_compiled_only_where_the_steps_win_the_compile_back():
     from conftest import ROOT
     gs = goldensets.load(str(ROOT / "goldensets" / "math.yaml"))  # 170 problems, 64 new tokens
