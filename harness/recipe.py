@@ -93,7 +93,8 @@ class EvalSpec(Section):
         "auto", description="How golden sets are decoded. compiled: a static KV cache that "
         "transformers compiles into CUDA graphs (a compile once a process, then ~8x faster "
         "steps); eager: plain generate; auto: compiled on a GPU when the command decodes enough "
-        "steps to win the compile back (harness.evaluation.COMPILE_BREAK_EVEN_STEPS).")
+        "steps to win the compile back (harness.evaluation.COMPILE_BREAK_EVEN_STEPS). GRPO's "
+        "rollouts follow the same choice over the run's rollout steps (harness.rollouts).")
 
 
 class SweepSpec(Section):

@@ -70,9 +70,10 @@ TRAINERS.register("kto")(TrainerKind("kto", "trl:KTOConfig", "trl:KTOTrainer",
 # GRPO: completions sampled per prompt, scored by the recipe's rewards. Completions of 128
 # tokens hold a worked grade-school solution (TRL's 512 is for long reasoning) and keep a CPU
 # step in minutes; 4 completions a prompt give the group its spread at half TRL's cost. A step
-# samples one prompt's group on a CPU, four on a GPU: TRL's generate there is bound by ~75 ms of
-# launches a token whatever the batch (H200, bench/grpo_speed.py), so 16 rows decode for the
-# price of 4 (16 is divisible by every num_generations of sweeps/grpo_math.yaml).
+# samples one prompt's group on a CPU, four on a GPU: eager decoding there is bound by kernel
+# launches (~40-75 ms a token whatever the batch, H200, bench/grpo_speed.py), so 16 rows decode
+# for the price of 4 (16 is divisible by every num_generations of sweeps/grpo_math.yaml).
+# Rollouts decode merged, and compiled on a GPU for long runs (harness.rollouts).
 TRAINERS.register("grpo")(TrainerKind("grpo", "trl:GRPOConfig", "trl:GRPOTrainer",
                                       data_kind="prompt", lora_lr=2e-5, full_lr=1e-6,
                                       rewarded=True,
