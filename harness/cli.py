@@ -190,15 +190,15 @@ def cmd_ui(args) -> int:
         raise HarnessError(f"{uri} is a tracking server; give its database as "
                            "--backend-store-uri", file="--backend-store-uri")
     what = "server" if args.command == "server" else "ui"
+    # one uvicorn process, no job runner: what the harness uses (harness.servers)
     cmd = [sys.executable, "-m", "mlflow", what, "--backend-store-uri", uri, "--host", args.host,
-           "--port", str(args.port)]
+           "--port", str(args.port), "--workers", str(args.http_workers)]
     if what == "server":
         cmd += ["--artifacts-destination", args.artifacts_destination]
     print(f"MLflow {what} on http://{args.host}:{args.port} (store {redact(uri)}); for "
           f"workers: MLFLOW_TRACKING_URI=http://{args.host}:{args.port}", flush=True)
-    # exec, not a child: a signal to `harness ui` (Ctrl-C, a test's terminate()) reaches MLflow
-    # itself, which stops its workers; a child would be orphaned with them still serving
-    os.execv(sys.executable, cmd)
+    from harness import servers
+    return servers.run(cmd)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -280,6 +280,9 @@ def parser() -> argparse.ArgumentParser:
                        "sqlite:///mlflow.db; for workers postgresql://user@host/db")
         u.add_argument("--host", default="127.0.0.1")
         u.add_argument("--port", type=int, default=5000)
+        u.add_argument("--http-workers", type=int, default=1, metavar="N",
+                       help="uvicorn worker processes (default 1: MLflow's handlers run in its "
+                       "threads; more for many concurrent users)")
         if name == "server":
             u.add_argument("--artifacts-destination", default="./mlartifacts")
         u.set_defaults(fn=cmd_ui)
