@@ -146,6 +146,21 @@ def pg_database():
     engine.dispose()
 
 
+def wait_until_up(proc, url: str, command: str) -> None:
+    """Until `url`/health answers (up to ~60 s, over 15x the 3.5 s a server takes to start on
+    the 2-core CPU, docs/benchmarks.md); kills `proc` and raises if it never does."""
+    import time
+    import urllib.request
+    for _ in range(120):
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            return
+        except OSError:
+            time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError(f"harness {command} did not start")
+
+
 @contextlib.contextmanager
 def harness_server(command: str, *args: str):
     """`harness ui|server ARGS` on a free port of 127.0.0.1, once its /health answers:
@@ -165,15 +180,7 @@ def harness_server(command: str, *args: str):
     first_line = proc.stdout.readline()
     # keep reading, so a chatty server never blocks on a full pipe
     threading.Thread(target=proc.stdout.read, daemon=True).start()
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        raise RuntimeError(f"harness {command} did not start")
+    wait_until_up(proc, url, command)
     try:
         yield url, first_line
     finally:

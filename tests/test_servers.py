@@ -5,9 +5,9 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 
 import pytest
+from conftest import wait_until_up
 
 
 def _group_of(pid: int) -> list[int]:
@@ -56,15 +56,7 @@ def test_the_server_starts_lean_and_nothing_outlives_the_harness_process(tmp_pat
         args += ["--artifacts-destination", str(tmp_path / "art")]
     proc = subprocess.Popen([sys.executable, "-m", "harness", command, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    for _ in range(240):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.25)
-    else:
-        proc.kill()
-        pytest.fail(f"harness {command} did not answer: {proc.stderr.read()[-2000:]}")
+    wait_until_up(proc, f"http://127.0.0.1:{port}", command)
     tree = _group_of(proc.pid)
     # the guard, mlflow's command and one uvicorn process: no uvicorn workers, no job runner
     assert len(tree) <= 3, [open(f"/proc/{p}/cmdline").read() for p in _alive(tree)]
