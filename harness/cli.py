@@ -6,7 +6,6 @@ import argparse
 import gc
 import json
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -54,16 +53,6 @@ def _quiet() -> None:
     import warnings
     for message, category in KNOWN_WARNINGS:  # every other warning shows
         warnings.filterwarnings("ignore", message=message, category=category)
-
-
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM ends runs the way Ctrl-C does (MLflow run KILLED, Optuna trial FAIL). SIGINT is
-    set too: a process started in the background by a non-interactive shell inherits it
-    ignored, and `kill -INT` must still stop it cleanly."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def cmd_validate(args) -> int:
@@ -295,7 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     timing.restart()  # start-up counts from here (harness.timing)
     ledger.restart()
     _quiet()
-    _sigterm_as_interrupt()
+    from harness import stopping
+    stopping.reset()
+    stopping.install()  # SIGTERM and SIGINT end runs as Ctrl-C does
     preparing = args.command in ("train", "sweep", "eval", "rerun", "export")
     if preparing:
         # Set-up (imports, stores, rows) makes millions of objects that live as long as the

@@ -11,6 +11,8 @@ import difflib
 import sys
 from collections.abc import Iterable
 
+from harness import stopping
+
 
 # what str.splitlines() splits on
 _LINE_BREAKS = (10, 11, 12, 13, 28, 29, 30, 133, 0x2028, 0x2029)
@@ -81,7 +83,9 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def phase(name: str):
     """Names what the harness is doing inside the block ("scoring the starting model"): an
     unexpected error raised there carries the innermost phase as `harness_phase`, which the
-    CLI's one line names."""
+    CLI's one line names. A stop signal that was swallowed is raised again here
+    (harness.stopping)."""
+    stopping.check()
     try:
         yield
     except Exception as e:

@@ -234,6 +234,10 @@ class Recipe(Section):
     sweep: SweepSpec = Field(default_factory=SweepSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     output_dir: str = Field("outputs", description="Where checkpoints and adapters go.")
+    checkpoint_minutes: float = Field(10.0, ge=0, description="A run saves the Trainer's "
+                                      "checkpoint after every this many minutes of training, and "
+                                      "a killed sweep trial resumes from its last one; 0: never "
+                                      "(trainer.save_strategy, when set, decides instead).")
     reports_dir: str = Field("reports", description="Where markdown reports go.")
 
     @field_validator("trainer")

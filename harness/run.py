@@ -7,7 +7,7 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness import evaluation, ledger, manifest, models, timing, train
+from harness import checkpoints, evaluation, ledger, manifest, models, timing, train
 from harness.errors import Diverged, HarnessError, phase, say
 from harness.prepared import (Prepared, datasets, evaluate, evaluate_start, is_held_out, prepare,
                               trial_goldens)
@@ -216,16 +216,19 @@ def train_alongside(prep: Prepared, recipe: Recipe, callbacks: list | None = Non
 
 def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: bool,
             tags: dict | None = None, callbacks: list | None = None,
-            on_start=None, times_from: dict | None = None) -> Outcome:
+            on_start=None, times_from: dict | None = None,
+            resume: tuple[str, str] | None = None) -> Outcome:
     """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run.
     A callback that sets `pruned` ends the run KILLED (tagged PRUNED) with TrialPruned.
     The run's time/ metrics are the phases since `times_from` (timing.Clock.totals(); default:
     this call's start), its work/ metrics the counts since then (harness.ledger; with
-    `times_from`, since the command's start)."""
+    `times_from`, since the command's start). `resume`: (the killed run of the same values, its
+    last checkpoint) to train on from (harness.checkpoints)."""
     mark = timing.CLOCK.totals() if times_from is None else times_from
     counted = ledger.totals() if times_from is None else {}
     with timing.timed("logging"):  # what the phases inside leave: params, tables, artifacts
-        outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
+        outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start,
+                           resume)
     policy = recipe.tracking.log_evaluations
     if policy == "all" or (policy == "best" and not nested):
         log_evaluations(recipe, tracker, outcome.after, outcome.run_id, run_name, "after",
@@ -240,7 +243,7 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     return outcome
 
 
-def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start):
+def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start, resume):
     from harness.errors import TrialPruned
     from harness.tracking import KIND_TAG
     tags = {**run_tags(recipe), KIND_TAG: "trial" if nested else "train", **(tags or {})}
@@ -254,12 +257,19 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
         manifest.log(tracker, dataclasses.replace(prep, recipe=recipe), train_ds)
         model = prep.load_model()
         out_dir = str(Path(recipe.output_dir) / recipe.name / run_id)
+        if resume:  # the curve so far, as the killed run logged it, then training goes on
+            killed, checkpoint = resume
+            step = checkpoints.step(checkpoint)
+            tracker.set_tags({"harness.resumed_from": killed, "harness.resumed_step": step})
+            tracker.log_curve(checkpoints.history(checkpoint))
+            say(f"{run_name}: resuming at step {step} from the checkpoint of run {killed}")
         say(f"{run_name}: training ({len(train_ds)} rows)")
         try:
             with phase(f"training {run_name}"), timing.timed("train"):
                 result = train.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan,
                                      out_dir, callbacks=callbacks, report_to=tracker.report_to,
-                                     reward_models=prep.reward_models)
+                                     reward_models=prep.reward_models,
+                                     resume_from=resume[1] if resume else None)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise
@@ -276,6 +286,8 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start)
         if stopped:
             tracker.set_tags({"harness.trial_state": "PRUNED"})
             raise TrialPruned(f"pruned at step {result.trainer.state.global_step}")
+        if resume and train.saves_by_time(recipe):  # the killed run's served this one
+            checkpoints.remove(Path(resume[1]).parent)
         adapter_dir = train.save(result, str(Path(out_dir) / "final"))
         tracker.set_tags({"harness.adapter_dir": str(Path(adapter_dir).resolve())})
         # a sweep's trials under `best`: only the best one, once the study knows it (sweep.py)

@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from harness import distributed, ledger, plots, prepared, run, timing
+from harness import checkpoints, distributed, ledger, plots, prepared, run, timing
 from harness import storage as stores
 from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase, say
 from harness.recipe import Recipe, SweepFile, with_values
@@ -25,6 +25,26 @@ def retry_interrupted(study) -> None:
         if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") \
                 and t.number not in retried:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+
+
+def resume_point(recipe: Recipe, study, trial) -> tuple[str, str] | None:
+    """(run, checkpoint): the last whole checkpoint of the killed trial this one retries (or of
+    the one that retried before it, where the retry was killed before it saved), if any."""
+    if distributed.world_size() > 1:  # ranks would each need it; they start from step 0
+        return None
+    from optuna.storages import RetryFailedTrialCallback
+
+    def retried(t):  # ours (retry_interrupted), or Optuna's heartbeat callback's
+        return t.user_attrs.get("retry_of", RetryFailedTrialCallback.retried_trial_number(t))
+    trials = study.get_trials(deepcopy=False)
+    number = retried(trials[trial.number])
+    while number is not None:
+        run_id = trials[number].user_attrs.get("mlflow_run_id")
+        found = run_id and checkpoints.last(Path(recipe.output_dir) / recipe.name / run_id)
+        if found:
+            return run_id, found
+        number = retried(trials[number])
+    return None
 
 
 def repair_killed_runs(study, tracker) -> None:
@@ -135,7 +155,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
                 prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
                 nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
                                    "mlflow.parentRunId": parent},
-                callbacks=callbacks,
+                callbacks=callbacks, resume=resume_point(recipe, study, trial),
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except TrialPruned as e:
             say(f"trial {trial.number}: {e}")

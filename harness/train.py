@@ -15,8 +15,8 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import (attention, distributed, fences, graphs, kernels, models, rewards, rollouts,
-                     steps)
+from harness import (attention, checkpoints, distributed, fences, graphs, kernels, models,
+                     rewards, rollouts, steps, stopping)
 from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -230,6 +230,8 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         defaults.update(k.gpu_defaults)
     if k.rewarded:
         defaults["reward_weights"] = [float(r.weight) for r in recipe.rewards]
+    if saves_by_time(recipe):
+        defaults["save_total_limit"] = 1  # only the last serves a resume
     es = recipe.early_stopping
     if es:  # evaluate and checkpoint together, keep the best, load it back at the end
         defaults.update(eval_strategy="steps", eval_steps=es.eval_steps, save_strategy="steps",
@@ -298,11 +300,15 @@ class TrainResult:
 
 def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan, output_dir: str,
           callbacks: list | None = None, report_to: list[str] | None = None,
-          reward_models: dict | None = None) -> TrainResult:
-    """`reward_models`: GRPO's reward models as prepared resolved them (harness.rewards)."""
+          reward_models: dict | None = None, resume_from: str | None = None) -> TrainResult:
+    """`reward_models`: GRPO's reward models as prepared resolved them (harness.rewards).
+    `resume_from`: a checkpoint of the same run's settings to go on from (harness.checkpoints)."""
     k = kind(recipe)
     config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
-    callbacks = list(callbacks or [])
+    callbacks = [*(callbacks or []), stopping.trainer_callback()]
+    timed_saves = saves_by_time(recipe)
+    if timed_saves:
+        callbacks.append(checkpoints.saver(recipe.checkpoint_minutes))
     if recipe.early_stopping:
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(recipe.early_stopping.patience,
@@ -345,7 +351,9 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             if unmerged in ("quantized base weights", "more than one adapter"):
                 print(f"harness: GRPO rollouts decode through the unmerged adapter ({unmerged})",
                       file=sys.stderr)
-            out = trainer.train()
+            out = trainer.train(resume_from_checkpoint=resume_from)
+        if timed_saves:  # they served a resume; the adapter is saved apart (train.save)
+            checkpoints.remove(output_dir)
         finite.check(recipe, config)
         metrics = dict(out.metrics)
         if plan.cuda_graphs:  # steps whose decoder stack ran as a graph, batch shapes captured
@@ -357,6 +365,14 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             metrics.update(trainer.evaluate())
     scoring_ready(trainer.model, use_cache)
     return TrainResult(trainer, trainer.model, metrics, list(trainer.state.log_history))
+
+
+def saves_by_time(recipe: Recipe) -> bool:
+    """Whether the harness checkpoints the run every `checkpoint_minutes` (harness.checkpoints):
+    not where the recipe or early stopping set a save strategy, nor for a multi-process trial,
+    whose ranks would disagree on the minute (trainer.save_steps serves those)."""
+    return bool(recipe.checkpoint_minutes) and not recipe.early_stopping \
+        and recipe.trainer.get("save_strategy", "no") == "no" and distributed.world_size() == 1
 
 
 def compiled_rollouts(recipe: Recipe, config, plan: models.DevicePlan, prompts: int) -> bool:
