@@ -2,6 +2,7 @@
 and the before/after comparison. Knows nothing of MLflow or Optuna."""
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 from harness import goldensets, ledger, metrics
@@ -61,6 +62,22 @@ def _batches(order: list[int], size: int):
 COMPILE_BREAK_EVEN_STEPS = 2500
 
 
+@contextlib.contextmanager
+def compiled_precision():
+    """Compiled decoding's float32 matmuls on TF32 tensor cores, chosen here: on a GPU the
+    weights are bf16, and the float32 matmuls left are transformers' rotary angles (inverse
+    frequencies times positions, a product of one term each), which inductor otherwise
+    compiles with a warning that TF32 is off. Scoped to the decoding (training keeps the
+    recipe's `trainer.tf32`); the greedy agreement with IEEE float32 is in docs/benchmarks.md."""
+    import torch
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def generates(gs: GoldenSet, task: str) -> bool:
     return task == "causal-lm" and not gs.is_preference
 
@@ -118,7 +135,8 @@ def generate(model, tok, texts: list[str], max_new_tokens: int | list[int], batc
             start = enc["input_ids"].shape[1]
             stop = {} if len(set(row_caps)) == 1 else {
                 "stopping_criteria": _row_caps(row_caps, start, model.device)}
-            with torch.inference_mode():
+            with torch.inference_mode(), \
+                    compiled_precision() if static_cache else contextlib.nullcontext():
                 gen = model.generate(**enc, max_new_tokens=max(row_caps), do_sample=False,
                                      temperature=None, top_p=None, top_k=None,
                                      pad_token_id=tok.pad_token_id, **extra, **stop,
@@ -293,8 +311,6 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
                    max_new_tokens: int | None = None, task: str = "causal-lm",
                    compiled: bool = False) -> dict[str, SetResult]:
     """`model` on every golden set: the generating ones decoded together in one pass."""
-    import contextlib
-
     from harness import attention
     was_training = model.training
     model.eval()

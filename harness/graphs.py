@@ -21,10 +21,10 @@ A graph replays fixed shapes at fixed addresses, so every step's batch must look
 Anything else (evaluation, generation, a batch with an attention mask) runs the model's own
 forward, and the graphs are dropped when training ends.
 
-Under data parallel (DDP) the graphs hold no collective: DDP wraps the whole model, the graphed
-backward hands the parameters' gradients to autograd as one node, and DDP's gradient hooks fire
-on them after the replay, so the all-reduce runs outside the graph as it does eagerly; training
-then runs on the capture's stream (`capture_stream` says why). Each rank
+Training runs on the capture's stream (`capture_stream` says why). Under data parallel (DDP)
+the graphs hold no collective: DDP wraps the whole model, the graphed backward hands the
+parameters' gradients to autograd as one node, and DDP's gradient hooks fire on them after the
+replay, so the all-reduce runs outside the graph as it does eagerly. Each rank
 captures on its own when it has seen a shape twice; ranks whose shapes differ simply replay
 different graphs (or run eagerly) within the same step.
 """
@@ -266,20 +266,20 @@ class GraphedBackbone:
 
 
 @contextlib.contextmanager
-def capture_stream(enabled: bool):
+def capture_stream():
     """The block runs on the stream graphs are captured on (torch.cuda.graph's
     default_capture_stream), ordered after the work before it and before the work after it.
 
-    Why, under DDP: autograd records the stream a parameter's gradient-accumulation node was
-    made on, and a backward that hands it a gradient from another stream makes that stream
-    wait. Without DDP the nodes are made afresh each step, on the stream that runs it (the
-    capture's, while capturing). DDP makes them once, when it wraps the model, and keeps them:
-    made on the default stream, the capture's backward would make the default stream wait on
-    the capturing one, which CUDA refuses ("operation would make the legacy stream depend on a
-    capturing blocking stream"). Made on the capture stream, there is nothing to wait for."""
-    if not enabled:
-        yield
-        return
+    Why: autograd records the stream a parameter's gradient-accumulation node was made on, and
+    a backward that hands it a gradient from another stream makes that stream wait, and warns
+    ("The AccumulateGrad node's stream does not match the stream of the node that produced the
+    incoming gradient"). Eagerly the nodes are made afresh each step, but two keep them:
+    make_graphed_callables keeps the captured forward's outputs, whose autograd graph holds the
+    nodes the capture made (on the capture stream), and every replay's gradients then came from
+    the default stream; and DDP makes them once, when it wraps the model: made on the default
+    stream, the capture's backward would make the default stream wait on the capturing one,
+    which CUDA refuses ("operation would make the legacy stream depend on a capturing blocking
+    stream"). With every step on the capture stream, there is nothing to wait for."""
     import torch
     if torch.cuda.graph.default_capture_stream is None:  # torch.cuda.graph makes it lazily
         torch.cuda.graph.default_capture_stream = torch.cuda.Stream()
@@ -293,10 +293,10 @@ def capture_stream(enabled: bool):
 
 
 @contextlib.contextmanager
-def cuda_graphs(model, enabled: bool, data_parallel: bool = False):
-    """Train `model`'s backbone through CUDA graphs inside the block; yields the GraphedBackbone
-    (None when off). The backbone's own forward is back afterwards and the graphs are freed.
-    `data_parallel`: DDP will wrap the model inside the block (see capture_stream)."""
+def cuda_graphs(model, enabled: bool):
+    """Train `model`'s backbone through CUDA graphs inside the block, on the capture's stream;
+    yields the GraphedBackbone (None when off). The backbone's own forward is back afterwards
+    and the graphs are freed."""
     if not enabled:
         yield None
         return
@@ -307,7 +307,7 @@ def cuda_graphs(model, enabled: bool, data_parallel: bool = False):
     graphed = GraphedBackbone(backbone)
     backbone.forward = graphed  # an instance attribute: nn.Module calls it first
     try:
-        with capture_stream(data_parallel):
+        with capture_stream():
             yield graphed
     finally:
         del backbone.forward

@@ -106,4 +106,6 @@ def static(generate, args: tuple, kwargs: dict):
     kwargs = {**kwargs, "generation_config": config,
               "input_ids": torch.nn.functional.pad(ids, (extra, 0), value=pad),
               "attention_mask": torch.nn.functional.pad(mask, (extra, 0), value=0)}
-    return generate(**kwargs)[:, extra:]
+    from harness.evaluation import compiled_precision
+    with compiled_precision():
+        return generate(**kwargs)[:, extra:]

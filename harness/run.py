@@ -137,14 +137,14 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
                 EVALUATION_OF_TAG: of_run},
                 description=f"{name}'s golden-set examples {side} training, as MLflow "
                             "evaluation records") as run_id:
+        say(f"evaluation records of {name} ({side}): "
+            f"{sum(len(r.examples) for r in results.values())} examples, run {run_id}")
         for res in (adding if existing else results).values():
             tracker.log_evaluation(evaluation.genai_records(res), evaluation.record_scores(res),
                                    evaluation.example_scorers(res), model_id=model_id)
         tracker.check_records(run_id, sum(len(r.examples) for r in results.values()),
                               sum(len(r.examples) * len(r.metrics) for r in results.values()))
     tracker.set_tags({f"{EVALUATIONS_TAG}.{side}": run_id}, run_id=of_run)
-    say(f"evaluation records of {name} ({side}): {sum(len(r.examples) for r in results.values())}"
-        f" examples, run {run_id}")
     return run_id
 
 
@@ -184,6 +184,24 @@ def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool
         log_evaluations(recipe, tracker, after, run_id, view.name, "after", model_id,
                         adding={g.name: after[g.name] for g in held})
     return True
+
+
+def recover(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> Outcome | None:
+    """The outcome of a trial whose run had FINISHED (trained, scored, logged) when its
+    process was stopped, before Optuna heard of it (while logging its records): read back from
+    the run, its records logged again if they were cut off. None: the run had not finished."""
+    from harness.tracking import MODEL_TAG
+    view = tracker.read_run(run_id)
+    saved = tracker.load_json(run_id, "eval/results.json") if view else None
+    if view is None or view.status != "FINISHED" or saved is None \
+            or "harness.adapter_dir" not in view.tags:
+        return None
+    after = evaluation.results_from_json(saved["after"])
+    outcome = Outcome(run_id, saved["comparison"], after, view.tags["harness.adapter_dir"], {},
+                      model_id=view.tags.get(MODEL_TAG))
+    if recipe.tracking.log_evaluations == "all" and tracker.needs_evaluations(run_id, "after"):
+        log_evaluations(recipe, tracker, after, run_id, view.name, "after", outcome.model_id)
+    return outcome
 
 
 def _trained_model(prep: Prepared, recipe: Recipe, tracker, run_id: str, view):

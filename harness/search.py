@@ -30,7 +30,25 @@ def _grid(space: SweepFile):
         if p.type != "categorical":
             raise HarnessError("grid sampling needs categorical choices", key=f"params.{key}")
         grid[key] = p.choices
-    return optuna.samplers.GridSampler(grid, seed=space.seed)
+
+    class Grid(optuna.samplers.GridSampler):
+        """Optuna's grid, and the retries of interrupted points (harness.sweep enqueues their
+        values). GridSampler.after_trial stops the study once every point has a finished
+        trial, and a failed one counts: with retries still waiting in the queue, it stopped
+        before them. And an enqueued trial gets no grid id, which after_trial looked up
+        (KeyError) when one point was left. Here the study goes on while a retry waits, and a
+        retry ends it as the grid's own trials do."""
+
+        def after_trial(self, study, trial, state, values):
+            waiting = study.get_trials(deepcopy=False,
+                                       states=(optuna.trial.TrialState.WAITING,))
+            if waiting:
+                return
+            if "grid_id" in trial.system_attrs:
+                super().after_trial(study, trial, state, values)
+            elif self.is_exhausted(study):
+                study.stop()
+    return Grid(grid, seed=space.seed)
 
 
 PRUNERS: Registry = Registry("pruner")

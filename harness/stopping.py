@@ -7,8 +7,8 @@ stop), then SIGKILL after a grace period. Three things turned that into a crash 
 - The training loop's loader workers get the signal too. torch's worker exits quietly only when
   its parent sent it; from anyone else it dies of it, and the parent's SIGCHLD handler (torch's
   watchdog for crashed workers) raised `DataLoader worker ... is killed by signal: Terminated`
-  in place of the interrupt. The first stop signal hands SIGCHLD back to its default: from then
-  on the process is stopping, and a worker's death is expected, not a fault.
+  in place of the interrupt. The first stop signal replaces that SIGCHLD handler with one that
+  does nothing: from then on the process is stopping, and a worker's death is expected.
 - Python runs a signal handler wherever the main thread is. An exception raised inside a
   `__del__`, a weakref callback or code that catches BaseException is printed as "ignored" or
   lost, and the command went on as if no signal had come. So the request sticks: `check()`
@@ -37,8 +37,15 @@ def _stop(signum, frame):
     if _requested is not None:
         return  # the clean-up of the first one is running
     _requested = signum
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # loader workers die with us: expected
+    # loader workers die with us: expected. A handler that does nothing, not SIG_DFL: a SIGCHLD
+    # that came meanwhile is still run through the Python handler, and finding none there
+    # Python prints "Signal 17 ignored due to race condition" with a traceback
+    signal.signal(signal.SIGCHLD, _ignore)
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _ignore(signum, frame):
+    pass
 
 
 def requested() -> int | None:

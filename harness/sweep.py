@@ -27,23 +27,32 @@ def retry_interrupted(study) -> None:
             study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
 
 
-def resume_point(recipe: Recipe, study, trial) -> tuple[str, str] | None:
-    """(run, checkpoint): the last whole checkpoint of the killed trial this one retries (or of
-    the one that retried before it, where the retry was killed before it saved), if any."""
-    if distributed.world_size() > 1:  # ranks would each need it; they start from step 0
-        return None
+def retried_runs(study, trial) -> list[str]:
+    """The MLflow runs of the killed trials this one retries, the last first: the trial it
+    retries (ours, harness.sweep.retry_interrupted, or Optuna's heartbeat callback), the one
+    that one retried, and so on."""
     from optuna.storages import RetryFailedTrialCallback
 
-    def retried(t):  # ours (retry_interrupted), or Optuna's heartbeat callback's
+    def retried(t):
         return t.user_attrs.get("retry_of", RetryFailedTrialCallback.retried_trial_number(t))
     trials = study.get_trials(deepcopy=False)
-    number = retried(trials[trial.number])
+    runs, number = [], retried(trials[trial.number])
     while number is not None:
-        run_id = trials[number].user_attrs.get("mlflow_run_id")
-        found = run_id and checkpoints.last(Path(recipe.output_dir) / recipe.name / run_id)
+        if trials[number].user_attrs.get("mlflow_run_id"):
+            runs.append(trials[number].user_attrs["mlflow_run_id"])
+        number = retried(trials[number])
+    return runs
+
+
+def resume_point(recipe: Recipe, runs: list[str]) -> tuple[str, str] | None:
+    """(run, checkpoint): the last whole checkpoint among the killed runs (the first one that
+    saved: a retry may have been killed before it saved), if any."""
+    if distributed.world_size() > 1:  # ranks would each need it; they start from step 0
+        return None
+    for run_id in runs:
+        found = checkpoints.last(Path(recipe.output_dir) / recipe.name / run_id)
         if found:
             return run_id, found
-        number = retried(trials[number])
     return None
 
 
@@ -148,14 +157,22 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
             + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
-        if distributed.world_size() > 1:  # the trial's other processes train these values too
+        killed = retried_runs(study, trial)
+        # stopped after its run finished (logging its records): what it logged is the outcome
+        outcome = run.recover(prep, with_values(recipe, values), tracker, killed[0]) \
+            if killed else None
+        if outcome:
+            say(f"trial {trial.number}: trial {trial.user_attrs.get('retry_of')}'s run had "
+                f"finished; its results kept, no training again")
+            trial.set_user_attr("mlflow_run_id", outcome.run_id)
+        elif distributed.world_size() > 1:  # the trial's other processes train these values
             distributed.share(values)
         try:
-            outcome = run.run_one(
+            outcome = outcome or run.run_one(
                 prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
                 nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
                                    "mlflow.parentRunId": parent},
-                callbacks=callbacks, resume=resume_point(recipe, study, trial),
+                callbacks=callbacks, resume=resume_point(recipe, killed),
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except TrialPruned as e:
             say(f"trial {trial.number}: {e}")

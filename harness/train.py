@@ -324,8 +324,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
                                       else None), kernels.fused_norms(model, plan.fused_norm), \
-            graphs.cuda_graphs(model, blocked is None,
-                               data_parallel=distributed.world_size() > 1) as graphed, \
+            graphs.cuda_graphs(model, blocked is None) as graphed, \
             faults(recipe, output_dir) as where:
         extra = {}
         if k.rewarded:

@@ -169,8 +169,6 @@ def harness_server(command: str, *args: str):
     import subprocess
     import sys
     import threading
-    import time
-    import urllib.request
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -1,0 +1,198 @@
+"""Stop signals at every moment of a sweep, as a scheduler sends them (to the whole process
+group: the harness and its loader workers), with two loader workers a trial: the command ends
+with one line, leaves no MLflow run or Optuna trial RUNNING and no process behind, and the same
+command then finishes the sweep with every trial run once. Moments are the harness's own
+progress lines (and the Trainer's first logged step), not sleeps."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from harness import recipe, sweep
+
+# moment -> the lines to wait for, in order; the signal goes as soon as the last one is read
+MOMENTS = {
+    "set-up": ["] device "],
+    "scoring before": ["scoring the starting model"],
+    "training": ["trial-0: training", "{'loss'"],  # loader workers are running
+    "scoring after": ["trial-0: scoring the tuned model"],
+    "records": ["evaluation records of trial-"],
+    "held out": ["scoring the chosen trial on the held-out examples"],
+}
+CASES = [("SIGTERM", m) for m in MOMENTS] + [
+    ("SIGINT", "training"), ("SIGINT", "records"),
+    ("SIGTERM+SIGKILL", "training"), ("SIGTERM+SIGKILL", "scoring after")]
+GRACE_S = 3  # between SIGTERM and SIGKILL, as a scheduler's grace period (short here)
+
+
+def _recipe(recipe_dict, tmp_path, write_recipe, method: str = "sft", storage: str = "sqlite"):
+    (tmp_path / "grid.yaml").write_text(
+        "n_trials: 2\nsampler: grid\nparams:\n"
+        "  trainer.learning_rate: {type: categorical, choices: [1.0e-4, 1.0e-3]}\n")
+    d = dict(recipe_dict, tracking=dict(recipe_dict["tracking"], log_evaluations="all"))
+    d["trainer"] = dict(d["trainer"], max_steps=4, dataloader_num_workers=2)
+    d["sweep"] = dict(d["sweep"], space=str(tmp_path / "grid.yaml"))
+    if storage == "journal":
+        d["sweep"]["storage"] = f"journal:///{tmp_path}/study.log"
+    if method == "grpo":
+        d.update(method="grpo", rewards=[{"name": "math_answer"}])
+        d["trainer"] = dict(d["trainer"], max_completion_length=6, num_generations=2,
+                            max_steps=2)
+        d["trainer"].pop("max_length")
+    return d, write_recipe(d)
+
+
+def _stop_at(path: str, waits: list[str], how: str, workers: int = 1) -> tuple[int, str]:
+    """`harness sweep` in a new process group; the signal goes to the group once `waits` were
+    read. Returns (exit code, all its output)."""
+    argv = [sys.executable, "-m", "harness", "sweep", path, "--workers", str(workers)]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, cwd=os.path.dirname(path))
+    seen, wanted = [], list(waits)
+    for line in proc.stdout:
+        seen.append(line)
+        if wanted and wanted[0] in line:
+            wanted.pop(0)
+            if not wanted:
+                break
+    assert not wanted, f"never saw {wanted[0]!r}:\n{''.join(seen)}"
+    os.killpg(proc.pid, signal.SIGINT if how == "SIGINT" else signal.SIGTERM)
+    if how == "SIGTERM+SIGKILL":
+        try:
+            proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    seen.append(proc.stdout.read())
+    code = proc.wait(timeout=120)
+    _no_process_left(proc.pid)
+    return code, "".join(seen)
+
+
+def _no_process_left(group: int) -> None:
+    """Every process of the group is gone: loader workers and sweep workers too."""
+    for _ in range(100):
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    os.killpg(group, signal.SIGKILL)
+    raise AssertionError("processes of the stopped command were still running 10 s later")
+
+
+def _nothing_running(d: dict) -> None:
+    import mlflow
+    import optuna
+
+    from harness import storage
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    exp = client.get_experiment_by_name(d["name"])
+    if exp is not None:
+        running = [r.info.run_name for r in client.search_runs([exp.experiment_id])
+                   if r.info.status == "RUNNING"]
+        assert not running, running
+    study_storage = storage.open_storage(d["sweep"]["storage"], recipe.SweepFile(
+        params={"x": {"type": "int", "low": 0, "high": 1}}))
+    if d["name"] in [s.study_name for s in optuna.get_all_study_summaries(study_storage)]:
+        study = optuna.load_study(study_name=d["name"], storage=study_storage)
+        assert not [t.number for t in study.trials if t.state.name == "RUNNING"]
+
+
+def _finishes_once_each(d: dict, path: str) -> None:
+    """The same command finishes the sweep: each grid point COMPLETE exactly once, one sweep
+    run, nothing RUNNING, the report written."""
+    import mlflow
+    import optuna
+
+    from harness import storage
+    p = subprocess.run([sys.executable, "-m", "harness", "sweep", path], capture_output=True,
+                       text=True, timeout=600, cwd=os.path.dirname(path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    _nothing_running(d)
+    study = optuna.load_study(study_name=d["name"], storage=storage.open_storage(
+        d["sweep"]["storage"], recipe.SweepFile(params={"x": {"type": "int", "low": 0,
+                                                              "high": 1}})))
+    done = sorted(t.params["trainer.learning_rate"] for t in study.trials
+                  if t.state.name == "COMPLETE")
+    assert done == [1e-4, 1e-3], [(t.state.name, t.params) for t in study.trials]
+    client = mlflow.MlflowClient(d["tracking"]["uri"])
+    runs = client.search_runs([client.get_experiment_by_name(d["name"]).experiment_id])
+    assert sum(r.data.tags.get("harness.kind") == "sweep" for r in runs) == 1
+    finished = [r for r in runs if r.data.tags.get("harness.kind") == "trial"
+                and r.info.status == "FINISHED"]
+    assert len(finished) == 2
+    assert os.path.isfile(os.path.join(d["reports_dir"], d["name"], "report.md"))
+
+
+def _ended_cleanly(code: int, out: str, how: str) -> None:
+    assert "Traceback" not in out and "unexpected" not in out, out[-3000:]
+    if how == "SIGTERM+SIGKILL" and code == -signal.SIGKILL:
+        return  # the grace ran out: the next start repairs what it left
+    assert code == 130, out[-3000:]
+    assert out.rstrip().splitlines()[-1] == \
+        "interrupted: runs marked KILLED; the same command resumes", out[-3000:]
+
+
+@pytest.mark.parametrize("how, moment", CASES)
+def test_a_stop_signal_at_any_moment_ends_cleanly_and_the_sweep_resumes(
+        recipe_dict, tmp_path, write_recipe, how, moment):
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe)
+    code, out = _stop_at(path, MOMENTS[moment], how)
+    _ended_cleanly(code, out, how)
+    if code == 130:
+        _nothing_running(d)
+    _finishes_once_each(d, path)
+
+
+def test_sigterm_during_a_grpo_rollout(recipe_dict, tmp_path, write_recipe):
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe, method="grpo")
+    code, out = _stop_at(path, ["trial-0: training"], "SIGTERM")  # the first step samples
+    _ended_cleanly(code, out, "SIGTERM")
+    _nothing_running(d)
+    _finishes_once_each(d, path)
+
+
+def test_sigterm_to_a_two_worker_sweep(recipe_dict, tmp_path, write_recipe, pg_database):
+    """Two worker processes (a journal study, runs in PostgreSQL), stopped while they train."""
+    recipe_dict = dict(recipe_dict, tracking={"uri": pg_database()})
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe, storage="journal")
+    code, out = _stop_at(path, ["trial-", "{'loss'"], "SIGTERM", workers=2)
+    _ended_cleanly(code, out, "SIGTERM")
+    _nothing_running(d)
+    _finishes_once_each(d, path)
+
+
+def test_a_swallowed_stop_signal_is_raised_again_at_the_next_phase_or_step():
+    """Python runs a signal handler wherever the main thread is; inside a __del__ the interrupt
+    it raises is printed as ignored and lost. The request sticks: the next phase raises it, and
+    the next training step (harness.stopping.trainer_callback)."""
+    from harness import stopping
+    from harness.errors import phase
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), \
+        signal.getsignal(signal.SIGCHLD)
+    stopping.reset()
+    stopping.install()
+    swallowed, hook = [], sys.unraisablehook
+    sys.unraisablehook = lambda u: swallowed.append(u.exc_type)
+    try:
+        class StoppedInside:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)  # its KeyboardInterrupt is swallowed here
+        StoppedInside()
+        assert swallowed == [KeyboardInterrupt]
+        assert stopping.requested() == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt), phase("the next phase"):
+            pass
+        with pytest.raises(KeyboardInterrupt):
+            stopping.trainer_callback().on_step_end(None, None, None)
+        os.kill(os.getpid(), signal.SIGTERM)  # a second signal: the clean-up is not broken off
+    finally:
+        sys.unraisablehook = hook
+        for sig, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD), before):
+            signal.signal(sig, handler)
+        stopping.reset()
