@@ -278,8 +278,9 @@ def check_shipped_sweep(store: Store, ctx: Ctx):
     problems, info = [], []
     parent = need_one(store, "sweep", problems)
     if parent is not None:
-        need_metrics(parent, ["best/math/numeric_accuracy", "after/math_heldout/numeric_accuracy",
-                              "p_value/math_heldout/numeric_accuracy"], problems, info)
+        need_metrics(parent, ["best/math/numeric_accuracy",
+                              "best_before/math_heldout/numeric_accuracy",
+                              "best_after/math_heldout/numeric_accuracy"], problems, info)
     trials = store.kind("trial")
     bad = [t.info.run_name for t in trials if t.info.status != "FINISHED"]
     if not trials or bad:

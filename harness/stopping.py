@@ -12,7 +12,8 @@ stop), then SIGKILL after a grace period. Three things turned that into a crash 
 - Python runs a signal handler wherever the main thread is. An exception raised inside a
   `__del__`, a weakref callback or code that catches BaseException is printed as "ignored" or
   lost, and the command went on as if no signal had come. So the request sticks: `check()`
-  raises again at the next progress line, phase or training step (`requested()`).
+  raises it again at the next phase (harness.errors.phase) or training step
+  (harness.guards.stop_check).
 - `timeout` signals its child, then the child's whole group: the second SIGTERM came while the
   first one's clean-up ran (ending MLflow runs, failing the Optuna trial) and broke it off. A
   stop signal after the first raises nothing; SIGKILL is what ends a stuck clean-up.
@@ -58,16 +59,6 @@ def check() -> None:
     swallowed)."""
     if _requested is not None:
         raise KeyboardInterrupt(f"signal {_requested}")
-
-
-def trainer_callback():
-    """Checks for a swallowed stop signal after every training step."""
-    from transformers import TrainerCallback
-
-    class StopCheck(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            check()
-    return StopCheck()
 
 
 def reset() -> None:

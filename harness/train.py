@@ -5,8 +5,6 @@ Knows nothing of Optuna or MLflow: a sweep hands it callbacks, tracking hands it
 from __future__ import annotations
 
 import contextlib
-import errno
-import gc
 import importlib
 import json
 import math
@@ -15,9 +13,9 @@ import sys
 from dataclasses import dataclass, fields
 from importlib.metadata import version
 
-from harness import (attention, checkpoints, distributed, fences, graphs, kernels, models,
-                     rewards, rollouts, steps, stopping)
-from harness.errors import Diverged, HarnessError, TrainingFault, did_you_mean
+from harness import (attention, checkpoints, distributed, fences, graphs, guards, kernels,
+                     models, rewards, rollouts, steps)
+from harness.errors import HarnessError, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
 
@@ -305,7 +303,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     `resume_from`: a checkpoint of the same run's settings to go on from (harness.checkpoints)."""
     k = kind(recipe)
     config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
-    callbacks = [*(callbacks or []), stopping.trainer_callback()]
+    callbacks = [*(callbacks or []), guards.stop_check()]
     timed_saves = saves_by_time(recipe)
     if timed_saves:
         callbacks.append(checkpoints.saver(recipe.checkpoint_minutes))
@@ -313,7 +311,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
         from transformers import EarlyStoppingCallback
         callbacks.append(EarlyStoppingCallback(recipe.early_stopping.patience,
                                                recipe.early_stopping.threshold))
-    finite = FiniteLoss()
+    finite = guards.FiniteLoss()
     use_cache = model.config.use_cache
     blocked = graph_blocker(recipe, config, plan)
     source = (train_ds, eval_ds, tok, PREPARED.key(config))  # before TRL touches the config
@@ -325,7 +323,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
                                       else None), kernels.fused_norms(model, plan.fused_norm), \
             graphs.cuda_graphs(model, blocked is None) as graphed, \
-            faults(recipe, output_dir) as where:
+            guards.faults(recipe, output_dir, checkpointing_key(k)) as where:
         extra = {}
         if k.rewarded:
             funcs, toks, _ = rewards.build(recipe.rewards, reward_models)
@@ -425,72 +423,6 @@ def graph_blocker(recipe: Recipe, config, plan: models.DevicePlan) -> str | None
                            key="model.cuda_graphs")
     print(f"harness: CUDA graphs off ({why})", file=sys.stderr)
     return why
-
-
-class FiniteLoss:
-    """Stops training at the first NaN or inf loss the trainer logs (the harness logs every
-    step unless the recipe says otherwise)."""
-
-    def __init__(self):
-        from transformers import TrainerCallback
-        self.bad = None
-        outer = self
-
-        class _Callback(TrainerCallback):
-            def on_log(self, args, state, control, logs=None, **kwargs):
-                for key in ("loss", "eval_loss"):
-                    value = (logs or {}).get(key)
-                    if value is not None and not math.isfinite(value) and outer.bad is None:
-                        outer.bad = (key, value, state.global_step)
-                        control.should_training_stop = True
-        self.callback = _Callback()
-
-    def check(self, recipe: Recipe, config) -> None:
-        if self.bad:
-            key, value, step = self.bad
-            raise Diverged(f"{key} became {value} at step {step}: training diverged; lower "
-                                f"trainer.learning_rate (now {config.learning_rate:g}) or set "
-                                "trainer.max_grad_norm", file=recipe.source,
-                                key="trainer.learning_rate")
-
-
-@contextlib.contextmanager
-def faults(recipe: Recipe, output_dir: str):
-    """Out of GPU memory or a full disk -> one TrainingFault saying what to change."""
-    import torch
-    where: dict = {}
-    try:
-        yield where
-    except torch.cuda.OutOfMemoryError:
-        step = getattr(getattr(where.get("trainer"), "state", None), "global_step", 0)
-        gc.collect()
-        torch.cuda.empty_cache()  # so the next trial of a sweep starts with the memory back
-        raise TrainingFault(f"out of GPU memory at step {step}: lower "
-                            "trainer.per_device_train_batch_size or trainer.max_length, or set "
-                            f"trainer.{checkpointing_key(kind(recipe))}: true or "
-                            "model.quantization: 4bit",
-                            file=recipe.source, key="trainer") from None
-    except Exception as e:
-        # a full disk comes as OSError (ENOSPC), torch.save's RuntimeError ('file write
-        # failed') or safetensors' SafetensorError: the last two carry no errno, so the disk
-        # under output_dir is asked
-        from safetensors import SafetensorError
-        if not (getattr(e, "errno", None) == errno.ENOSPC or (
-                isinstance(e, (OSError, RuntimeError, SafetensorError))
-                and _disk_full(output_dir))):
-            raise
-        raise TrainingFault(f"disk full writing {getattr(e, 'filename', None) or output_dir}: "
-                            "free space, or set output_dir to a larger disk",
-                            file=recipe.source, key="output_dir") from None
-
-
-def _disk_full(path: str) -> bool:
-    import shutil
-    from pathlib import Path
-    p = Path(path)
-    while not p.exists() and p != p.parent:
-        p = p.parent
-    return shutil.disk_usage(p).free < (1 << 20)
 
 
 def cast_adapter(model, adapter, plan: models.DevicePlan) -> None:

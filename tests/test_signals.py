@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import recipe, sweep
+from harness import recipe
 
 # moment -> the lines to wait for, in order; the signal goes as soon as the last one is read
 MOMENTS = {
@@ -47,10 +47,12 @@ def _recipe(recipe_dict, tmp_path, write_recipe, method: str = "sft", storage: s
     return d, write_recipe(d)
 
 
-def _stop_at(path: str, waits: list[str], how: str, workers: int = 1) -> tuple[int, str]:
-    """`harness sweep` in a new process group; the signal goes to the group once `waits` were
-    read. Returns (exit code, all its output)."""
-    argv = [sys.executable, "-m", "harness", "sweep", path, "--workers", str(workers)]
+def _stop_at(path: str, waits: list[str], how: str, workers: int = 1,
+             command: list[str] | None = None) -> tuple[int, str]:
+    """`harness sweep` (or `command`) in a new process group; the signal goes to the group once
+    `waits` were read. Returns (exit code, all its output)."""
+    argv = [sys.executable, "-m", "harness",
+            *(command or ["sweep", path, "--workers", str(workers)])]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, cwd=os.path.dirname(path))
     seen, wanted = [], list(waits)
@@ -170,8 +172,8 @@ def test_sigterm_to_a_two_worker_sweep(recipe_dict, tmp_path, write_recipe, pg_d
 def test_a_swallowed_stop_signal_is_raised_again_at_the_next_phase_or_step():
     """Python runs a signal handler wherever the main thread is; inside a __del__ the interrupt
     it raises is printed as ignored and lost. The request sticks: the next phase raises it, and
-    the next training step (harness.stopping.trainer_callback)."""
-    from harness import stopping
+    the next training step (harness.guards.stop_check)."""
+    from harness import guards, stopping
     from harness.errors import phase
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), \
         signal.getsignal(signal.SIGCHLD)
@@ -189,10 +191,29 @@ def test_a_swallowed_stop_signal_is_raised_again_at_the_next_phase_or_step():
         with pytest.raises(KeyboardInterrupt), phase("the next phase"):
             pass
         with pytest.raises(KeyboardInterrupt):
-            stopping.trainer_callback().on_step_end(None, None, None)
+            guards.stop_check().on_step_end(None, None, None)
         os.kill(os.getpid(), signal.SIGTERM)  # a second signal: the clean-up is not broken off
     finally:
         sys.unraisablehook = hook
         for sig, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD), before):
             signal.signal(sig, handler)
         stopping.reset()
+
+
+@pytest.mark.parametrize("command, moment", [
+    ("train", [": training", "{'loss'"]), ("train", ["evaluation records of"]),
+    ("eval", ["scoring before"]), ("eval", ["evaluation records of"])])
+def test_sigterm_to_train_and_eval(recipe_dict, tmp_path, write_recipe, command, moment):
+    """`harness train` and `harness eval` stopped at a moment of theirs: one line, nothing
+    RUNNING, and the same command then runs to the end."""
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe)
+    model = d["model"]["name"]
+    argv = ["train", path] if command == "train" else \
+        ["eval", model, "--before", model, "--recipe", path]
+    code, out = _stop_at(path, moment, "SIGTERM", command=argv)
+    _ended_cleanly(code, out, "SIGTERM")
+    _nothing_running(d)
+    p = subprocess.run([sys.executable, "-m", "harness", *argv], capture_output=True, text=True,
+                       timeout=600, cwd=os.path.dirname(path))
+    assert p.returncode == 0, p.stderr[-3000:]
+    _nothing_running(d)
