@@ -2,7 +2,7 @@
 Optuna trials failed and retried by the same command), whatever the harness is doing.
 
 Clusters stop a job by sending SIGTERM to every process of it (Slurm, `timeout`, a container's
-stop), then SIGKILL after a grace period. Three things turned that into a crash or into nothing:
+stop), then SIGKILL after a grace period. Four things turned that into a crash or into nothing:
 
 - The training loop's loader workers get the signal too. torch's worker exits quietly only when
   its parent sent it; from anyone else it dies of it, and the parent's SIGCHLD handler (torch's
@@ -14,6 +14,10 @@ stop), then SIGKILL after a grace period. Three things turned that into a crash 
   lost, and the command went on as if no signal had come. So the request sticks: `check()`
   raises it again at the next phase (harness.errors.phase) or training step
   (harness.guards.stop_check).
+- A signal that comes while the main thread is inside a database call (an MLflow or Optuna
+  store's write, SQLAlchemy, the SQLite driver) is raised 50 ms later, once it is out: cut
+  halfway, the write kept its transaction open, and the clean-up's own writes then failed
+  ("database is locked").
 - `timeout` signals its child, then the child's whole group: the second SIGTERM came while the
   first one's clean-up ran (ending MLflow runs, failing the Optuna trial) and broke it off. A
   stop signal after the first raises nothing; SIGKILL is what ends a stuck clean-up.
@@ -23,9 +27,15 @@ A background shell starts its children with SIGINT ignored; `install` sets it ag
 """
 from __future__ import annotations
 
+import os
 import signal
+import threading
 
 _requested: int | None = None  # the first stop signal's number
+_waiting = False  # raised once the main thread is out of a database call
+# code a KeyboardInterrupt must not cut into: a store's write stopped halfway keeps its
+# transaction open, and SQLite then refused the clean-up's own writes ("database is locked")
+DATABASE = ("sqlalchemy", "sqlite3", "psycopg2", "alembic", "optuna.storages", "mlflow.store")
 
 
 def install() -> None:
@@ -34,15 +44,29 @@ def install() -> None:
 
 
 def _stop(signum, frame):
-    global _requested
-    if _requested is not None:
+    global _requested, _waiting
+    if _requested is not None and not _waiting:
         return  # the clean-up of the first one is running
-    _requested = signum
-    # loader workers die with us: expected. A handler that does nothing, not SIG_DFL: a SIGCHLD
-    # that came meanwhile is still run through the Python handler, and finding none there
-    # Python prints "Signal 17 ignored due to race condition" with a traceback
-    signal.signal(signal.SIGCHLD, _ignore)
-    raise KeyboardInterrupt(f"signal {signum}")
+    if _requested is None:
+        _requested = signum
+        # loader workers die with us: expected. A handler that does nothing, not SIG_DFL: a
+        # SIGCHLD that came meanwhile still goes to the Python handler, and finding none there
+        # Python prints "Signal 17 ignored due to race condition" with a traceback
+        signal.signal(signal.SIGCHLD, _ignore)
+    if _inside_database(frame):  # the same signal again in 50 ms, to raise it then
+        _waiting = True
+        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        return
+    _waiting = False
+    raise KeyboardInterrupt(f"signal {_requested}")
+
+
+def _inside_database(frame) -> bool:
+    while frame is not None:
+        if frame.f_globals.get("__name__", "").startswith(DATABASE):
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _ignore(signum, frame):
@@ -57,11 +81,13 @@ def requested() -> int | None:
 def check() -> None:
     """Raises KeyboardInterrupt once a stop signal has come (again, where the first one was
     swallowed)."""
+    global _waiting
     if _requested is not None:
+        _waiting = False
         raise KeyboardInterrupt(f"signal {_requested}")
 
 
 def reset() -> None:
     """A new command in the same process (tests call harness.cli.main several times)."""
-    global _requested
-    _requested = None
+    global _requested, _waiting
+    _requested, _waiting = None, False

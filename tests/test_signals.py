@@ -217,3 +217,32 @@ def test_sigterm_to_train_and_eval(recipe_dict, tmp_path, write_recipe, command,
                        timeout=600, cwd=os.path.dirname(path))
     assert p.returncode == 0, p.stderr[-3000:]
     _nothing_running(d)
+
+
+def test_a_stop_signal_waits_for_a_database_write_to_end():
+    """A KeyboardInterrupt cut into a store's write left its transaction open, and the clean-up
+    then found the SQLite store locked: inside database code the signal waits, then is raised
+    as soon as the write returned."""
+    from harness import stopping
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), \
+        signal.getsignal(signal.SIGCHLD)
+    stopping.reset()
+    stopping.install()
+    # a function whose module is SQLAlchemy's, as a store's write is
+    code = ("def write():\n"
+            "    os.kill(os.getpid(), signal.SIGTERM)\n"
+            "    until = time.monotonic() + 0.3\n"
+            "    while time.monotonic() < until:\n"
+            "        pass\n"
+            "    return 'written'\n")
+    space = {"__name__": "sqlalchemy.engine.writes", "os": os, "signal": signal, "time": time}
+    exec(compile(code, "<sqlalchemy>", "exec"), space)
+    try:
+        assert space["write"]() == "written"  # not cut off
+        assert stopping.requested() == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            time.sleep(5)  # raised within ~50 ms of the write's end
+    finally:
+        for sig, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD), before):
+            signal.signal(sig, handler)
+        stopping.reset()
