@@ -7,64 +7,13 @@ import math
 import os
 from pathlib import Path
 
-from harness import checkpoints, distributed, ledger, plots, prepared, run, timing
+from harness import distributed, ledger, plots, prepared, retries, run, timing
 from harness import storage as stores
 from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase, say
 from harness.recipe import Recipe, SweepFile, with_values
 from harness.search import PRUNERS, SAMPLERS, load_space, pruning_callback, trial_values
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
-def retry_interrupted(study) -> None:
-    """Queue again, once, the parameters of trials stopped by Ctrl-C or SIGTERM, or whose
-    process is gone (harness.storage.fail_orphans); a trial of a process that died on another
-    machine is retried by the heartbeat's callback instead."""
-    import optuna
-    trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
-    for t in trials:
-        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") \
-                and t.number not in retried:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
-
-
-def retried_runs(study, trial) -> list[str]:
-    """The MLflow runs of the killed trials this one retries, the last first: the trial it
-    retries (ours, harness.sweep.retry_interrupted, or Optuna's heartbeat callback), the one
-    that one retried, and so on."""
-    from optuna.storages import RetryFailedTrialCallback
-
-    def retried(t):
-        return t.user_attrs.get("retry_of", RetryFailedTrialCallback.retried_trial_number(t))
-    trials = study.get_trials(deepcopy=False)
-    runs, number = [], retried(trials[trial.number])
-    while number is not None:
-        if trials[number].user_attrs.get("mlflow_run_id"):
-            runs.append(trials[number].user_attrs["mlflow_run_id"])
-        number = retried(trials[number])
-    return runs
-
-
-def resume_point(recipe: Recipe, runs: list[str]) -> tuple[str, str] | None:
-    """(run, checkpoint): the last whole checkpoint among the killed runs (the first one that
-    saved: a retry may have been killed before it saved), if any."""
-    if distributed.world_size() > 1:  # ranks would each need it; they start from step 0
-        return None
-    for run_id in runs:
-        found = checkpoints.last(Path(recipe.output_dir) / recipe.name / run_id)
-        if found:
-            return run_id, found
-    return None
-
-
-def repair_killed_runs(study, tracker) -> None:
-    """Trials whose process died were failed (their pid is gone, or Optuna's heartbeat); end
-    their MLflow runs KILLED too, so none stays RUNNING."""
-    import optuna
-    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
-        if run_id:
-            tracker.end_if_running(run_id, "KILLED", {"harness.trial_state": "FAIL"})
-            tracker.end_running_evaluations(run_id)  # killed while logging its records
 
 
 def sweep_run(study, tracker) -> str | None:
@@ -157,7 +106,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
             + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
-        killed = retried_runs(study, trial)
+        killed = retries.retried_runs(study, trial)
         # stopped after its run finished (logging its records): what it logged is the outcome
         outcome = run.recover(prep, with_values(recipe, values), tracker, killed[0]) \
             if killed else None
@@ -172,7 +121,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
                 prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
                 nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
                                    "mlflow.parentRunId": parent},
-                callbacks=callbacks, resume=resume_point(recipe, killed),
+                callbacks=callbacks, resume=retries.resume_point(recipe, killed),
                 on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
         except TrialPruned as e:
             say(f"trial {trial.number}: {e}")
@@ -395,8 +344,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
         distributed.join()
     study = open_study(recipe, space)
     optuna.storages.fail_stale_trials(study)
-    repair_killed_runs(study, tracker)
-    retry_interrupted(study)
+    retries.repair_killed_runs(study, tracker)
+    retries.retry_interrupted(study)
     name = study_name(recipe)
     parent_id = sweep_run(study, tracker)
     key = recipe.sweep.objective
