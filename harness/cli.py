@@ -97,7 +97,8 @@ def cmd_train(args) -> int:
 
 def cmd_sweep(args) -> int:
     from harness import recipe, sweep
-    sets = list(args.set or []) + ([f"sweep.storage={args.storage}"] if args.storage else [])
+    sets = list(args.set or []) + ([f"sweep.storage={args.storage}"] if args.storage else []) \
+        + ([f"sweep.repeat_best={args.repeat_best}"] if args.repeat_best is not None else [])
     r = recipe.load(args.recipe, sets)
     if args.worker_of:
         parent, _, index = args.worker_of.partition(":")
@@ -225,6 +226,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--storage", help="Optuna storage URL: sqlite:///optuna.db (default), "
                    "journal:///path/study.log (several workers on one machine), postgresql://... "
                    "(several machines running the same command join one study)")
+    s.add_argument("--repeat-best", type=int, metavar="K", help="train the best trial's values "
+                   "again with K more seeds and report the spread (sweep.repeat_best)")
     s.add_argument("--worker-of", help=argparse.SUPPRESS)  # a spawned worker: the sweep's run id
     s.add_argument("--group-result", help=argparse.SUPPRESS)  # a rank of a multi-GPU sweep
     e = sub.add_parser("eval", help="score a model on golden sets without training, alone or "

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +17,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_valid
                       model_validator)
 
 from harness.errors import HarnessError, did_you_mean
+from harness.yamlfiles import YAMLTooLarge, safe_load
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
 
@@ -111,6 +111,9 @@ class SweepSpec(Section):
                            "the report gives the best trial's before/after on this part (set "
                            "<name>_heldout). 0: no split. `harness train` never splits.")
     heldout_seed: int = Field(0, description="Seed of the hash that picks the held-out examples.")
+    repeat_best: int = Field(0, ge=0, description="Train the best trial's values again with "
+                             "this many more seeds: the held-out metric's mean and 95% interval "
+                             "across seeds, and whether the best's lead is inside seed noise.")
     heldout_scoring: Literal["chosen", "all"] = Field(
         "chosen", description="Which tuned models score the held-out part: chosen (the start and "
         "the best trial, once the study has chosen it; no trial's selection can read it, and "
@@ -337,9 +340,6 @@ def _model_at(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
     return model
 
 
-_FLOAT = re.compile(r"^[-+]?(\.\d+|\d+(\.\d*)?)([eE][-+]?\d+)$")
-
-
 def map_strings(value: Any, fn) -> Any:
     """`fn` applied to every string in nested dicts and lists (the values, not the keys)."""
     if isinstance(value, str):
@@ -349,70 +349,6 @@ def map_strings(value: Any, fn) -> Any:
     if isinstance(value, list):
         return [map_strings(v, fn) for v in value]
     return value
-
-
-# bounds on user YAML: a recipe is a few hundred values; an alias bomb ("billion laughs")
-# is a few lines whose aliases expand to billions, which every later walk would visit
-MAX_YAML_CHARS = 4_000_000
-MAX_YAML_VALUES = 100_000
-
-
-class YAMLTooLarge(yaml.YAMLError):
-    def __init__(self, problem: str):
-        self.problem = problem
-        super().__init__(problem)
-
-
-def _expanded_size(node: yaml.Node, limit: int) -> int:
-    """Values the node stands for once every alias is expanded, counted without expanding
-    (shared nodes are counted from a memo); stops counting past `limit`."""
-    memo: dict[int, int] = {}
-    order, stack = [], [node]
-    while stack:  # iterative: a deep document must not exhaust Python's stack here
-        n = stack.pop()
-        if id(n) in memo:
-            continue
-        memo[id(n)] = 1  # also ends a node that contains itself
-        order.append(n)
-        if isinstance(n, yaml.SequenceNode):
-            stack.extend(n.value)
-        elif isinstance(n, yaml.MappingNode):
-            stack.extend(x for kv in n.value for x in kv)
-    for n in reversed(order):  # children before parents
-        if isinstance(n, yaml.SequenceNode):
-            memo[id(n)] = 1 + sum(memo[id(c)] for c in n.value)
-        elif isinstance(n, yaml.MappingNode):
-            memo[id(n)] = 1 + sum(memo[id(k)] + memo[id(v)] for k, v in n.value)
-        memo[id(n)] = min(memo[id(n)], limit + 1)
-    return memo[id(node)]
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader reading a plain 3e-4 as the number every ML config means (YAML 1.1 wants a
-    dot). A resolver only sees untagged plain scalars: "1e10" or !!str 1e10 stay strings."""
-
-
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
-
-
-def safe_load(text: str) -> Any:
-    """yaml.safe_load, bounded in size and in what its aliases expand to; plain 3e-4 is a
-    number."""
-    if len(text) > MAX_YAML_CHARS:
-        raise YAMLTooLarge(f"the file is larger than {MAX_YAML_CHARS:,} characters")
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        if _expanded_size(node, MAX_YAML_VALUES) > MAX_YAML_VALUES:
-            raise YAMLTooLarge(f"its aliases expand to more than {MAX_YAML_VALUES:,} values "
-                               "(an alias bomb?)")
-        return loader.construct_document(node)
-    except RecursionError:
-        raise YAMLTooLarge("nested too deeply, or an alias refers to itself") from None
-    finally:
-        loader.dispose()
 
 
 def parse_value(text: str) -> Any:

@@ -161,6 +161,7 @@ class SweepSummary:
     best: TrialRow
     best_value: float
     trials: list[TrialRow]
+    seeds: dict | None = None  # sweep.repeat_best's spread (harness.seeds)
 
 
 def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
@@ -185,6 +186,7 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
             table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
+    body += _seeds(study.seeds)
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))
     body += time_table(times or {}, work)
     trial_times: dict[str, float] = {}
@@ -205,6 +207,30 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
                  "## Fixed and broken (best trial)", "", changed(before, saved["comparison"]), "",
                  "## Examples (best trial)", "", examples(before, after)]
     return _write(recipe, study.name, body)
+
+
+def _seeds(spread: dict | None) -> list[str]:
+    """sweep.repeat_best: the best values' metrics per seed, their mean and 95% interval, and
+    whether the lead over the runner-up is inside seed noise."""
+    if not spread:
+        return []
+    names = [("objective", spread["objective_key"])]
+    if "heldout_key" in spread:
+        names.append(("heldout", spread["heldout_key"]))
+    rows = [[seed, *[f"{spread[n][i]:.4g}" for n, _ in names]]
+            for i, seed in enumerate(spread["seeds"])]
+    rows += [[label, *[f"{spread[f'{n}_{stat}']:.4g}" for n, _ in names]]
+             for label, stat in (("mean", "mean"), ("sd", "sd"), ("95% CI low", "low"),
+                                 ("95% CI high", "high"))]
+    lines = ["## Seed variance (the best trial's values, sweep.repeat_best)", "",
+             table(["seed", *[k for _, k in names]], rows), ""]
+    if spread["inside_noise"] is not None:
+        lines += [f"Runner-up on `{spread['objective_key']}`: {spread['runner_up']:.4g}. The "
+                  "best trial's lead is " + ("**inside seed noise**: another seed of the best "
+                  "values could land below the runner-up." if spread["inside_noise"] else
+                  "**larger than seed noise** (the runner-up lies outside the 95% prediction "
+                  "interval of one more seed)."), ""]
+    return lines
 
 
 def selection_note(recipe: Recipe, comparison: dict) -> str:

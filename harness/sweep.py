@@ -7,7 +7,7 @@ import math
 import os
 from pathlib import Path
 
-from harness import distributed, ledger, plots, prepared, retries, run, timing
+from harness import distributed, ledger, plots, prepared, retries, run, seeds, timing
 from harness import storage as stores
 from harness.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase, say
 from harness.recipe import Recipe, SweepFile, with_values
@@ -178,8 +178,9 @@ def study_plots(study, out_dir) -> list[str]:
     return made
 
 
-def summary(study):
-    """The study as the report reads it: plain rows, no Optuna objects."""
+def summary(study, spread: dict | None = None):
+    """The study as the report reads it: plain rows, no Optuna objects (`spread`: seed
+    variance, harness.seeds)."""
     from harness import report
     rows = [report.TrialRow(t.number, t.state.name, dict(t.params),
                             dict(t.user_attrs.get("after", {})),
@@ -188,7 +189,7 @@ def summary(study):
             for t in study.get_trials(deepcopy=False)]
     best = study.best_trial
     return report.SweepSummary(study.study_name, next(r for r in rows if r.number == best.number),
-                               best.value, rows)
+                               best.value, rows, spread)
 
 
 def summarize(recipe: Recipe, name: str) -> tuple:
@@ -399,6 +400,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
             tracker.log_metrics({f"best_{side}/{heldout['key']}": heldout[side]
                                  for side in ("before", "after")})
             tracker.describe(heldout["line"])
+        spread = _repeat_best(prep, recipe, tracker, study, best, heldout, parent) \
+            if recipe.sweep.repeat_best else None
         # tags, not params: a resumed study may find a new best, and MLflow params are final
         best_model = _best_model(recipe, tracker, best, prep.goldens)
         if recipe.tracking.log_evaluations == "best":
@@ -413,12 +416,13 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                              **ledger.metrics(work)})
         with phase("writing the sweep report"), timing.timed("report"):
             images = study_plots(study, report.report_dir(recipe, name))
-            path = report.write_sweep(recipe, summary(study), prep.before, tracker, images, times,
-                                      work)
+            path = report.write_sweep(recipe, summary(study, spread), prep.before, tracker,
+                                      images, times, work)
             tracker.log_artifacts(str(path.parent), "report")
         tracker.log_metrics(timing.closing_metrics())
         say(f"best trial {best.number}: {key} {best.value:.4g}"
-            + (f"; {heldout['line']}" if heldout else "") + f"; report: {path}")
+            + (f"; {heldout['line']}" if heldout else "")
+            + (f"; {seeds.line(spread)}" if spread else "") + f"; report: {path}")
         from harness.evaluation import flat_metrics
         return {"study": name, "best_trial": best.number, "best_value": best.value,
                 "best_params": best.params, "parent_run_id": parent, "report": str(path),
@@ -426,6 +430,25 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                 "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                 "tracking": tracker.uri, "experiment": tracker.experiment,
                 "heldout": heldout}
+
+
+def _repeat_best(prep, recipe: Recipe, tracker, study, best, heldout, parent) -> dict:
+    """sweep.repeat_best: the best values again with more seeds (harness.seeds), logged on the
+    sweep run as `seeds/` metrics and the tag harness.lead_inside_seed_noise."""
+    import optuna
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
+            and t.number != best.number]
+    higher = recipe.sweep.direction == "maximize"
+    runner_up = (max if higher else min)((t.value for t in done), default=None)
+    spread = seeds.repeat_best(
+        prep, recipe, tracker, {"values": best.params, "value": best.value,
+                                "run_id": best.user_attrs.get("mlflow_run_id", ""),
+                                "heldout": heldout["after"] if heldout else None},
+        runner_up, heldout["key"] if heldout else None, study_name(recipe), parent)
+    tracker.log_metrics(seeds.metrics(spread))
+    if spread["inside_noise"] is not None:
+        tracker.set_tags({"harness.lead_inside_seed_noise": spread["inside_noise"]})
+    return spread
 
 
 def _best_model(recipe: Recipe, tracker, best, goldens) -> str | None:

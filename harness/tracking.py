@@ -385,6 +385,14 @@ class Tracker(Reader):
                                        f"tags.`{KIND_TAG}` = 'sweep'")
         return runs[0].info.run_id if runs else None
 
+    def find_run(self, tags: dict) -> str | None:
+        """A FINISHED run of the experiment with all these tags, or None."""
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.mlflow.search_runs(experiment_names=[self.experiment], output_format="list",
+                                       filter_string=f"{where} and attributes.status = "
+                                                     "'FINISHED'")
+        return runs[0].info.run_id if runs else None
+
     def load_json(self, run_id: str, path: str) -> dict | None:
         """A run's JSON artifact, or None (no such artifact: the caller computes it)."""
         text = self.artifact_text(run_id, path) if run_id else None
