@@ -55,7 +55,9 @@ def _stop(signum, frame):
         signal.signal(signal.SIGCHLD, _ignore)
     if _inside_database(frame):  # the same signal again in 50 ms, to raise it then
         _waiting = True
-        threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+        again = threading.Timer(0.05, os.kill, (os.getpid(), signum))
+        again.daemon = True  # never what keeps an ending process alive
+        again.start()
         return
     _waiting = False
     raise KeyboardInterrupt(f"signal {_requested}")
