@@ -19,6 +19,19 @@ def random_model(config_dir: str, out: str) -> str:
     return out
 
 
+def scoring_model(name: str, config: str | None = None):
+    """(model, tokenizer, device plan) as the harness scores `name` on this machine (fp32 on a
+    CPU, bf16 on a GPU); `config`: a config folder, random weights of that shape instead."""
+    import tempfile
+
+    from harness import models, recipe
+    if config:
+        name = random_model(config, tempfile.mkdtemp())
+    spec = recipe.ModelSpec(name=name)
+    plan = models.device_plan(spec)
+    return models.load_model(spec, plan), models.load_tokenizer(spec), plan
+
+
 def server(root: Path, port: int):
     """`harness server` on a SQLite store under `root`: the MLflow tracking server parallel
     workers need (SQLite itself would be written by several processes at once)."""

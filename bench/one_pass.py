@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 
 
@@ -26,14 +25,10 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from harness import evaluation, goldensets, ledger, models, recipe
-    name = args.model
-    if args.config:
-        from common import random_model
-        name = random_model(args.config, tempfile.mkdtemp())
-    spec = recipe.ModelSpec(name=name)
-    plan = models.device_plan(spec)
-    model, tok = models.load_model(spec, plan), models.load_tokenizer(spec)
+    from common import scoring_model
+
+    from harness import evaluation, goldensets, ledger
+    model, tok, plan = scoring_model(args.model, args.config)
     sets = [goldensets.load(p) for p in args.goldensets]
     batch = args.batch or (256 if plan.device == "cuda" else 32)
 

@@ -12,21 +12,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import tempfile
 import warnings
 
 
 def score(args) -> None:
     import torch
 
-    from harness import evaluation, goldensets, models, recipe
-    name = args.model
-    if args.config:
-        from common import random_model
-        name = random_model(args.config, tempfile.mkdtemp())
-    spec = recipe.ModelSpec(name=name)
-    plan = models.device_plan(spec)
-    model, tok = models.load_model(spec, plan), models.load_tokenizer(spec)
+    from common import scoring_model
+
+    from harness import evaluation, goldensets
+    model, tok, _ = scoring_model(args.model, args.config)
     sets = [goldensets.load(p) for p in args.goldensets]
     torch.set_float32_matmul_precision("highest")  # torch's default, IEEE
     if args.way == "ieee":  # the harness's choice left out: the precision as it was

@@ -16,7 +16,8 @@ from harness.recipe import Recipe, with_values
 def repeat_best(prep, recipe: Recipe, tracker, best: dict, runner_up: float | None,
                 heldout_key: str | None, study: str, parent: str) -> dict:
     """`best`: the chosen trial's values (recipe key paths), run id, objective value and
-    held-out value. Returns what the sweep logs and reports (see summary)."""
+    held-out value. Returns the spread the sweep logs (`metrics`) and reports (`line`,
+    harness.report)."""
     from harness.tracking import KIND_TAG, STUDY_TAG
     key = recipe.sweep.objective
     objective, held = [best["value"]], [best["heldout"]]
@@ -47,29 +48,29 @@ def repeat_best(prep, recipe: Recipe, tracker, best: dict, runner_up: float | No
     return out
 
 
-def _t(n: int) -> float:
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample standard deviation, and the t quantile for a 95% interval (n - 1 degrees)."""
+    import statistics
+
     from scipy import stats
-    return float(stats.t.ppf(0.975, n - 1))
+    n = len(values)
+    if n < 2:
+        return values[0], 0.0, 0.0
+    return statistics.fmean(values), statistics.stdev(values), float(stats.t.ppf(0.975, n - 1))
 
 
 def _interval(values: list[float], name: str) -> dict:
     """Mean, sample standard deviation and the 95% t interval of the mean."""
-    n = len(values)
-    mean = sum(values) / n
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
-    half = _t(n) * sd / math.sqrt(n) if n > 1 else 0.0
+    mean, sd, t = _spread(values)
+    half = t * sd / math.sqrt(len(values))
     return {f"{name}_mean": mean, f"{name}_sd": sd, f"{name}_low": mean - half,
             f"{name}_high": mean + half}
 
 
 def _prediction(values: list[float]) -> tuple[float, float]:
     """The 95% prediction interval of one more seed's value."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, mean
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = _t(n) * sd * math.sqrt(1 + 1 / n)
+    mean, sd, t = _spread(values)
+    half = t * sd * math.sqrt(1 + 1 / len(values))
     return mean - half, mean + half
 
 

@@ -106,19 +106,18 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
             + (f"; best so far {key} {best:.4g}" if best is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
-        killed = retries.retried_runs(study, trial)
+        variant, killed = with_values(recipe, values), retries.retried_runs(study, trial)
         # stopped after its run finished (logging its records): what it logged is the outcome
-        outcome = run.recover(prep, with_values(recipe, values), tracker, killed[0]) \
-            if killed else None
+        outcome = run.recover(prep, variant, tracker, killed[0]) if killed else None
         if outcome:
-            say(f"trial {trial.number}: trial {trial.user_attrs.get('retry_of')}'s run had "
-                f"finished; its results kept, no training again")
+            say(f"trial {trial.number}: run {outcome.run_id} of its values had finished; its "
+                "results kept, no training again")
             trial.set_user_attr("mlflow_run_id", outcome.run_id)
         elif distributed.world_size() > 1:  # the trial's other processes train these values
             distributed.share(values)
         try:
             outcome = outcome or run.run_one(
-                prep, with_values(recipe, values), tracker, f"trial-{trial.number}",
+                prep, variant, tracker, f"trial-{trial.number}",
                 nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
                                    "mlflow.parentRunId": parent},
                 callbacks=callbacks, resume=retries.resume_point(recipe, killed),
