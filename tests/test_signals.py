@@ -29,10 +29,16 @@ CASES = [("SIGTERM", m) for m in MOMENTS] + [
 GRACE_S = 3  # between SIGTERM and SIGKILL, as a scheduler's grace period (short here)
 
 
-def _recipe(recipe_dict, tmp_path, write_recipe, method: str = "sft", storage: str = "sqlite"):
+RATES = [1e-4, 1e-3]
+
+
+def _recipe(recipe_dict, tmp_path, write_recipe, method: str = "sft", storage: str = "sqlite",
+            points: int = 1):
+    """A grid sweep of `points` learning rates (one keeps CI short; the workers split two)."""
+    rates = RATES[:points]
     (tmp_path / "grid.yaml").write_text(
-        "n_trials: 2\nsampler: grid\nparams:\n"
-        "  trainer.learning_rate: {type: categorical, choices: [1.0e-4, 1.0e-3]}\n")
+        f"n_trials: {points}\nsampler: grid\nparams:\n"
+        f"  trainer.learning_rate: {{type: categorical, choices: {rates}}}\n")
     d = dict(recipe_dict, tracking=dict(recipe_dict["tracking"], log_evaluations="all"))
     d["trainer"] = dict(d["trainer"], max_steps=4, dataloader_num_workers=2)
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "grid.yaml"))
@@ -43,7 +49,9 @@ def _recipe(recipe_dict, tmp_path, write_recipe, method: str = "sft", storage: s
         d["trainer"] = dict(d["trainer"], max_completion_length=6, num_generations=2,
                             max_steps=2)
         d["trainer"].pop("max_length")
-    return d, write_recipe(d)
+    path = write_recipe(d)
+    d["sweep_rates"] = rates  # the test's own note, not a recipe key
+    return d, path
 
 
 def _stop_at(path: str, waits: list[str], how: str, workers: int = 1,
@@ -131,13 +139,13 @@ def _finishes_once_each(d: dict, path: str, capsys) -> None:
                                                               "high": 1}})))
     done = sorted(t.params["trainer.learning_rate"] for t in study.trials
                   if t.state.name == "COMPLETE")
-    assert done == [1e-4, 1e-3], [(t.state.name, t.params) for t in study.trials]
+    assert done == sorted(d["sweep_rates"]), [(t.state.name, t.params) for t in study.trials]
     client = mlflow.MlflowClient(d["tracking"]["uri"])
     runs = client.search_runs([client.get_experiment_by_name(d["name"]).experiment_id])
     assert sum(r.data.tags.get("harness.kind") == "sweep" for r in runs) == 1
     finished = [r for r in runs if r.data.tags.get("harness.kind") == "trial"
                 and r.info.status == "FINISHED"]
-    assert len(finished) == 2
+    assert len(finished) == len(d["sweep_rates"])
     assert os.path.isfile(os.path.join(d["reports_dir"], d["name"], "report.md"))
 
 
@@ -177,7 +185,7 @@ def test_sigterm_to_a_two_worker_sweep(recipe_dict, tmp_path, write_recipe, pg_d
     """Two worker processes (a journal study, runs in PostgreSQL), stopped while they train."""
     monkeypatch.chdir(tmp_path)
     recipe_dict = dict(recipe_dict, tracking={"uri": pg_database()})
-    d, path = _recipe(recipe_dict, tmp_path, write_recipe, storage="journal")
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe, storage="journal", points=2)
     code, out = _stop_at(path, ["trial-", "{'loss'"], "SIGTERM", workers=2)
     _ended_cleanly(code, out, "SIGTERM")
     _nothing_running(d)
