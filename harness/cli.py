@@ -124,20 +124,39 @@ def cmd_sweep(args) -> int:
     return 0
 
 
-def cmd_eval(args) -> int:
-    from harness import recipe, scoring
-    from harness.tracking import Tracker
+def _scoring_recipe(args, command: str):
+    """`harness eval`'s and `harness compare`'s recipe: --recipe's (or none), --goldenset and
+    --set on top, named --name."""
+    from harness import recipe
     data = recipe.read_yaml(args.recipe) if args.recipe else {}
     data.setdefault("name", args.name)
     sets = list(args.set or [])
     if args.goldenset:
         sets.append(f"eval.goldensets={args.goldenset}")
-    r = recipe.build(data, args.recipe or "harness eval", recipe.parse_sets(sets))
+    return recipe.build(data, args.recipe or command, recipe.parse_sets(sets))
+
+
+def cmd_eval(args) -> int:
+    from harness import scoring
+    from harness.tracking import Tracker
+    r = _scoring_recipe(args, "harness eval")
     out = scoring.run_eval(r, args.model, args.before, Tracker(r))
     if out["comparison"]:
         from harness import report
         for k in out["comparison"]["delta"]:
             say(report.delta_line(out["comparison"], k))
+    print(f"run {out['run_id']}; report: {out['report']}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from harness import compare, report
+    from harness.tracking import Tracker
+    r = _scoring_recipe(args, "harness compare")
+    out = compare.run_compare(r, args.models, Tracker(r), args.all_pairs)
+    for name, c in out["comparisons"].items():
+        for k in c["delta"]:
+            say(f"{name}: " + report.delta_line(c, k))
     print(f"run {out['run_id']}; report: {out['report']}")
     return 0
 
@@ -197,6 +216,15 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
+def scoring_options(p: argparse.ArgumentParser, name: str) -> None:
+    """The options `harness eval` and `harness compare` share (_scoring_recipe reads them)."""
+    p.add_argument("--goldenset", action="append", metavar="MANIFEST",
+                   help="golden-set manifest (repeatable); default: the recipe's, else math")
+    p.add_argument("--recipe", help="take golden sets, tracking and eval settings from a recipe")
+    p.add_argument("--name", default=name, help=f"experiment and report name (default: {name})")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(prog="harness", description="Fine-tune with TRL from YAML recipes; "
                                 "sweep with Optuna; evaluate before/after; track in MLflow.")
@@ -235,12 +263,18 @@ def parser() -> argparse.ArgumentParser:
                        "or adapter folder, or an MLflow run id (runs:/<id> or the bare id).")
     e.add_argument("model")
     e.add_argument("--before", metavar="MODEL", help="score this too and compare (paired)")
-    e.add_argument("--goldenset", action="append", metavar="MANIFEST",
-                   help="golden-set manifest (repeatable); default: the recipe's, else math")
-    e.add_argument("--recipe", help="take golden sets, tracking and eval settings from a recipe")
-    e.add_argument("--name", default="eval", help="experiment and report name (default: eval)")
-    e.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")
+    scoring_options(e, "eval")
     e.set_defaults(fn=cmd_eval)
+    c = sub.add_parser("compare", help="score several models on the same golden sets, each "
+                       "against the first (or every pair): paired tests, Holm across all, a "
+                       "leaderboard report, an MLflow run", description="MODEL_OR_RUN: as "
+                       "`harness eval` takes; a run's logged results are reused where its "
+                       "examples and decoding settings match.")
+    c.add_argument("models", nargs="+", metavar="MODEL_OR_RUN")
+    c.add_argument("--all-pairs", action="store_true", help="compare every pair, not only each "
+                   "against the first")
+    scoring_options(c, "compare")
+    c.set_defaults(fn=cmd_compare)
     store_help = "the MLflow store holding the run (default: MLFLOW_TRACKING_URI or " \
         "sqlite:///mlflow.db)"
     rr = sub.add_parser("rerun", help="train a logged run again from its manifest and compare "
@@ -290,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     from harness import stopping
     stopping.reset()
     stopping.install()  # SIGTERM and SIGINT end runs as Ctrl-C does
-    preparing = args.command in ("train", "sweep", "eval", "rerun", "export")
+    preparing = args.command in ("train", "sweep", "eval", "compare", "rerun", "export")
     if preparing:
         # Set-up (imports, stores, rows) makes millions of objects that live as long as the
         # command and little garbage: each automatic full collection meanwhile rescans them all

@@ -19,6 +19,9 @@ class SetResult:
     columns: dict[str, list] = field(default_factory=dict)
     #: the arguments each metric was computed with (labels, normalization)
     metric_args: dict[str, dict] = field(default_factory=dict)
+    #: how the outputs were produced (decoding_settings): logged results are reused (harness
+    #: compare) only when these match
+    decoding: dict = field(default_factory=dict)
 
 
 def results_to_json(results: dict[str, SetResult]) -> dict:
@@ -284,7 +287,17 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
     return evaluate_model(model, tok, [gs], batch_size, max_new_tokens, task, compiled)[gs.name]
 
 
-def _scored(gs: GoldenSet, task: str, columns: dict, examples: list[dict]) -> SetResult:
+def decoding_settings(gs: GoldenSet, task: str, max_new_tokens: int | None) -> dict:
+    """What decides a model's outputs on `gs` besides the model: greedy decoding to this cap
+    under this system prompt, or (a set that does not generate) the scoring task."""
+    out = {"task": task, "system_prompt": gs.manifest.system_prompt}
+    if generates(gs, task):
+        out.update(greedy=True, max_new_tokens=max_new_tokens or gs.manifest.max_new_tokens)
+    return out
+
+
+def _scored(gs: GoldenSet, task: str, columns: dict, examples: list[dict],
+            decoding: dict) -> SetResult:
     values, args = {}, {}
     for name in metric_names(gs.manifest, task):
         args[name] = goldensets.metric_args(gs.manifest, name)
@@ -292,7 +305,7 @@ def _scored(gs: GoldenSet, task: str, columns: dict, examples: list[dict]) -> Se
         values[name] = res[name]
         for ex, s in zip(examples, res["scores"]):
             ex[name] = s
-    return SetResult(gs.name, values, examples, columns, args)
+    return SetResult(gs.name, values, examples, columns, args, decoding)
 
 
 def check_fit(manifest, path: str) -> None:
@@ -321,7 +334,8 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
         columns = {gs.name: _columns(model, tok, gs, batch_size, task, generated.get(gs.name))
                    for gs in goldens}
     model.train(was_training)
-    return {gs.name: _scored(gs, task, *columns[gs.name]) for gs in goldens}
+    return {gs.name: _scored(gs, task, *columns[gs.name],
+                             decoding_settings(gs, task, max_new_tokens)) for gs in goldens}
 
 
 def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 from harness import ledger, metrics, plots, timing
-from harness.evaluation import SetResult, results_from_json
+from harness.evaluation import SetResult, flat_metrics, results_from_json
 from harness.stats import EXACT_BELOW, better, format_p
 from harness.recipe import Recipe
 
@@ -37,9 +37,10 @@ def delta_line(comparison: dict, key: str) -> str:
             + (f", Holm p={format_p(holm)}" if holm is not None else "") + ")")
 
 
-def before_after(comparison: dict) -> str:
+def before_after(comparison: dict, tests: int | None = None) -> str:
     """A row per metric: (base,) before, after, delta with its 95% CI, the paired test's p
-    and its Holm adjustment across the table; a note when the pairs are too few for the CI."""
+    and its Holm adjustment across the table (or across `tests` tests, where the adjustment
+    covered more than this table); a note when the pairs are too few for the CI."""
     base = comparison.get("base")
     holm = comparison.get("p_holm", {})
     rows = []
@@ -54,7 +55,7 @@ def before_after(comparison: dict) -> str:
                      format_p(holm[k]) if k in holm else "",
                      f"{ch['fixed']} / {ch['broken']}" if ch else ""])
     out = table(["metric", *(["base"] if base else []), "before", "after",
-                 "delta [95% CI]", "p (paired test)", f"Holm p ({len(holm)} tests)",
+                 "delta [95% CI]", "p (paired test)", f"Holm p ({tests or len(holm)} tests)",
                  "fixed / broken"], rows)
     few = sorted({k.split("/")[0]: n for k, n in comparison.get("n", {}).items()
                   if n < EXACT_BELOW}.items())
@@ -116,11 +117,12 @@ def _image(name: str | None) -> list[str]:
     return [f"![{name[:-4].replace('_', ' ')}]({name})", ""] if name else []
 
 
-def _write(recipe: Recipe, name: str, body: list[str]) -> Path:
+def _write(recipe: Recipe, name: str, body: list[str], what: str | None = None) -> Path:
+    """`what`: the header's note on what was run (default: the recipe's method and model)."""
     path = report_dir(recipe, name) / "report.md"
+    what = what or f"method `{recipe.method}`, model `{recipe.model.name}`"
     head = [f"# {name}", "", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
-            f"trl-harness from `{recipe.source}` (method `{recipe.method}`, model "
-            f"`{recipe.model.name}`).", ""]
+            f"trl-harness from `{recipe.source}` ({what}).", ""]
     from harness.tracking import redact_tree
     tail = ["", "## Recipe", "", "```yaml", yaml.safe_dump(redact_tree(recipe.to_dict()),
                                                          sort_keys=False).rstrip(), "```", ""]
@@ -266,7 +268,6 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None =
 def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | None, tracker,
                run_id: str, times: dict[str, float] | None = None,
                work: dict[str, int] | None = None) -> Path:
-    from harness.evaluation import flat_metrics
     body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
             f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
     if comparison:
@@ -279,3 +280,46 @@ def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | No
                                                                .items()])]
     body += ["", *time_table(times or {}, work)]
     return _write(recipe, recipe.name, body)
+
+
+def leaderboard(entries, primary: str) -> str:
+    """One row per model, best first on `primary` (in its metric's direction), every metric."""
+    keys = list(flat_metrics(entries[0].results))
+    up = metrics.load(primary.split("/", 1)[1]).higher_is_better
+    flat = [(e, flat_metrics(e.results)) for e in entries]
+    flat.sort(key=lambda ef: ef[1][primary], reverse=up)
+    return table(["rank", "model", *keys], [[i + 1, e.label, *(m[k] for k in keys)]
+                                           for i, (e, m) in enumerate(flat)])
+
+
+def compare_note(entries) -> str:
+    """The compare run's description in the MLflow UI: what each nested run stands for."""
+    return "Compared: " + "; ".join(
+        f"{e.label} = `{e.ref}`" + (f" (run `{e.run_id}`)" if e.run_id else "") for e in entries)
+
+
+def write_compare(recipe: Recipe, entries, compared: dict, tracker, run_id: str,
+                  times: dict[str, float] | None = None,
+                  work: dict[str, int] | None = None) -> Path:
+    """`harness compare`'s report: the models, a leaderboard, then each pair's deltas (Holm
+    across every pair) with the examples fixed and broken."""
+    keys = list(flat_metrics(entries[0].results))
+    primary = recipe.sweep.objective if recipe.sweep.objective in keys else keys[0]
+    tests = sum(len(c["p_value"]) for c in compared.values())
+    body = ["## Models", "", table(["model", "reference", "MLflow run", "results"], [
+        [e.label, f"`{e.ref}`", f"`{e.run_id}`" if e.run_id else "",
+         "scored" if not e.reused else "logged" if len(e.reused) == len(e.results)
+         else f"logged ({', '.join(e.reused)}), rest scored"] for e in entries]), "",
+            f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}); a "
+            "nested run per model, to compare in the UI.", "",
+            f"## Leaderboard (by `{primary}`)", "", leaderboard(entries, primary), "",
+            f"Holm's adjustment runs across all {tests} tests below (every pair, every metric).",
+            ""]
+    by_label = {e.label: e for e in entries}
+    for name, c in compared.items():
+        first = by_label[name.split(" vs ", 1)[1]]
+        body += [f"## {name}", "", f"before = {first.label}, after = "
+                 f"{name.split(' vs ', 1)[0]}.", "", before_after(c, tests), "",
+                 "### Fixed and broken", "", changed(first.results, c), ""]
+    body += time_table(times or {}, work)
+    return _write(recipe, recipe.name, body, f"{len(entries)} models compared")
