@@ -6,6 +6,7 @@ the same steps.
 """
 from __future__ import annotations
 
+import operator
 import random
 from dataclasses import dataclass, replace
 
@@ -26,8 +27,11 @@ class Step:
 
     @property
     def result(self) -> int:
-        return {"+": self.a + self.b, "-": self.a - self.b, "*": self.a * self.b,
-                "/": self.a // self.b}[self.op]
+        # only this step's operation: a flawed solution can carry a 0 into `b` of a sum, which
+        # a table of all four results divided by (8,000 preference rows of seed 1234 crashed)
+        if self.op == "/":
+            return self.a // self.b
+        return {"+": operator.add, "-": operator.sub, "*": operator.mul}[self.op](self.a, self.b)
 
     def render(self, result: int | None = None) -> str:
         r = self.result if result is None else result

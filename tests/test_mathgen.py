@@ -39,3 +39,9 @@ def test_preference_rows_reject_a_plausible_wrong_solution():
     same_body = sum(r["chosen"].rsplit("\n", 1)[0] == r["rejected"].rsplit("\n", 1)[0]
                     for r in rows)
     assert 0 < same_body < len(rows)
+
+
+def test_flawed_solutions_never_divide_by_a_carried_zero():
+    # seed 1234 at 8,000 rows once carried a flawed 0 into a sum (ZeroDivisionError)
+    rows = mathgen.generate_preference_rows(8000, 1234)
+    assert len(rows) == 8000 and all(r["chosen"] != r["rejected"] for r in rows)

@@ -1,0 +1,218 @@
+"""Does each method move its own metric? The chain a user runs, every step through the CLI:
+
+    sft     harness sweep recipes/sft_math.yaml (>= 4,000 built-in rows)      -> its best trial
+    dpo     harness train recipes/dpo_math.yaml    from the best SFT trial
+    reward  harness train recipes/reward_math.yaml (a reward model, from the base)
+    grpo    harness train recipes/grpo_math.yaml   from SFT, verifiable rewards
+    rlhf    harness train recipes/rlhf_math.yaml   from SFT, the reward model as its reward
+    kto     harness train recipes/kto_math.yaml    from SFT
+    compare harness compare <sft> <base> <dpo> <grpo> <rlhf> <kto>: every model against SFT
+
+Each step is scored before (its starting model) and after on examples it never trained on and
+no step selected on: `math_heldout`, the half of goldensets/math.yaml the SFT sweep held out of
+its selection (sweep.heldout), and `prefs_heldout`, preference pairs from the built-in generator
+with another seed whose prompts appear in no step's training rows. Each step's own run gives its
+paired test and Holm's adjustment (across that run's metrics); the table says which metric is
+the step's own. Every store lies under --work; a step already done there is not run again, so
+the same command continues a chain cut by a device call's time limit.
+
+    python bench/quality.py --work /tmp/quality [--model embedded:smollm2-135m-instruct]
+        [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--tiny] [--out quality.json]
+
+--tiny: CPU-sized (a handful of rows, steps and examples) to check the chain runs end to end.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = ["sft", "dpo", "reward", "grpo", "rlhf", "kto", "compare"]
+#: the step's own metric(s), on which its target is read
+OWN = {"sft": ["math_heldout/numeric_accuracy"],
+       "dpo": ["prefs_heldout/pairwise_accuracy", "prefs_heldout/score_margin"],
+       "reward": ["prefs_heldout/pairwise_accuracy"],
+       "grpo": ["math_heldout/numeric_accuracy"], "rlhf": ["math_heldout/numeric_accuracy"],
+       "kto": ["prefs_heldout/pairwise_accuracy", "prefs_heldout/score_margin"]}
+SHOWN = OWN["dpo"] + ["math_heldout/numeric_accuracy"]  # also shown, for the preference steps
+
+
+def sizes(tiny: bool, args) -> dict[str, list[str]]:
+    """Each step's --set overrides beyond the shipped recipe (GPU sizes unless tiny)."""
+    if tiny:
+        few = ["data.builtin_rows=16", "trainer.max_steps=2", "eval.max_examples=8"]
+        return {"sft": ["data.builtin_rows=32", "eval.max_examples=8"], "dpo": few,
+                "reward": few, "kto": few,
+                "grpo": ["trainer.max_steps=2", "eval.max_examples=8"],
+                "rlhf": ["trainer.max_steps=2", "eval.max_examples=8"]}
+    return {"sft": [f"data.builtin_rows={args.sft_rows}"],
+            "dpo": ["data.builtin_rows=2000", "trainer.per_device_train_batch_size=16"],
+            "reward": ["data.builtin_rows=2000", "trainer.per_device_train_batch_size=16"],
+            "kto": ["data.builtin_rows=2000", "trainer.per_device_train_batch_size=16"],
+            "grpo": args.grpo, "rlhf": args.grpo}
+
+
+def harness(work: Path, log: str, *argv: str) -> float:
+    """One CLI command as a user types it (stores under work); its output in work/<log>.log."""
+    t = time.perf_counter()
+    with open(work / f"{log}.log", "w") as f:
+        p = subprocess.run([sys.executable, "-m", "harness", *argv], cwd=ROOT, stdout=f,
+                           stderr=subprocess.STDOUT, text=True)
+    took = time.perf_counter() - t
+    if p.returncode:
+        tail = (work / f"{log}.log").read_text().splitlines()[-15:]
+        sys.exit(f"{log} failed (exit {p.returncode}) after {took:.0f} s:\n" + "\n".join(tail))
+    return took
+
+
+def stores(work: Path, name: str) -> list[str]:
+    return ["--set", f"tracking.uri=sqlite:///{work}/mlflow.db", "--set",
+            f"output_dir={work}/outputs", "--set", f"reports_dir={work}/reports",
+            "--set", f"name={name}"]
+
+
+def heldout_sets(work: Path, n_pairs: int, tiny: bool) -> list[str]:
+    """math_heldout (the SFT sweep's held-out half of goldensets/math.yaml) and prefs_heldout
+    (generated pairs, no prompt of any step's training rows) as golden-set files."""
+    from harness import goldensets, mathgen, recipe
+    gs_dir = work / "goldensets"
+    gs_dir.mkdir(exist_ok=True)
+    sft = recipe.build(recipe.read_yaml(ROOT / "recipes/sft_math.yaml"), "sft_math.yaml")
+    math = goldensets.load(str(ROOT / "goldensets/math.yaml"))
+    _, held = goldensets.split(math, sft.sweep.heldout, sft.sweep.heldout_seed)
+    (gs_dir / "math_heldout.jsonl").write_text("".join(
+        json.dumps({"question": q, "answer": a}) + "\n"
+        for q, a in zip(held.prompts, held.references)))
+    manifest = yaml.safe_load((ROOT / "goldensets/math.yaml").read_text())
+    manifest.update(name="math_heldout", source="math_heldout.jsonl",
+                    description="The SFT sweep's held-out half of goldensets/math.yaml.")
+    (gs_dir / "math_heldout.yaml").write_text(yaml.safe_dump(manifest))
+    trained = set()
+    for rows in (mathgen.generate_rows(8000, 1234), mathgen.generate_preference_rows(8000, 1234)):
+        trained |= {r.get("question", r.get("prompt")) for r in rows}
+    pairs, seen = [], set()
+    for r in mathgen.generate_preference_rows(20 * n_pairs, seed=777):
+        if r["prompt"] not in trained and r["prompt"] not in seen and r["chosen"] != r["rejected"]:
+            seen.add(r["prompt"])
+            pairs.append(r)
+        if len(pairs) == n_pairs:
+            break
+    (gs_dir / "prefs_heldout.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    manifest = yaml.safe_load((ROOT / "goldensets/math_preferences.yaml").read_text())
+    manifest.update(name="prefs_heldout", source="prefs_heldout.jsonl", description=f"{len(pairs)}"
+                    " generated pairs (seed 777) whose prompts no step trained on.")
+    (gs_dir / "prefs_heldout.yaml").write_text(yaml.safe_dump(manifest))
+    return [str(gs_dir / "math_heldout.yaml"), str(gs_dir / "prefs_heldout.yaml")]
+
+
+def run_figures(client, run_id: str) -> dict:
+    m = client.get_run(run_id).data.metrics
+    keys = {k.split("/", 1)[1] for k in m if k.startswith("p_value/")}
+    return {k: {side: m.get(f"{side}/{k}") for side in ("before", "after", "delta", "ci_low",
+                                                         "ci_high", "p_value", "p_holm")}
+            for k in sorted(keys)}
+
+
+def last_run(client, experiment: str, kind: str) -> str:
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], f"tags.`harness.kind` = '{kind}' and "
+                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    return runs[0].info.run_id
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", required=True, help="every store; a step done here is skipped")
+    ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
+    ap.add_argument("--steps", nargs="+", choices=STEPS, default=STEPS)
+    ap.add_argument("--sft-rows", type=int, default=4000)
+    ap.add_argument("--trials", type=int, default=2, help="SFT sweep trials")
+    ap.add_argument("--pairs", type=int, default=300, help="held-out preference pairs")
+    ap.add_argument("--grpo", nargs="*", default=[
+        "trainer.max_steps=40", "trainer.num_generations=8",
+        "trainer.per_device_train_batch_size=64", "trainer.learning_rate=3.0e-5"],
+        help="GRPO's and RLHF's --set overrides on a GPU")
+    ap.add_argument("--tiny", action="store_true")
+    ap.add_argument("--out", help="write the figures as JSON here")
+    args = ap.parse_args()
+    import mlflow
+    work = Path(args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    state_file = work / "state.json"
+    state = json.loads(state_file.read_text()) if state_file.exists() else {}
+    sets = heldout_sets(work, 8 if args.tiny else args.pairs, args.tiny)
+    gsets = f"eval.goldensets=[{', '.join(sets)}]"
+    client = mlflow.MlflowClient(f"sqlite:///{work}/mlflow.db")
+    size = sizes(args.tiny, args)
+    model = ["--set", f"model.name={args.model}"]
+    over = lambda step: [x for s in size[step] for x in ("--set", s)]  # noqa: E731
+
+    def train(step: str, recipe: str, *extra: str) -> None:
+        if step in state or step not in args.steps:
+            return
+        took = harness(work, step, "train", f"recipes/{recipe}", *model, *stores(work, step),
+                       "--set", gsets, *over(step), *extra)
+        state[step] = {"run_id": last_run(client, step, "run"), "seconds": round(took, 1)}
+        state_file.write_text(json.dumps(state, indent=1))
+        print(f"{step}: run {state[step]['run_id']} in {took:.0f} s", flush=True)
+
+    if "sft" not in state and "sft" in args.steps:
+        took = harness(work, "sft", "sweep", "recipes/sft_math.yaml", *model, *stores(work, "sft"),
+                       "--set", f"sweep.storage=sqlite:///{work}/optuna.db",
+                       "--n-trials", str(args.trials), *over("sft"))
+        sweep = last_run(client, "sft", "sweep")
+        best = client.get_run(sweep).data.tags["harness.best_run_id"]
+        state["sft"] = {"run_id": best, "sweep_run_id": sweep, "seconds": round(took, 1)}
+        state_file.write_text(json.dumps(state, indent=1))
+        print(f"sft: sweep {sweep}, best trial {best} in {took:.0f} s", flush=True)
+    sft = state["sft"]["run_id"]
+    init = ("--set", f"model.init_from={sft}")
+    train("dpo", "dpo_math.yaml", *init)
+    train("reward", "reward_math.yaml")
+    train("grpo", "grpo_math.yaml", *init)
+    if "reward" in state:
+        train("rlhf", "rlhf_math.yaml", *init, "--set",
+              f"rewards.0.path={state['reward']['run_id']}")
+    train("kto", "kto_math.yaml", *init)
+    if "compare" in args.steps and "compare" not in state:
+        refs = [sft, args.model] + [state[s]["run_id"] for s in ("dpo", "grpo", "rlhf", "kto")
+                                    if s in state]
+        took = harness(work, "compare", "compare", *refs, "--goldenset", sets[0], "--goldenset",
+                       sets[1], *stores(work, "chain"), *(["--set", "eval.max_examples=8"]
+                                                          if args.tiny else []))
+        state["compare"] = {"run_id": last_run(client, "chain", "compare"),
+                            "seconds": round(took, 1),
+                            "report": str(work / "reports/chain/report.md")}
+        state_file.write_text(json.dumps(state, indent=1))
+
+    print("\n| step | metric | before | after | delta [95% CI] | p | Holm p | seconds |")
+    print("|---|---|---|---|---|---|---|---|")
+    table = {}
+    for step in STEPS[:-1]:
+        if step not in state:
+            continue
+        figs = run_figures(client, state[step]["run_id"])
+        table[step] = figs
+        for key in OWN[step] + [k for k in SHOWN if k not in OWN[step] and step in ("dpo", "kto")]:
+            f = figs.get(key)
+            if not f or f["p_value"] is None:
+                continue
+            mark = " (own)" if key in OWN[step] else ""
+            print(f"| {step} | `{key}`{mark} | {f['before']:.3f} | {f['after']:.3f} | "
+                  f"{f['delta']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] | "
+                  f"{f['p_value']:.3g} | {f['p_holm']:.3g} | {state[step]['seconds']} |")
+    if "compare" in state:
+        print(f"\ncompare: run {state['compare']['run_id']}, report {state['compare']['report']}"
+              f" ({state['compare']['seconds']} s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps({"state": state, "figures": table}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
