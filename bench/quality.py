@@ -46,7 +46,7 @@ SHOWN = OWN["dpo"] + ["math_heldout/numeric_accuracy"]  # also shown, for the pr
 def sizes(tiny: bool, args) -> dict[str, list[str]]:
     """Each step's --set overrides beyond the shipped recipe (GPU sizes unless tiny)."""
     if tiny:
-        few = ["data.builtin_rows=16", "trainer.max_steps=2", "eval.max_examples=8"]
+        few = ["data.builtin_rows=32", "trainer.max_steps=2", "eval.max_examples=8"]
         return {"sft": ["data.builtin_rows=32", "eval.max_examples=8"], "dpo": few,
                 "reward": few, "kto": few,
                 "grpo": ["trainer.max_steps=2", "eval.max_examples=8"],
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=300, help="held-out preference pairs")
     ap.add_argument("--grpo", nargs="*", default=[
         "trainer.max_steps=40", "trainer.num_generations=8",
-        "trainer.per_device_train_batch_size=64", "trainer.learning_rate=3.0e-5"],
+        "trainer.per_device_train_batch_size=64", "trainer.learning_rate=5.0e-5"],
         help="GRPO's and RLHF's --set overrides on a GPU")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", help="write the figures as JSON here")
@@ -157,8 +157,9 @@ def main() -> None:
         if step in state or step not in args.steps:
             return
         took = harness(work, step, "train", f"recipes/{recipe}", *model, *stores(work, step),
-                       "--set", gsets, *over(step), *extra)
-        state[step] = {"run_id": last_run(client, step, "run"), "seconds": round(took, 1)}
+                       "--set", gsets, "--set", f"sweep.objective={OWN[step][0]}",
+                       *over(step), *extra)
+        state[step] = {"run_id": last_run(client, step, "train"), "seconds": round(took, 1)}
         state_file.write_text(json.dumps(state, indent=1))
         print(f"{step}: run {state[step]['run_id']} in {took:.0f} s", flush=True)
 
