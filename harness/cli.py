@@ -130,10 +130,14 @@ def _scoring_recipe(args, command: str):
     from harness import recipe
     data = recipe.read_yaml(args.recipe) if args.recipe else {}
     data.setdefault("name", args.name)
-    sets = list(args.set or [])
+    sets = recipe.parse_sets(args.set)
     if args.goldenset:
-        sets.append(f"eval.goldensets={args.goldenset}")
-    return recipe.build(data, args.recipe or command, recipe.parse_sets(sets))
+        sets["eval.goldensets"] = args.goldenset
+    if args.benchmark:
+        sets["eval.benchmarks"] = [{"task": t, "limit": args.limit} for t in args.benchmark]
+        if not args.goldenset and not args.recipe:  # the benchmarks alone
+            sets.update({"eval.goldensets": [], "eval.forgetting_guard": None})
+    return recipe.build(data, args.recipe or command, sets)
 
 
 def cmd_eval(args) -> int:
@@ -220,6 +224,10 @@ def scoring_options(p: argparse.ArgumentParser, name: str) -> None:
     """The options `harness eval` and `harness compare` share (_scoring_recipe reads them)."""
     p.add_argument("--goldenset", action="append", metavar="MANIFEST",
                    help="golden-set manifest (repeatable); default: the recipe's, else math")
+    p.add_argument("--benchmark", action="append", metavar="TASK", help="an lm-eval task "
+                   "(repeatable; builtin:harness_math is shipped), beside the golden sets, or "
+                   "alone when no --goldenset or --recipe names any")
+    p.add_argument("--limit", type=int, help="score only each benchmark's first N documents")
     p.add_argument("--recipe", help="take golden sets, tracking and eval settings from a recipe")
     p.add_argument("--name", default=name, help=f"experiment and report name (default: {name})")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a recipe key")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
-from harness import goldensets, ledger, metrics
+from harness import goldensets, ledger, metrics, timing
 from harness.goldensets import GoldenSet
 
 
@@ -22,6 +22,13 @@ class SetResult:
     #: how the outputs were produced (decoding_settings): logged results are reused (harness
     #: compare) only when these match
     decoding: dict = field(default_factory=dict)
+    #: metric -> the harness metric module that compares it, where the name is not one
+    #: (a benchmark's lm-eval metrics: harness.benchmarks)
+    modules: dict = field(default_factory=dict)
+
+    def metric(self, name: str):
+        """The loaded metric module behind one of this result's metrics."""
+        return metrics.load(self.modules.get(name, name))
 
 
 def results_to_json(results: dict[str, SetResult]) -> dict:
@@ -328,14 +335,22 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
     was_training = model.training
     model.eval()
     kernels = contextlib.nullcontext() if compiled else attention.scoring_kernels(model)
+    # a set that scores itself (an lm-eval benchmark: harness.benchmarks) gets the model
+    sets = [gs for gs in goldens if not hasattr(gs, "score_with")]
     with attention.own_attention(model), kernels:  # own: a pruner's slice, mid-training
-        generated = _generations(model, tok, [gs for gs in goldens if generates(gs, task)],
+        generated = _generations(model, tok, [gs for gs in sets if generates(gs, task)],
                                  batch_size, max_new_tokens, compiled)
         columns = {gs.name: _columns(model, tok, gs, batch_size, task, generated.get(gs.name))
-                   for gs in goldens}
+                   for gs in sets}
+    out = {gs.name: _scored(gs, task, *columns[gs.name],
+                            decoding_settings(gs, task, max_new_tokens)) for gs in sets}
+    for gs in goldens:  # lm-eval drives the model itself, with the library's own kernels
+        if hasattr(gs, "score_with"):
+            with timing.timed("benchmarks"):
+                out[gs.name] = gs.score_with(model, tok, batch_size)
+            ledger.add("benchmark_documents", len(gs.prompts))
     model.train(was_training)
-    return {gs.name: _scored(gs, task, *columns[gs.name],
-                             decoding_settings(gs, task, max_new_tokens)) for gs in goldens}
+    return {gs.name: out[gs.name] for gs in goldens}
 
 
 def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:
@@ -354,8 +369,8 @@ def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
     for name, res in after.items():
         prev = before[name]
         for metric_name in res.metrics:
-            metric = metrics.load(metric_name)
-            args = {**metrics.module_and_args(metric_name)[1],
+            metric = res.metric(metric_name)
+            args = {**metrics.module_and_args(res.modules.get(metric_name, metric_name))[1],
                     **res.metric_args.get(metric_name, {})}
             feats = list(metric.features)
             d = stats.paired(metric, args, [e[metric_name] for e in prev.examples],
@@ -418,6 +433,10 @@ def example_scorers(res: SetResult) -> dict:
     """'<set>/<metric>' -> f(outputs, expectations): the harness's metric scoring one record
     of genai_records (MLflow's code scorers call it), equal to that example's own score."""
     def scorer(name: str):
+        if name in res.modules:  # a benchmark's: lm-eval's own score of that document
+            by_doc = {d: ex[name] for d, ex in zip(res.columns["doc_ids"], res.examples)}
+            return lambda outputs, expectations: by_doc[outputs["doc_ids"]]
+
         def score(outputs: dict, expectations: dict) -> float:
             cols = {k: [v] for k, v in outputs.items() if k != "response"}
             if "response" in outputs:

@@ -31,6 +31,8 @@ TASKS.register("generation")(_ANSWERS)
 TASKS.register("classification")(replace(_ANSWERS, labels=True))
 TASKS.register("preference")(Task(("chosen_field", "rejected_field"),
                                   frozenset({"chosen_scores", "rejected_scores"}), False))
+# an lm-eval task (harness.benchmarks: eval.benchmarks, not a manifest): lm-eval scores it
+TASKS.register("benchmark")(Task((), frozenset({"doc_ids"}), False))
 
 
 class Manifest(BaseModel):
@@ -100,6 +102,9 @@ def load_manifest(path: str) -> Manifest:
     except ValidationError as e:
         raise _error_from_validation(e, path, data, Manifest) from None
     task = TASKS.get(m.task, file=path, key="task")
+    if m.task == "benchmark":
+        raise HarnessError("task benchmark is an lm-eval task's: name it in a recipe's "
+                           "eval.benchmarks, not in a manifest", file=path, key="task")
     for i, name in enumerate(m.metrics):
         metrics.check(name, file=path, key=f"metrics.{i}")
     for name in m.metric_args:

@@ -74,6 +74,10 @@ def check(recipe: Recipe) -> list:
         raise HarnessError(f"objective {recipe.sweep.objective!r} is no golden-set metric of this "
                            f"recipe{did_you_mean(recipe.sweep.objective, keys)} (known: "
                            f"{', '.join(keys)})", file=recipe.source, key="sweep.objective")
+    if recipe.eval.benchmarks:
+        from harness import benchmarks
+        for i, b in enumerate(recipe.eval.benchmarks):
+            benchmarks.check(b, recipe.source, f"eval.benchmarks.{i}")
     if recipe.sweep.space and not _sweep_file(recipe):
         raise HarnessError(f"sweep file {recipe.sweep.space!r} not found", file=recipe.source,
                            key="sweep.space")
@@ -182,6 +186,11 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
         path = models.resolve(recipe.model)
         tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
+    if recipe.eval.benchmarks:
+        from harness import benchmarks
+        with timing.timed("data"):
+            goldens += [benchmarks.load(b, recipe.source, f"eval.benchmarks.{i}")
+                        for i, b in enumerate(recipe.eval.benchmarks)]
     if select and recipe.sweep.heldout:
         goldens = held_out(recipe, goldens)
     train.check_device(recipe, plan)
@@ -259,11 +268,15 @@ def is_held_out(gs) -> bool:
 
 def trial_goldens(prep: Prepared, trial: bool) -> list:
     """The golden sets a tuned model is scored on as it finishes: all, except a sweep trial's
-    held-out parts under sweep.heldout_scoring `chosen` (the chosen trial scores them once the
-    study has chosen it, run.score_held_out: no selection reads them)."""
-    if trial and prep.recipe.sweep.heldout_scoring == "chosen":
-        return [g for g in prep.goldens if not is_held_out(g)]
-    return prep.goldens
+    held-out parts under sweep.heldout_scoring `chosen` and its benchmarks unless they say
+    every_trial (the chosen trial scores them once the study has chosen it,
+    run.score_held_out: no selection reads the held-out parts)."""
+    if not trial:
+        return prep.goldens
+    chosen = prep.recipe.sweep.heldout_scoring == "chosen"
+    spec = lambda g: getattr(g, "spec", None)  # noqa: E731 - a Benchmark's BenchmarkSpec
+    return [g for g in prep.goldens if not (chosen and is_held_out(g))
+            and not (spec(g) is not None and not spec(g).every_trial)]
 
 
 def evaluate_start(prep: Prepared) -> None:

@@ -78,6 +78,26 @@ class DataSpec(Section):
     builtin_max_operand: int = Field(20, ge=2, description="Largest operand builtin:math uses.")
 
 
+class BenchmarkSpec(Section):
+    """An lm-evaluation-harness task scored like a golden set (harness.benchmarks): before and
+    after, paired per document."""
+    task: str = Field(..., description="lm-eval task name (gsm8k, arc_easy, hellaswag...), or "
+                      "builtin:harness_math: the math golden set as an lm-eval task (offline).")
+    limit: int | None = Field(None, gt=0, description="Score only the task's first N documents.")
+    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples; default: the "
+                                    "task's.")
+    include_path: str | None = Field(None, description="A folder of your own task YAMLs (a task "
+                                     "on local files: dataset_path: json, dataset_kwargs: "
+                                     "{data_files: ...}).")
+    chat_template: bool = Field(True, description="Prompts through the model's chat template, "
+                                "as golden sets are; false: plain text, as lm-eval's default.")
+    batch_size: int | Literal["auto"] | None = Field(None, description="lm-eval's batch size; "
+                                                     "default: auto (lm-eval's own choice) on a "
+                                                     "GPU, eval.batch_size or 32 on a CPU.")
+    every_trial: bool = Field(False, description="A sweep scores it for the start and the "
+                              "chosen trial only; true: every trial too.")
+
+
 class EvalSpec(Section):
     goldensets: list[str] = Field(default_factory=lambda: ["builtin:math"], description="Golden-"
                                   "set manifests, scored before and after: a path, or "
@@ -89,6 +109,9 @@ class EvalSpec(Section):
     batch_size: int | None = Field(None, gt=0, description="Generation batch size; default 32 "
                                    "on a CPU, 256 on a GPU.")
     max_new_tokens: int | None = Field(None, gt=0, description="Overrides the manifests' value.")
+    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="lm-evaluation"
+                                            "-harness tasks scored beside the golden sets, "
+                                            "paired before/after like them.")
     decoding: Literal["auto", "eager", "compiled"] = Field(
         "auto", description="How golden sets are decoded. compiled: a static KV cache that "
         "transformers compiles into CUDA graphs (a compile once a process, then ~8x faster "

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import yaml
 
-from harness import ledger, metrics, plots, timing
+from harness import ledger, plots, timing
 from harness.evaluation import SetResult, flat_metrics, results_from_json
 from harness.stats import EXACT_BELOW, better, format_p
 from harness.recipe import Recipe
@@ -100,7 +100,7 @@ def examples(before: dict[str, SetResult], after: dict[str, SetResult], n: int =
     out = []
     for name, res in after.items():
         key = next(iter(res.metrics))  # the set's first metric decides fixed/broken
-        up = metrics.load(key).higher_is_better
+        up = res.metric(key).higher_is_better
         pairs = list(zip(before[name].examples, res.examples))
         ranked = ([p for p in pairs if better(up, p[0][key], p[1][key])]
                   + [p for p in pairs if better(up, p[1][key], p[0][key])]
@@ -285,7 +285,8 @@ def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | No
 def leaderboard(entries, primary: str) -> str:
     """One row per model, best first on `primary` (in its metric's direction), every metric."""
     keys = list(flat_metrics(entries[0].results))
-    up = metrics.load(primary.split("/", 1)[1]).higher_is_better
+    name, metric = primary.split("/", 1)
+    up = entries[0].results[name].metric(metric).higher_is_better
     flat = [(e, flat_metrics(e.results)) for e in entries]
     flat.sort(key=lambda ef: ef[1][primary], reverse=up)
     return table(["rank", "model", *keys], [[i + 1, e.label, *(m[k] for k in keys)]

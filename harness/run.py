@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness import checkpoints, evaluation, ledger, manifest, models, timing, train
 from harness.errors import Diverged, HarnessError, phase, say
-from harness.prepared import (Prepared, datasets, evaluate, evaluate_start, is_held_out, prepare,
+from harness.prepared import (Prepared, datasets, evaluate, evaluate_start, prepare,
                               trial_goldens)
 from harness.recipe import Recipe
 
@@ -150,16 +150,16 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
 
 def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool:
     """Under sweep.heldout_scoring `chosen`: the chosen trial (run `run_id`) scored on the
-    held-out parts its trial skipped, from its saved adapter (or model), once. Its run gets
+    held-out parts (and benchmarks) its trial skipped, from its saved adapter (or model), once. Its run gets
     their before/after metrics, the Holm adjustment across all its keys again, their example
     tables and a complete eval/results.json, which the sweep's report and records read.
     Returns whether it scored (False: nothing held out, or scored already)."""
-    held = [g for g in prep.goldens if is_held_out(g)]
+    held = [g for g in prep.goldens if g not in trial_goldens(prep, True)]
     saved = tracker.load_json(run_id, "eval/results.json")
     if not held or saved is None or all(g.name in saved["after"] for g in held):
         return False
     view = tracker.read_run(run_id)
-    say(f"{view.name}: scoring the chosen trial on the held-out examples")
+    say(f"{view.name}: scoring the chosen trial on {', '.join(g.name for g in held)}")
     with phase(f"scoring {view.name} held out"), timing.timed("score_after"):
         model = _trained_model(prep, recipe, tracker, run_id, view)
         after = {**evaluation.results_from_json(saved["after"]), **evaluate(prep, model, held)}

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 PHASES = {"startup": "start-up (imports, stores)", "data": "data preparation",
           "model_load": "model load", "score_before": "scoring before",
           "train": "training", "score_pruner": "pruner's golden slice (in training)",
-          "score_after": "scoring after", "logging": "logging",
+          "score_after": "scoring after", "benchmarks": "lm-eval benchmarks (inside scoring)",
+          "logging": "logging",
           "evaluations": "MLflow evaluation records (tracking.log_evaluations)", "report": "report",
           "other": "other (Optuna, waiting for workers, untimed)"}
 
