@@ -22,12 +22,19 @@ stop), then SIGKILL after a grace period. Four things turned that into a crash o
   first one's clean-up ran (ending MLflow runs, failing the Optuna trial) and broke it off. A
   stop signal after the first raises nothing; SIGKILL is what ends a stuck clean-up.
 
+- The group's signal is queued to its processes one by one, the loader workers first: a worker
+  could die of it, and torch's SIGCHLD handler raise `DataLoader worker (pid N) is killed by
+  signal: Terminated` (or its queue watchdog `... exited unexpectedly`) before this process had
+  run its own handler (one run in a loaded full test suite). Training turns that error into
+  the stop itself (`stopped_worker`).
+
 A background shell starts its children with SIGINT ignored; `install` sets it again, so
 `kill -INT` stops them too.
 """
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 
@@ -73,6 +80,36 @@ def _inside_database(frame) -> bool:
 
 def _ignore(signum, frame):
     pass
+
+
+#: torch's errors for a dead loader worker: its SIGCHLD handler's (which names the signal) and
+#: the data queue's watchdog's ("exited unexpectedly"); where a torch version words them
+#: otherwise, the error goes on as an unexpected one, as before
+_WORKER_DIED = re.compile(r"DataLoader worker \(pid(?:\(s\))? [\d, ]+\) (?:is killed by "
+                          r"signal: (\w+)|exited unexpectedly)")
+GRACE_S = 1.0  # how long a dead worker's error waits for the group's signal to reach us
+
+
+def stopped_worker(e: BaseException) -> None:
+    """When `e` is torch's error for a dead loader worker and a stop signal killed it, raises
+    the stop (KeyboardInterrupt) in its place; returns for any other error. A worker killed by
+    SIGTERM or SIGINT was stopped from outside: the stop, recorded as if this process's own
+    handler had run. A worker that died of something unnamed: the group's signal, if one is on
+    its way, reaches this process within GRACE_S, and its handler raises the stop here."""
+    global _requested
+    m = _WORKER_DIED.search(str(e))
+    if m is None:
+        return
+    if m.group(1) in ("Terminated", "Interrupt"):
+        if _requested is None:
+            _requested = signal.SIGTERM if m.group(1) == "Terminated" else signal.SIGINT
+            signal.signal(signal.SIGCHLD, _ignore)
+        raise KeyboardInterrupt(f"signal {_requested}") from e
+    import time
+    end = time.monotonic() + GRACE_S
+    while time.monotonic() < end:  # a stop signal's handler raises inside the sleep
+        check()
+        time.sleep(0.05)
 
 
 def requested() -> int | None:

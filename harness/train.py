@@ -14,7 +14,7 @@ from dataclasses import dataclass, fields
 from importlib.metadata import version
 
 from harness import (attention, checkpoints, distributed, fences, graphs, guards, kernels,
-                     models, rewards, rollouts, steps)
+                     models, rewards, rollouts, steps, stopping)
 from harness.errors import HarnessError, did_you_mean
 from harness.recipe import Recipe
 from harness.registry import Registry
@@ -348,7 +348,11 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             if unmerged in ("quantized base weights", "more than one adapter"):
                 print(f"harness: GRPO rollouts decode through the unmerged adapter ({unmerged})",
                       file=sys.stderr)
-            out = trainer.train(resume_from_checkpoint=resume_from)
+            try:
+                out = trainer.train(resume_from_checkpoint=resume_from)
+            except RuntimeError as e:  # a loader worker that a stop signal reached first
+                stopping.stopped_worker(e)
+                raise
         if timed_saves:  # they served a resume; the adapter is saved apart (train.save)
             checkpoints.remove(output_dir)
         finite.check(recipe, config)

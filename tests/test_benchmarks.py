@@ -94,6 +94,7 @@ def test_a_task_of_your_own_on_local_files(recipe_dict, tmp_path, capsys):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "my_sums.yaml").write_text(yaml.safe_dump(cfg))
     r = recipe.build({"name": "own", "tracking": recipe_dict["tracking"],
+                      "reports_dir": recipe_dict["reports_dir"],
                       "eval": {"goldensets": [], "forgetting_guard": None, "benchmarks": [
                           {"task": "my_sums", "include_path": str(tmp_path / "tasks")}]}},
                      "own.yaml")

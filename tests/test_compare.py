@@ -64,16 +64,8 @@ def test_compare_reuses_logged_results_and_adjusts_across_every_pair(recipe_dict
     assert "Holm p (9 tests)" in text and "### Fixed and broken" in text
 
 
-def test_other_decoding_settings_score_again(recipe_dict, tmp_path, trained):
-    a, _ = trained
-    r = _recipe(recipe_dict, tmp_path, **{"eval.max_new_tokens": 3})
-    entries = compare.score(r, [recipe_dict["model"]["name"], a.run_id], Tracker(r))
-    assert entries[1].reused == []  # logged at the manifest's 6 new tokens, asked for 3
-    assert entries[1].results["math"].decoding["max_new_tokens"] == 3
-
-
 def test_the_command_prints_each_delta_and_the_report(recipe_dict, write_recipe, trained,
-                                                      capsys):
+                                                      capsys, tmp_path):
     a, b = trained
     path = write_recipe({k: recipe_dict[k] for k in ("eval", "tracking", "reports_dir")})
     assert cli.main(["compare", a.run_id, b.run_id, "--recipe", path]) == 0
@@ -82,3 +74,8 @@ def test_the_command_prints_each_delta_and_the_report(recipe_dict, write_recipe,
     assert "report:" in out.out and "logged results reused" in out.out + out.err
     assert cli.main(["compare", a.run_id, "--recipe", path]) == 2
     assert "compare needs at least two models" in capsys.readouterr().err
+    # other decoding settings: the run's logged results (the manifest's 6 new tokens) do not
+    # stand for 3 new tokens, so it is scored again
+    r = _recipe(recipe_dict, tmp_path, **{"eval.max_new_tokens": 3})
+    entries = compare.score(r, [recipe_dict["model"]["name"], a.run_id], Tracker(r))
+    assert entries[1].reused == [] and entries[1].results["math"].decoding["max_new_tokens"] == 3
