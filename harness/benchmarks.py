@@ -35,6 +35,11 @@ class Benchmark(GoldenSet):
     #: where a task has several filters) -> (lm-eval metric, filter)
     keys: dict | None = None
 
+    def decoding(self, dtype: str) -> dict:
+        """What decides the outputs besides the model (SetResult.decoding): the task's
+        settings and the weights' dtype."""
+        return settings(self, dtype)
+
     def score_with(self, model, tok, batch_size: int):
         """Scoring hands a set that has this method the model (harness.evaluation)."""
         return score(model, tok, self, batch_size, model.device.type)
@@ -172,7 +177,8 @@ def score(model, tok, bench: Benchmark, batch_size: int, device: str):
                  **{k: by_doc[i][k] for k in bench.keys}} for i in ids]
     values = {k: sum(e[k] for e in examples) / len(examples) for k in bench.keys}
     return SetResult(bench.name, values, examples, {"doc_ids": ids},
-                     {k: {} for k in bench.keys}, decoding(bench),
+                     {k: {} for k in bench.keys},
+                     settings(bench, str(getattr(model, "dtype", "")).removeprefix("torch.")),
                      {k: module(m) for k, (m, _) in bench.keys.items()})
 
 
@@ -191,10 +197,10 @@ def _first(x):
     return x
 
 
-def decoding(bench: Benchmark) -> dict:
-    """What decides the outputs besides the model (SetResult.decoding)."""
+def settings(bench: Benchmark, dtype: str) -> dict:
     spec, cfg = bench.spec, bench.task_obj.config
-    return {"task": TASK, "lm_eval_task": task_name(spec), "num_fewshot": cfg.num_fewshot,
+    return {"task": TASK, "dtype": dtype, "lm_eval_task": task_name(spec),
+            "num_fewshot": cfg.num_fewshot,
             "chat_template": spec.chat_template,
             "generation_kwargs": dict(cfg.generation_kwargs or {}),
             "version": (cfg.metadata or {}).get("version")}

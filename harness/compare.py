@@ -48,16 +48,19 @@ def source_run(ref: str, tracker) -> str | None:
     return best if view.tags.get("harness.kind") == "sweep" and best else run_id
 
 
-def logged_results(tracker, run_id: str, goldens: list, task: str,
-                   max_new_tokens: int | None) -> dict[str, SetResult]:
-    """The golden sets of `goldens` that run `run_id` scored its tuned model on with the same
-    examples (prompts and references, in order) and decoding settings."""
+def logged_results(tracker, run_id: str, prep: prepared.Prepared) -> dict[str, SetResult]:
+    """The golden sets of `prep` that run `run_id` scored its tuned model on with the same
+    examples (prompts and references, in order) and decoding settings (SetResult.decoding: a
+    benchmark's own, else evaluation.decoding_settings as prep would score)."""
     saved = tracker.load_json(run_id, "eval/results.json") or {}
     after = evaluation.results_from_json(saved.get("after", {}))
     out = {}
-    for g in goldens:
+    for g in prep.goldens:
         res = after.get(g.name)
-        if res is None or res.decoding != evaluation.decoding_settings(g, task, max_new_tokens):
+        wanted = g.decoding(prep.plan.dtype) if hasattr(g, "decoding") else \
+            evaluation.decoding_settings(g, prep.task, prep.recipe.eval.max_new_tokens,
+                                         prep.plan.dtype, prep.compiled)
+        if res is None or res.decoding != wanted:
             continue
         if [e.get("prompt") for e in res.examples] == list(g.prompts) and \
                 [e.get("reference") for e in res.examples] == list(g.references or
@@ -90,8 +93,7 @@ def score(base: Recipe, refs: list[str], tracker) -> list[Entry]:
         prep = prepared.prepare(r, tracker, with_data=False)
         e = Entry(ref, _label(ref, run_id, tracker, taken), run_id)
         if run_id:
-            e.results = logged_results(tracker, run_id, prep.goldens, prep.task,
-                                       base.eval.max_new_tokens)
+            e.results = logged_results(tracker, run_id, prep)
             e.reused = list(e.results)
         todo = [g for g in prep.goldens if g.name not in e.results]
         if e.reused:

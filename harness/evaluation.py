@@ -294,12 +294,17 @@ def evaluate_set(model, tok, gs: GoldenSet, batch_size: int = 32,
     return evaluate_model(model, tok, [gs], batch_size, max_new_tokens, task, compiled)[gs.name]
 
 
-def decoding_settings(gs: GoldenSet, task: str, max_new_tokens: int | None) -> dict:
+def decoding_settings(gs: GoldenSet, task: str, max_new_tokens: int | None, dtype: str,
+                      compiled: bool) -> dict:
     """What decides a model's outputs on `gs` besides the model: greedy decoding to this cap
-    under this system prompt, or (a set that does not generate) the scoring task."""
-    out = {"task": task, "system_prompt": gs.manifest.system_prompt}
+    under this system prompt, or (a set that does not generate) the scoring task; and the
+    numerics: the weights' dtype and compiled or eager decoding. bf16 greedy decoding is not
+    invariant to the path: on an H200 the same model scored 0.200 compiled and 0.188 eager on
+    85 problems (docs/benchmarks.md), so results of another path are not the same results."""
+    out = {"task": task, "system_prompt": gs.manifest.system_prompt, "dtype": dtype}
     if generates(gs, task):
-        out.update(greedy=True, max_new_tokens=max_new_tokens or gs.manifest.max_new_tokens)
+        out.update(greedy=True, max_new_tokens=max_new_tokens or gs.manifest.max_new_tokens,
+                   compiled=compiled)
     return out
 
 
@@ -342,8 +347,10 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
                                  batch_size, max_new_tokens, compiled)
         columns = {gs.name: _columns(model, tok, gs, batch_size, task, generated.get(gs.name))
                    for gs in sets}
+    dtype = str(getattr(model, "dtype", "")).removeprefix("torch.")
     out = {gs.name: _scored(gs, task, *columns[gs.name],
-                            decoding_settings(gs, task, max_new_tokens)) for gs in sets}
+                            decoding_settings(gs, task, max_new_tokens, dtype, compiled))
+           for gs in sets}
     for gs in goldens:  # lm-eval drives the model itself, with the library's own kernels
         if hasattr(gs, "score_with"):
             with timing.timed("benchmarks"):

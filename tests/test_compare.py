@@ -34,6 +34,10 @@ def test_compare_reuses_logged_results_and_adjusts_across_every_pair(recipe_dict
     base_e, a_e, b_e = out["entries"]
     # the run's logged results are reused; a folder (the same model as run b) is scored
     assert a_e.reused == ["math"] and a_e.run_id == a.run_id and b_e.reused == []
+    # how they were decoded is part of the results: another path is no reuse
+    assert a_e.results["math"].decoding == {
+        "task": "causal-lm", "system_prompt": None, "dtype": "float32", "greedy": True,
+        "max_new_tokens": 6, "compiled": False}
     assert a_e.label == "slow" and b_e.label == f"{b.run_id}-final"
     for k in ("math/numeric_accuracy", "math/perplexity"):
         assert a_e.results["math"].metrics[k.split("/")[1]] == pytest.approx(
