@@ -10,10 +10,10 @@ stop), then SIGKILL after a grace period. Four things turned that into a crash o
   in place of the interrupt. The first stop signal replaces that SIGCHLD handler with one that
   does nothing: from then on the process is stopping, and a worker's death is expected.
 - Python runs a signal handler wherever the main thread is. An exception raised inside a
-  `__del__`, a weakref callback or code that catches BaseException is printed as "ignored" or
-  lost, and the command went on as if no signal had come. So the request sticks: `check()`
-  raises it again at the next phase (harness.errors.phase) or training step
-  (harness.guards.stop_check).
+  `__del__`, a weakref callback or code that catches BaseException is printed as "ignored" (a
+  traceback on the terminal) or lost, and the command went on as if no signal had come. So the
+  request sticks: `check()` raises it again at the next phase (harness.errors.phase) or training
+  step (harness.guards.stop_check), and the "ignored" print of our own stop is left out.
 - A signal that comes while the main thread is inside a database call (an MLflow or Optuna
   store's write, SQLAlchemy, the SQLite driver) is raised 50 ms later, once it is out: cut
   halfway, the write kept its transaction open, and the clean-up's own writes then failed
@@ -36,6 +36,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import threading
 
 _requested: int | None = None  # the first stop signal's number
@@ -48,6 +49,23 @@ DATABASE = ("sqlalchemy", "sqlite3", "psycopg2", "alembic", "optuna.storages", "
 def install() -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
+    if getattr(sys.unraisablehook, "__module__", None) != __name__:
+        global _unraisable
+        _unraisable = sys.unraisablehook
+        sys.unraisablehook = _swallowed
+
+
+_unraisable = sys.unraisablehook
+
+
+def _swallowed(unraisable) -> None:
+    """Python prints an exception it cannot raise (inside a `__del__`, a weakref callback such
+    as importlib's module-lock clean-up) as "Exception ignored in ..." with its traceback. Our
+    own stop, swallowed there, is not lost (check() raises it again at the next phase or step),
+    so it is not printed; anything else goes to the hook that was there before."""
+    if unraisable.exc_type is KeyboardInterrupt and _requested is not None:
+        return
+    _unraisable(unraisable)
 
 
 def _stop(signum, frame):

@@ -35,8 +35,8 @@ def test_the_shipped_math_task_scores_as_numeric_accuracy_does(tmp_path, capsys)
     left for the two definitions to differ on)."""
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     said = _cli(capsys, "eval", "embedded:smollm2-135m-instruct", "--goldenset",
-                "goldensets/math.yaml", "--benchmark", "builtin:harness_math", "--limit", 16,
-                "--set", "eval.max_examples=16", "--set", "eval.forgetting_guard=null",
+                "goldensets/math.yaml", "--benchmark", "builtin:harness_math", "--limit", 8,
+                "--set", "eval.max_examples=8", "--set", "eval.forgetting_guard=null",
                 "--set", f"tracking.uri={uri}", "--set", f"reports_dir={tmp_path}",
                 "--set", "tracking.log_evaluations=none")
     run_id = said.split("run ")[-1].split(";")[0]

@@ -26,7 +26,8 @@ def _recipe(recipe_dict, tmp_path, **sets):
 
 
 def test_compare_reuses_logged_results_and_adjusts_across_every_pair(recipe_dict, tmp_path,
-                                                                      trained, client):
+                                                                      trained, client,
+                                                                      write_recipe, capsys):
     a, b = trained
     base = recipe_dict["model"]["name"]
     r = _recipe(recipe_dict, tmp_path)
@@ -67,9 +68,7 @@ def test_compare_reuses_logged_results_and_adjusts_across_every_pair(recipe_dict
     assert "## Leaderboard" in text and "Holm's adjustment runs across all 9 tests" in text
     assert "Holm p (9 tests)" in text and "### Fixed and broken" in text
 
-
-def test_the_command_prints_each_delta_and_the_report(recipe_dict, write_recipe, trained,
-                                                      capsys, tmp_path):
+    # the command as a user types it, and other decoding settings
     a, b = trained
     path = write_recipe({k: recipe_dict[k] for k in ("eval", "tracking", "reports_dir")})
     assert cli.main(["compare", a.run_id, b.run_id, "--recipe", path]) == 0

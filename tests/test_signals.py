@@ -346,3 +346,35 @@ def test_a_dead_workers_error_is_the_stop_only_when_a_stop_signal_killed_it(mess
         for sig, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD), before):
             signal.signal(sig, handler)
         stopping.reset()
+
+
+def test_a_stop_swallowed_by_python_prints_no_traceback(capsys):
+    """A signal whose KeyboardInterrupt Python cannot raise (here a `__del__`; in a full suite
+    importlib's module-lock callback) is printed as "Exception ignored" with a traceback: not
+    for our own stop, which is raised again at the next phase. Anything else still prints."""
+    from harness import stopping
+    before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)]
+    hook, reached = sys.unraisablehook, []
+    sys.unraisablehook = lambda u: reached.append(u.exc_type)  # what was there before
+    stopping.reset()
+    stopping.install()
+    try:
+        class StoppedInside:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        class BrokenInside:
+            def __del__(self):
+                raise ValueError("not ours")
+        StoppedInside()
+        assert reached == [] and "Exception ignored" not in capsys.readouterr().err
+        assert stopping.requested() == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            stopping.check()
+        BrokenInside()
+        assert reached == [ValueError]
+    finally:
+        sys.unraisablehook = hook
+        for sig, handler in zip((signal.SIGTERM, signal.SIGINT, signal.SIGCHLD), before):
+            signal.signal(sig, handler)
+        stopping.reset()
