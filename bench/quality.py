@@ -122,7 +122,8 @@ def run_figures(client, run_id: str) -> dict:
 def last_run(client, experiment: str, kind: str) -> str:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], f"tags.`harness.kind` = '{kind}' and "
-                              "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+                              "attributes.status = 'FINISHED'",
+                              order_by=["attributes.start_time DESC"])
     return runs[0].info.run_id
 
 

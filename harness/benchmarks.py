@@ -123,7 +123,8 @@ def load(spec: BenchmarkSpec, source: str, key: str) -> Benchmark:
     keys = metric_keys(task)
     manifest = Manifest(name=re.sub(r"[^A-Za-z0-9_.-]", "_", name), task=TASK, source=name,
                         metrics=list(keys) or ["none"], description=f"lm-eval task {name}")
-    return Benchmark(manifest, _task_file(name, spec) or name, [str(task.doc_to_text(d)) for d in docs],
+    return Benchmark(manifest, _task_file(name, spec) or name,
+                     [str(task.doc_to_text(d)) for d in docs],
                      [str(task.doc_to_target(d)) for d in docs], spec=spec, task_obj=task,
                      keys=keys)
 

@@ -32,20 +32,16 @@ class Entry:
     reused: list[str] = field(default_factory=list)  # golden sets read from run_id's results
 
 
-def source_run(ref: str, tracker) -> str | None:
-    """The MLflow run a reference names (a sweep run: its best trial; m-...: the run that
-    made the LoggedModel), or None for a path, embedded:<name> or a Hub id."""
-    if Path(ref).expanduser().exists() or ref.startswith("embedded:") or \
-            (not ref.startswith("runs:/") and "/" in ref):
+def source_run(fields: dict, tracker) -> str | None:
+    """The MLflow run behind a model reference's fields (prepared.model_fields: a run or a
+    LoggedModel's run is its init_from; a sweep run means its best trial), or None for a path,
+    embedded:<name> or a Hub id."""
+    init = fields.get("init_from")
+    if not init or Path(init).expanduser().is_dir():
         return None
-    run_id = ref.removeprefix("runs:/").strip("/")
-    if run_id.startswith("m-"):
-        run_id = tracker.model_run(run_id) or run_id
-    view = tracker.read_run(run_id)
-    if view is None:
-        return None  # model_fields says what is wrong with it
-    best = view.tags.get("harness.best_run_id")
-    return best if view.tags.get("harness.kind") == "sweep" and best else run_id
+    view = tracker.read_run(init)
+    best = view.tags.get("harness.best_run_id") if view else None
+    return best if view and view.tags.get("harness.kind") == "sweep" and best else init
 
 
 def logged_results(tracker, run_id: str, prep: prepared.Prepared) -> dict[str, SetResult]:
@@ -88,7 +84,7 @@ def score(base: Recipe, refs: list[str], tracker) -> list[Entry]:
     entries, taken = [], set()
     for ref in refs:
         fields = prepared.model_fields(ref, tracker)
-        run_id = source_run(ref, tracker)
+        run_id = source_run(fields, tracker)
         r = build(base.to_dict(), base.source, {"model": fields})
         prep = prepared.prepare(r, tracker, with_data=False)
         e = Entry(ref, _label(ref, run_id, tracker, taken), run_id)

@@ -274,9 +274,8 @@ def trial_goldens(prep: Prepared, trial: bool) -> list:
     if not trial:
         return prep.goldens
     chosen = prep.recipe.sweep.heldout_scoring == "chosen"
-    spec = lambda g: getattr(g, "spec", None)  # noqa: E731 - a Benchmark's BenchmarkSpec
     return [g for g in prep.goldens if not (chosen and is_held_out(g))
-            and not (spec(g) is not None and not spec(g).every_trial)]
+            and getattr(getattr(g, "spec", None), "every_trial", True)]  # a Benchmark's spec
 
 
 def evaluate_start(prep: Prepared) -> None:

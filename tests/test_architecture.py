@@ -1,6 +1,6 @@
 """The rooms hold: pyproject's import-linter contracts (only tracking talks to MLflow, only
-sweep/storage to Optuna, only train to TRL, only benchmarks to lm-eval, recipe and evaluation stay light, no cycles,
-nothing imports cli), run as part of the suite so CI checks them."""
+sweep/storage to Optuna, only train to TRL, only benchmarks to lm-eval, recipe and evaluation
+stay light, no cycles, nothing imports cli), run as part of the suite so CI checks them."""
 import subprocess
 import sys
 from pathlib import Path

@@ -81,6 +81,12 @@ def test_a_sweep_scores_benchmarks_for_the_start_and_the_chosen_trial_only(
     for t in trials:
         has = "after/harness_math/exact_match" in t.data.metrics
         assert has == (t.info.run_id == best), t.info.run_name
+    # harness compare takes the sweep's run for its best trial, whose logged results it reuses
+    from harness import compare, prepared
+    tracker = Tracker(recipe.build(recipe_dict, "t.yaml"))
+    assert compare.source_run(prepared.model_fields(sweep.info.run_id, tracker), tracker) == best
+    assert compare.source_run(prepared.model_fields(recipe_dict["model"]["name"], tracker),
+                              tracker) is None
 
 
 def test_a_task_of_your_own_on_local_files(recipe_dict, tmp_path, capsys):
