@@ -17,7 +17,7 @@ the step's own. Every store lies under --work; a step already done there is not 
 the same command continues a chain cut by a device call's time limit.
 
     python bench/quality.py --work /tmp/quality [--model embedded:smollm2-135m-instruct]
-        [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--tiny] [--out quality.json]
+        [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--repeat-best 3] [--tiny] [--out quality.json]
 
 --tiny: CPU-sized (a handful of rows, steps and examples) to check the chain runs end to end.
 """
@@ -134,6 +134,8 @@ def main() -> None:
     ap.add_argument("--steps", nargs="+", choices=STEPS, default=STEPS)
     ap.add_argument("--sft-rows", type=int, default=4000)
     ap.add_argument("--trials", type=int, default=2, help="SFT sweep trials")
+    ap.add_argument("--repeat-best", type=int, default=3, help="the SFT sweep's best values "
+                    "trained again with this many more seeds (sweep.repeat_best): the seed spread")
     ap.add_argument("--pairs", type=int, default=300, help="held-out preference pairs")
     ap.add_argument("--grpo", nargs="*", default=[
         "trainer.max_steps=40", "trainer.num_generations=8",
@@ -171,7 +173,8 @@ def main() -> None:
     if "sft" not in state and "sft" in args.steps:
         took = harness(work, "sft", "sweep", "recipes/sft_math.yaml", *model, *stores(work, "sft"),
                        "--set", f"sweep.storage=sqlite:///{work}/optuna.db",
-                       "--n-trials", str(args.trials), *over("sft"))
+                       "--n-trials", str(args.trials), *over("sft"),
+                       *(["--repeat-best", str(args.repeat_best)] if args.repeat_best else []))
         sweep = last_run(client, "sft", "sweep")
         best = client.get_run(sweep).data.tags["harness.best_run_id"]
         state["sft"] = {"run_id": best, "sweep_run_id": sweep, "seconds": round(took, 1)}
@@ -220,6 +223,14 @@ def main() -> None:
                 mean = sum(m.value for m in hist) / len(hist)
                 print(f"{step}: groups rewarded alike (no advantage), mean over {len(hist)} "
                       f"logged steps: {mean:.2f}")
+    if "sft" in state:  # the seed spread of the SFT sweep's best values (sweep.repeat_best)
+        sweep = client.get_run(state["sft"]["sweep_run_id"]).data
+        for key, value in sorted(sweep.metrics.items()):
+            if key.startswith("seeds/"):
+                print(f"sft {key}: {value:.4g}")
+        if "harness.lead_inside_seed_noise" in sweep.tags:
+            print(f"sft: best trial's lead inside seed noise: "
+                  f"{sweep.tags['harness.lead_inside_seed_noise']}")
     if "compare" in state:
         print(f"\ncompare: run {state['compare']['run_id']}, report {state['compare']['report']}"
               f" ({state['compare']['seconds']} s)")
