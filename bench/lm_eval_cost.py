@@ -77,6 +77,12 @@ def main() -> None:
     client = mlflow.MlflowClient(f"sqlite:///{where}/mlflow.db")
     run = client.search_runs([client.get_experiment_by_name("cost").experiment_id])[0]
     m = run.data.metrics
+    keys = sorted(k for k in m if k.startswith("gsm8k_local/"))
+    print(f"model {args.model}; gsm8k_local: {args.docs} documents, 5-shot, 2 filters")
+    print(f"harness eval: wall {ours:.1f} s; time/benchmarks {m.get('time/benchmarks', 0):.1f} s,"
+          f" time/model_load {m.get('time/model_load', 0):.1f} s; documents "
+          f"{m.get('work/benchmark_documents', 0):.0f}")
+    print("harness metrics: " + ", ".join(f"{k} {m[k]:.4f}" for k in keys), flush=True)
     folder = models.resolve(recipe.ModelSpec(name=args.model))
     peer = timed([sys.executable, "-m", "lm_eval", "--model", "hf", "--model_args",
                   f"pretrained={folder},dtype=bfloat16", "--tasks", "gsm8k_local",
@@ -84,12 +90,6 @@ def main() -> None:
                   str(where / "peer"), "--log_samples"], where / "peer.log")
     found = sorted((where / "peer").rglob("results_*.json"))
     theirs = json.loads(found[-1].read_text())["results"]["gsm8k_local"] if found else {}
-    keys = sorted(k for k in m if k.startswith("gsm8k_local/"))
-    print(f"model {args.model}; gsm8k_local: {args.docs} documents, 5-shot, 2 filters")
-    print(f"harness eval: wall {ours:.1f} s; time/benchmarks {m.get('time/benchmarks', 0):.1f} s,"
-          f" time/model_load {m.get('time/model_load', 0):.1f} s; documents "
-          f"{m.get('work/benchmark_documents', 0):.0f}")
-    print("harness metrics: " + ", ".join(f"{k} {m[k]:.4f}" for k in keys))
     print(f"lm_eval alone: wall {peer:.1f} s; " + ", ".join(
         f"{k} {v:.4f}" for k, v in theirs.items() if isinstance(v, float) and "stderr" not in k))
     print(f"ratio (lm_eval alone / harness eval, wall): {peer / ours:.2f}x")
