@@ -24,6 +24,9 @@ KNOWN_WARNINGS = (
     (r".* is (an )?experimental", Warning),
     # with few trials, Optuna's importance plot cannot tell the parameters apart; it shows so
     (r"Target and region quantiles select the same set of trials", UserWarning),
+    # Optuna's parallel-coordinate plot sets each axis to its values' range; matplotlib warns when
+    # every trial shares a parameter's value (a grid, a resumed study) and widens the axis itself
+    (r"Attempting to set identical low and high ylims", UserWarning),
     # peft 0.21 reads transformers' deprecated `is_gradient_checkpointing` (peft_model.py)
     (r"`is_gradient_checkpointing` is deprecated", FutureWarning),
     # MLflow 3.17: its SQL store (SQLAlchemy's `noload`), its dataset digests (pandas), and its

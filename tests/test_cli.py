@@ -120,3 +120,32 @@ def test_a_sweep_prints_no_library_warnings(recipe_dict, write_recipe):
     assert out.returncode == 0, out.stderr[-3000:]
     said = [x for x in out.stderr.splitlines() if "Warning" in x]
     assert not said, said
+
+
+def test_plots_of_trials_sharing_a_value_print_no_warning(tmp_path):
+    """Trials that share a parameter's value (a grid, a resumed study) give the parallel-coordinate
+    plot an axis of one value: matplotlib warns about Optuna's call, and the CLI's filters hide
+    exactly that (the plot is still made)."""
+    import warnings
+
+    import optuna
+
+    from harness.cli import KNOWN_WARNINGS
+    from harness.sweep import study_plots
+    study = optuna.create_study(direction="maximize")
+    for r, value in ((8, 0.1), (16, 0.3), (32, 0.2)):  # every trial at the same learning rate
+        study.add_trial(optuna.trial.create_trial(
+            params={"learning_rate": 1e-4, "lora_r": r}, value=value, distributions={
+                "learning_rate": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True),
+                "lora_r": optuna.distributions.CategoricalDistribution([8, 16, 32])}))
+    for filtered in (False, True):
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            if filtered:
+                for message, category in KNOWN_WARNINGS:
+                    warnings.filterwarnings("ignore", message=message, category=category)
+            (tmp_path / str(filtered)).mkdir()
+            made = study_plots(study, tmp_path / str(filtered))
+        assert any(m.endswith("parallel_coordinate.png") for m in made), made
+        said = [str(w.message) for w in seen if "identical low and high ylims" in str(w.message)]
+        assert bool(said) is not filtered, said
