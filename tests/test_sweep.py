@@ -329,7 +329,7 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, cl
         "  trainer.learning_rate: {type: categorical, choices: [1.0e+12, 1.0e-4]}\n")
     d = dict(recipe_dict)
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "grid.yaml"))
-    d["trainer"] = dict(d["trainer"], max_steps=20)
+    d["trainer"] = dict(d["trainer"], max_steps=6)
     sweep.run_sweep(recipe.build(d, "t.yaml"))
     study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
     states = {t.params["trainer.learning_rate"]: t.state.name for t in study.trials}
