@@ -17,7 +17,8 @@ the step's own. Every store lies under --work; a step already done there is not 
 the same command continues a chain cut by a device call's time limit.
 
     python bench/quality.py --work /tmp/quality [--model embedded:smollm2-135m-instruct]
-        [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--repeat-best 3] [--tiny] [--out quality.json]
+        [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--repeat-best 3]
+        [--grpo-prompts select|builtin] [--tiny] [--out quality.json]
 
 --tiny: CPU-sized (a handful of rows, steps and examples) to check the chain runs end to end.
 """
@@ -90,12 +91,10 @@ def heldout_sets(work: Path, n_pairs: int, tiny: bool) -> list[str]:
     math = goldensets.load(str(ROOT / "goldensets/math.yaml"))
     select, held = goldensets.split(math, sft.sweep.heldout, sft.sweep.heldout_seed)
     # GRPO's prompts: the selection half, in the held-out half's wording and never reported
-    (gs_dir / "math_select.jsonl").write_text("".join(
-        json.dumps({"question": q, "answer": a}) + "\n"
-        for q, a in zip(select.prompts, select.references)))
-    (gs_dir / "math_heldout.jsonl").write_text("".join(
-        json.dumps({"question": q, "answer": a}) + "\n"
-        for q, a in zip(held.prompts, held.references)))
+    for name, part in (("math_select", select), ("math_heldout", held)):
+        (gs_dir / f"{name}.jsonl").write_text("".join(
+            json.dumps({"question": q, "answer": a}) + "\n"
+            for q, a in zip(part.prompts, part.references)))
     manifest = yaml.safe_load((ROOT / "goldensets/math.yaml").read_text())
     manifest.update(name="math_heldout", source="math_heldout.jsonl",
                     description="The SFT sweep's held-out half of goldensets/math.yaml.")

@@ -151,8 +151,8 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
 def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool:
     """Under sweep.heldout_scoring `chosen`: the chosen trial (run `run_id`) scored on the
     held-out parts (and benchmarks) its trial skipped, from its saved adapter (or model), once.
-    Its run gets their before/after metrics, the Holm adjustment across all its keys again, their example
-    tables and a complete eval/results.json, which the sweep's report and records read.
+    Its run gets their before/after metrics, the Holm adjustment across all its keys again, their
+    example tables and a complete eval/results.json, which the sweep's report and records read.
     Returns whether it scored (False: nothing held out, or scored already)."""
     held = [g for g in prep.goldens if g not in trial_goldens(prep, True)]
     saved = tracker.load_json(run_id, "eval/results.json")
