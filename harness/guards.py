@@ -1,5 +1,5 @@
-"""What ends a training run early, each as the harness reports it: a NaN or inf loss
-(FiniteLoss -> Diverged), out of GPU memory or a full disk (faults -> TrainingFault), and a stop
+"""What ends a training run early, each as the harness reports it: a NaN or inf loss or
+gradient norm (FiniteLoss -> Diverged), out of GPU memory or a full disk (faults -> TrainingFault), and a stop
 signal that was swallowed (StopCheck: harness.stopping raises it again at the next step)."""
 from __future__ import annotations
 
@@ -25,8 +25,11 @@ def stop_check():
 
 
 class FiniteLoss:
-    """Stops training at the first NaN or inf loss the trainer logs (the harness logs every
-    step unless the recipe says otherwise)."""
+    """Stops training at the first NaN or inf loss or gradient norm the trainer logs (the
+    harness logs every step unless the recipe says otherwise). The gradient norm matters on its
+    own: a NaN gradient turns the weights NaN with the loss still finite, and a GRPO run's next
+    rollout then dies in a CUDA device-side assert (sampling from NaN probabilities) that no
+    later step can report; seen on an H200 at learning rate 2e-5."""
 
     def __init__(self):
         from transformers import TrainerCallback
@@ -35,7 +38,7 @@ class FiniteLoss:
 
         class _Callback(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
-                for key in ("loss", "eval_loss"):
+                for key in ("loss", "eval_loss", "grad_norm"):
                     value = (logs or {}).get(key)
                     if value is not None and not math.isfinite(value) and outer.bad is None:
                         outer.bad = (key, value, state.global_step)
@@ -45,10 +48,10 @@ class FiniteLoss:
     def check(self, recipe: Recipe, config) -> None:
         if self.bad:
             key, value, step = self.bad
+            clip = "" if key == "grad_norm" else " or set trainer.max_grad_norm"
             raise Diverged(f"{key} became {value} at step {step}: training diverged; lower "
-                                f"trainer.learning_rate (now {config.learning_rate:g}) or set "
-                                "trainer.max_grad_norm", file=recipe.source,
-                                key="trainer.learning_rate")
+                           f"trainer.learning_rate (now {config.learning_rate:g}){clip}",
+                           file=recipe.source, key="trainer.learning_rate")
 
 
 @contextlib.contextmanager

@@ -1,4 +1,5 @@
 import dataclasses
+import math
 from pathlib import Path
 
 import pytest
@@ -209,10 +210,42 @@ def test_lora_weights_take_the_requested_dtype(recipe_dict, tmp_path):
 
 def test_a_diverging_loss_stops_training_within_a_few_steps(recipe_dict, tmp_path):
     from harness.errors import TrainingFault
-    with pytest.raises(TrainingFault, match=r"trainer.learning_rate: loss became (nan|inf|-inf) "
+    with pytest.raises(TrainingFault, match=r"trainer.learning_rate: (loss|grad_norm) became "
+                                            r"(nan|inf|-inf) "
                                             r"at step [1-5]: training diverged") as e:
         _run(recipe_dict, tmp_path, **{"trainer.learning_rate": 1e12, "trainer.max_steps": 40})
     assert e.value.exit_code == 1
+
+
+def test_a_nan_gradient_stops_training_at_its_step_though_the_loss_is_finite(recipe_dict,
+                                                                             tmp_path):
+    """A NaN gradient with a finite loss (as a GRPO run on an H200 had): the run stops at that
+    step with the one line, before NaN weights decode a rollout or score anything."""
+    from transformers import TrainerCallback
+
+    from harness.errors import TrainingFault
+
+    class NanGradients(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, **kwargs):
+            for p in model.parameters():
+                if p.requires_grad:
+                    p.register_hook(lambda g: g * float("nan"))
+    r, plan = build(recipe_dict, **{"trainer.max_steps": 4})
+    k = train.kind(r)
+    model = models.load_model(r.model, plan, task=k.task)
+    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    seen = []
+
+    class Logs(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+    with pytest.raises(TrainingFault, match=r"trainer.learning_rate: grad_norm became nan at "
+                                            r"step 1: training diverged; lower "
+                                            r"trainer.learning_rate \(now [0-9.e-]+\)$"):
+        train.train(r, model, models.load_tokenizer(r.model), tr, None, plan,
+                    str(tmp_path / "out"), callbacks=[NanGradients(), Logs()])
+    steps = [h for h in seen if "loss" in h]
+    assert len(steps) == 1 and math.isfinite(steps[0]["loss"])  # stopped where it showed
 
 
 def test_out_of_gpu_memory_says_what_to_change(recipe_dict, tmp_path):
