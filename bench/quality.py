@@ -14,11 +14,13 @@ its selection (sweep.heldout), and `prefs_heldout`, preference pairs from the bu
 with another seed whose prompts appear in no step's training rows. Each step's own run gives its
 paired test and Holm's adjustment (across that run's metrics); the table says which metric is
 the step's own. Every store lies under --work; a step already done there is not run again, so
-the same command continues a chain cut by a device call's time limit.
+the same command continues a chain cut by a device call's time limit. A step that fails (its
+one error line is printed) does not stop the steps that do not start from it; the command then
+exits non-zero after the table.
 
     python bench/quality.py --work /tmp/quality [--model embedded:smollm2-135m-instruct]
         [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--repeat-best 3]
-        [--grpo-prompts select|builtin] [--tiny] [--out quality.json]
+        [--grpo-prompts select|builtin] [--again STEP ...] [--tiny] [--out quality.json]
 
 --tiny: CPU-sized (a handful of rows, steps and examples) to check the chain runs end to end.
 """
@@ -42,6 +44,8 @@ OWN = {"sft": ["math_heldout/numeric_accuracy"],
        "grpo": ["math_heldout/numeric_accuracy"], "rlhf": ["math_heldout/numeric_accuracy"],
        "kto": ["prefs_heldout/pairwise_accuracy", "prefs_heldout/score_margin"]}
 SHOWN = OWN["dpo"] + ["math_heldout/numeric_accuracy"]  # also shown, for the preference steps
+GRPO_GPU = ["trainer.max_steps=40", "trainer.num_generations=8",
+            "trainer.per_device_train_batch_size=64", "trainer.learning_rate=5.0e-5"]
 
 
 def sizes(tiny: bool, args, work: Path) -> dict[str, list[str]]:
@@ -53,13 +57,20 @@ def sizes(tiny: bool, args, work: Path) -> dict[str, list[str]]:
         few = ["data.builtin_rows=32", "trainer.max_steps=2", "eval.max_examples=8"]
         return {"sft": ["data.builtin_rows=32", "eval.max_examples=8"], "dpo": few,
                 "reward": few, "kto": few,
-                "grpo": ["trainer.max_steps=2", "eval.max_examples=8", *grpo_data],
-                "rlhf": ["trainer.max_steps=2", "eval.max_examples=8", *grpo_data]}
+                "grpo": ["trainer.max_steps=2", "eval.max_examples=8", *grpo_data,
+                         *(args.grpo or [])],
+                "rlhf": ["trainer.max_steps=2", "eval.max_examples=8", *grpo_data,
+                         *(args.grpo or [])]}
     return {"sft": [f"data.builtin_rows={args.sft_rows}"],
             "dpo": ["data.builtin_rows=2000", "trainer.per_device_train_batch_size=16"],
             "reward": ["data.builtin_rows=2000", "trainer.per_device_train_batch_size=16"],
             "kto": ["data.builtin_rows=2000", "trainer.per_device_train_batch_size=16"],
-            "grpo": args.grpo + grpo_data, "rlhf": args.grpo + grpo_data}
+            "grpo": (args.grpo or GRPO_GPU) + grpo_data,
+            "rlhf": (args.grpo or GRPO_GPU) + grpo_data}
+
+
+class StepFailed(Exception):
+    """A step's command exited non-zero; the message is its one error line."""
 
 
 def harness(work: Path, log: str, *argv: str) -> float:
@@ -70,9 +81,17 @@ def harness(work: Path, log: str, *argv: str) -> float:
                            stderr=subprocess.STDOUT, text=True)
     took = time.perf_counter() - t
     if p.returncode:
-        tail = (work / f"{log}.log").read_text().splitlines()[-15:]
-        sys.exit(f"{log} failed (exit {p.returncode}) after {took:.0f} s:\n" + "\n".join(tail))
+        lines = (work / f"{log}.log").read_text().splitlines()
+        said = [x for x in lines if x.startswith("error:")] or lines[-1:]
+        raise StepFailed(f"{log} failed (exit {p.returncode}) after {took:.0f} s: "
+                         + (said[-1] if said else "no output"))
     return took
+
+
+def set_aside(state: dict, step: str) -> None:
+    """Keeps a step's earlier entry as `<step>#<n>` when it has run again (--again)."""
+    n = 1 + sum(k.startswith(f"{step}#") for k in state)
+    state[f"{step}#{n}"] = state.pop(step)
 
 
 def stores(work: Path, name: str) -> list[str]:
@@ -143,10 +162,8 @@ def main() -> None:
     ap.add_argument("--repeat-best", type=int, default=3, help="the SFT sweep's best values "
                     "trained again with this many more seeds (sweep.repeat_best): the seed spread")
     ap.add_argument("--pairs", type=int, default=300, help="held-out preference pairs")
-    ap.add_argument("--grpo", nargs="*", default=[
-        "trainer.max_steps=40", "trainer.num_generations=8",
-        "trainer.per_device_train_batch_size=64", "trainer.learning_rate=5.0e-5"],
-        help="GRPO's and RLHF's --set overrides on a GPU")
+    ap.add_argument("--grpo", nargs="*", help="GRPO's and RLHF's --set overrides (default "
+                    f"{' '.join(GRPO_GPU)}; with --tiny, none but its own)")
     ap.add_argument("--grpo-prompts", choices=["select", "builtin"], default="select",
                     help="GRPO's and RLHF's prompts: `select`, the 85 problems of goldensets/math "
                     "the SFT sweep selected on (the held-out half's wording; never reported), or "
@@ -154,6 +171,9 @@ def main() -> None:
                     "(2026-12-04) builtin prompts moved held-out accuracy by +0.000 twice "
                     "(operands up to 20, then 50): the SFT model solves the generator's problems "
                     "and 50-88%% of the groups were rewarded alike")
+    ap.add_argument("--again", nargs="+", default=[], choices=STEPS[1:], metavar="STEP",
+                    help="run these steps again though done (another arm: other --grpo "
+                    "settings); the earlier run stays in the table as <step>#<n>")
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--out", help="write the figures as JSON here")
     args = ap.parse_args()
@@ -169,21 +189,35 @@ def main() -> None:
     model = ["--set", f"model.name={args.model}"]
     over = lambda step: [x for s in size[step] for x in ("--set", s)]  # noqa: E731
 
+    failed = {}  # a step that failed does not stop the chain: the steps not needing it go on
+
     def train(step: str, recipe: str, *extra: str) -> None:
-        if step in state or step not in args.steps:
+        if (step in state and step not in args.again) or step not in args.steps:
             return
-        took = harness(work, step, "train", f"recipes/{recipe}", *model, *stores(work, step),
-                       "--set", gsets, "--set", f"sweep.objective={OWN[step][0]}",
-                       *over(step), *extra)
-        state[step] = {"run_id": last_run(client, step, "train"), "seconds": round(took, 1)}
+        try:
+            took = harness(work, step, "train", f"recipes/{recipe}", *model,
+                           *stores(work, step), "--set", gsets, "--set",
+                           f"sweep.objective={OWN[step][0]}", *over(step), *extra)
+        except StepFailed as e:
+            failed[step] = str(e)
+            print(e, flush=True)
+            return
+        if step in state:  # --again: the earlier arm stays, as <step>#<n>
+            set_aside(state, step)
+        state[step] = {"run_id": last_run(client, step, "train"), "seconds": round(took, 1),
+                       "set": size[step]}
         state_file.write_text(json.dumps(state, indent=1))
         print(f"{step}: run {state[step]['run_id']} in {took:.0f} s", flush=True)
 
-    if "sft" not in state and "sft" in args.steps:
-        took = harness(work, "sft", "sweep", "recipes/sft_math.yaml", *model, *stores(work, "sft"),
-                       "--set", f"sweep.storage=sqlite:///{work}/optuna.db",
-                       "--n-trials", str(args.trials), *over("sft"),
-                       *(["--repeat-best", str(args.repeat_best)] if args.repeat_best else []))
+    if "sft" not in state and "sft" in args.steps:  # every other step starts from it
+        try:
+            took = harness(work, "sft", "sweep", "recipes/sft_math.yaml", *model,
+                           *stores(work, "sft"), "--set",
+                           f"sweep.storage=sqlite:///{work}/optuna.db",
+                           "--n-trials", str(args.trials), *over("sft"),
+                           *(["--repeat-best", str(args.repeat_best)] if args.repeat_best else []))
+        except StepFailed as e:
+            sys.exit(str(e))
         sweep = last_run(client, "sft", "sweep")
         best = client.get_run(sweep).data.tags["harness.best_run_id"]
         state["sft"] = {"run_id": best, "sweep_run_id": sweep, "seconds": round(took, 1)}
@@ -198,35 +232,45 @@ def main() -> None:
         train("rlhf", "rlhf_math.yaml", *init, "--set",
               f"rewards.0.path={state['reward']['run_id']}")
     train("kto", "kto_math.yaml", *init)
-    if "compare" in args.steps and "compare" not in state:
+    if "compare" in args.steps and ("compare" not in state or "compare" in args.again):
         refs = [sft, args.model] + [state[s]["run_id"] for s in ("dpo", "grpo", "rlhf", "kto")
                                     if s in state]
-        took = harness(work, "compare", "compare", *refs, "--goldenset", sets[0], "--goldenset",
-                       sets[1], *stores(work, "chain"), *(["--set", "eval.max_examples=8"]
-                                                          if args.tiny else []))
-        state["compare"] = {"run_id": last_run(client, "chain", "compare"),
-                            "seconds": round(took, 1),
-                            "report": str(work / "reports/chain/report.md")}
-        state_file.write_text(json.dumps(state, indent=1))
+        try:
+            took = harness(work, "compare", "compare", *refs, "--goldenset", sets[0],
+                           "--goldenset", sets[1], *stores(work, "chain"),
+                           *(["--set", "eval.max_examples=8"] if args.tiny else []))
+            if "compare" in state:
+                set_aside(state, "compare")
+            state["compare"] = {"run_id": last_run(client, "chain", "compare"),
+                                "seconds": round(took, 1),
+                                "report": str(work / "reports/chain/report.md")}
+            state_file.write_text(json.dumps(state, indent=1))
+        except StepFailed as e:
+            failed["compare"] = str(e)
+            print(e, flush=True)
 
     print("\n| step | metric | before | after | delta [95% CI] | p | Holm p | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     table = {}
-    for step in STEPS[:-1]:
-        if step not in state:
-            continue
+    # each step, and the earlier arms of a step run --again (`<step>#<n>`)
+    done = sorted((k for k in state if k.split("#")[0] in OWN),
+                  key=lambda k: (STEPS.index(k.split("#")[0]), k))
+    for step in done:
+        base = step.split("#")[0]
         figs = run_figures(client, state[step]["run_id"])
         table[step] = figs
-        for key in OWN[step] + [k for k in SHOWN if k not in OWN[step] and step in ("dpo", "kto")]:
+        for key in OWN[base] + [k for k in SHOWN if k not in OWN[base] and base in ("dpo", "kto")]:
             f = figs.get(key)
             if not f or f["p_value"] is None:
                 continue
-            mark = " (own)" if key in OWN[step] else ""
+            mark = " (own)" if key in OWN[base] else ""
             print(f"| {step} | `{key}`{mark} | {f['before']:.3f} | {f['after']:.3f} | "
                   f"{f['delta']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] | "
                   f"{f['p_value']:.3g} | {f['p_holm']:.3g} | {state[step]['seconds']} |")
-    for step in ("grpo", "rlhf"):  # how many groups gave GRPO an advantage to learn from
-        if step in state:
+    for step, line in failed.items():
+        print(f"| {step} | failed: {line} |")
+    for step in done:  # how many groups gave GRPO an advantage to learn from
+        if step.split("#")[0] in ("grpo", "rlhf"):
             hist = client.get_metric_history(state[step]["run_id"], "frac_reward_zero_std")
             reward = [m.value for m in sorted(client.get_metric_history(
                 state[step]["run_id"], "reward"), key=lambda m: m.step)]
@@ -249,8 +293,14 @@ def main() -> None:
     if "compare" in state:
         print(f"\ncompare: run {state['compare']['run_id']}, report {state['compare']['report']}"
               f" ({state['compare']['seconds']} s)")
+    for step in done:  # what each step and arm ran with, beyond the shipped recipe
+        if state[step].get("set"):
+            print(f"{step}: --set {' '.join(state[step]['set'])}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"state": state, "figures": table}, indent=1))
+        Path(args.out).write_text(json.dumps({"state": state, "figures": table,
+                                              "failed": failed}, indent=1))
+    if failed:
+        sys.exit(f"{len(failed)} step(s) failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
