@@ -1,6 +1,7 @@
 """What ends a training run early, each as the harness reports it: a NaN or inf loss or
-gradient norm (FiniteLoss -> Diverged), out of GPU memory or a full disk (faults -> TrainingFault), and a stop
-signal that was swallowed (StopCheck: harness.stopping raises it again at the next step)."""
+gradient norm (FiniteLoss -> Diverged), out of GPU memory or a full disk (faults ->
+TrainingFault), and a stop signal that was swallowed (StopCheck: harness.stopping raises it
+again at the next step)."""
 from __future__ import annotations
 
 import contextlib
@@ -29,7 +30,7 @@ class FiniteLoss:
     harness logs every step unless the recipe says otherwise). The gradient norm matters on its
     own: a NaN gradient turns the weights NaN with the loss still finite, and a GRPO run's next
     rollout then dies in a CUDA device-side assert (sampling from NaN probabilities) that no
-    later step can report; seen on an H200 at learning rate 2e-5."""
+    later step can report (seen on an H200 at learning rates 2e-5 and 5e-5)."""
 
     def __init__(self):
         from transformers import TrainerCallback
