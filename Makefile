@@ -22,12 +22,14 @@ demo: setup
 	$(VENV)/bin/harness sweep recipes/sft_math.yaml
 
 # the concurrency tests run against a real PostgreSQL (Debian's package, started here)
-# pytest-xdist: tests in up to 4 processes (8.7 min instead of 12 on the 2-core CPU)
+# pytest-xdist: tests in up to 4 processes (8.7 min instead of 12 on the 2-core CPU); worksteal:
+# a process out of tests takes the rest of another's queue, so a long test at the end leaves no
+# core idle
 test: setup
 	bash tests/start_postgres.sh
 	bash tests/ui/setup.sh
 	HARNESS_TEST_POSTGRES="postgresql+psycopg2:///postgres?host=/var/run/postgresql" \
-		$(PY) -m pytest -q -n auto --maxprocesses=4
+		$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal
 
 # The versions CI tested, which `make setup` installs: regenerate after an upgrade has passed
 # `make test`. torch is left to TORCH (a CPU build here, a CUDA one on a GPU machine).
