@@ -94,6 +94,11 @@ def set_aside(state: dict, step: str) -> None:
     state[f"{step}#{n}"] = state.pop(step)
 
 
+def arm_of(key: str) -> str:
+    """The step a state entry is of: `grpo#2` -> `grpo`."""
+    return key.split("#")[0]
+
+
 def stores(work: Path, name: str) -> list[str]:
     return ["--set", f"tracking.uri=sqlite:///{work}/mlflow.db", "--set",
             f"output_dir={work}/outputs", "--set", f"reports_dir={work}/reports",
@@ -191,23 +196,28 @@ def main() -> None:
 
     failed = {}  # a step that failed does not stop the chain: the steps not needing it go on
 
-    def train(step: str, recipe: str, *extra: str) -> None:
+    def step_done(step: str, entry_of, *argv: str) -> None:
+        """Runs `harness *argv` for `step` unless done (or not asked for); records its state
+        entry (`entry_of(seconds)`) or its failure."""
         if (step in state and step not in args.again) or step not in args.steps:
             return
         try:
-            took = harness(work, step, "train", f"recipes/{recipe}", *model,
-                           *stores(work, step), "--set", gsets, "--set",
-                           f"sweep.objective={OWN[step][0]}", *over(step), *extra)
+            took = harness(work, step, *argv)
         except StepFailed as e:
             failed[step] = str(e)
             print(e, flush=True)
             return
         if step in state:  # --again: the earlier arm stays, as <step>#<n>
             set_aside(state, step)
-        state[step] = {"run_id": last_run(client, step, "train"), "seconds": round(took, 1),
-                       "set": size[step]}
+        state[step] = entry_of(took)
         state_file.write_text(json.dumps(state, indent=1))
         print(f"{step}: run {state[step]['run_id']} in {took:.0f} s", flush=True)
+
+    def train(step: str, recipe: str, *extra: str) -> None:
+        step_done(step, lambda took: {"run_id": last_run(client, step, "train"),
+                                      "seconds": round(took, 1), "set": size[step]},
+                  "train", f"recipes/{recipe}", *model, *stores(work, step), "--set", gsets,
+                  "--set", f"sweep.objective={OWN[step][0]}", *over(step), *extra)
 
     if "sft" not in state and "sft" in args.steps:  # every other step starts from it
         try:
@@ -232,31 +242,22 @@ def main() -> None:
         train("rlhf", "rlhf_math.yaml", *init, "--set",
               f"rewards.0.path={state['reward']['run_id']}")
     train("kto", "kto_math.yaml", *init)
-    if "compare" in args.steps and ("compare" not in state or "compare" in args.again):
-        refs = [sft, args.model] + [state[s]["run_id"] for s in ("dpo", "grpo", "rlhf", "kto")
-                                    if s in state]
-        try:
-            took = harness(work, "compare", "compare", *refs, "--goldenset", sets[0],
-                           "--goldenset", sets[1], *stores(work, "chain"),
-                           *(["--set", "eval.max_examples=8"] if args.tiny else []))
-            if "compare" in state:
-                set_aside(state, "compare")
-            state["compare"] = {"run_id": last_run(client, "chain", "compare"),
-                                "seconds": round(took, 1),
-                                "report": str(work / "reports/chain/report.md")}
-            state_file.write_text(json.dumps(state, indent=1))
-        except StepFailed as e:
-            failed["compare"] = str(e)
-            print(e, flush=True)
+    refs = [sft, args.model] + [state[s]["run_id"] for s in ("dpo", "grpo", "rlhf", "kto")
+                                if s in state]
+    step_done("compare", lambda took: {"run_id": last_run(client, "chain", "compare"),
+                                       "seconds": round(took, 1),
+                                       "report": str(work / "reports/chain/report.md")},
+              "compare", *refs, "--goldenset", sets[0], "--goldenset", sets[1],
+              *stores(work, "chain"), *(["--set", "eval.max_examples=8"] if args.tiny else []))
 
     print("\n| step | metric | before | after | delta [95% CI] | p | Holm p | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     table = {}
     # each step, and the earlier arms of a step run --again (`<step>#<n>`)
-    done = sorted((k for k in state if k.split("#")[0] in OWN),
-                  key=lambda k: (STEPS.index(k.split("#")[0]), k))
+    done = sorted((k for k in state if arm_of(k) in OWN),
+                  key=lambda k: (STEPS.index(arm_of(k)), k))
     for step in done:
-        base = step.split("#")[0]
+        base = arm_of(step)
         figs = run_figures(client, state[step]["run_id"])
         table[step] = figs
         for key in OWN[base] + [k for k in SHOWN if k not in OWN[base] and base in ("dpo", "kto")]:
@@ -270,7 +271,7 @@ def main() -> None:
     for step, line in failed.items():
         print(f"| {step} | failed: {line} |")
     for step in done:  # how many groups gave GRPO an advantage to learn from
-        if step.split("#")[0] in ("grpo", "rlhf"):
+        if arm_of(step) in ("grpo", "rlhf"):
             hist = client.get_metric_history(state[step]["run_id"], "frac_reward_zero_std")
             reward = [m.value for m in sorted(client.get_metric_history(
                 state[step]["run_id"], "reward"), key=lambda m: m.step)]
