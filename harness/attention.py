@@ -146,3 +146,24 @@ def scoring_kernels(model):
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
                       SDPBackend.MATH]):
         yield
+
+
+@contextlib.contextmanager
+def policy_gradient_kernels(chosen: str | None):
+    """GRPO's training (rollouts and the policy's forward and backward) runs SDPA with its math
+    kernel, or FlashAttention where a batch needs no mask, in place of the fused kernels torch
+    picks for padded batches, unless the recipe names an attention (`model.attn_implementation`
+    `sdpa` keeps torch's choice). Why: on an H200 (torch 2.11, the embedded SmolLM2-135M after
+    SFT, 2026-12-04) GRPO's gradient norm became NaN with a finite loss, at a step of a padded
+    batch where one completion ran to max_completion_length (step 38 of three runs at lr 5e-5;
+    step 98 at 1e-4); the same run with the math kernel, or with eager attention, trained on
+    past step 270 with no NaN. The fused kernels' masked backward is known to give NaN
+    gradients (pytorch/pytorch#178251 and #125674, open). The math kernel holds each layer's
+    (rows, heads, tokens, tokens) scores: small for GRPO's short completions; a recipe whose
+    long completions run out of memory can name `sdpa` and keep the guard's NaN check."""
+    if chosen:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
+        yield

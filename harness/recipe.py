@@ -32,7 +32,10 @@ class ModelSpec(Section):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: float32 on CPU, bfloat16 on a GPU that supports it.")
     trust_remote_code: bool = Field(False, description="Run model code from the Hub repo.")
-    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2...")
+    attn_implementation: str | None = Field(None, description="eager, sdpa, flash_attention_2... "
+                                               "Unset: sdpa, and GRPO trains with SDPA's math "
+                                               "kernel (fused kernels gave NaN gradients); "
+                                               "`sdpa` keeps torch's choice.")
     fused_norm: bool | None = Field(None, description="Train with PyTorch's fused RMSNorm kernel "
                                     "in place of the model's (Llama, Mistral, Qwen2/3). Default: "
                                     "on a GPU, where a small model's step is bound by kernel "

@@ -323,6 +323,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
                                       else None), kernels.fused_norms(model, plan.fused_norm), \
             graphs.cuda_graphs(model, blocked is None) as graphed, \
+            (attention.policy_gradient_kernels(recipe.model.attn_implementation) if k.rewarded
+             else contextlib.nullcontext()), \
             guards.faults(recipe, output_dir, checkpointing_key(k)) as where:
         extra = {}
         if k.rewarded:

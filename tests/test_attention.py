@@ -168,3 +168,35 @@ def test_gpu_plan_loads_the_model_into_segments_that_grow_in_place(tiny_model_di
         assert next(model.parameters()).is_cuda
     finally:
         torch._C._accelerator_setAllocatorSettings("expandable_segments:False")
+
+
+@pytest.mark.parametrize("chosen", [None, "sdpa"])
+def test_grpo_trains_without_the_fused_masked_kernels_unless_the_recipe_names_sdpa(
+        recipe_dict, tmp_path, chosen):
+    from transformers import TrainerCallback
+
+    from harness import data, train
+    kernels = lambda: {"efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),  # noqa: E731
+                       "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                       "math": torch.backends.cuda.math_sdp_enabled()}
+    seen = []
+
+    class Seen(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            seen.append(kernels())
+    before = kernels()
+    d = dict(recipe_dict, method="grpo", rewards=[{"name": "math_answer"}],
+             trainer={"max_steps": 2, "per_device_train_batch_size": 2, "num_generations": 2,
+                      "max_completion_length": 6})
+    d["model"] = dict(d["model"], attn_implementation=chosen)
+    r = recipe.build(d, "g.yaml")
+    plan = models.device_plan(r.model)
+    k = train.kind(r)
+    model = models.load_model(r.model, plan, task=k.task)
+    tr, ev, _ = data.load_train(r.data, r.seed, k.data_kind)
+    res = train.train(r, model, models.load_tokenizer(r.model), tr, ev, plan,
+                      str(tmp_path / "out"), callbacks=[Seen()])
+    assert res.trainer.state.global_step == 2 and len(seen) == 2
+    fused_off = {"efficient": False, "cudnn": False, "math": True}
+    assert all(s == (before if chosen else fused_off) for s in seen)
+    assert kernels() == before  # torch's choice again once training is over
