@@ -49,11 +49,15 @@ GRPO_GPU = ["trainer.max_steps=180", "trainer.num_generations=8",
             "trainer.per_device_train_batch_size=64", "trainer.learning_rate=5.0e-5"]
 
 
+def grpo_prompts(work: Path, which: str) -> list[str]:
+    """GRPO's and RLHF's prompts as --set overrides (--grpo-prompts)."""
+    return ([f"data.train={work}/goldensets/math_select.jsonl"] if which == "select" else
+            ["data.builtin_rows=2000", "data.builtin_max_operand=50"])
+
+
 def sizes(tiny: bool, args, work: Path) -> dict[str, list[str]]:
     """Each step's --set overrides beyond the shipped recipe (GPU sizes unless tiny)."""
-    grpo_data = ([f"data.train={work}/goldensets/math_select.jsonl"]
-                 if args.grpo_prompts == "select" else
-                 ["data.builtin_rows=2000", "data.builtin_max_operand=50"])
+    grpo_data = grpo_prompts(work, args.grpo_prompts)
     if tiny:
         few = ["data.builtin_rows=32", "trainer.max_steps=2", "eval.max_examples=8"]
         return {"sft": ["data.builtin_rows=32", "eval.max_examples=8"], "dpo": few,
@@ -100,8 +104,8 @@ def arm_of(key: str) -> str:
     return key.split("#")[0]
 
 
-def stores(work: Path, name: str) -> list[str]:
-    return ["--set", f"tracking.uri=sqlite:///{work}/mlflow.db", "--set",
+def stores(work: Path, name: str, db: str = "mlflow.db") -> list[str]:
+    return ["--set", f"tracking.uri=sqlite:///{work}/{db}", "--set",
             f"output_dir={work}/outputs", "--set", f"reports_dir={work}/reports",
             "--set", f"name={name}"]
 
@@ -150,6 +154,29 @@ def run_figures(client, run_id: str) -> dict:
             for k in sorted(keys)}
 
 
+def train_argv(work: Path, step: str, recipe: str, model: str, sets: list[str],
+               overrides: list[str], *extra: str, name: str | None = None,
+               db: str = "mlflow.db") -> list[str]:
+    """`harness train` of a chain step: its recipe from `model`, scored on the held-out `sets`,
+    `overrides` and `extra` as --set / other flags; `name` its experiment (default the step)."""
+    return ["train", f"recipes/{recipe}", "--set", f"model.name={model}",
+            *stores(work, name or step, db), "--set", f"eval.goldensets=[{', '.join(sets)}]",
+            "--set", f"sweep.objective={OWN[step][0]}",
+            *[x for s in overrides for x in ("--set", s)], *extra]
+
+
+def grpo_signal(client, run_id: str) -> dict:
+    """What a GRPO run learned from: the share of groups rewarded alike (no advantage) over its
+    logged steps, and its mean reward in the first and last quarter of them."""
+    alike = [m.value for m in client.get_metric_history(run_id, "frac_reward_zero_std")]
+    reward = [m.value for m in sorted(client.get_metric_history(run_id, "reward"),
+                                      key=lambda m: m.step)]
+    k = max(1, len(reward) // 4)
+    return {"steps": len(alike), "alike": sum(alike) / len(alike) if alike else None,
+            "quarter": k, "reward_first": sum(reward[:k]) / k if len(reward) >= 2 else None,
+            "reward_last": sum(reward[-k:]) / k if len(reward) >= 2 else None}
+
+
 def last_run(client, experiment: str, kind: str) -> str:
     exp = client.get_experiment_by_name(experiment)
     runs = client.search_runs([exp.experiment_id], f"tags.`harness.kind` = '{kind}' and "
@@ -189,7 +216,6 @@ def main() -> None:
     state_file = work / "state.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else {}
     sets = heldout_sets(work, 8 if args.tiny else args.pairs, args.tiny)
-    gsets = f"eval.goldensets=[{', '.join(sets)}]"
     client = mlflow.MlflowClient(f"sqlite:///{work}/mlflow.db")
     size = sizes(args.tiny, args, work)
     model = ["--set", f"model.name={args.model}"]
@@ -217,8 +243,7 @@ def main() -> None:
     def train(step: str, recipe: str, *extra: str) -> None:
         step_done(step, lambda took: {"run_id": last_run(client, step, "train"),
                                       "seconds": round(took, 1), "set": size[step]},
-                  "train", f"recipes/{recipe}", *model, *stores(work, step), "--set", gsets,
-                  "--set", f"sweep.objective={OWN[step][0]}", *over(step), *extra)
+                  *train_argv(work, step, recipe, args.model, sets, size[step], *extra))
 
     if "sft" not in state and "sft" in args.steps:  # every other step starts from it
         try:
@@ -273,17 +298,13 @@ def main() -> None:
         print(f"| {step} | failed: {line} |")
     for step in done:  # how many groups gave GRPO an advantage to learn from
         if arm_of(step) in ("grpo", "rlhf"):
-            hist = client.get_metric_history(state[step]["run_id"], "frac_reward_zero_std")
-            reward = [m.value for m in sorted(client.get_metric_history(
-                state[step]["run_id"], "reward"), key=lambda m: m.step)]
-            if hist:
-                mean = sum(m.value for m in hist) / len(hist)
-                print(f"{step}: groups rewarded alike (no advantage), mean over {len(hist)} "
-                      f"logged steps: {mean:.2f}")
-            if len(reward) >= 2:  # all alike because all right, or all wrong?
-                k = max(1, len(reward) // 4)
-                print(f"{step}: mean reward, first {k} logged steps {sum(reward[:k]) / k:.3f}, "
-                      f"last {k} {sum(reward[-k:]) / k:.3f}")
+            g = grpo_signal(client, state[step]["run_id"])
+            if g["alike"] is not None:
+                print(f"{step}: groups rewarded alike (no advantage), mean over {g['steps']} "
+                      f"logged steps: {g['alike']:.2f}")
+            if g["reward_first"] is not None:  # all alike because all right, or all wrong?
+                print(f"{step}: mean reward, first {g['quarter']} logged steps "
+                      f"{g['reward_first']:.3f}, last {g['quarter']} {g['reward_last']:.3f}")
     if "sft" in state:  # the seed spread of the SFT sweep's best values (sweep.repeat_best)
         sweep = client.get_run(state["sft"]["sweep_run_id"]).data
         for key, value in sorted(sweep.metrics.items()):
