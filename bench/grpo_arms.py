@@ -46,8 +46,12 @@ def main() -> None:
     args = ap.parse_args()
     import mlflow
     work = Path(args.work).resolve()
-    state = json.loads((work / "state.json").read_text())
+    state = json.loads((work / "state.json").read_text()) if (work / "state.json").exists() else {}
     step = "rlhf" if args.rlhf else "grpo"
+    for needed in ["sft"] + (["reward"] if args.rlhf else []):
+        if needed not in state:
+            sys.exit(f"{work}: no {needed} step; run bench/quality.py --work {work} --steps "
+                     f"{needed} first")
     extra = ["--set", f"model.init_from={state['sft']['run_id']}"]
     if args.rlhf:
         extra += ["--set", f"rewards.0.path={state['reward']['run_id']}"]
@@ -61,10 +65,10 @@ def main() -> None:
         shutil.copyfile(work / "mlflow.db", work / db)
         argv = quality.train_argv(work, step, f"{step}_math.yaml", args.model, sets,
                                   common + overrides, *extra, name=name, db=db)
-        log = open(work / "arms" / f"{name}.log", "w")
-        running[name] = (subprocess.Popen([sys.executable, "-m", "harness", *argv], cwd=ROOT,
-                                          stdout=log, stderr=subprocess.STDOUT), time.time(),
-                         overrides)
+        with open(work / "arms" / f"{name}.log", "w") as log:  # the child keeps its own copy
+            running[name] = (subprocess.Popen([sys.executable, "-m", "harness", *argv],
+                                              cwd=ROOT, stdout=log, stderr=subprocess.STDOUT),
+                             time.time(), overrides)
     print("| arm | --set | before | after | delta [95% CI] | p / Holm | reward first -> last "
           "quarter | groups alike | seconds |\n|---|---|---|---|---|---|---|---|---|")
     key = quality.OWN[step][0]
@@ -75,13 +79,12 @@ def main() -> None:
                 took[name] = time.time() - start
         time.sleep(1)
     failed = []
-    for name, (proc, start, overrides) in running.items():
+    for name, (proc, _, overrides) in running.items():
         rc = proc.returncode
         said = " ".join(overrides)
         if rc:
-            lines = (work / "arms" / f"{name}.log").read_text().splitlines()
-            line = ([x for x in lines if x.startswith("error:")] or lines[-1:] or ["no output"])
-            print(f"| {name} | {said} | failed (exit {rc}): {line[-1]} | | | | | | "
+            print(f"| {name} | {said} | failed (exit {rc}): "
+                  f"{quality.error_line(work / 'arms' / f'{name}.log')} | | | | | | "
                   f"{took[name]:.0f} |")
             failed.append(name)
             continue

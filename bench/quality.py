@@ -86,11 +86,16 @@ def harness(work: Path, log: str, *argv: str) -> float:
                            stderr=subprocess.STDOUT, text=True)
     took = time.perf_counter() - t
     if p.returncode:
-        lines = (work / f"{log}.log").read_text().splitlines()
-        said = [x for x in lines if x.startswith("error:")] or lines[-1:]
         raise StepFailed(f"{log} failed (exit {p.returncode}) after {took:.0f} s: "
-                         + (said[-1] if said else "no output"))
+                         + error_line(work / f"{log}.log"))
     return took
+
+
+def error_line(log: Path) -> str:
+    """The harness's one `error:` line in a command's output (else its last line)."""
+    lines = log.read_text().splitlines()
+    said = [x for x in lines if x.startswith("error:")] or lines[-1:]
+    return said[-1] if said else "no output"
 
 
 def set_aside(state: dict, step: str) -> None:

@@ -176,9 +176,10 @@ def test_grpo_trains_without_the_fused_masked_kernels_unless_the_recipe_names_sd
     from transformers import TrainerCallback
 
     from harness import data, train
-    kernels = lambda: {"efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),  # noqa: E731
-                       "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
-                       "math": torch.backends.cuda.math_sdp_enabled()}
+    def kernels():  # which SDPA kernels torch may pick now
+        return {"efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                "math": torch.backends.cuda.math_sdp_enabled()}
     seen = []
 
     class Seen(TrainerCallback):
