@@ -39,7 +39,8 @@ def main() -> None:
                     help="an arm: its name, then its --set overrides (repeat for each arm)")
     ap.add_argument("--grpo", nargs="*", default=quality.GRPO_GPU, help="every arm's --set "
                     f"overrides first (default {' '.join(quality.GRPO_GPU)})")
-    ap.add_argument("--grpo-prompts", choices=["select", "builtin"], default="select")
+    ap.add_argument("--grpo-prompts", default="select", metavar="select|builtin|FILE",
+                    help="as bench/quality.py's")
     ap.add_argument("--rlhf", action="store_true", help="the RLHF step (W's reward model as the "
                     "reward) instead of GRPO with verifiable rewards")
     ap.add_argument("--model", default="embedded:smollm2-135m-instruct")
@@ -69,8 +70,9 @@ def main() -> None:
             running[name] = (subprocess.Popen([sys.executable, "-m", "harness", *argv],
                                               cwd=ROOT, stdout=log, stderr=subprocess.STDOUT),
                              time.time(), overrides)
-    print("| arm | --set | before | after | delta [95% CI] | p / Holm | reward first -> last "
-          "quarter | groups alike | seconds |\n|---|---|---|---|---|---|---|---|---|")
+    print("| arm | --set | before | after | delta [95% CI] | p / Holm | fixed / broken | "
+          "reward first -> last quarter | groups alike | seconds |\n"
+          "|---|---|---|---|---|---|---|---|---|---|")
     key = quality.OWN[step][0]
     took = {}  # each arm's wall time, from its start to its end
     while len(took) < len(running):
@@ -84,7 +86,7 @@ def main() -> None:
         said = " ".join(overrides)
         if rc:
             print(f"| {name} | {said} | failed (exit {rc}): "
-                  f"{quality.error_line(work / 'arms' / f'{name}.log')} | | | | | | "
+                  f"{quality.error_line(work / 'arms' / f'{name}.log')} | | | | | | | "
                   f"{took[name]:.0f} |")
             failed.append(name)
             continue
@@ -95,9 +97,11 @@ def main() -> None:
         trend = ("" if g["reward_first"] is None else  # one logged step: no trend
                  f"{g['reward_first']:.3f} -> {g['reward_last']:.3f}")
         alike = "" if g["alike"] is None else f"{g['alike']:.2f}"
+        changed = "" if f["fixed"] is None else f"{f['fixed']:.0f} / {f['broken']:.0f}"
         print(f"| {name} | {said} | {f['before']:.3f} | {f['after']:.3f} | {f['delta']:+.3f} "
               f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] | {f['p_value']:.3g} / "
-              f"{f['p_holm']:.3g} | {trend} | {alike} | {took[name]:.0f} |", flush=True)
+              f"{f['p_holm']:.3g} | {changed} | {trend} | {alike} | {took[name]:.0f} |",
+              flush=True)
     print(f"\n`{key}` on the held-out problems; every arm also ran with --set {' '.join(common)}")
     if failed:
         sys.exit(f"{len(failed)} arm(s) failed: {', '.join(failed)}")

@@ -50,9 +50,13 @@ GRPO_GPU = ["trainer.max_steps=180", "trainer.num_generations=8",
 
 
 def grpo_prompts(work: Path, which: str) -> list[str]:
-    """GRPO's and RLHF's prompts as --set overrides (--grpo-prompts)."""
-    return ([f"data.train={work}/goldensets/math_select.jsonl"] if which == "select" else
-            ["data.builtin_rows=2000", "data.builtin_max_operand=50"])
+    """GRPO's and RLHF's prompts as --set overrides (--grpo-prompts): `select`, `builtin`, or
+    a JSONL file of question/answer rows (GSM8K's, say: many more distinct problems)."""
+    if which == "select":
+        return [f"data.train={work}/goldensets/math_select.jsonl"]
+    if which == "builtin":
+        return ["data.builtin_rows=2000", "data.builtin_max_operand=50"]
+    return [f"data.train={Path(which).resolve()}"]
 
 
 def sizes(tiny: bool, args, work: Path) -> dict[str, list[str]]:
@@ -155,7 +159,8 @@ def run_figures(client, run_id: str) -> dict:
     m = client.get_run(run_id).data.metrics
     keys = {k.split("/", 1)[1] for k in m if k.startswith("p_value/")}
     return {k: {side: m.get(f"{side}/{k}") for side in ("before", "after", "delta", "ci_low",
-                                                         "ci_high", "p_value", "p_holm")}
+                                                         "ci_high", "p_value", "p_holm", "fixed",
+                                                         "broken")}
             for k in sorted(keys)}
 
 
@@ -202,13 +207,14 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=300, help="held-out preference pairs")
     ap.add_argument("--grpo", nargs="*", help="GRPO's and RLHF's --set overrides (default "
                     f"{' '.join(GRPO_GPU)}; with --tiny, none but its own)")
-    ap.add_argument("--grpo-prompts", choices=["select", "builtin"], default="select",
+    ap.add_argument("--grpo-prompts", default="select", metavar="select|builtin|FILE",
                     help="GRPO's and RLHF's prompts: `select`, the 85 problems of goldensets/math "
-                    "the SFT sweep selected on (the held-out half's wording; never reported), or "
+                    "the SFT sweep selected on (the held-out half's wording; never reported), "
                     "`builtin`, 2,000 rows of builtin:math with operands up to 50. On an H200 "
                     "(2026-12-04) builtin prompts moved held-out accuracy by +0.000 twice "
                     "(operands up to 20, then 50): the SFT model solves the generator's problems "
-                    "and 50-88%% of the groups were rewarded alike")
+                    "and 50-88%% of the groups were rewarded alike; or a JSONL file of "
+                    "question/answer rows (data.train)")
     ap.add_argument("--again", nargs="+", default=[], choices=STEPS[1:], metavar="STEP",
                     help="run these steps again though done (another arm: other --grpo "
                     "settings); the earlier run stays in the table as <step>#<n>")
