@@ -28,7 +28,7 @@ def _trial_run(client, exp_name: str):
 def test_a_trial_killed_after_its_checkpoint_resumes_from_it(recipe_dict, tmp_path,
                                                              write_recipe, client):
     import torch
-    steps = 16
+    steps = 8
     d = dict(recipe_dict, checkpoint_minutes=0.001)  # each step (0.06 s): several saves a trial
     d["trainer"] = dict(d["trainer"], max_steps=steps)
     (tmp_path / "one.yaml").write_text(
@@ -36,8 +36,8 @@ def test_a_trial_killed_after_its_checkpoint_resumes_from_it(recipe_dict, tmp_pa
         "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "one.yaml"))
 
-    # the same trial, never stopped, in stores of its own
-    ref = dict(d, name="ref", output_dir=str(tmp_path / "ref_out"))
+    # the same trial, never stopped and never saved midway, in stores of its own
+    ref = dict(d, name="ref", output_dir=str(tmp_path / "ref_out"), checkpoint_minutes=0)
     ref["sweep"] = dict(d["sweep"], storage=f"sqlite:///{tmp_path}/ref.db")
     sweep.run_sweep(recipe.build(ref, "ref.yaml"))
     reference = _trial_run(client, "ref")

@@ -114,7 +114,7 @@ def test_a_sweep_of_two_process_trials_prunes_on_every_rank(recipe_dict, tmp_pat
 
 
 def test_trials_of_more_gpus_than_the_machine_has_are_bad_input(recipe_dict, tmp_path,
-                                                                 monkeypatch):
+                                                                 monkeypatch, empty_mlflow_store):
     from harness import distributed, recipe, search, sweep
     from harness.errors import HarnessError
     monkeypatch.setattr(distributed, "_machine_gpus", ["0", "1"])
@@ -125,4 +125,5 @@ def test_trials_of_more_gpus_than_the_machine_has_are_bad_input(recipe_dict, tmp
     with pytest.raises(HarnessError, match=r"processes_per_trial: 2 worker\(s\) of 2 GPUs need 4"):
         sweep.run_sweep(r, workers=2)
     sweep.check_gpus(r, search.load_space(r), workers=1)  # 2 GPUs for one worker of 2: fine
-    assert not (tmp_path / "mlflow.db").exists()  # refused before any store was opened
+    # refused before any store was written: the recipe's store is still the empty one it began as
+    assert (tmp_path / "mlflow.db").read_bytes() == empty_mlflow_store.read_bytes()
