@@ -20,7 +20,7 @@ exits non-zero after the table.
 
     python bench/quality.py --work /tmp/quality [--model embedded:smollm2-135m-instruct]
         [--steps sft dpo ...] [--sft-rows 4000] [--trials 2] [--repeat-best 3]
-        [--grpo-prompts select|builtin] [--again STEP ...] [--tiny] [--out quality.json]
+        [--grpo-prompts select|builtin|FILE] [--again STEP ...] [--tiny] [--out quality.json]
 
 --tiny: CPU-sized (a handful of rows, steps and examples) to check the chain runs end to end.
 """
