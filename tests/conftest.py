@@ -24,6 +24,18 @@ def pytest_configure(config):
     for message, category in KNOWN_WARNINGS:  # added later: they take precedence
         config.addinivalue_line("filterwarnings",
                                 f"ignore:{message}:{category.__module__}.{category.__qualname__}")
+# The longest tests (40-80 s each on a 2-core CI machine) start first: started last, one of them
+# can keep a single xdist worker busy after the other has run out of tests.
+LONGEST = ("test_a_trial_killed_after_its_checkpoint_resumes_from_it",
+           "test_the_shipped_math_task_scores_as_numeric_accuracy_does",
+           "test_two_workers_two_sweeps_in_a_row", "test_the_default_sweeps_work_matches_the_",
+           "test_sigterm_to_a_two_worker_sweep", "test_sweep_logs_everything_and_resumes")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: not item.name.startswith(LONGEST))  # a stable sort
+
+
 SHARED = Path(os.environ.get("HARNESS_SHARED", ROOT.parent / "shared"))
 TOKENIZER = SHARED / "anchors" / "smollm2-135m"  # SmolLM2's tokenizer and chat template
 
