@@ -28,7 +28,8 @@ def pytest_configure(config):
 # can keep a single xdist worker busy after the other has run out of tests.
 LONGEST = ("test_a_trial_killed_after_its_checkpoint_resumes_from_it",
            "test_the_shipped_math_task_scores_as_numeric_accuracy_does",
-           "test_two_workers_two_sweeps_in_a_row", "test_the_default_sweeps_work_matches_the_",
+           "test_two_workers_two_sweeps_in_a_row",
+           "test_the_default_sweeps_work_matches_the_documented_ledger",
            "test_sigterm_to_a_two_worker_sweep", "test_sweep_logs_everything_and_resumes")
 
 
