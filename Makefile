@@ -22,7 +22,8 @@ demo: setup
 	$(VENV)/bin/harness sweep recipes/sft_math.yaml
 
 # the concurrency tests run against a real PostgreSQL (Debian's package, started here)
-# pytest-xdist: tests in up to 4 processes (8.7 min instead of 12 on the 2-core CPU); worksteal:
+# pytest-xdist: tests in up to 4 processes, torch given a core's share in each (tests/conftest.py;
+# 10.7 min on the 2-core CPU, against 15.6 with every process using every core); worksteal:
 # a process out of tests takes the rest of another's queue, so a long test at the end leaves no
 # core idle
 test: setup

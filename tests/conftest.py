@@ -10,6 +10,13 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# xdist runs N test processes; each of them, and each harness process a test starts, would
+# otherwise give torch one thread per core: N x cores threads on the cores, spinning against
+# each other (tests/test_sweep.py on 2 workers and 2 cores: 161 s with the default, 134 s with
+# a core's share each). Set before anything imports torch; a value the caller set is kept.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
 # the libraries whose deprecations are tasks: a DeprecationWarning or FutureWarning raised from
 # them (or from the harness calling them) fails the test, but for harness.cli.KNOWN_WARNINGS
 OURS = r"(transformers|trl|peft|optuna|mlflow|harness)(\..*)?$"
@@ -24,13 +31,15 @@ def pytest_configure(config):
     for message, category in KNOWN_WARNINGS:  # added later: they take precedence
         config.addinivalue_line("filterwarnings",
                                 f"ignore:{message}:{category.__module__}.{category.__qualname__}")
-# The longest tests (40-80 s each on a 2-core CI machine) start first: started last, one of them
+# The longest tests (30-45 s each on a 2-core CI machine) start first: started last, one of them
 # can keep a single xdist worker busy after the other has run out of tests.
 LONGEST = ("test_a_trial_killed_after_its_checkpoint_resumes_from_it",
            "test_the_shipped_math_task_scores_as_numeric_accuracy_does",
            "test_two_workers_two_sweeps_in_a_row",
            "test_the_default_sweeps_work_matches_the_documented_ledger",
-           "test_sigterm_to_a_two_worker_sweep", "test_sweep_logs_everything_and_resumes")
+           "test_sigterm_to_a_two_worker_sweep",
+           "test_sweep_trials_metrics_and_compare_view_in_chromium",
+           "test_a_sweep_of_two_process_trials_prunes_on_every_rank")
 
 
 def pytest_collection_modifyitems(config, items):
