@@ -225,14 +225,15 @@ def check_gpus(recipe: Recipe, space: SweepFile, workers: int) -> None:
 
 def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: int,
                    per_trial: int) -> None:
-    """`workers` processes of `harness sweep --worker-of PARENT` on the resolved recipe, each
-    a torchrun group of `per_trial` processes when trials train on several GPUs."""
+    """`workers` `harness sweep --worker-of PARENT` processes (torchrun groups of `per_trial`)."""
     import subprocess
     ids = distributed.gpu_ids()
     path = _recipe_file(recipe, parent, tracker if per_trial > 1 else None)
+    # a CPU's cores shared out: a thread per core in every worker spun (2 on 2 cores: 0.77x one)
+    share = str(max(1, len(os.sched_getaffinity(0)) // (workers * per_trial)))
     procs = []
-    for i in range(workers):
-        env = dict(os.environ)
+    for i in range(workers):  # a caller's OMP_NUM_THREADS is kept
+        env = dict(os.environ) if ids else {"OMP_NUM_THREADS": share, **os.environ}
         if ids:  # its own GPUs where there are enough; otherwise workers share them in turn
             group = ids[i * per_trial:(i + 1) * per_trial] if len(ids) >= workers * per_trial \
                 else [ids[i % len(ids)]]

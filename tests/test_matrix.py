@@ -279,15 +279,20 @@ def mlflow_server(pg_database, tmp_path):
 
 @pytest.mark.parametrize("backend", ["postgresql", "journal"])
 def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg_database,
-                                         mlflow_server, backend):
+                                         mlflow_server, backend, monkeypatch):
     """`--workers 2`: two worker processes on one Optuna study (RDB storage on a real
     PostgreSQL, or a journal file) and one `harness server` backed by PostgreSQL. Two sweeps
     in a row, each a new study and experiment, so a race between the workers (both logging the
     same golden set, both asking for a trial) shows: no trial lost or repeated, no run left
-    RUNNING, every worker exits cleanly. (A third sweep, random like the first, cost CI 50 s and
-    tested nothing the first did not; tests/test_sweep.py covers a grid's workers further.)"""
+    RUNNING, every worker exits cleanly, each on its share of the CPU's cores (its trials'
+    manifests). (A third sweep, random like the first, cost CI 50 s and tested nothing the
+    first did not; tests/test_sweep.py covers a grid's workers further.)"""
+    import os
+
     import mlflow
     import optuna
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # as a user's shell has it
+    share = max(1, len(os.sched_getaffinity(0)) // 2)
     (tmp_path / "space4.yaml").write_text(
         "n_trials: 4\nsampler: random\nparams:\n"
         "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n")
@@ -320,4 +325,6 @@ def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg
         assert {"report", "eval"} <= parent_arts  # served by the server
         assert all(client.get_logged_model(r.data.tags["harness.model_id"]).status == "READY"
                    for r in trials)  # the trials' adapters, through the server
+        assert {mlflow.artifacts.load_dict(f"runs:/{r.info.run_id}/manifest.json")["device"][
+            "torch_threads"] for r in trials} == {share}, i
     mlflow.set_tracking_uri(None)
