@@ -101,6 +101,15 @@ def torchrun(args: list[str]) -> int:
     return 0
 
 
+def cpu_threads(processes: int) -> str:
+    """OMP_NUM_THREADS for each of `processes` processes sharing this machine's cores: the
+    caller's value if set, else a share of the cores. torch's default, a thread per core in
+    every process, spins them against each other (2 sweep workers on 2 cores: 0.77x one
+    worker's trials an hour; a share each: 1.18x, docs/benchmarks.md)."""
+    return os.environ.get("OMP_NUM_THREADS") or \
+        str(max(1, len(os.sched_getaffinity(0)) // processes))
+
+
 def launch(argv: list[str], processes: int, env: dict | None = None) -> int:
     """`harness <argv>` in `processes` processes on this machine, one GPU each where there are
     GPUs (`env` on top of this process's). Returns torchrun's exit code."""

@@ -229,11 +229,10 @@ def _spawn_workers(recipe: Recipe, tracker, parent: str, total: int, workers: in
     import subprocess
     ids = distributed.gpu_ids()
     path = _recipe_file(recipe, parent, tracker if per_trial > 1 else None)
-    # a CPU's cores shared out: a thread per core in every worker spun (2 on 2 cores: 0.77x one)
-    share = str(max(1, len(os.sched_getaffinity(0)) // (workers * per_trial)))
     procs = []
-    for i in range(workers):  # a caller's OMP_NUM_THREADS is kept
-        env = dict(os.environ) if ids else {"OMP_NUM_THREADS": share, **os.environ}
+    for i in range(workers):  # on a CPU, each worker a share of the cores
+        env = dict(os.environ) if ids else {
+            **os.environ, "OMP_NUM_THREADS": distributed.cpu_threads(workers * per_trial)}
         if ids:  # its own GPUs where there are enough; otherwise workers share them in turn
             group = ids[i * per_trial:(i + 1) * per_trial] if len(ids) >= workers * per_trial \
                 else [ids[i % len(ids)]]

@@ -11,12 +11,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # xdist runs N test processes; each of them, and each harness process a test starts, would
-# otherwise give torch one thread per core: N x cores threads on the cores, spinning against
-# each other (tests/test_sweep.py on 2 workers and 2 cores: 161 s with the default, 134 s with
-# a core's share each). Set before anything imports torch; a value the caller set is kept.
+# otherwise give torch one thread per core (tests/test_sweep.py on 2 workers and 2 cores: 161 s
+# with the default, 134 s with a share each). Set before anything imports torch.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _WORKERS)))
+    from harness.distributed import cpu_threads
+    os.environ["OMP_NUM_THREADS"] = cpu_threads(_WORKERS)
 # the libraries whose deprecations are tasks: a DeprecationWarning or FutureWarning raised from
 # them (or from the harness calling them) fails the test, but for harness.cli.KNOWN_WARNINGS
 OURS = r"(transformers|trl|peft|optuna|mlflow|harness)(\..*)?$"
