@@ -3,10 +3,11 @@ disagree on them? GRPO learns only from a group whose rewards differ (TRL logs t
 groups rewarded alike as `frac_reward_zero_std`); a pool the starting model never or always
 solves gives it nothing, however many distinct prompts it has.
 
-For N prompts of a question/answer JSONL (shuffled, seed 0), G completions each, sampled as
-GRPO samples them (the recipe's temperature, top-p and max_completion_length; the chat
-template; no top-k cut), scored with `math_answer`'s check (numeric_accuracy); it prints the
-per-completion accuracy and the share of groups all wrong, mixed and all right.
+For the first N prompts of a file, read as GRPO reads `data.train` (any prompt format; shuffled
+with the recipe's seed), G completions each, sampled as GRPO samples them (the recipe's
+temperature, top-p and max_completion_length; the chat template; no top-k cut), scored by the
+`math_answer` reward; it prints the per-completion accuracy and the share of groups all wrong,
+mixed and all right.
 
     python bench/group_spread.py --prompts goldensets/math.jsonl --n 48 \\
         [--init RUN_OR_FOLDER | --work W] [--recipe recipes/grpo_math.yaml] [--set K=V ...]
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -35,8 +35,9 @@ def spread(accuracies: list[float]) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--prompts", required=True, help="JSONL rows with question and answer")
-    ap.add_argument("--n", type=int, default=48, help="prompts taken (after a seeded shuffle)")
+    ap.add_argument("--prompts", required=True, help="GRPO's data.train: a file of prompts "
+                    "with reference answers (question/answer rows, say)")
+    ap.add_argument("--n", type=int, default=48, help="prompts taken (after the shuffle)")
     ap.add_argument("--generations", type=int, default=8, help="completions a prompt (G)")
     ap.add_argument("--batch", type=int, default=8, help="prompts decoded together")
     ap.add_argument("--recipe", default="recipes/grpo_math.yaml")
@@ -47,8 +48,8 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from harness import metrics, models, prepared, recipe, tracking
-    sets = list(args.set)
+    from harness import data, models, prepared, recipe, rewards, tracking
+    sets = [f"data.train={Path(args.prompts).resolve()}", *args.set]
     if args.work:
         work = Path(args.work).resolve()
         run_id = json.loads((work / "state.json").read_text())["sft"]["run_id"]
@@ -66,17 +67,15 @@ def main() -> None:
     adapter = init if init and models.is_adapter(init) else None
     model = models.load_model(rec.model, plan, path=None if adapter else init,
                               adapter=adapter).eval()
-    check = metrics.load("numeric_accuracy")  # what the math_answer reward returns
-    rows = [json.loads(line) for line in open(args.prompts) if line.strip()]
-    random.Random(0).shuffle(rows)
-    rows, g, t = rows[:args.n], args.generations, rec.trainer
+    (reward,), _, _ = rewards.build([recipe.RewardSpec(name="math_answer")])
+    rows = data.load_train(rec.data, rec.seed, kind="prompt")[0]
+    rows, g, t = rows.select(range(min(args.n, len(rows)))), args.generations, rec.trainer
     torch.manual_seed(0)
     accuracies, start = [], time.perf_counter()
     for i in range(0, len(rows), args.batch):
-        batch = rows[i:i + args.batch]
-        texts = [tok.apply_chat_template([{"role": "user", "content": r["question"]}],
-                                         tokenize=False, add_generation_prompt=True)
-                 for r in batch]
+        batch = rows.select(range(i, min(i + args.batch, len(rows))))
+        texts = [tok.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
+                 for p in batch["prompt"]]
         enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         with torch.no_grad():
             out = model.generate(**enc.to(plan.device), do_sample=True, top_k=0,
@@ -84,8 +83,7 @@ def main() -> None:
                                  max_new_tokens=t.get("max_completion_length", 256),
                                  num_return_sequences=g, pad_token_id=tok.pad_token_id)
         done = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-        scores = check.score_examples(predictions=done,
-                                      references=[r["answer"] for r in batch for _ in range(g)])
+        scores = reward(None, done, answer=[a for a in batch["answer"] for _ in range(g)])
         accuracies += [sum(scores[j * g:(j + 1) * g]) / g for j in range(len(batch))]
     s = spread(accuracies)
     print(f"{args.prompts}: {len(accuracies)} prompts x {g} completions from "
