@@ -24,7 +24,8 @@ def scoring_model(name: str, config: str | None = None):
     CPU, bf16 on a GPU); `config`: a config folder, random weights of that shape instead."""
     import tempfile
 
-    from harness import models, recipe
+    from harness import models
+    from harness.config import recipe
     if config:
         name = random_model(config, tempfile.mkdtemp())
     spec = recipe.ModelSpec(name=name)

@@ -29,14 +29,14 @@ def main() -> None:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from harness import evaluation, goldensets
+    from harness.eval import scoring, goldensets
     tok = AutoTokenizer.from_pretrained(args.config)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.config),
                                              dtype=torch.bfloat16).cuda().eval()
     gs = goldensets.load(args.goldenset)
-    msgs = [evaluation.chat_prompt(tok, p) for p in gs.prompts] * args.repeat
-    texts = [evaluation.render(tok, m) for m in msgs]
+    msgs = [scoring.chat_prompt(tok, p) for p in gs.prompts] * args.repeat
+    texts = [scoring.render(tok, m) for m in msgs]
     tokens = len(texts) * args.new
     force = {"min_new_tokens": args.new}
     print(f"device {torch.cuda.get_device_name()}; {len(texts)} prompts from {gs.name}, "
@@ -45,7 +45,7 @@ def main() -> None:
     def timed(label, **kw):
         torch.cuda.synchronize()
         t = time.perf_counter()
-        out = evaluation.generate(model, tok, texts, args.new, **kw, **force)
+        out = scoring.generate(model, tok, texts, args.new, **kw, **force)
         torch.cuda.synchronize()
         dt = time.perf_counter() - t
         print(f"{label}: {dt:.2f} s, {tokens / dt:,.0f} new tok/s", flush=True)

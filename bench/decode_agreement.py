@@ -29,7 +29,10 @@ def main() -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from harness import attention, evaluation, goldensets, models, recipe
+    from harness.accel import attention
+    from harness.eval import scoring, goldensets
+    from harness import models
+    from harness.config import recipe
     tok = AutoTokenizer.from_pretrained(args.config)
     sets = [goldensets.load(p) for p in args.goldensets]
     plan = models.DevicePlan("cuda", "bfloat16", bf16=True, gradient_checkpointing=False)
@@ -55,9 +58,9 @@ def main() -> None:
             t = time.perf_counter()
             with kernels(m):
                 for gs in sets:
-                    texts = [evaluation.render(tok, evaluation.chat_prompt(tok, p))
+                    texts = [scoring.render(tok, scoring.chat_prompt(tok, p))
                              for p in gs.prompts]
-                    out[gs.name] = evaluation.generate(m, tok, texts, gs.manifest.max_new_tokens,
+                    out[gs.name] = scoring.generate(m, tok, texts, gs.manifest.max_new_tokens,
                                                        256)
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)

@@ -15,8 +15,10 @@ import random
 import tempfile
 import time
 
-from harness import goldensets, metrics, recipe, run
-from harness.evaluation import SetResult
+from harness.eval import goldensets, metrics
+from harness.config import recipe
+from harness.pipeline import run
+from harness.eval.scoring import SetResult
 
 
 def scored(path: str) -> SetResult:
@@ -45,7 +47,7 @@ def main() -> None:
                                                   "goldensets/general_knowledge.yaml"])
     ap.add_argument("--tracking", help="default: a new SQLite store in a temporary folder")
     args = ap.parse_args()
-    from harness.tracking import Tracker
+    from harness.tracking.tracker import Tracker
     with tempfile.TemporaryDirectory() as d:
         uri = args.tracking or f"sqlite:///{d}/mlflow.db"
         r = recipe.build({"name": "records", "tracking": {"uri": uri}}, "bench")

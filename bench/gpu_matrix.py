@@ -411,7 +411,7 @@ WARNING_LINE = re.compile(r"\b[A-Z]\w*Warning\b")
 def unexpected_warnings(lines: list[str]) -> list[str]:
     """Lines of a Python warning that is not one the project expects. The expected ones are
     harness.cli.KNOWN_WARNINGS, kept there alone: the CLI hides them, the tests allow them."""
-    from harness.cli import KNOWN_WARNINGS
+    from harness.commands.cli import KNOWN_WARNINGS
     return [line for line in lines if WARNING_LINE.search(line)
             and not any(re.search(message, line) for message, _ in KNOWN_WARNINGS)]
 

@@ -28,14 +28,14 @@ import yaml
 from common import random_model, server
 from train_speed import workload
 
-from harness import timing
+from harness.core import timing
 
 
 def warm_up() -> float:
     """Import what every arm imports, once: the wheels are installed without bytecode."""
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch, trl, peft, mlflow, optuna, "
-                    "harness.sweep, harness.train, harness.tracking, harness.evaluation; "
+                    "harness.study.sweep, harness.train, harness.tracking, harness.evaluation; "
                     "torch.cuda.is_available() and torch.zeros(1, device='cuda')"], check=True)
     return time.perf_counter() - t
 

@@ -48,7 +48,12 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from harness import data, models, prepared, recipe, rewards, tracking
+    from harness.data import trainset
+    from harness import models
+    from harness.pipeline import prepared
+    from harness.config import recipe
+    from harness.train import rewards
+    from harness.tracking import tracker
     sets = [f"data.train={Path(args.prompts).resolve()}", *args.set]
     if args.work:
         work = Path(args.work).resolve()
@@ -60,7 +65,7 @@ def main() -> None:
         sets.append(f"model.init_from={folder.resolve() if folder.is_dir() else args.init}")
     rec = recipe.load(args.recipe, sets)
     by_run = rec.model.init_from and not Path(rec.model.init_from).is_dir()
-    init = prepared.resolve_init(rec, tracking.Tracker(rec) if by_run else None)
+    init = prepared.resolve_init(rec, tracker.Tracker(rec) if by_run else None)
     plan = models.device_plan(rec.model)
     tok = models.load_tokenizer(rec.model)
     tok.padding_side = "left"  # decoder-only batches are padded on the left
@@ -68,7 +73,7 @@ def main() -> None:
     model = models.load_model(rec.model, plan, path=None if adapter else init,
                               adapter=adapter).eval()
     (reward,), _, _ = rewards.build([recipe.RewardSpec(name="math_answer")])
-    rows = data.load_train(rec.data, rec.seed, kind="prompt")[0]
+    rows = trainset.load_train(rec.data, rec.seed, kind="prompt")[0]
     rows, g, t = rows.select(range(min(args.n, len(rows)))), args.generations, rec.trainer
     torch.manual_seed(0)
     accuracies, start = [], time.perf_counter()

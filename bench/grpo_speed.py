@@ -41,19 +41,22 @@ HARNESS_ARMS = {
 
 
 def harness_arm(model_dir: str, steps: int, out: str, arm: str = "harness") -> dict:
-    from harness import data, models, recipe, rollouts, train
+    from harness.data import trainset
+    from harness import models
+    from harness.config import recipe
+    from harness.train import rollouts, trainers
     merged, values = HARNESS_ARMS[arm]
     rollouts.ON = merged
     r = recipe.load("recipes/grpo_math.yaml")
     r = recipe.with_values(r, {"model.name": model_dir, "trainer.max_steps": steps,
                                "trainer.logging_steps": 1, **values})
-    k = train.kind(r)
+    k = trainers.kind(r)
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)
-    ds, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    ds, _, _ = trainset.load_train(r.data, r.seed, k.data_kind)
     t = time.perf_counter()
-    res = train.train(r, model, tok, ds, None, plan, out)
+    res = trainers.train(r, model, tok, ds, None, plan, out)
     return _row(arm, res.trainer, res.metrics, time.perf_counter() - t)
 
 
@@ -64,9 +67,11 @@ def trl_arm(model_dir: str, steps: int, out: str) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from harness import data, recipe, rewards
+    from harness.data import trainset
+    from harness.config import recipe
+    from harness.train import rewards
     r = recipe.load("recipes/grpo_math.yaml")
-    ds, _, _ = data.load_train(r.data, r.seed, "prompt")
+    ds, _, _ = trainset.load_train(r.data, r.seed, "prompt")
     funcs, _, weights = rewards.build([recipe.RewardSpec(**x) for x in REWARDS])
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
     config = GRPOConfig(output_dir=out, max_steps=steps, logging_steps=1, report_to="none",

@@ -63,7 +63,8 @@ def main() -> None:
     args = ap.parse_args()
     import mlflow
 
-    from harness import models, recipe
+    from harness import models
+    from harness.config import recipe
     where = Path(tempfile.mkdtemp(prefix="lm_eval_cost-"))
     tasks = task_folder(Path(args.shared), args.docs, where)
     r = {"name": "cost", "tracking": {"uri": f"sqlite:///{where}/mlflow.db",

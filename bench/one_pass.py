@@ -27,16 +27,17 @@ def main() -> None:
 
     from common import scoring_model
 
-    from harness import evaluation, goldensets, ledger
+    from harness.eval import scoring, goldensets
+    from harness.core import ledger
     model, tok, plan = scoring_model(args.model, args.config)
     sets = [goldensets.load(p) for p in args.goldensets]
     batch = args.batch or (256 if plan.device == "cuda" else 32)
 
     def per_set():
-        return {gs.name: evaluation.evaluate_set(model, tok, gs, batch) for gs in sets}
+        return {gs.name: scoring.evaluate_set(model, tok, gs, batch) for gs in sets}
 
     def one_pass():
-        return evaluation.evaluate_model(model, tok, sets, batch)
+        return scoring.evaluate_model(model, tok, sets, batch)
 
     out = {}
     for label, how in (("one pass a set", per_set), ("one pass", one_pass)):

@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from harness import metrics, stats
+from harness.eval import metrics, stats
 
 
 def power(n: int, base: float, lift: float, break_rate: float, sims: int, seed: int = 0) -> float:

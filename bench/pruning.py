@@ -20,7 +20,8 @@ def study(recipe_path: str, sets: list[str], n_trials: int, pruner: dict | None,
     import mlflow
     import yaml
 
-    from harness import recipe, sweep
+    from harness.config import recipe
+    from harness.study import sweep
     r = recipe.load(recipe_path, sets)
     space = yaml.safe_load(open(r.sweep.space))
     space["pruner"] = pruner or {"type": "none"}
@@ -54,7 +55,7 @@ def study(recipe_path: str, sets: list[str], n_trials: int, pruner: dict | None,
 
 def within_noise(unpruned: dict, pruned: dict):
     """The harness's own paired test of the two best trials over the same golden examples."""
-    from harness import metrics, stats
+    from harness.eval import metrics, stats
     m = metrics.load(unpruned["metric"])
     return stats.paired(m, metrics.module_and_args(unpruned["metric"])[1], unpruned["scores"],
                         pruned["scores"], {}, {})

@@ -21,7 +21,10 @@ from common import random_model
 def measure(model_dir: str, method: str, quant: str, steps: int, gsm8k: str | None) -> dict:
     import torch
 
-    from harness import data, models, recipe, train
+    from harness.data import trainset
+    from harness import models
+    from harness.config import recipe
+    from harness.train import trainers
     sft_data = {"train": gsm8k, "max_rows": steps * 8} if gsm8k else {
         "train": "builtin:math", "builtin_rows": steps * 8}
     r = recipe.build({
@@ -32,17 +35,17 @@ def measure(model_dir: str, method: str, quant: str, steps: int, gsm8k: str | No
         "trainer": {"max_steps": steps, "per_device_train_batch_size": 8, "max_length": 512,
                     "logging_steps": 1},
     }, f"bench/{method}-{quant}")
-    k = train.kind(r)
+    k = trainers.kind(r)
     plan = models.device_plan(r.model)
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)
     weights = torch.cuda.memory_allocated() - base
-    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    tr, _, _ = trainset.load_train(r.data, r.seed, k.data_kind)
     with tempfile.TemporaryDirectory() as out:
         t = time.perf_counter()
-        res = train.train(r, model, tok, tr, None, plan, out)
+        res = trainers.train(r, model, tok, tr, None, plan, out)
         wall = time.perf_counter() - t
     losses = [h["loss"] for h in res.log_history if "loss" in h]
     row = {"method": method, "quantization": quant, "dtype": plan.dtype,

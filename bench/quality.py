@@ -122,7 +122,9 @@ def stores(work: Path, name: str, db: str = "mlflow.db") -> list[str]:
 def heldout_sets(work: Path, n_pairs: int, tiny: bool) -> list[str]:
     """math_heldout (the SFT sweep's held-out half of goldensets/math.yaml) and prefs_heldout
     (generated pairs, no prompt of any step's training rows) as golden-set files."""
-    from harness import goldensets, mathgen, recipe
+    from harness.eval import goldensets
+    from harness.data import mathgen
+    from harness.config import recipe
     gs_dir = work / "goldensets"
     gs_dir.mkdir(exist_ok=True)
     sft = recipe.build(recipe.read_yaml(ROOT / "recipes/sft_math.yaml"), "sft_math.yaml")

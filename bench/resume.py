@@ -68,7 +68,7 @@ def main() -> None:
     import torch
     from safetensors.torch import load_file
 
-    from harness import checkpoints
+    from harness.train import checkpoints
     base = Path(tempfile.mkdtemp(prefix="resume-"))
     (base / "ref").mkdir()
     (base / "stop").mkdir()

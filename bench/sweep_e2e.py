@@ -33,7 +33,7 @@ import yaml
 from common import random_model
 from train_speed import workload
 
-from harness import timing
+from harness.core import timing
 
 LRS = [1e-4, 2e-4, 5e-5, 3e-4, 1.5e-4, 4e-4, 7e-5, 2.5e-4]
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "harness" / "assets" / "goldensets"

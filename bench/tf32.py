@@ -1,4 +1,4 @@
-"""Compiled scoring with float32 matmuls on TF32 (what `evaluation.compiled_precision` sets)
+"""Compiled scoring with float32 matmuls on TF32 (what `scoring.compiled_precision` sets)
 against IEEE float32, on a GPU: each way in a process of its own (a compile is cached per
 process), then the greedy agreement of the outputs and each metric both ways, and the warnings
 each way printed (inductor warns when it compiles float32 matmuls with TF32 off).
@@ -20,15 +20,15 @@ def score(args) -> None:
 
     from common import scoring_model
 
-    from harness import evaluation, goldensets
+    from harness.eval import scoring, goldensets
     model, tok, _ = scoring_model(args.model, args.config)
     sets = [goldensets.load(p) for p in args.goldensets]
     torch.set_float32_matmul_precision("highest")  # torch's default, IEEE
     if args.way == "ieee":  # the harness's choice left out: the precision as it was
-        evaluation.compiled_precision = contextlib.nullcontext
+        scoring.compiled_precision = contextlib.nullcontext
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        res = evaluation.evaluate_model(model, tok, sets, 256, None, compiled=True)
+        res = scoring.evaluate_model(model, tok, sets, 256, None, compiled=True)
     tf32 = sorted({str(w.message)[:100] for w in seen if "TensorFloat32" in str(w.message)})
     json.dump({"way": args.way, "tf32_warnings": tf32,
                "outputs": {n: [e["prediction"] for e in r.examples] for n, r in res.items()},

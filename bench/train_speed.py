@@ -91,13 +91,13 @@ CONFIGS = {
 FIXED_SEGMENTS = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
 ENV = {"harness_fixed_segments": FIXED_SEGMENTS, "harness_before": FIXED_SEGMENTS,
        "harness_cublaslt": {"TORCH_BLAS_PREFER_CUBLASLT": "1"}}
-PATCH = {"harness_repeat_kv": ("harness.attention", "grouped_kv", False),
-         "harness_ddp_defaults": ("harness.distributed", "BUCKET_VIEWS", False),
-         "harness_trainer_own": ("harness.steps", "ON", False)}
+PATCH = {"harness_repeat_kv": ("harness.accel.attention", "grouped_kv", False),
+         "harness_ddp_defaults": ("harness.train.distributed", "BUCKET_VIEWS", False),
+         "harness_trainer_own": ("harness.train.steps", "ON", False)}
 
 
 def workload(name: str, model_dir: str, shared: str, rows: int) -> dict:
-    from harness import recipe
+    from harness.config import recipe
     if name.startswith("dpo"):
         r = recipe.load("recipes/dpo_math.yaml")
         over = {"data.builtin_rows": rows // 2, "data.eval_rows": 0,
@@ -151,7 +151,7 @@ def profiler(first: int, steps: int, trace: str | None):
                     print(table.table(sort_by=key, row_limit=22, max_name_column_width=60),
                           file=sys.stderr, flush=True)
                 if trace:
-                    from harness import distributed
+                    from harness.train import distributed
                     self.prof.export_chrome_trace(
                         f"{trace}/s{first}_{distributed.world_size()}gpu_r{distributed.rank()}"
                         ".json.gz")
@@ -219,25 +219,28 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
     `warm`: the same run once before them, unmeasured, as a sweep's first trial is before its
     later ones and the peer's first run before its second: kernels loaded and compiled, NCCL's
     communicators up."""
-    from harness import data, models, train
+    from harness.data import trainset
+    from harness import models
+    from harness.train import trainers
     r = workload(name, model_dir, shared, rows)
     if name in PATCH:
         module, attr, value = PATCH[name]
         setattr(importlib.import_module(module), attr, value)
-    k = train.kind(r)
+    k = trainers.kind(r)
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model)
-    tr, _, _ = data.load_train(r.data, r.seed, k.data_kind)
+    tr, _, _ = trainset.load_train(r.data, r.seed, k.data_kind)
     if warm:
         with tempfile.TemporaryDirectory() as out:
-            train.train(r, models.load_model(r.model, plan, task=k.task), tok, tr, None, plan, out)
+            trainers.train(r, models.load_model(r.model, plan, task=k.task), tok, tr, None, plan, out)
     return [{**one_run(name, r, k, plan, tok, tr), "warm": warm, "run": i} for i in range(runs)]
 
 
 def one_run(name: str, r, k, plan, tok, tr) -> dict:
     import torch
 
-    from harness import models, train
+    from harness import models
+    from harness.train import trainers
     model = models.load_model(r.model, plan, task=k.task)
     n_params = sum(p.numel() for p in model.parameters())
     torch.cuda.reset_peak_memory_stats()
@@ -253,7 +256,7 @@ def one_run(name: str, r, k, plan, tok, tr) -> dict:
         pauses = Pauses()
         gc.callbacks.append(pauses)
         try:
-            res = train.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
+            res = trainers.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
         finally:
             gc.callbacks.remove(pauses)
         wall = time.perf_counter() - t
@@ -261,7 +264,7 @@ def one_run(name: str, r, k, plan, tok, tr) -> dict:
     runtime = res.metrics["train_runtime"]
     losses = [h["loss"] for h in res.log_history if "loss" in h]
     args = res.trainer.args
-    from harness import distributed
+    from harness.train import distributed
     n = distributed.world_size()
     ddp = distributed.params(args, res.trainer)
     return {"config": name if n == 1 else f"{name}@{n}gpu", "gpus": n,
@@ -279,7 +282,7 @@ def one_run(name: str, r, k, plan, tok, tr) -> dict:
             "train_loss": round(res.metrics["train_loss"], 4),
             "final_loss": round(losses[-1], 4), "curve": [round(x, 3) for x in losses],
             "in_sync": res.metrics.get("distributed/in_sync"),
-            "settings": {"attention": plan.attention if train.padding_free(args) else
+            "settings": {"attention": plan.attention if trainers.padding_free(args) else
                          model.config._attn_implementation,
                          "packing": getattr(args, "packing", None),
                          "liger": args.use_liger_kernel, "optim": args.optim,
@@ -341,7 +344,7 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("CONFIG", "MODEL_DIR"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        from harness import distributed
+        from harness.train import distributed
         if args.share_gpu and distributed.world_size() > 1:  # every rank on GPU 0 (accelerate
             os.environ["LOCAL_RANK"] = "0"  # reads LOCAL_RANK); NCCL refuses two ranks a GPU
             CONFIGS[args.one[0]] = {**CONFIGS[args.one[0]], "trainer.ddp_backend": "gloo"}

@@ -50,8 +50,8 @@ def arm(workers: int, n_trials: int, model: str, tracking: str, root: Path) -> d
     import mlflow
     import optuna
 
-    from harness import storage
-    from harness.recipe import SweepFile
+    from harness.study import storage
+    from harness.config.recipe import SweepFile
     name = f"workers-bench-{workers}-{uuid.uuid4().hex[:6]}"
     (root / "space.yaml").write_text(yaml.safe_dump(SPACE))
     recipe = {

@@ -1,6 +1,6 @@
 """`python -m harness`: the same as the `harness` command."""
 import sys
 
-from harness.cli import main
+from harness.commands.cli import main
 
 sys.exit(main())

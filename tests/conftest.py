@@ -11,11 +11,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # xdist runs N test processes; each of them, and each harness process a test starts, would
-# otherwise give torch one thread per core (tests/test_sweep.py on 2 workers and 2 cores: 161 s
+# otherwise give torch one thread per core (tests/study/test_sweep.py on 2 workers and 2 cores: 161 s
 # with the default, 134 s with a share each). Set before anything imports torch.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    from harness.distributed import cpu_threads
+    from harness.train.distributed import cpu_threads
     os.environ["OMP_NUM_THREADS"] = cpu_threads(_WORKERS)
 # the libraries whose deprecations are tasks: a DeprecationWarning or FutureWarning raised from
 # them (or from the harness calling them) fails the test, but for harness.cli.KNOWN_WARNINGS
@@ -23,7 +23,7 @@ OURS = r"(transformers|trl|peft|optuna|mlflow|harness)(\..*)?$"
 
 
 def pytest_configure(config):
-    from harness.cli import KNOWN_WARNINGS
+    from harness.commands.cli import KNOWN_WARNINGS
     for category in ("DeprecationWarning", "FutureWarning"):
         config.addinivalue_line("filterwarnings", f"error::{category}:{OURS}")
     # a pruner reports each step once (the evaluation after training repeats the last step)

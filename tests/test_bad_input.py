@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from harness import cli
+from harness.commands import cli
 
 
 @dataclass

@@ -22,7 +22,10 @@ import pytest
 import yaml
 
 from conftest import harness_server, small_goldenset
-from harness import cli, mathgen, recipe, storage, sweep
+from harness.commands import cli
+from harness.data import mathgen
+from harness.config import recipe
+from harness.study import storage, sweep
 
 
 @dataclass
@@ -286,7 +289,7 @@ def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg
     same golden set, both asking for a trial) shows: no trial lost or repeated, no run left
     RUNNING, every worker exits cleanly, each on its share of the CPU's cores (its trials'
     manifests). (A third sweep, random like the first, cost CI 50 s and tested nothing the
-    first did not; tests/test_sweep.py covers a grid's workers further.)"""
+    first did not; tests/study/test_sweep.py covers a grid's workers further.)"""
     import os
 
     import mlflow

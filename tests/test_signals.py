@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import recipe
+from harness.config import recipe
 
 # moment -> the lines to wait for, in order; the signal goes as soon as the last one is read
 MOMENTS = {
@@ -98,7 +98,7 @@ def _nothing_running(d: dict) -> None:
     import mlflow
     import optuna
 
-    from harness import storage
+    from harness.study import storage
     client = mlflow.MlflowClient(d["tracking"]["uri"])
     exp = client.get_experiment_by_name(d["name"])
     if exp is not None:
@@ -115,7 +115,7 @@ def _nothing_running(d: dict) -> None:
 def _same_command(argv: list[str], capsys) -> None:
     """The command again, at once, in this process (the interpreter's start-up is the one
     thing it skips); its signal handlers put back after it."""
-    from harness import cli
+    from harness.commands import cli
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)}
     try:
         code = cli.main(argv)
@@ -131,7 +131,7 @@ def _finishes_once_each(d: dict, path: str, capsys) -> None:
     import mlflow
     import optuna
 
-    from harness import storage
+    from harness.study import storage
     _same_command(["sweep", path], capsys)
     _nothing_running(d)
     study = optuna.load_study(study_name=d["name"], storage=storage.open_storage(
@@ -196,8 +196,9 @@ def test_a_swallowed_stop_signal_is_raised_again_at_the_next_phase_or_step():
     """Python runs a signal handler wherever the main thread is; inside a __del__ the interrupt
     it raises is printed as ignored and lost. The request sticks: the next phase raises it, and
     the next training step (harness.guards.stop_check)."""
-    from harness import guards, stopping
-    from harness.errors import phase
+    from harness.train import guards
+    from harness.core import stopping
+    from harness.core.errors import phase
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), \
         signal.getsignal(signal.SIGCHLD)
     stopping.reset()
@@ -246,7 +247,7 @@ def test_a_stop_signal_waits_for_a_database_write_to_end():
     """A KeyboardInterrupt cut into a store's write left its transaction open, and the clean-up
     then found the SQLite store locked: inside database code the signal waits, then is raised
     as soon as the write returned."""
-    from harness import stopping
+    from harness.core import stopping
     before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT), \
         signal.getsignal(signal.SIGCHLD)
     stopping.reset()
@@ -288,13 +289,16 @@ def test_a_worker_the_group_signal_reached_first_is_the_stop(recipe_dict):
 
     from transformers import TrainerCallback
 
-    from harness import data, models, stopping, train
+    from harness.data import trainset
+    from harness import models
+    from harness.core import stopping
+    from harness.train import trainers
     r = recipe.build(recipe_dict, "t.yaml", {"trainer.dataloader_num_workers": 1,
                                              "trainer.max_steps": 50})
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model, r.model.name)
-    model = models.load_model(r.model, plan, r.model.name, train.kind(r).task)
-    train_ds, eval_ds, _ = data.load_train(r.data, r.seed, train.kind(r).data_kind)
+    model = models.load_model(r.model, plan, r.model.name, trainers.kind(r).task)
+    train_ds, eval_ds, _ = rows.load_train(r.data, r.seed, trainers.kind(r).data_kind)
 
     import threading
 
@@ -312,7 +316,7 @@ def test_a_worker_the_group_signal_reached_first_is_the_stop(recipe_dict):
     stopping.install()
     try:
         with pytest.raises(KeyboardInterrupt):
-            train.train(r, model, tok, train_ds, eval_ds, plan, recipe_dict["output_dir"],
+            trainers.train(r, model, tok, train_ds, eval_ds, plan, recipe_dict["output_dir"],
                         callbacks=[KillTheWorkerFirst()], report_to=[])
         assert stopping.requested() == signal.SIGTERM
     finally:
@@ -338,7 +342,7 @@ def test_a_dead_workers_error_is_the_stop_only_when_a_stop_signal_killed_it(mess
                                                                              stops, monkeypatch):
     import threading
 
-    from harness import stopping
+    from harness.core import stopping
     if then or "CUDA" in message:
         # a grace far longer than the signal's delay: a loaded CI machine that starts the
         # timer's thread late still delivers within it, and one not waiting shows at once
@@ -373,7 +377,7 @@ def test_a_stop_swallowed_by_python_prints_no_traceback(capsys):
     """A signal whose KeyboardInterrupt Python cannot raise (here a `__del__`; in a full suite
     importlib's module-lock callback) is printed as "Exception ignored" with a traceback: not
     for our own stop, which is raised again at the next phase. Anything else still prints."""
-    from harness import stopping
+    from harness.core import stopping
     before = [signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)]
     hook, reached = sys.unraisablehook, []
     sys.unraisablehook = lambda u: reached.append(u.exc_type)  # what was there before

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from harness import recipe, sweep
+from harness.config import recipe
+from harness.study import sweep
 from tests.conftest import harness_server
 
 UI = Path(__file__).parent / "ui"

@@ -1,0 +1,62 @@
+"""What a command did, counted: examples decoded, decoding steps, tokens trained, MLflow writes,
+evaluation records. Each run, trial, sweep and eval logs its counts as `work/<count>` metrics
+beside its `time/` ones (harness.timing), and every report shows them.
+
+Counts, not seconds: the same recipe and data give the same counts on any machine, so CI holds
+the default sweep's shape to the table in docs/benchmarks.md (tests/core/test_ledger.py), and a change
+that adds work changes that table in the same commit.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+#: count -> what the report calls it
+COUNTS = {"decoded_examples": "golden-set examples decoded (greedy generation)",
+          "decode_steps": "decoding steps (a batch's new tokens, summed over batches)",
+          "generated_tokens": "tokens generated (each example's own, to its end)",
+          "nll_examples": "examples whose reference perplexity was computed",
+          "scored_responses": "responses scored by a reward model or log-probability",
+          "benchmark_documents": "lm-eval benchmark documents scored (harness.benchmarks)",
+          "trained_tokens": "tokens trained (TRL's num_tokens at its last logged step)",
+          "mlflow_writes": "MLflow writes by the harness (TRL's per-step metrics not counted)",
+          "records": "MLflow evaluation records (traces)",
+          "assessments": "assessments on those records (one a metric)"}
+
+
+class Ledger:
+    def __init__(self):
+        self.counts: Counter = Counter()
+
+    def totals(self) -> dict[str, int]:
+        return dict(self.counts)
+
+
+LEDGER = Ledger()
+
+
+def add(count: str, n: int = 1) -> None:
+    LEDGER.counts[count] += int(n)
+
+
+def totals() -> dict[str, int]:
+    return LEDGER.totals()
+
+
+def restart() -> None:
+    """A new command starts (the CLI; tests call commands in one process)."""
+    global LEDGER
+    LEDGER = Ledger()
+
+
+def metrics(counts: dict[str, int]) -> dict[str, float]:
+    return {f"work/{k}": float(v) for k, v in counts.items()}
+
+
+def from_metrics(metrics_: dict[str, float]) -> dict[str, int]:
+    return {k.removeprefix("work/"): int(v) for k, v in metrics_.items() if k.startswith("work/")}
+
+
+def rows(counts: dict[str, int]) -> list[list]:
+    """[what, count] rows in COUNTS order, for a report's table."""
+    known = [k for k in COUNTS if k in counts] + sorted(set(counts) - set(COUNTS))
+    return [[COUNTS.get(k, k), f"{counts[k]:,}"] for k in known]

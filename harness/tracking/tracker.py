@@ -1,0 +1,486 @@
+"""Every MLflow call: runs and their nesting, params, metrics, artifacts, tables.
+
+Default store is MLflow's own default (sqlite:///mlflow.db beside where the command runs, so a
+plain `mlflow ui` there shows the runs); the recipe's `tracking.uri` or MLFLOW_TRACKING_URI wins.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.core import ledger
+from harness.config.recipe import Recipe, map_strings
+
+STUDY_TAG = "harness.study"
+KIND_TAG = "harness.kind"
+MODEL_TAG = "harness.model_id"  # a run's LoggedModel (its trained adapter or model)
+BEST_MODEL_TAG = "harness.best_model_id"  # a sweep run's best trial's LoggedModel
+EVALUATIONS_TAG = "harness.evaluations"  # + .before / .after: the run's evaluation runs
+EVALUATION_OF_TAG = "harness.evaluation_of"  # an evaluation run's source run
+MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, without importing mlflow here
+_SECRETS = [(re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # user:password@host
+            (re.compile(r"([?&;](?:token|access_token|api_key|apikey|key|password|passwd|secret|"
+                        r"sig)=)[^&\s]+", re.I), r"\1***"),  # ?token=...
+            (re.compile(r"\bhf_[A-Za-z0-9]{16,}"), "hf_***")]  # Hugging Face tokens
+
+
+def redact(text: str) -> str:
+    """Passwords and tokens in URIs and text -> ***, before anything is logged or printed."""
+    for pattern, repl in _SECRETS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def redact_tree(obj):
+    """redact() on every string in nested dicts and lists (recipes, manifests)."""
+    return map_strings(obj, redact)
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            s = redact(json.dumps(v) if isinstance(v, (list, dict)) else str(v))
+            out[key] = s if len(s) <= MAX_PARAM else s[:MAX_PARAM - 3] + "..."
+    return out
+
+
+@dataclass
+class RunView:
+    """A logged run as the other rooms read it: plain values, no MLflow types."""
+    run_id: str
+    name: str
+    status: str
+    tags: dict
+    metrics: dict
+    params: dict
+
+
+class Reader:
+    """Logged runs read back from the store at `uri`; no experiment needed (rerun, export and
+    report start from a run id)."""
+
+    def __init__(self, uri: str):
+        import mlflow
+        self.mlflow = mlflow
+        self.client = mlflow.MlflowClient(uri)
+        self._store_uri = uri
+
+    def evaluation_scores(self, run_id: str) -> dict:
+        """An evaluation run's records read back: {(prompt, assessment name): value}."""
+        out, token = {}, None
+        experiment = self.client.get_run(run_id).info.experiment_id
+        while True:
+            page = self.client.search_traces(locations=[experiment], run_id=run_id,
+                                             max_results=500, page_token=token)
+            for trace in page:
+                prompt = trace.data.spans[0].inputs["prompt"]
+                for a in trace.info.assessments:
+                    if a.feedback is not None:
+                        out[(prompt, a.name)] = a.feedback.value
+            token = page.token
+            if not token:
+                return out
+
+    def read_run(self, run_id: str) -> RunView | None:
+        """The run, or None when the store has no such run."""
+        from mlflow.exceptions import MlflowException
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        return RunView(run.info.run_id, run.info.run_name, run.info.status,
+                       dict(run.data.tags), dict(run.data.metrics), dict(run.data.params))
+
+    def artifact_text(self, run_id: str, path: str) -> str | None:
+        """A run's artifact as text, or None when it has none at `path`."""
+        from mlflow.exceptions import MlflowException
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                local = self.mlflow.artifacts.download_artifacts(
+                    run_id=run_id, artifact_path=path, dst_path=d, tracking_uri=self._store_uri)
+                return Path(local).read_text()
+        except (MlflowException, OSError):
+            return None
+
+    def log_model(self, run_id: str, folder: str, name: str, kind: str) -> str:
+        """`folder` (a LoRA adapter or a whole model) as an MLflow LoggedModel made by run
+        `run_id`: the UI's Models view lists it, the run shows it among its outputs, and
+        `models:/<id>` downloads or registers it. Returns its id (also the run's MODEL_TAG)."""
+        from mlflow.entities import LoggedModelOutput, LoggedModelStatus
+        experiment = self.client.get_run(run_id).info.experiment_id
+        model = self.client.create_logged_model(experiment, name=name, source_run_id=run_id,
+                                                model_type=kind, tags={"harness.run_id": run_id})
+        try:
+            self.client.log_model_artifacts(model.model_id, folder)
+        except BaseException:  # never left PENDING: the Models view shows it failed
+            self.client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)
+            raise
+        self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+        self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+        self.client.set_tag(run_id, MODEL_TAG, model.model_id)
+        ledger.add("mlflow_writes", 5)  # the model, its files, final status, output, tag
+        return model.model_id
+
+    def model_run(self, model_id: str) -> str | None:
+        """The run that made LoggedModel `model_id`, or None when the store has no such model."""
+        from mlflow.exceptions import MlflowException
+        try:
+            return self.client.get_logged_model(model_id).source_run_id
+        except MlflowException:
+            return None
+
+    def register(self, run_id: str, name: str, model_id: str | None = None,
+                 folder: str | None = None) -> str:
+        """A new version of registered model `name` (created when new) from the run's
+        LoggedModel `model_id`, or from `folder` (a merged export) logged as a new LoggedModel
+        of the run first; the run's after/, delta/ and before/ metrics become the version's
+        tags. Returns the version."""
+        if model_id is None:
+            model_id = self.log_model(run_id, folder, f"{name}-export", "export")
+        mv = self.mlflow.register_model(f"models:/{model_id}", name)
+        for k, v in self.client.get_run(run_id).data.metrics.items():
+            if k.startswith(("after/", "delta/", "before/")):
+                self.client.set_model_version_tag(name, mv.version, k, f"{v:.6g}")
+        self.client.set_model_version_tag(name, mv.version, "harness.run_id", run_id)
+        return str(mv.version)
+
+
+class Tracker(Reader):
+    def __init__(self, recipe: Recipe):
+        import mlflow
+        uri = recipe.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            mlflow.set_tracking_uri(uri)
+        super().__init__(mlflow.get_tracking_uri())
+        self.experiment = recipe.tracking.experiment or recipe.name
+        exp = mlflow.set_experiment(self.experiment)
+        if exp.tags.get("mlflow.experimentKind") is None:  # the UI opens on training runs
+            self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind",
+                                           "custom_model_development")
+        self.report_to = ["mlflow"]  # transformers' MLflowCallback logs into the active run
+        # id(rows) -> (rows, MLflow dataset): a sweep logs the same training rows and golden
+        # sets into every trial; MLflow infers a dataset's schema and digest once per object
+        # (~1.8 s for 4,000 rows), so each is built once and kept with the rows it describes
+        self._datasets: dict[int, tuple] = {}
+
+    @property
+    def uri(self) -> str:
+        return redact(self.mlflow.get_tracking_uri())
+
+    @contextmanager
+    def run(self, name: str | None = None, *, nested: bool = False, run_id: str | None = None,
+            tags: dict | None = None, description: str | None = None) -> Iterator[str]:
+        """A run that never stays RUNNING: FAILED on error, KILLED on Ctrl-C or SIGTERM (and
+        on an exception that says `mlflow_status`, such as a pruned trial)."""
+        mlflow = self.mlflow
+        # a worker process has no active parent: the mlflow.parentRunId tag nests the run
+        nested = nested and mlflow.active_run() is not None
+        tags = {k: redact(str(v)) for k, v in (tags or {}).items()} or None
+        active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
+                                  tags=tags, description=description)
+        ledger.add("mlflow_writes", 2)  # started, and ended below
+        try:
+            yield active.info.run_id
+        except KeyboardInterrupt:
+            self._end("KILLED")
+            raise
+        except BaseException as e:
+            self._crash_log(e, active.info.run_id)
+            self._end(getattr(e, "mlflow_status", "FAILED"))
+            raise
+        self._end("FINISHED")
+
+    def _crash_log(self, e: BaseException, run_id: str) -> None:
+        """An unexpected error's traceback as the run's `crash.log` and its first line as the
+        tag `harness.error`; the run id is added to the exception (`harness_runs`) for the
+        CLI's one line. Bad input and training faults carry their own one-line reason."""
+        import traceback
+
+        from harness.core.errors import HarnessError
+        if isinstance(e, HarnessError) or hasattr(e, "mlflow_status") \
+                or not isinstance(e, Exception):
+            return
+        try:
+            self.mlflow.log_text(redact("".join(traceback.format_exception(e))), "crash.log")
+            first = (str(e).strip().splitlines() or [""])[0][:500]
+            self.mlflow.set_tag("harness.error", redact(f"{type(e).__name__}: {first}"))
+        except Exception:  # noqa: BLE001 - the store may be what failed; the error goes on
+            return
+        e.harness_runs = [*getattr(e, "harness_runs", []), run_id]
+
+    def _end(self, status: str) -> None:
+        # end_run drains the async queue (transformers' MLflowCallback logs asynchronously)
+        # before it sets the status; a flush first would restart the queue's thread only to
+        # stop it again, each stop waiting up to a second for the thread's poll
+        run = self.mlflow.active_run()
+        try:
+            self.mlflow.end_run(status=status)
+        except KeyboardInterrupt:  # a SIGTERM (torchrun stopping a group) while ending: the
+            # status is written anyway, then the interrupt goes on; the run never stays RUNNING
+            if run is not None:
+                self.client.set_terminated(run.info.run_id, status)
+            raise
+
+    def log_params(self, params: dict) -> None:
+        flat = flatten(params)
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            self.mlflow.log_params(dict(items[i:i + 100]))
+            ledger.add("mlflow_writes")
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None,
+                    run_id: str | None = None) -> None:
+        """Into the active run, or into run_id after it ended."""
+        self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step,
+                                run_id=run_id)
+        ledger.add("mlflow_writes")
+
+    def log_curve(self, points: list[tuple[int, dict]]) -> None:
+        """Metrics at their steps into the active run, 1,000 a write (MLflow's batch limit): a
+        resumed run's curve up to its checkpoint."""
+        import time
+
+        from mlflow.entities import Metric
+        run_id, now = self.mlflow.active_run().info.run_id, int(time.time() * 1000)
+        metrics = [Metric(k, float(v), now, step) for step, m in points for k, v in m.items()]
+        for i in range(0, len(metrics), 1000):
+            self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
+            ledger.add("mlflow_writes")
+
+    def set_tags(self, tags: dict, run_id: str | None = None) -> None:
+        """On the active run, or on run_id."""
+        tags = {k: redact(str(v)) for k, v in tags.items()}
+        if run_id is None:
+            ledger.add("mlflow_writes")
+            return self.mlflow.set_tags(tags)
+        for k, v in tags.items():
+            self.client.set_tag(run_id, k, v)
+            ledger.add("mlflow_writes")
+
+    def describe(self, text: str) -> None:
+        """The run's description in the UI (MLflow keeps it in the mlflow.note.content tag)."""
+        self.mlflow.set_tag("mlflow.note.content", redact(text))
+        ledger.add("mlflow_writes")
+
+    def log_dict(self, data: dict, path: str, run_id: str | None = None) -> None:
+        """Into the active run, or into run_id after it ended."""
+        self.mlflow.log_dict(redact_tree(data), path, run_id=run_id)
+        ledger.add("mlflow_writes")
+
+    def log_table(self, rows: list[dict], path: str, run_id: str | None = None) -> None:
+        if rows:
+            cols = {k: [r.get(k) for r in rows] for k in rows[0]}
+            self.mlflow.log_table(data=cols, artifact_file=path, run_id=run_id)
+            ledger.add("mlflow_writes")
+
+    def log_artifacts(self, local_dir: str, path: str | None = None,
+                      run_id: str | None = None) -> None:
+        """Into the active run, or into run_id after it ended."""
+        if run_id:
+            self.client.log_artifacts(run_id, local_dir, path)
+        else:
+            self.mlflow.log_artifacts(local_dir, artifact_path=path)
+        ledger.add("mlflow_writes")
+
+    def log_inputs(self, train_ds, source: str, goldens) -> None:
+        """The training rows and each golden set as MLflow dataset inputs (name, digest, context),
+        so the UI's Datasets column shows what a run saw."""
+        self._log_input(self._dataset(train_ds, lambda: self.mlflow.data.from_huggingface(
+            train_ds, path=redact(source), name="train")), "training")
+        for g in goldens:
+            self._log_input(self._golden_dataset(g), "evaluation")
+
+    def _golden_dataset(self, g):
+        import pandas as pd
+        return self._dataset(g, lambda: self.mlflow.data.from_pandas(
+            pd.DataFrame({"prompt": g.prompts, "reference": g.references or [""] * len(g.prompts)}),
+            source=g.path, name=g.name))
+
+    def log_model_metrics(self, run_id: str, model_id: str, after: dict[str, float],
+                          goldens) -> None:
+        """The tuned model's golden-set scores (`after`: 'math/numeric_accuracy' -> value) as the
+        run's after/ metrics, each linked to the model and to its golden set's dataset: the
+        Models view ranks the models by them, per dataset."""
+        left = dict(after)
+        for g in goldens:
+            these = {f"after/{k}": float(left.pop(k)) for k in list(left)
+                     if k.split("/", 1)[0] == g.name}
+            if these:
+                self.mlflow.log_metrics(these, run_id=run_id, model_id=model_id,
+                                        dataset=self._golden_dataset(g))
+                ledger.add("mlflow_writes")
+        if left:  # a set this process did not load (never expected): linked to the model only
+            self.mlflow.log_metrics({f"after/{k}": float(v) for k, v in left.items()},
+                                    run_id=run_id, model_id=model_id)
+            ledger.add("mlflow_writes")
+
+    def log_evaluation(self, records: list[dict], scores: list[dict], scorers: dict,
+                       model_id: str | None = None) -> None:
+        """Per-example results the way MLflow's GenAI evaluation records them, in the active
+        run: each record (inputs/outputs/expectations) a trace with one CODE assessment per
+        metric (`scores`: name -> value, a dict a record), each metric's mean a run metric
+        (`<name>/mean`); `model_id` links the traces to the LoggedModel. Written in bulk
+        (harness.records) inside the tested MLflow versions, else by mlflow.genai.evaluate with
+        `scorers` (name -> f(outputs, expectations)) as its code scorers."""
+        from harness.core import fences
+        from harness.tracking import records as bulk
+        if fences.allowed("trace_store"):
+            bulk.write_bulk(self.mlflow, self.mlflow.active_run().info.run_id, records, scores,
+                            model_id)
+        else:
+            bulk.write_with_genai_evaluate(self.mlflow, records, scorers, model_id,
+                                           self.uri.startswith("sqlite"))
+        ledger.add("mlflow_writes")
+        ledger.add("records", len(records))
+        ledger.add("assessments", sum(len(s) for s in scores))
+
+    def check_records(self, run_id: str, traces: int, assessments: int) -> None:
+        """Count back what evaluation run `run_id` holds: fewer traces or assessments than were
+        written is an error, not a silent loss."""
+        from harness.tracking import records as bulk
+        got = bulk.count(self.client, run_id)
+        if got != (traces, assessments):
+            raise RuntimeError(f"evaluation run {run_id} holds {got[0]} traces and {got[1]} "
+                               f"assessments; {traces} and {assessments} were written")
+
+    def _dataset(self, rows, build):
+        """The MLflow dataset of `rows`, built by `build()` the first time."""
+        if id(rows) not in self._datasets:  # kept with the rows: their id stays theirs
+            self._datasets[id(rows)] = (rows, build())
+        return self._datasets[id(rows)][1]
+
+    def _log_input(self, dataset, context: str, attempts: int = 4) -> None:
+        """mlflow.log_input, tried again when it fails. MLflow's SQL store gets-or-creates a
+        dataset row without a lock: two workers logging the same new golden set at once both
+        insert it, and one gets a unique-key violation (PostgreSQL: `dataset_pk`). Logging an
+        input is idempotent, and on the next try the dataset exists and is reused."""
+        import random
+        import time
+
+        from mlflow.exceptions import MlflowException
+        ledger.add("mlflow_writes")  # once, however many tries it takes
+        for attempt in range(attempts):
+            try:
+                return self.mlflow.log_input(dataset, context=context)
+            except MlflowException:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.05 + random.random() * 0.2 * (attempt + 1))
+
+    # ------------------------------------------------------------ reading back
+
+    def find_sweep_run(self, study: str) -> str | None:
+        """The parent run of a study, so a resumed sweep keeps logging under it."""
+        runs = self.mlflow.search_runs(experiment_names=[self.experiment], output_format="list",
+                                       filter_string=f"tags.`{STUDY_TAG}` = '{study}' and "
+                                       f"tags.`{KIND_TAG}` = 'sweep'")
+        return runs[0].info.run_id if runs else None
+
+    def find_run(self, tags: dict) -> str | None:
+        """A FINISHED run of the experiment with all these tags, or None."""
+        where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        runs = self.mlflow.search_runs(experiment_names=[self.experiment], output_format="list",
+                                       filter_string=f"{where} and attributes.status = "
+                                                     "'FINISHED'")
+        return runs[0].info.run_id if runs else None
+
+    def load_json(self, run_id: str, path: str) -> dict | None:
+        """A run's JSON artifact, or None (no such artifact: the caller computes it)."""
+        text = self.artifact_text(run_id, path) if run_id else None
+        return json.loads(text) if text is not None else None
+
+    def curves(self, run_id: str, keys=("loss", "eval_loss")) -> dict[str, list]:
+        """Metric histories as (step, value) lists, for the loss plots."""
+        if not run_id:
+            return {}
+        return {k: sorted((m.step, m.value) for m in self.client.get_metric_history(run_id, k))
+                for k in keys}
+
+    def run_params(self, run_id: str) -> dict | None:
+        """A run's params, or None when the store has no such run."""
+        run = self.read_run(run_id)
+        return run.params if run else None
+
+    def end_if_running(self, run_id: str, status: str, tags: dict) -> bool:
+        """End a run its dead process left RUNNING, with `tags` saying why."""
+        run = self.read_run(run_id)
+        if run is None or run.status != "RUNNING":
+            return False
+        self.set_tags(tags, run_id)
+        self.client.set_terminated(run_id, status)
+        return True
+
+    def needs_evaluations(self, of_run: str, side: str) -> bool:
+        """Whether `of_run` lacks its finished `side` evaluation run (tag EVALUATIONS_TAG.side,
+        set once its records are all logged); if so, any a killed process left RUNNING are
+        ended first, so the records can be logged again."""
+        view = self.read_run(of_run)
+        if view is None or view.tags.get(f"{EVALUATIONS_TAG}.{side}"):
+            return False
+        self.end_running_evaluations(of_run)
+        return True
+
+    def end_running_evaluations(self, of_run: str) -> int:
+        """End KILLED the evaluation runs of `of_run` (tag EVALUATION_OF) that a killed process
+        left RUNNING; returns how many."""
+        runs = self.mlflow.search_runs(
+            experiment_names=[self.experiment], output_format="list",
+            filter_string=f"tags.`{EVALUATION_OF_TAG}` = '{of_run}' and "
+                          "attributes.status = 'RUNNING'")
+        for r in runs:
+            self.client.set_terminated(r.info.run_id, "KILLED")
+        return len(runs)
+
+    def _has_artifact(self, run_id: str, path: str) -> bool:
+        return bool(self.client.list_artifacts(run_id, path))
+
+    def fetch_adapter(self, run_id: str, dest: str) -> str:
+        """The adapter (or model) a run produced, as a local folder: its LoggedModel, the
+        LoggedModel of a sweep run's best trial, the `adapter/` or `best_adapter/` artifact
+        runs logged before LoggedModels, or the folder its `harness.adapter_dir` tag names.
+        `run_id` may be a LoggedModel's id (m-...): that model."""
+        from mlflow.exceptions import MlflowException
+
+        from harness.core.errors import HarnessError
+        if run_id.startswith("m-"):
+            if self.model_run(run_id) is None:
+                raise HarnessError(f"no MLflow LoggedModel {run_id!r} in {self.uri}",
+                                   key="model.init_from")
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            return self.mlflow.artifacts.download_artifacts(f"models:/{run_id}", dst_path=dest)
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            raise HarnessError(f"no MLflow run {run_id!r} in {self.uri}",
+                               key="model.init_from") from None
+        tags = run.data.tags
+        model_id = tags.get(MODEL_TAG) or tags.get(BEST_MODEL_TAG)
+        if model_id:
+            Path(dest).mkdir(parents=True, exist_ok=True)
+            return self.mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=dest)
+        sources = [(run_id, "adapter"), (run_id, "best_adapter")]
+        parent = tags.get("mlflow.parentRunId")
+        if parent and self.client.get_run(parent).data.tags.get("harness.best_run_id") == run_id:
+            sources.append((parent, "best_adapter"))
+        for rid, path in sources:
+            if self._has_artifact(rid, path):
+                Path(dest).mkdir(parents=True, exist_ok=True)
+                return self.mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=path,
+                                                                dst_path=dest)
+        local = tags.get("harness.adapter_dir")
+        if local and Path(local).is_dir():
+            return local
+        raise HarnessError(f"MLflow run {run_id!r} has no adapter (no LoggedModel, no adapter/ "
+                           "or best_adapter/ artifact, and its local adapter folder is gone: "
+                           "tracking.log_models)",
+                           key="model.init_from")

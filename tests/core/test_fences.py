@@ -1,0 +1,61 @@
+"""Patches of private internals run only inside the library versions they were tested with;
+outside, each is skipped with one line and the plain path runs."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from harness.core import fences
+from harness.accel import kernels
+from harness import models
+from harness.config import recipe
+from harness.train import trainers
+
+
+@pytest.fixture
+def fenced(monkeypatch):
+    """fence(patch, package): that patch's tested range excludes the installed version."""
+    def fence(patch: str, package: str) -> None:
+        monkeypatch.setitem(fences.TESTED, patch, {package: ">=999"})
+        fences.allowed.cache_clear()
+    yield fence
+    fences.allowed.cache_clear()
+
+
+def test_the_versions_installed_here_are_the_tested_ones():
+    """CI installs constraints.txt: a bump there without a test run and a wider range here fails."""
+    for patch, packages in fences.TESTED.items():
+        for package in packages:
+            assert fences.installed(package), f"{patch}: {package} is not installed"
+        assert fences.why_not(patch) is None, fences.why_not(patch)
+
+
+def test_a_fenced_patch_says_why_once_and_is_skipped(fenced, tiny_model_dir, capsys):
+    import torch
+    from transformers import AutoModelForCausalLM
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    capsys.readouterr()  # transformers' loading bar
+    with kernels.fused_norms(model, True) as n:
+        assert n > 0  # inside the tested versions: swapped
+    fenced("fused_norm", "transformers")
+    for _ in range(2):
+        with kernels.fused_norms(model, True) as n:
+            assert n == 0 and not any("forward" in m.__dict__ for m in model.modules())
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("harness: fused norm off: transformers ") \
+        and "outside the versions it was tested with (>=999)" in lines[0]
+
+
+def test_outside_the_tested_trl_the_harness_takes_plain_trl_batches(fenced, recipe_dict,
+                                                                     tmp_path):
+    r = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True})
+    gpu = dataclasses.replace(models.device_plan(r.model), cuda_graphs=True, pad_packed=True,
+                              packing=True)
+    config = trainers.build_config(r, gpu, str(tmp_path))
+    assert trainers.padding_free(config) and trainers.graph_blocker(r, config, gpu) is None
+    fenced("padding_free_rule", "trl")
+    assert not trainers.padding_free(config)
+    fenced("cuda_graphs", "trl")
+    assert "trl " in trainers.graph_blocker(r, config, gpu) and ">=999" in \
+        trainers.graph_blocker(r, config, gpu)

@@ -1,0 +1,87 @@
+"""What a command loads once (harness.prepared): recipe checks, init_from lookups, the decoding
+choice, and scoring the starting model as the trials will be scored."""
+import pytest
+
+from harness.pipeline import prepared
+from harness.config import recipe
+
+
+
+def test_init_from_unknown_run_is_one_line(recipe_dict):
+    from harness.core.errors import HarnessError
+    from harness.tracking.tracker import Tracker
+    r = recipe.build(recipe_dict, "t.yaml", {"model.init_from": "deadbeef"})
+    with pytest.raises(HarnessError, match="model.init_from: no MLflow run 'deadbeef'"):
+        prepared.prepare(r, Tracker(r))
+
+
+def test_the_base_scored_inside_a_zero_adapter_gives_the_base_outputs_exactly(recipe_dict):
+    """Compiled decoding scores the base inside the trials' LoRA structure: with peft's B = 0
+    every adapter adds exactly 0, so the greedy outputs and the perplexity are the base's."""
+    from peft import PeftModel
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 12})
+    prep = prepared.prepare(r, with_data=False)
+    plain = prepared.evaluate(prep, prepared.as_trials_are(prep, prep.load_model()))
+    prep.compiled = True  # a GPU's choice; generation stays eager here, the model is what differs
+    wrapped = prepared.as_trials_are(prep, prep.load_model())
+    assert isinstance(wrapped, PeftModel) and wrapped.peft_config["default"].r == r.adapter.r
+    scored = prepared.evaluate(prep, wrapped)
+    for name, res in plain.items():
+        assert res.columns["predictions"] == scored[name].columns["predictions"]
+        assert res.columns["nll"] == scored[name].columns["nll"]
+        assert res.metrics == scored[name].metrics
+
+
+def test_a_trained_adapter_is_merged_for_scoring(recipe_dict):
+    """The tuned model is scored with its adapter merged (one matmul a layer, not three), on a
+    CPU as on a GPU, and scores as the adapter does (fp32 rounding is tiny); a 4-bit base is
+    not merged into."""
+    import dataclasses
+
+    import torch
+    from peft import get_peft_model
+
+    from harness import models
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 12})
+    prep = prepared.prepare(r, with_data=False)
+    torch.manual_seed(1)
+    tuned = get_peft_model(prep.load_model(), models.lora_config(r.adapter))
+    for name, p in tuned.named_parameters():
+        if "lora_B" in name:  # a trained adapter: B is no longer zero
+            torch.nn.init.normal_(p, std=0.05)
+    layers = [m for m in tuned.modules() if hasattr(m, "merged")]
+    plain = prepared.evaluate(prep, tuned)
+    merged = prepared.evaluate(prep, models.merged_for_scoring(tuned, r.model, prep.plan))
+    assert layers and all(m.merged for m in layers)
+    gpu = dataclasses.replace(prep.plan, device="cuda")
+    for name, res in plain.items():
+        assert res.columns["predictions"] == merged[name].columns["predictions"]
+        assert res.columns["nll"] == pytest.approx(merged[name].columns["nll"], rel=1e-4)
+    bnb = r.model.model_copy(update={"quantization": "4bit"})
+    fresh = get_peft_model(prep.load_model(), models.lora_config(r.adapter))
+    assert not any(m.merged for m in models.merged_for_scoring(fresh, bnb, gpu).modules()
+                   if hasattr(m, "merged"))
+
+
+def test_compiled_decoding_is_refused_on_a_cpu(recipe_dict):
+    from harness.core.errors import HarnessError
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.decoding": "compiled"})
+    with pytest.raises(HarnessError, match="t.yaml: eval.decoding: compiled decoding needs a "
+                                           "CUDA GPU"):
+        prepared.prepare(r, with_data=False)
+
+
+def test_saved_start_scores_are_reused_only_for_the_same_examples(recipe_dict):
+    """A resumed sweep reads its start's scores back only when they are of the same examples
+    in the same order: another held-out share, or no split, scores the start again."""
+    import json
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.max_new_tokens": 4})
+    prep = prepared.prepare(r, with_data=False, select=True)
+    assert [g.name for g in prep.goldens] == ["math", "math_heldout"]
+    prepared.evaluate_start(prep)
+    saved = json.loads(json.dumps(prepared.start_to_json(prep)))
+    assert prepared.start_matches(prep, saved)
+    quarter = recipe.build(recipe_dict, "t.yaml", {"sweep.heldout": 0.25})
+    assert not prepared.start_matches(prepared.prepare(quarter, with_data=False, select=True),
+                                      saved)
+    assert not prepared.start_matches(prepared.prepare(r, with_data=False), saved)

@@ -1,0 +1,87 @@
+"""The one-run pipeline across trainers, and SFT -> DPO chaining through a real MLflow store."""
+import pytest
+
+from harness.pipeline import prepared, run
+from harness.config import recipe
+from harness.tracking.tracker import Tracker
+
+
+def _train(recipe_dict, **over):
+    r = recipe.build(recipe_dict, "t.yaml", over)
+    tracker = Tracker(r)
+    prep = prepared.prepare(r, tracker)
+    prepared.evaluate_start(prep)
+    return run.run_one(prep, r, tracker, r.name, nested=False), tracker, prep
+
+
+def test_reward_run_scores_pairs_and_reference_answers(recipe_dict, pref_goldenset):
+    d = dict(recipe_dict, method="reward",
+             data={"train": "builtin:math_preferences", "builtin_rows": 8},
+             trainer={"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128})
+    d["eval"] = dict(d["eval"], goldensets=[pref_goldenset] + d["eval"]["goldensets"])
+    d["sweep"] = dict(d["sweep"], objective="prefs/pairwise_accuracy")
+    out, tracker, prep = _train(d)
+    after = out.comparison["after"]
+    assert set(after) == {"prefs/pairwise_accuracy", "prefs/score_margin",
+                          "math/reference_reward"}
+    assert 0 <= after["prefs/pairwise_accuracy"] <= 1
+    ex = out.after["prefs"].examples[0]
+    assert ex["pairwise_accuracy"] == float(ex["chosen_score"] > ex["rejected_score"])
+
+
+def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
+    import mlflow
+    sft, tracker, _ = _train(recipe_dict, **{"trainer.learning_rate": 5e-3})
+    client = mlflow.MlflowClient()
+    # the adapter is the run's MLflow LoggedModel, its after/ metrics linked to it and its set
+    model_id = client.get_run(sft.run_id).data.tags["harness.model_id"]
+    model = client.get_logged_model(model_id)
+    assert model.source_run_id == sft.run_id and model.status == "READY"
+    assert model.model_type == "peft-lora-adapter"
+    assert {m.key: m.dataset_name for m in model.metrics}["after/math/numeric_accuracy"] == "math"
+    assert [o.model_id for o in client.get_run(sft.run_id).outputs.model_outputs] == [model_id]
+    assert not client.list_artifacts(sft.run_id, "adapter")  # not stored twice
+
+    d = dict(recipe_dict, method="dpo", name="tiny-dpo",
+             data={"train": "builtin:math_preferences", "builtin_rows": 8},
+             trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
+    d["model"] = dict(d["model"], init_from=sft.run_id)
+    d["eval"] = dict(d["eval"], goldensets=d["eval"]["goldensets"] + [pref_goldenset])
+    dpo, tracker, prep = _train(d)
+    assert prep.init_adapter  # the SFT adapter, downloaded from MLflow and merged
+    run_ = client.get_run(dpo.run_id)
+    assert run_.data.tags["harness.init_from"] == sft.run_id
+    m = run_.data.metrics
+    # "before" is the SFT model: its scores equal the SFT run's "after"; the base is kept too
+    sft_after = client.get_run(sft.run_id).data.metrics
+    assert m["before/math/perplexity"] == pytest.approx(sft_after["after/math/perplexity"],
+                                                        rel=1e-4)
+    assert m["base/math/perplexity"] == pytest.approx(sft_after["before/math/perplexity"],
+                                                      rel=1e-4)
+    assert m["before/math/perplexity"] != pytest.approx(m["base/math/perplexity"], rel=1e-3)
+    assert "after/prefs/pairwise_accuracy" in m
+
+
+@pytest.mark.parametrize("data", ["builtin:math_unpaired", "builtin:math_preferences"])
+def test_sft_then_kto_on_unpaired_judgements_or_unpaired_pairs(recipe_dict, pref_goldenset, data):
+    import mlflow
+    sft, _, _ = _train(recipe_dict)
+    d = dict(recipe_dict, method="kto", name="tiny-kto",
+             data={"train": data, "builtin_rows": 8},
+             trainer={"max_steps": 1, "per_device_train_batch_size": 4, "max_length": 128})
+    d["model"] = dict(d["model"], init_from=sft.run_id)
+    d["eval"] = dict(d["eval"], goldensets=d["eval"]["goldensets"] + [pref_goldenset])
+    kto, _, prep = _train(d)
+    assert prep.init_adapter
+    if data == "builtin:math_unpaired":  # one judgement a problem: good ones and bad ones
+        assert set(prep.train_ds["label"]) == {False, True}
+        prompts = [str(p) for p in prep.train_ds["prompt"]]
+        assert len(set(prompts)) == len(prompts)
+    run_ = mlflow.MlflowClient().get_run(kto.run_id)
+    assert run_.data.tags["harness.init_from"] == sft.run_id
+    assert run_.data.params["recipe.method"] == "kto"
+    m = run_.data.metrics
+    assert "after/prefs/pairwise_accuracy" in m and "train_loss" in m
+    # TRL's KTO logs the rewards of desirable and undesirable completions
+    assert any(k.startswith("rewards/chosen") or k.startswith("rewards/rejected") for k in m), \
+        sorted(m)

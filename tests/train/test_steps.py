@@ -1,0 +1,42 @@
+from harness.data import trainset
+from harness import models
+from harness.config import recipe
+from harness.train import steps, trainers
+
+
+def _train(recipe_dict, tmp_path, name: str):
+    r = recipe.build(recipe_dict, "test.yaml", {"trainer.max_steps": 3})
+    plan = models.device_plan(r.model)
+    k = trainers.kind(r)
+    tr, ev, _ = rows.load_train(r.data, r.seed, k.data_kind)
+    model = models.load_model(r.model, plan, task=k.task)
+    return trainers.train(r, model, models.load_tokenizer(r.model), tr, ev, plan,
+                       str(tmp_path / name))
+
+
+def test_flops_are_trainers_own_with_the_parameters_counted_once(recipe_dict, tmp_path,
+                                                                 monkeypatch):
+    import trl
+    from transformers import PreTrainedModel
+    counted = []
+    own = PreTrainedModel.num_parameters
+
+    def counting(self, *a, **kw):
+        counted.append(kw.get("exclude_embeddings"))
+        return own(self, *a, **kw)
+    monkeypatch.setattr(PreTrainedModel, "num_parameters", counting)
+    flops = {}
+    for lean in (True, False):
+        monkeypatch.setattr(steps, "ON", lean)
+        counted.clear()
+        res = _train(recipe_dict, tmp_path, str(lean))
+        trainer = res.trainer
+        assert isinstance(trainer, trl.SFTTrainer) and type(trainer).__name__ == "SFTTrainer"
+        assert trainer.state.global_step == 3
+        # Trainer counts the parameters every step; the harness once a run
+        assert counted.count(True) == (1 if lean else 3)
+        n = res.model.num_parameters(exclude_embeddings=True)
+        tokens = trainer.state.total_flos / (6 * n)  # 6 x tokens x parameters, summed
+        assert tokens == int(tokens) and tokens > 0
+        flops[lean] = trainer.state.total_flos
+    assert flops[True] == flops[False]
