@@ -298,7 +298,7 @@ def test_a_worker_the_group_signal_reached_first_is_the_stop(recipe_dict):
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model, r.model.name)
     model = models.load_model(r.model, plan, r.model.name, trainers.kind(r).task)
-    train_ds, eval_ds, _ = rows.load_train(r.data, r.seed, trainers.kind(r).data_kind)
+    train_ds, eval_ds, _ = trainset.load_train(r.data, r.seed, trainers.kind(r).data_kind)
 
     import threading
 
