@@ -16,6 +16,7 @@ generation and the training of each step), over the Trainer's train_runtime.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -44,14 +45,13 @@ def harness_arm(model_dir: str, steps: int, out: str, arm: str = "harness") -> d
     from harness.data import trainset
     from harness import models
     from harness.config import recipe
-    from harness.train import rollouts, trainers
+    from harness.train import trainers
     merged, values = HARNESS_ARMS[arm]
-    rollouts.ON = merged
     r = recipe.load("recipes/grpo_math.yaml")
     r = recipe.with_values(r, {"model.name": model_dir, "trainer.max_steps": steps,
                                "trainer.logging_steps": 1, **values})
     k = trainers.kind(r)
-    plan = models.device_plan(r.model)
+    plan = dataclasses.replace(models.device_plan(r.model), merged_rollouts=merged)
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)
     ds, _, _ = trainset.load_train(r.data, r.seed, k.data_kind)

@@ -28,7 +28,7 @@ def main() -> None:
     from common import scoring_model
 
     from harness.eval import scoring, goldensets
-    from harness.core import ledger
+    from harness.core import context
     model, tok, plan = scoring_model(args.model, args.config)
     sets = [goldensets.load(p) for p in args.goldensets]
     batch = args.batch or (256 if plan.device == "cuda" else 32)
@@ -42,7 +42,7 @@ def main() -> None:
     out = {}
     for label, how in (("one pass a set", per_set), ("one pass", one_pass)):
         for _ in range(2):
-            before = ledger.totals()
+            before = context.current().ledger.totals()
             if plan.device == "cuda":
                 torch.cuda.synchronize()
             t = time.perf_counter()
@@ -50,7 +50,7 @@ def main() -> None:
             if plan.device == "cuda":
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - t
-            after = ledger.totals()
+            after = context.current().ledger.totals()
         out[label] = (res, seconds, after.get("decode_steps", 0) - before.get("decode_steps", 0))
     (a, ta, sa), (b, tb, sb) = out["one pass a set"], out["one pass"]
     print(json.dumps({"device": plan.device, "dtype": plan.dtype, "batch": batch,

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import argparse
 import ast
+import dataclasses
 import gc
-import importlib
 import json
 import os
 import re
@@ -71,7 +71,7 @@ CONFIGS = {
     # DDP's own defaults: buffers broadcast every forward, gradients copied in and out of the
     # all-reduce buckets
     "harness_ddp_defaults": {"trainer.ddp_broadcast_buffers": True},
-    # K and V copied to the query's 9 heads before the varlen kernel (harness.attention.grouped_kv)
+    # K and V copied to the query's 9 heads before the varlen kernel (DevicePlan.grouped_kv)
     "harness_repeat_kv": {},
     # batch padding and allocator segments, each back to TRL's or PyTorch's choice, then both
     "harness_unpadded": {"trainer.pad_to_multiple_of": None},  # a new batch length every step
@@ -79,7 +79,7 @@ CONFIGS = {
     "harness_before": {"trainer.pad_to_multiple_of": None},
     "harness_cublaslt": {},  # GEMMs through cuBLASLt instead of cuBLAS
     "harness_eager": {"model.cuda_graphs": False},  # the decoder stack run op by op from Python
-    "harness_trainer_own": {},  # Trainer's own per-step host work (harness.steps off)
+    "harness_trainer_own": {},  # Trainer's own per-step host work (DevicePlan.lean_steps off)
     # one loader worker, and none (batches collated in the loop): a worker's start (a fork of
     # this process, then its first batch) is paid in the first step of every run
     "harness_loader_1": {"trainer.dataloader_num_workers": 1},
@@ -87,13 +87,13 @@ CONFIGS = {
     "dpo": {},
     "dpo_precompute": {"trainer.precompute_ref_log_probs": True},
 }
-# what a configuration sets outside the recipe: environment variables, module attributes
+# what a configuration sets outside the recipe: environment variables, device plan switches
 FIXED_SEGMENTS = {"PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:False"}
 ENV = {"harness_fixed_segments": FIXED_SEGMENTS, "harness_before": FIXED_SEGMENTS,
        "harness_cublaslt": {"TORCH_BLAS_PREFER_CUBLASLT": "1"}}
-PATCH = {"harness_repeat_kv": ("harness.accel.attention", "grouped_kv", False),
-         "harness_ddp_defaults": ("harness.train.distributed", "BUCKET_VIEWS", False),
-         "harness_trainer_own": ("harness.train.steps", "ON", False)}
+SWITCHES = {"harness_repeat_kv": {"grouped_kv": False},
+            "harness_ddp_defaults": {"bucket_views": False},
+            "harness_trainer_own": {"lean_steps": False}}
 
 
 def workload(name: str, model_dir: str, shared: str, rows: int) -> dict:
@@ -223,20 +223,20 @@ def measure(name: str, model_dir: str, shared: str, rows: int, warm: bool = Fals
     from harness import models
     from harness.train import trainers
     r = workload(name, model_dir, shared, rows)
-    if name in PATCH:
-        module, attr, value = PATCH[name]
-        setattr(importlib.import_module(module), attr, value)
     k = trainers.kind(r)
-    plan = models.device_plan(r.model)
+    plan = dataclasses.replace(models.device_plan(r.model), **SWITCHES.get(name, {}))
     tok = models.load_tokenizer(r.model)
     tr, _, _ = trainset.load_train(r.data, r.seed, k.data_kind)
+    handover = trainers.Handover()  # runs after the first take its rows, as a sweep's trials
     if warm:
         with tempfile.TemporaryDirectory() as out:
-            trainers.train(r, models.load_model(r.model, plan, task=k.task), tok, tr, None, plan, out)
-    return [{**one_run(name, r, k, plan, tok, tr), "warm": warm, "run": i} for i in range(runs)]
+            trainers.train(r, models.load_model(r.model, plan, task=k.task), tok, tr, None, plan,
+                           out, handover=handover)
+    return [{**one_run(name, r, k, plan, tok, tr, handover), "warm": warm, "run": i}
+            for i in range(runs)]
 
 
-def one_run(name: str, r, k, plan, tok, tr) -> dict:
+def one_run(name: str, r, k, plan, tok, tr, handover) -> dict:
     import torch
 
     from harness import models
@@ -256,7 +256,8 @@ def one_run(name: str, r, k, plan, tok, tr) -> dict:
         pauses = Pauses()
         gc.callbacks.append(pauses)
         try:
-            res = trainers.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock])
+            res = trainers.train(r, model, tok, tr, None, plan, out, callbacks=prof + [clock],
+                                 handover=handover)
         finally:
             gc.callbacks.remove(pauses)
         wall = time.perf_counter() - t

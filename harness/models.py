@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from harness.core import fences
 from harness.core.errors import HarnessError
@@ -44,9 +45,21 @@ class DevicePlan:
     expandable_segments: bool = False
     # the decoder stack's forward and backward replayed as CUDA graphs (harness.graphs)
     cuda_graphs: bool = False
+    # Fast paths the harness always takes, each off only in a benchmark's baseline arm
+    # (bench/train_speed.py, bench/grpo_speed.py set them with dataclasses.replace): no recipe
+    # key, and not logged (SWITCHES).
+    lean_steps: bool = True  # the Trainer's per-step host work trimmed (harness.train.steps)
+    merged_rollouts: bool = True  # GRPO decodes through the merged adapter (train.rollouts)
+    bucket_views: bool = True  # DDP's gradients kept in its all-reduce buckets (distributed)
+    # the varlen kernel given fewer K/V heads than query heads where this torch's takes them
+    # (harness.accel.attention); off: K and V copied to the query's heads first
+    grouped_kv: bool = True
+
+    SWITCHES: ClassVar[tuple[str, ...]] = ("lean_steps", "merged_rollouts", "bucket_views",
+                                           "grouped_kv")
 
     def as_params(self) -> dict:
-        return {f"device/{k}": v for k, v in self.__dict__.items()}
+        return {f"device/{k}": v for k, v in self.__dict__.items() if k not in self.SWITCHES}
 
 
 def device_plan(spec: ModelSpec) -> DevicePlan:

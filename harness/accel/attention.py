@@ -12,11 +12,19 @@ the sequences are attended one by one with SDPA, which is what the tests run.
 Only training uses it: the name has no mask function, so transformers builds no mask, and a
 padded batch (generation, an unpacked eval) would be wrong. `harness.train.trainers` switches a model to it
 for training and back afterwards.
+
+transformers calls the attention function it finds registered under the model's attention
+name, with the model's own arguments only: what a training run knows about it (the model's own
+attention, what the kernel was found to take) reaches it through the `Training` that
+`training_attention` makes current for its block (a context variable: scoped to the block and
+its thread, as the training loop is).
 """
 from __future__ import annotations
 
 import contextlib
 import inspect
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 NAME = "harness_varlen"
 _registered = False
@@ -31,33 +39,38 @@ def register() -> str:
     return NAME
 
 
-# whether this torch's varlen kernel takes fewer key/value heads than query heads (None: not
-# tried yet). FlashAttention groups the heads itself, which saves a copy of K and V every layer
-# forward and the sum of their gradients backward; torch 2.11 passes them through without an
-# `enable_gqa` flag, later releases ask for the flag, and their cuDNN path refuses it.
-grouped_kv: bool | None = None
+@dataclass
+class VarlenKernel:
+    """What training learns about this torch's varlen kernel, handed from one run to the next
+    (harness.train.trainers.Handover). `grouped_kv`: whether it takes fewer key/value heads than
+    query heads (None: not tried yet; False from the start: the device plan's `grouped_kv` is
+    off, a benchmark's baseline). FlashAttention groups the heads itself, which saves a copy of
+    K and V every layer forward and the sum of their gradients backward; torch 2.11 passes them
+    through without an `enable_gqa` flag, later releases ask for the flag, and their cuDNN path
+    refuses it. Learned once, it also keeps a failing first try out of a later run's first
+    step, which a sweep's later trials may capture into a CUDA graph (harness.accel.graphs)."""
+    grouped_kv: bool | None = None
 
 
-def _cuda_varlen(q, k, v, cu, max_len: int, scale: float):
+def _cuda_varlen(q, k, v, cu, max_len: int, scale: float, kernel: VarlenKernel):
     """q, k, v: (tokens, heads, dim). torch's varlen_attn changed its causal and GQA arguments
-    between releases; pass whichever this torch takes."""
-    global grouped_kv
+    between releases; pass whichever this torch takes (and learn it on `kernel`)."""
     import torch
     from torch.nn.attention.varlen import varlen_attn
     params = inspect.signature(varlen_attn).parameters
     kwargs = {"scale": scale}
     kwargs.update({"window_size": (-1, 0)} if "window_size" in params else {"is_causal": True})
-    if k.shape[1] != q.shape[1] and grouped_kv is not False:
+    if k.shape[1] != q.shape[1] and kernel.grouped_kv is not False:
         grouped = {"enable_gqa": True} if "enable_gqa" in params else {}
         try:
             out = varlen_attn(q, k, v, cu, cu, max_len, max_len, **kwargs, **grouped)
-            grouped_kv = True
+            kernel.grouped_kv = True
             return out
         except RuntimeError as e:
             # it worked before, or memory ran out: this failure is not about the heads
-            if grouped_kv or isinstance(e, torch.OutOfMemoryError):
+            if kernel.grouped_kv or isinstance(e, torch.OutOfMemoryError):
                 raise
-            grouped_kv = False
+            kernel.grouped_kv = False
     if k.shape[1] != q.shape[1]:
         rep = q.shape[1] // k.shape[1]
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -85,33 +98,44 @@ def varlen_attention_forward(module, query, key, value, attention_mask, scaling=
     scale = scaling if scaling is not None else query.shape[-1] ** -0.5
     if query.is_cuda:
         max_len = int(kwargs.get("max_length_q") or int(cu.diff().max()))
+        training = _TRAINING.get()
+        kernel = training.kernel if training is not None else VarlenKernel()
         out = _cuda_varlen(query[0].transpose(0, 1), key[0].transpose(0, 1),
-                           value[0].transpose(0, 1), cu.to(query.device), max_len, scale)
+                           value[0].transpose(0, 1), cu.to(query.device), max_len, scale, kernel)
         return out.unsqueeze(0), None
     out = _segmented_sdpa(query[0], key[0], value[0], cu, scale)
     return out.transpose(0, 1).unsqueeze(0), None
 
 
+@dataclass
+class Training:
+    """A model training under `training_attention`: its config, the attention it had before
+    (what scoring in the middle of training, a pruner's golden slice, must use, since
+    generation pads its batches), and what its varlen kernel was found to take."""
+    config: object
+    own: str
+    kernel: VarlenKernel
+
+
+_TRAINING: ContextVar[Training | None] = ContextVar("harness_training_attention", default=None)
+
+
 @contextlib.contextmanager
-def training_attention(model, name: str | None):
-    """Use attention `name` for the duration of training, then the model's own again."""
+def training_attention(model, name: str | None, kernel: VarlenKernel | None = None):
+    """Use attention `name` for the duration of training, then the model's own again.
+    `kernel`: what earlier runs learned about the varlen kernel (default: nothing yet)."""
     if not name:
         yield
         return
     config = model.config
     before = config._attn_implementation
     model.set_attn_implementation(register() if name == NAME else name)
-    _own[id(config)] = before
+    token = _TRAINING.set(Training(config, before, kernel or VarlenKernel()))
     try:
         yield
     finally:
         model.set_attn_implementation(before)
-        _own.pop(id(config), None)
-
-
-# config id -> the attention a model had before training switched it: what scoring in the
-# middle of training (a pruner's golden slice) must use, since generation pads its batches
-_own: dict[int, str] = {}
+        _TRAINING.reset(token)
 
 
 @contextlib.contextmanager
@@ -120,10 +144,11 @@ def own_attention(model):
     takes padding-free batches (generation and reference perplexity are padded batches)."""
     config = getattr(model, "config", None)
     now = getattr(config, "_attn_implementation", None)
-    if now != NAME or id(config) not in _own:
+    training = _TRAINING.get()
+    if now != NAME or training is None or training.config is not config:
         yield
         return
-    model.set_attn_implementation(_own[id(config)])
+    model.set_attn_implementation(training.own)
     try:
         yield
     finally:

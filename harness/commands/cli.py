@@ -3,7 +3,6 @@ so `--help` and `validate` stay fast."""
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -331,21 +330,23 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, ctx=None) -> int:
+    """`ctx`: the harness.core.context.RunContext the command times and counts into (a test
+    reads it afterwards); a fresh one by default, so no two commands share one."""
     args = parser().parse_args(argv)
-    from harness.core import ledger, timing
-    timing.restart()  # start-up counts from here (harness.timing)
-    ledger.restart()
+    from harness.core import context
+    preparing = args.command in ("train", "sweep", "eval", "compare", "rerun", "export")
+    # start-up counts from here (harness.core.timing); a preparing command's set-up runs with
+    # the collector off, and prepared.prepare turns it back on (context.Collector)
+    with context.command(pause_collector=preparing, ctx=ctx):
+        return _run(args, preparing)
+
+
+def _run(args, preparing: bool) -> int:
     _quiet()
     from harness.core import stopping
     stopping.reset()
     stopping.install()  # SIGTERM and SIGINT end runs as Ctrl-C does
-    preparing = args.command in ("train", "sweep", "eval", "compare", "rerun", "export")
-    if preparing:
-        # Set-up (imports, stores, rows) makes millions of objects that live as long as the
-        # command and little garbage: each automatic full collection meanwhile rescans them all
-        # (~0.4 s apiece). prepared.prepare turns the collector back on and freezes what is alive.
-        gc.disable()
     try:
         if preparing and getattr(args, "processes", 1) == 1:
             from harness.train import distributed
@@ -360,8 +361,6 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # a bug or a library's failure: one line, the traceback in a file
         print(f"error: {crash_line(e, args.command)}", file=sys.stderr)
         return 1
-    finally:
-        gc.enable()  # when a command ends before prepared.prepare
 
 
 def crash_dir() -> Path:

@@ -14,7 +14,7 @@ from itertools import combinations
 from pathlib import Path
 
 from harness.eval import scoring, stats
-from harness.core import ledger, timing
+from harness.core import context, ledger, timing
 from harness.pipeline import prepared
 from harness.core.errors import HarnessError, phase, say
 from harness.eval.scoring import SetResult
@@ -98,7 +98,7 @@ def score(base: Recipe, refs: list[str], tracker) -> list[Entry]:
             say(f"{e.label}: logged results reused for {', '.join(e.reused)}")
         if todo:
             say(f"scoring {e.label}: {ref}")
-            with phase(f"scoring {ref}"), timing.timed("score"):
+            with phase(f"scoring {ref}"), context.timed("score"):
                 model = prep.load_model()
                 e.results.update(prepared.evaluate(prep, model, todo))
                 del model
@@ -157,7 +157,8 @@ def run_compare(base: Recipe, refs: list[str], tracker, all_pairs: bool = False)
                                                                        "p_holm")
                                  for k, v in c[side].items()})
         tracker.describe(markdown.compare_note(entries))
-        times, work = timing.CLOCK.totals(), ledger.totals()
+        ctx = context.current()
+        times, work = ctx.clock.totals(), ctx.ledger.totals()
         tracker.log_metrics({**timing.metrics(times), **ledger.metrics(work)})
         path = markdown.write_compare(base, entries, compared, tracker, run_id, times, work)
         tracker.log_artifacts(str(path.parent), "report")

@@ -3,7 +3,7 @@ before/after pair. load -> validate -> score -> compare -> track -> report."""
 from __future__ import annotations
 
 from harness.eval import scoring
-from harness.core import ledger, timing
+from harness.core import context, ledger, timing
 from harness.pipeline import prepared, run
 from harness.core.errors import phase, say
 from harness.config.recipe import Recipe, build
@@ -19,7 +19,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         r = build(base.to_dict(), base.source, {"model": prepared.model_fields(ref, tracker)})
         prep = prepared.prepare(r, tracker, with_data=False)
         say(f"scoring {side}: {ref}")
-        with phase(f"scoring {ref}"), timing.timed(f"score_{side}"):
+        with phase(f"scoring {ref}"), context.timed(f"score_{side}"):
             results[side] = prepared.evaluate(prep, prep.load_model())
     tags = {KIND_TAG: "eval", "harness.model": after_ref,
             **({"harness.before_model": before_ref} if before_ref else {})}
@@ -42,7 +42,8 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         if base.tracking.log_evaluations != "none":  # each side's per-example records
             for side in sides:
                 run.log_evaluations(base, tracker, results[side], run_id, base.name, side)
-        times, work = timing.CLOCK.totals(), ledger.totals()
+        ctx = context.current()
+        times, work = ctx.clock.totals(), ctx.ledger.totals()
         tracker.log_metrics({**timing.metrics(times), **ledger.metrics(work)})
         path = markdown.write_eval(base, sides, results, comparison, tracker, run_id, times, work)
         tracker.log_artifacts(str(path.parent), "report")

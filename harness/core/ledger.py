@@ -1,6 +1,6 @@
 """What a command did, counted: examples decoded, decoding steps, tokens trained, MLflow writes,
 evaluation records. Each run, trial, sweep and eval logs its counts as `work/<count>` metrics
-beside its `time/` ones (harness.timing), and every report shows them.
+beside its `time/` ones (harness.core.timing), and every report shows them.
 
 Counts, not seconds: the same recipe and data give the same counts on any machine, so CI holds
 the default sweep's shape to the table in docs/benchmarks.md (tests/core/test_ledger.py), and a change
@@ -24,28 +24,16 @@ COUNTS = {"decoded_examples": "golden-set examples decoded (greedy generation)",
 
 
 class Ledger:
+    """One command's counts (it is on the command's run context, harness.core.context)."""
+
     def __init__(self):
         self.counts: Counter = Counter()
 
+    def add(self, count: str, n: int = 1) -> None:
+        self.counts[count] += int(n)
+
     def totals(self) -> dict[str, int]:
         return dict(self.counts)
-
-
-LEDGER = Ledger()
-
-
-def add(count: str, n: int = 1) -> None:
-    LEDGER.counts[count] += int(n)
-
-
-def totals() -> dict[str, int]:
-    return LEDGER.totals()
-
-
-def restart() -> None:
-    """A new command starts (the CLI; tests call commands in one process)."""
-    global LEDGER
-    LEDGER = Ledger()
 
 
 def metrics(counts: dict[str, int]) -> dict[str, float]:

@@ -4,8 +4,8 @@ its time on without a benchmark.
 
 Phases nest (a model load inside scoring): each second is counted once, in the innermost phase
 running at the time, so the phases add up to the command's wall time. `startup` is the time
-from the command's start (harness.cli) to its first phase: imports, the tracking and study
-stores.
+from the command's start (harness.commands.cli) to its first phase: imports, the tracking and
+study stores. Each command's Clock is on its run context (harness.core.context).
 """
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ PHASES = {"startup": "start-up (imports, stores)", "data": "data preparation",
 
 
 class Clock:
+    """One command's seconds per phase, from its start (on its run context)."""
+
     def __init__(self):
         self.start = time.perf_counter()
         self.first: float | None = None  # when the first phase began
@@ -58,41 +60,25 @@ class Clock:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
+    def command_times(self) -> dict[str, float]:
+        """The command's seconds per phase so far, and `other`: what no phase covers (Optuna,
+        a sweep's waiting for workers, the time metrics' own logging), so they add up to the
+        wall."""
+        times = self.totals()
+        times["other"] = max(0.0, self.elapsed() - sum(times.values()))
+        return times
 
-def command_times() -> dict[str, float]:
-    """The command's seconds per phase so far, and `other`: what no phase covers (Optuna, a
-    sweep's waiting for workers, the time metrics' own logging), so they add up to the wall."""
-    times = CLOCK.totals()
-    times["other"] = max(0.0, CLOCK.elapsed() - sum(times.values()))
-    return times
-
-
-def closing_metrics() -> dict[str, float]:
-    """What a command logs once its report is written: the report's and the untimed seconds,
-    and time/total."""
-    end = command_times()
-    return {"time/report": end.get("report", 0.0), "time/other": end["other"],
-            "time/total": CLOCK.elapsed()}
+    def closing_metrics(self) -> dict[str, float]:
+        """What a command logs once its report is written: the report's and the untimed
+        seconds, and time/total."""
+        end = self.command_times()
+        return {"time/report": end.get("report", 0.0), "time/other": end["other"],
+                "time/total": self.elapsed()}
 
 
 def since(now: dict[str, float], mark: dict[str, float]) -> dict[str, float]:
     """Seconds per phase spent between two totals()."""
     return {k: v - mark.get(k, 0.0) for k, v in now.items() if v - mark.get(k, 0.0) > 0}
-
-
-CLOCK = Clock()
-
-
-def restart() -> None:
-    """A new command starts (the CLI; tests call commands in one process)."""
-    global CLOCK
-    CLOCK = Clock()
-
-
-@contextmanager
-def timed(phase: str):
-    with CLOCK.timed(phase):
-        yield
 
 
 def metrics(times: dict[str, float]) -> dict[str, float]:

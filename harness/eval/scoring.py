@@ -6,7 +6,7 @@ import contextlib
 from dataclasses import dataclass, field
 
 from harness.eval import goldensets, metrics
-from harness.core import ledger, timing
+from harness.core import context
 from harness.eval.goldensets import GoldenSet
 
 
@@ -153,11 +153,11 @@ def generate(model, tok, texts: list[str], max_new_tokens: int | list[int], batc
                                      pad_token_id=tok.pad_token_id, **extra, **stop,
                                      **generate_kwargs)
             new = gen[:len(idx), start:]
-            ledger.add("decoded_examples", len(idx))
-            ledger.add("decode_steps", new.shape[1])
+            context.count("decoded_examples", len(idx))
+            context.count("decode_steps", new.shape[1])
             for row, i in enumerate(idx):
                 mine = new[row, :caps[i]]
-                ledger.add("generated_tokens", int((mine != tok.pad_token_id).sum()))
+                context.count("generated_tokens", int((mine != tok.pad_token_id).sum()))
                 out[i] = tok.decode(mine, skip_special_tokens=True)
     finally:
         tok.padding_side = side
@@ -183,7 +183,7 @@ def reference_nll(model, tok, prompts: list[str], fulls: list[str], batch_size: 
     """Per example: summed NLL (nats) of the tokens of full[len(prompt):], and their count."""
     import torch
     nll, counts = [0.0] * len(prompts), [0] * len(prompts)
-    ledger.add("nll_examples", len(prompts))
+    context.count("nll_examples", len(prompts))
     side, tok.padding_side = tok.padding_side, "right"
     # length-sorted batches: less padding when several golden sets share the pass
     order = sorted(range(len(fulls)), key=lambda i: (len(fulls[i]), i))
@@ -215,7 +215,7 @@ def reward_scores(model, tok, texts: list[str], batch_size: int) -> list[float]:
     """The one-logit head's score of each text (a reward model)."""
     import torch
     out: list[float] = []
-    ledger.add("scored_responses", len(texts))
+    context.count("scored_responses", len(texts))
     side, tok.padding_side = tok.padding_side, "right"
     try:
         for idx in _batches(list(range(len(texts))), batch_size):
@@ -354,9 +354,9 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
            for gs in sets}
     for gs in goldens:  # lm-eval drives the model itself, with the library's own kernels
         if hasattr(gs, "score_with"):
-            with timing.timed("benchmarks"):
+            with context.timed("benchmarks"):
                 out[gs.name] = gs.score_with(model, tok, batch_size)
-            ledger.add("benchmark_documents", len(gs.prompts))
+            context.count("benchmark_documents", len(gs.prompts))
     model.train(was_training)
     return {gs.name: out[gs.name] for gs in goldens}
 

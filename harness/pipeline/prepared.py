@@ -14,7 +14,7 @@ from harness.eval import scoring, goldensets
 from harness import models
 from harness.train import rewards, trainers
 from harness.config import shipped
-from harness.core import timing
+from harness.core import context
 from harness.core.errors import HarnessError, phase, say
 from harness.config.recipe import ModelSpec, Recipe
 
@@ -38,10 +38,12 @@ class Prepared:
     compiled: bool = False  # golden sets decoded compiled (scoring.compiled_decoding)
     # GRPO's reward models: reward index -> (base folder, adapter folder or None, device plan)
     reward_models: dict = field(default_factory=dict)
+    # what each trial's trainer leaves the next: the rows it prepared, the varlen kernel's ways
+    handover: trainers.Handover = field(default_factory=trainers.Handover)
 
     def load_model(self, adapter: bool = True):
         """A fresh copy of the starting model (the base, or the base with init_from merged)."""
-        with timing.timed("model_load"):
+        with context.timed("model_load"):
             return models.load_model(self.recipe.model, self.plan, self.model_path, self.task,
                                      self.init_adapter if adapter else None)
 
@@ -166,17 +168,12 @@ def prepare(recipe: Recipe, tracker=None, with_data: bool = True, scorings: int 
     objective's golden set out of selection (sweep.heldout)."""
     from harness.core.errors import located
     with located(recipe.source), phase("loading the model, data and golden sets"), \
-            timing.timed("data"):
+            context.timed("data"):
         prep = _prepare(recipe, tracker, with_data, scorings, select)
-        if not gc.isenabled():
-            # The CLI kept the collector off through set-up (harness.cli.main). What is alive
-            # now (libraries, tokenizer, rows, golden sets; no model yet) lives as long as the
-            # command: frozen, the full collection after each trial (which returns a model's
-            # memory) scans only what came after, not the millions of objects of torch and
-            # transformers.
-            gc.enable()
-            gc.collect()
-            gc.freeze()
+        # The CLI kept the collector off through set-up (harness.commands.cli.main). What is
+        # alive now (libraries, tokenizer, rows, golden sets; no model yet) lives as long as
+        # the command: frozen, the full collection after each trial scans only what came after.
+        context.current().collector.resume_frozen()
     return prep
 
 
@@ -187,20 +184,20 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     k = trainers.kind(recipe)
     plan = models.device_plan(recipe.model)
     say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
-    with timing.timed("model_load"):
+    with context.timed("model_load"):
         path = models.resolve(recipe.model)
         tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
     if recipe.eval.benchmarks:
         from harness.eval import lm_eval_tasks
-        with timing.timed("data"):
+        with context.timed("data"):
             goldens += [lm_eval_tasks.load(b, recipe.source, f"eval.benchmarks.{i}")
                         for i, b in enumerate(recipe.eval.benchmarks)]
     if select and recipe.sweep.heldout:
         goldens = held_out(recipe, goldens)
     trainers.check_device(recipe, plan)
     prep = Prepared(recipe, k.task, plan, path, tok, goldens)
-    with timing.timed("model_load"):
+    with context.timed("model_load"):
         init = resolve_init(recipe, tracker)
     if init and models.is_adapter(init):
         prep.init_adapter = init
@@ -208,7 +205,7 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
         prep.model_path = init
     if init:
         say(f"starting from {recipe.model.init_from} ({init})")
-    with timing.timed("model_load"):
+    with context.timed("model_load"):
         prep.reward_models = {i: (*resolve_reward_model(recipe, i, tracker), plan)
                               for i, r in enumerate(recipe.rewards) if r.name == "reward_model"}
     scorings += bool(recipe.model.init_from)  # the original base is scored too
@@ -290,7 +287,7 @@ def evaluate_start(prep: Prepared) -> None:
         if side == "base" and not prep.recipe.model.init_from:
             break
         with phase(f"scoring the {'starting' if with_init else 'base'} model"), \
-                timing.timed("score_before"):
+                context.timed("score_before"):
             model = as_trials_are(prep, prep.load_model(adapter=with_init))
             setattr(prep, side, evaluate(prep, model))
             del model
@@ -348,7 +345,7 @@ def slice_score(prep: Prepared, model, key: str, n: int) -> float:
     gs = next(g for g in prep.goldens if g.name == name)
     part = dc.replace(gs, prompts=gs.prompts[:n], references=gs.references[:n],
                       chosen=gs.chosen and gs.chosen[:n], rejected=gs.rejected and gs.rejected[:n])
-    with timing.timed("score_pruner"):
+    with context.timed("score_pruner"):
         return scoring.evaluate_set(model, prep.tok, part, batch_size(prep),
                                        prep.recipe.eval.max_new_tokens, prep.task,
                                        prep.compiled).metrics[metric]

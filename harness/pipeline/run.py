@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness.train import checkpoints, trainers
 from harness.eval import scoring
-from harness.core import ledger, timing
+from harness.core import context, ledger, timing
 from harness.pipeline import manifest
 from harness import models
 from harness.core.errors import Diverged, HarnessError, phase, say
@@ -117,10 +117,10 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     # the run's time/ metrics cover the whole command: preparing and scoring the start too
     outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags,
                       times_from={})
-    with phase("writing the report"), timing.timed("report"):
+    with phase("writing the report"), context.timed("report"):
         path = markdown.write_run(recipe, outcome, prep.before, tracker, name)
         tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
-    tracker.log_metrics(timing.closing_metrics(), run_id=outcome.run_id)
+    tracker.log_metrics(context.current().clock.closing_metrics(), run_id=outcome.run_id)
     return outcome, path
 
 
@@ -136,7 +136,7 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
     `results` that are new to `of_run`'s existing `side` evaluation run, which gets them."""
     from harness.tracking.tracker import EVALUATION_OF_TAG, EVALUATIONS_TAG, KIND_TAG
     existing = tracker.read_run(of_run).tags.get(f"{EVALUATIONS_TAG}.{side}") if adding else None
-    with phase("logging the evaluation records"), timing.timed("evaluations"), \
+    with phase("logging the evaluation records"), context.timed("evaluations"), \
             tracker.run(f"{name}/{side}", nested=True, run_id=existing, tags={
                 **run_tags(recipe), KIND_TAG: side, "mlflow.parentRunId": of_run,
                 EVALUATION_OF_TAG: of_run},
@@ -165,7 +165,7 @@ def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool
         return False
     view = tracker.read_run(run_id)
     say(f"{view.name}: scoring the chosen trial on {', '.join(g.name for g in held)}")
-    with phase(f"scoring {view.name} held out"), timing.timed("score_after"):
+    with phase(f"scoring {view.name} held out"), context.timed("score_after"):
         model = _trained_model(prep, recipe, tracker, run_id, view)
         after = {**scoring.results_from_json(saved["after"]), **evaluate(prep, model, held)}
         del model
@@ -217,10 +217,10 @@ def _trained_model(prep: Prepared, recipe: Recipe, tracker, run_id: str, view):
         fetched = Path(recipe.output_dir) / recipe.name / run_id / "fetched"
         folder = tracker.fetch_adapter(run_id, str(fetched))
     if not models.is_adapter(folder):
-        with timing.timed("model_load"):
+        with context.timed("model_load"):
             return models.load_model(recipe.model, prep.plan, folder, prep.task)
     from peft import PeftModel
-    with timing.timed("model_load"):
+    with context.timed("model_load"):
         model = PeftModel.from_pretrained(prep.load_model(), folder)
         trainers.cast_adapter(model, recipe.adapter, prep.plan)
     # compiled decoding serves the unmerged structure its trials had (one compile a process)
@@ -233,7 +233,7 @@ def train_alongside(prep: Prepared, recipe: Recipe, callbacks: list | None = Non
     train_ds, eval_ds = datasets(prep, recipe)
     with tempfile.TemporaryDirectory() as out:
         trainers.train(recipe, prep.load_model(), prep.tok, train_ds, eval_ds, prep.plan, out,
-                    callbacks=callbacks, reward_models=prep.reward_models)
+                    callbacks=callbacks, reward_models=prep.reward_models, handover=prep.handover)
     gc.collect()
 
 
@@ -247,9 +247,10 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     this call's start), its work/ metrics the counts since then (harness.ledger; with
     `times_from`, since the command's start). `resume`: (the killed run of the same values, its
     last checkpoint) to train on from (harness.checkpoints)."""
-    mark = timing.CLOCK.totals() if times_from is None else times_from
-    counted = ledger.totals() if times_from is None else {}
-    with timing.timed("logging"):  # what the phases inside leave: params, tables, artifacts
+    ctx = context.current()
+    mark = ctx.clock.totals() if times_from is None else times_from
+    counted = ctx.ledger.totals() if times_from is None else {}
+    with context.timed("logging"):  # what the phases inside leave: params, tables, artifacts
         outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start,
                            resume)
     policy = recipe.tracking.log_evaluations
@@ -259,8 +260,8 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
         if not nested:  # harness train: the start's side too (a sweep's is on its own run)
             log_evaluations(recipe, tracker, prep.before, outcome.run_id, run_name, "before")
     # logged once the run has ended, so that its own logging counts too
-    outcome.times = timing.since(timing.CLOCK.totals(), mark)
-    outcome.work = timing.since(ledger.totals(), counted)  # counts only grow: as for seconds
+    outcome.times = timing.since(ctx.clock.totals(), mark)
+    outcome.work = timing.since(ctx.ledger.totals(), counted)  # counts only grow: as for seconds
     tracker.log_metrics({**timing.metrics(outcome.times), **ledger.metrics(outcome.work)},
                         run_id=outcome.run_id)
     return outcome
@@ -288,15 +289,15 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start,
             say(f"{run_name}: resuming at step {step} from the checkpoint of run {killed}")
         say(f"{run_name}: training ({len(train_ds)} rows)")
         try:
-            with phase(f"training {run_name}"), timing.timed("train"):
+            with phase(f"training {run_name}"), context.timed("train"):
                 result = trainers.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan,
                                      out_dir, callbacks=callbacks, report_to=tracker.report_to,
-                                     reward_models=prep.reward_models,
+                                     reward_models=prep.reward_models, handover=prep.handover,
                                      resume_from=resume[1] if resume else None)
         except HarnessError as e:  # the run ends FAILED; the reason is on it
             tracker.set_tags({"harness.error": str(e)})
             raise
-        ledger.add("trained_tokens", trainers.trained_tokens(result))
+        context.count("trained_tokens", trainers.trained_tokens(result))
         log_completions(tracker, out_dir)
         graphed = {k: v for k, v in result.metrics.items() if k.startswith("cuda_graphs/")}
         if graphed:
@@ -318,7 +319,7 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start,
         model_id = tracker.log_model(run_id, adapter_dir, run_name, model_kind(recipe)) \
             if logged else None
         say(f"{run_name}: scoring the tuned model")
-        with phase(f"scoring {run_name}"), timing.timed("score_after"):
+        with phase(f"scoring {run_name}"), context.timed("score_after"):
             # compiled decoding keeps the adapter: its one compile serves the unmerged structure
             scored = result.model if prep.compiled else models.merged_for_scoring(
                 result.model, recipe.model, prep.plan)

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from harness.train import distributed
-from harness.core import ledger, timing
+from harness.core import context, ledger, timing
 from harness.report import plots
 from harness.pipeline import prepared, run
 from harness.study import retries, seeds
@@ -413,16 +413,17 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                           "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
                           **({BEST_MODEL_TAG: best_model} if best_model else {}),
                           **{f"best.{k}": v for k, v in best.params.items()}})
-        times = timing.command_times()  # for the report; time/other is logged after it
-        work = ledger.totals()  # this process's: workers' trials log their own
+        ctx = context.current()
+        times = ctx.clock.command_times()  # for the report; time/other is logged after it
+        work = ctx.ledger.totals()  # this process's: workers' trials log their own
         tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
                              **ledger.metrics(work)})
-        with phase("writing the sweep report"), timing.timed("report"):
+        with phase("writing the sweep report"), context.timed("report"):
             images = study_plots(study, markdown.report_dir(recipe, name))
             path = markdown.write_sweep(recipe, summary(study, spread), prep.before, tracker,
                                       images, times, work)
             tracker.log_artifacts(str(path.parent), "report")
-        tracker.log_metrics(timing.closing_metrics())
+        tracker.log_metrics(ctx.clock.closing_metrics())
         say(f"best trial {best.number}: {key} {best.value:.4g}"
             + (f"; {heldout['line']}" if heldout else "")
             + (f"; {seeds.line(spread)}" if spread else "") + f"; report: {path}")

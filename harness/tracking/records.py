@@ -91,17 +91,17 @@ def _trace(record: dict, scores: dict, experiment: str, run_id: str, model_id: s
     return info, span
 
 
-def write_bulk(mlflow, run_id: str, records: list[dict], scores: list[dict],
+def write_bulk(mlflow, client, run_id: str, records: list[dict], scores: list[dict],
                model_id: str | None) -> None:
     """`records` (inputs/outputs/expectations) with `scores` (metric -> value, one dict a record)
-    as traces of evaluation run `run_id`, and the run's dataset input, tag and means."""
+    as traces of evaluation run `run_id` in `client`'s store, and the run's dataset input, tag
+    and means."""
     from mlflow.tracing.client import TracingClient
-    client = mlflow.MlflowClient()
     experiment = client.get_run(run_id).info.experiment_id
     start = time.time_ns()  # 1 ms apart: the UI lists the records in the golden set's order
     built = [_trace(r, s, experiment, run_id, model_id, start + i * 1_000_000)
              for i, (r, s) in enumerate(zip(records, scores))]
-    store = TracingClient(mlflow.get_tracking_uri()).store
+    store = TracingClient(client.tracking_uri).store
     for info, _ in built:  # before log_spans: spans first would take the store's merge path
         store.start_trace(info)
     spans = [span for _, span in built]

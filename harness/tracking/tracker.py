@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.core import ledger
+from harness.core import context
 from harness.config.recipe import Recipe, map_strings
 
 STUDY_TAG = "harness.study"
@@ -128,7 +128,7 @@ class Reader:
         self.client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
         self.client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
         self.client.set_tag(run_id, MODEL_TAG, model.model_id)
-        ledger.add("mlflow_writes", 5)  # the model, its files, final status, output, tag
+        context.count("mlflow_writes", 5)  # the model, its files, final status, output, tag
         return model.model_id
 
     def model_run(self, model_id: str) -> str | None:
@@ -158,12 +158,12 @@ class Reader:
 class Tracker(Reader):
     def __init__(self, recipe: Recipe):
         import mlflow
-        uri = recipe.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
-        if uri:
-            mlflow.set_tracking_uri(uri)
-        super().__init__(mlflow.get_tracking_uri())
+        configured = recipe.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI")
+        super().__init__(configured or mlflow.get_tracking_uri())
         self.experiment = recipe.tracking.experiment or recipe.name
-        exp = mlflow.set_experiment(self.experiment)
+        exp = self._get_or_create_experiment(self.experiment)
+        self.experiment_id = exp.experiment_id
+        self._bind_fluent(bool(configured))  # refuses a deleted experiment
         if exp.tags.get("mlflow.experimentKind") is None:  # the UI opens on training runs
             self.client.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind",
                                            "custom_model_development")
@@ -173,9 +173,38 @@ class Tracker(Reader):
         # (~1.8 s for 4,000 rows), so each is built once and kept with the rows it describes
         self._datasets: dict[int, tuple] = {}
 
+    def _get_or_create_experiment(self, name: str):
+        """The experiment `name` in this store, made when new (as mlflow.set_experiment makes
+        it, a concurrent worker's creation included), without making it MLflow's active one."""
+        from mlflow.exceptions import MlflowException
+        exp = self.client.get_experiment_by_name(name)
+        if exp is None:
+            try:
+                self.client.create_experiment(name)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_ALREADY_EXISTS":  # another worker made it first
+                    raise
+            exp = self.client.get_experiment_by_name(name)
+        return exp
+
+    def _bind_fluent(self, configured: bool) -> None:
+        """The one place the harness sets MLflow's process-wide state: the tracking URI (when
+        the recipe or MLFLOW_TRACKING_URI names one; else MLflow's default is this store
+        already) and the active experiment. Everything the harness asks by itself names its
+        store and experiment (self.client, self.experiment_id). What cannot is MLflow's fluent
+        API: the active-run stack (mlflow.start_run / active_run) that transformers'
+        MLflowCallback (TRL's report_to=["mlflow"], each training step's metrics) logs into,
+        the fluent log calls into that run, and mlflow.genai.evaluate and its traces, all of
+        which find the store by the global URI and the experiment by the active one. Setting
+        the URI also exports MLFLOW_TRACKING_URI, which that callback reads when training
+        starts and which sweep workers and torchrun's ranks inherit."""
+        if configured:
+            self.mlflow.set_tracking_uri(self._store_uri)
+        self.mlflow.set_experiment(experiment_id=self.experiment_id)
+
     @property
     def uri(self) -> str:
-        return redact(self.mlflow.get_tracking_uri())
+        return redact(self._store_uri)
 
     @contextmanager
     def run(self, name: str | None = None, *, nested: bool = False, run_id: str | None = None,
@@ -186,9 +215,10 @@ class Tracker(Reader):
         # a worker process has no active parent: the mlflow.parentRunId tag nests the run
         nested = nested and mlflow.active_run() is not None
         tags = {k: redact(str(v)) for k, v in (tags or {}).items()} or None
-        active = mlflow.start_run(run_id=run_id, run_name=None if run_id else name, nested=nested,
-                                  tags=tags, description=description)
-        ledger.add("mlflow_writes", 2)  # started, and ended below
+        active = mlflow.start_run(run_id=run_id, experiment_id=self.experiment_id,
+                                  run_name=None if run_id else name, nested=nested, tags=tags,
+                                  description=description)
+        context.count("mlflow_writes", 2)  # started, and ended below
         try:
             yield active.info.run_id
         except KeyboardInterrupt:
@@ -236,14 +266,14 @@ class Tracker(Reader):
         items = list(flat.items())
         for i in range(0, len(items), 100):
             self.mlflow.log_params(dict(items[i:i + 100]))
-            ledger.add("mlflow_writes")
+            context.count("mlflow_writes")
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None,
                     run_id: str | None = None) -> None:
         """Into the active run, or into run_id after it ended."""
         self.mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step,
                                 run_id=run_id)
-        ledger.add("mlflow_writes")
+        context.count("mlflow_writes")
 
     def log_curve(self, points: list[tuple[int, dict]]) -> None:
         """Metrics at their steps into the active run, 1,000 a write (MLflow's batch limit): a
@@ -255,33 +285,33 @@ class Tracker(Reader):
         metrics = [Metric(k, float(v), now, step) for step, m in points for k, v in m.items()]
         for i in range(0, len(metrics), 1000):
             self.client.log_batch(run_id, metrics=metrics[i:i + 1000])
-            ledger.add("mlflow_writes")
+            context.count("mlflow_writes")
 
     def set_tags(self, tags: dict, run_id: str | None = None) -> None:
         """On the active run, or on run_id."""
         tags = {k: redact(str(v)) for k, v in tags.items()}
         if run_id is None:
-            ledger.add("mlflow_writes")
+            context.count("mlflow_writes")
             return self.mlflow.set_tags(tags)
         for k, v in tags.items():
             self.client.set_tag(run_id, k, v)
-            ledger.add("mlflow_writes")
+            context.count("mlflow_writes")
 
     def describe(self, text: str) -> None:
         """The run's description in the UI (MLflow keeps it in the mlflow.note.content tag)."""
         self.mlflow.set_tag("mlflow.note.content", redact(text))
-        ledger.add("mlflow_writes")
+        context.count("mlflow_writes")
 
     def log_dict(self, data: dict, path: str, run_id: str | None = None) -> None:
         """Into the active run, or into run_id after it ended."""
         self.mlflow.log_dict(redact_tree(data), path, run_id=run_id)
-        ledger.add("mlflow_writes")
+        context.count("mlflow_writes")
 
     def log_table(self, rows: list[dict], path: str, run_id: str | None = None) -> None:
         if rows:
             cols = {k: [r.get(k) for r in rows] for k in rows[0]}
             self.mlflow.log_table(data=cols, artifact_file=path, run_id=run_id)
-            ledger.add("mlflow_writes")
+            context.count("mlflow_writes")
 
     def log_artifacts(self, local_dir: str, path: str | None = None,
                       run_id: str | None = None) -> None:
@@ -290,7 +320,7 @@ class Tracker(Reader):
             self.client.log_artifacts(run_id, local_dir, path)
         else:
             self.mlflow.log_artifacts(local_dir, artifact_path=path)
-        ledger.add("mlflow_writes")
+        context.count("mlflow_writes")
 
     def log_inputs(self, train_ds, source: str, goldens) -> None:
         """The training rows and each golden set as MLflow dataset inputs (name, digest, context),
@@ -318,11 +348,11 @@ class Tracker(Reader):
             if these:
                 self.mlflow.log_metrics(these, run_id=run_id, model_id=model_id,
                                         dataset=self._golden_dataset(g))
-                ledger.add("mlflow_writes")
+                context.count("mlflow_writes")
         if left:  # a set this process did not load (never expected): linked to the model only
             self.mlflow.log_metrics({f"after/{k}": float(v) for k, v in left.items()},
                                     run_id=run_id, model_id=model_id)
-            ledger.add("mlflow_writes")
+            context.count("mlflow_writes")
 
     def log_evaluation(self, records: list[dict], scores: list[dict], scorers: dict,
                        model_id: str | None = None) -> None:
@@ -335,14 +365,14 @@ class Tracker(Reader):
         from harness.core import fences
         from harness.tracking import records as bulk
         if fences.allowed("trace_store"):
-            bulk.write_bulk(self.mlflow, self.mlflow.active_run().info.run_id, records, scores,
-                            model_id)
+            bulk.write_bulk(self.mlflow, self.client, self.mlflow.active_run().info.run_id,
+                            records, scores, model_id)
         else:
             bulk.write_with_genai_evaluate(self.mlflow, records, scorers, model_id,
                                            self.uri.startswith("sqlite"))
-        ledger.add("mlflow_writes")
-        ledger.add("records", len(records))
-        ledger.add("assessments", sum(len(s) for s in scores))
+        context.count("mlflow_writes")
+        context.count("records", len(records))
+        context.count("assessments", sum(len(s) for s in scores))
 
     def check_records(self, run_id: str, traces: int, assessments: int) -> None:
         """Count back what evaluation run `run_id` holds: fewer traces or assessments than were
@@ -359,19 +389,20 @@ class Tracker(Reader):
             self._datasets[id(rows)] = (rows, build())
         return self._datasets[id(rows)][1]
 
-    def _log_input(self, dataset, context: str, attempts: int = 4) -> None:
+    def _log_input(self, dataset, role: str, attempts: int = 4) -> None:
         """mlflow.log_input, tried again when it fails. MLflow's SQL store gets-or-creates a
         dataset row without a lock: two workers logging the same new golden set at once both
         insert it, and one gets a unique-key violation (PostgreSQL: `dataset_pk`). Logging an
-        input is idempotent, and on the next try the dataset exists and is reused."""
+        input is idempotent, and on the next try the dataset exists and is reused. `role`: the
+        input's context in MLflow's terms (training or evaluation)."""
         import random
         import time
 
         from mlflow.exceptions import MlflowException
-        ledger.add("mlflow_writes")  # once, however many tries it takes
+        context.count("mlflow_writes")  # once, however many tries it takes
         for attempt in range(attempts):
             try:
-                return self.mlflow.log_input(dataset, context=context)
+                return self.mlflow.log_input(dataset, context=role)
             except MlflowException:
                 if attempt == attempts - 1:
                     raise
@@ -381,18 +412,25 @@ class Tracker(Reader):
 
     def find_sweep_run(self, study: str) -> str | None:
         """The parent run of a study, so a resumed sweep keeps logging under it."""
-        runs = self.mlflow.search_runs(experiment_names=[self.experiment], output_format="list",
-                                       filter_string=f"tags.`{STUDY_TAG}` = '{study}' and "
-                                       f"tags.`{KIND_TAG}` = 'sweep'")
+        runs = self._search(f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'sweep'")
         return runs[0].info.run_id if runs else None
 
     def find_run(self, tags: dict) -> str | None:
         """A FINISHED run of the experiment with all these tags, or None."""
         where = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
-        runs = self.mlflow.search_runs(experiment_names=[self.experiment], output_format="list",
-                                       filter_string=f"{where} and attributes.status = "
-                                                     "'FINISHED'")
+        runs = self._search(f"{where} and attributes.status = 'FINISHED'")
         return runs[0].info.run_id if runs else None
+
+    def _search(self, filter_string: str) -> list:
+        """The experiment's runs that match, newest first (MLflow's order), every page."""
+        runs, token = [], None
+        while True:
+            page = self.client.search_runs([self.experiment_id], filter_string,
+                                           page_token=token)
+            runs += page
+            token = page.token
+            if not token:
+                return runs
 
     def load_json(self, run_id: str, path: str) -> dict | None:
         """A run's JSON artifact, or None (no such artifact: the caller computes it)."""
@@ -433,10 +471,8 @@ class Tracker(Reader):
     def end_running_evaluations(self, of_run: str) -> int:
         """End KILLED the evaluation runs of `of_run` (tag EVALUATION_OF) that a killed process
         left RUNNING; returns how many."""
-        runs = self.mlflow.search_runs(
-            experiment_names=[self.experiment], output_format="list",
-            filter_string=f"tags.`{EVALUATION_OF_TAG}` = '{of_run}' and "
-                          "attributes.status = 'RUNNING'")
+        runs = self._search(f"tags.`{EVALUATION_OF_TAG}` = '{of_run}' and "
+                            "attributes.status = 'RUNNING'")
         for r in runs:
             self.client.set_terminated(r.info.run_id, "KILLED")
         return len(runs)
@@ -457,7 +493,8 @@ class Tracker(Reader):
                 raise HarnessError(f"no MLflow LoggedModel {run_id!r} in {self.uri}",
                                    key="model.init_from")
             Path(dest).mkdir(parents=True, exist_ok=True)
-            return self.mlflow.artifacts.download_artifacts(f"models:/{run_id}", dst_path=dest)
+            return self.mlflow.artifacts.download_artifacts(f"models:/{run_id}", dst_path=dest,
+                                                            tracking_uri=self._store_uri)
         try:
             run = self.client.get_run(run_id)
         except MlflowException:
@@ -467,7 +504,8 @@ class Tracker(Reader):
         model_id = tags.get(MODEL_TAG) or tags.get(BEST_MODEL_TAG)
         if model_id:
             Path(dest).mkdir(parents=True, exist_ok=True)
-            return self.mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=dest)
+            return self.mlflow.artifacts.download_artifacts(f"models:/{model_id}", dst_path=dest,
+                                                            tracking_uri=self._store_uri)
         sources = [(run_id, "adapter"), (run_id, "best_adapter")]
         parent = tags.get("mlflow.parentRunId")
         if parent and self.client.get_run(parent).data.tags.get("harness.best_run_id") == run_id:
@@ -476,7 +514,8 @@ class Tracker(Reader):
             if self._has_artifact(rid, path):
                 Path(dest).mkdir(parents=True, exist_ok=True)
                 return self.mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=path,
-                                                                dst_path=dest)
+                                                                dst_path=dest,
+                                                                tracking_uri=self._store_uri)
         local = tags.get("harness.adapter_dir")
         if local and Path(local).is_dir():
             return local

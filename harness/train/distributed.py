@@ -161,9 +161,6 @@ def params(config, trainer=None) -> dict:
     return out
 
 
-BUCKET_VIEWS = True  # gradients kept in DDP's all-reduce buckets (bench/train_speed.py A/Bs it)
-
-
 def _ddp_handler(trainer):
     """The DDP kwargs the Trainer built from its ddp_* fields (accelerate's
     DistributedDataParallelKwargs), which accelerate reads when train() wraps the model."""
@@ -175,9 +172,10 @@ def gradients_in_buckets(trainer) -> None:
     reduced bucket is then the `.grad` the optimizer reads, so the gradients are held once, not
     twice, and not copied back out of the buckets after each all-reduce (for LoRA on all
     linear layers, ~420 small copies a step; at 135M parameters no speed difference showed,
-    docs/benchmarks.md). TrainingArguments has no field for it; the DDP kwargs handler has."""
+    docs/benchmarks.md). TrainingArguments has no field for it; the DDP kwargs handler has.
+    Called unless the device plan's `bucket_views` is off (bench/train_speed.py A/Bs it)."""
     handler = _ddp_handler(trainer)
-    if BUCKET_VIEWS and world_size() > 1 and hasattr(handler, "gradient_as_bucket_view"):
+    if world_size() > 1 and hasattr(handler, "gradient_as_bucket_view"):
         handler.gradient_as_bucket_view = True
 
 

@@ -31,13 +31,11 @@ from __future__ import annotations
 import contextlib
 
 
-#: off: TRL's own rollouts through the unmerged adapter, as a benchmark's baseline
-ON = True
-
-
-def why_not(model, config=None) -> str | None:
-    """Why `model`'s rollouts cannot decode merged (None: they can)."""
-    if not ON:
+def why_not(model, config=None, enabled: bool = True) -> str | None:
+    """Why `model`'s rollouts cannot decode merged (None: they can). `enabled` off (the device
+    plan's `merged_rollouts`): TRL's own rollouts through the unmerged adapter, a benchmark's
+    baseline (bench/grpo_speed.py)."""
+    if not enabled:
         return "off"
     if config is not None and (getattr(config, "use_vllm", False) or
                                getattr(config, "use_transformers_continuous_batching", False)):
@@ -57,11 +55,11 @@ def _base_weights(model) -> list:
 
 
 @contextlib.contextmanager
-def merged(model, config=None, compiled: bool = False):
+def merged(model, config=None, compiled: bool = False, enabled: bool = True):
     """While open, `model.generate` decodes with the adapter merged (and compiled: see the
     module's doc); the base weights are exactly what they were after each call. Yields why
-    rollouts do not decode merged, or None."""
-    why = why_not(model, config)
+    rollouts do not decode merged, or None (`enabled`: as why_not)."""
+    why = why_not(model, config, enabled)
     if why is not None:
         yield why
         return

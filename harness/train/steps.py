@@ -13,12 +13,10 @@ SmolLM2-135M is 2,499 modules and 692 parameters. What is trimmed here gives the
 """
 from __future__ import annotations
 
-#: off: Trainer's own work, as a benchmark's baseline (bench/train_speed.py)
-ON = True
-
 
 class LeanSteps:
-    """Mixed in before a trainer class by `lean`."""
+    """Mixed in before a trainer class by `lean` (unless the device plan's `lean_steps` is off:
+    Trainer's own work, a benchmark's baseline in bench/train_speed.py)."""
 
     _flops_per_token: tuple | None = None  # (model, Trainer's count for a one-token input)
 
@@ -26,7 +24,7 @@ class LeanSteps:
         import torch
         main = getattr(self.model, "main_input_name", "input_ids")
         x = inputs.get(main) if isinstance(inputs, dict) else None
-        if not ON or not torch.is_tensor(x):
+        if not torch.is_tensor(x):
             return super().floating_point_ops(inputs)
         cached = self._flops_per_token
         if cached is None or cached[0] is not self.model:

@@ -10,7 +10,7 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib.metadata import version
 
 from harness import models
@@ -264,10 +264,10 @@ NOT_DATA = frozenset({
 
 
 class PreparedRows:
-    """The tokenized (and packed) rows of the last trainer built in this process, given to the
-    next one with the same data, tokenizer and preparation (TRL's `skip_prepare_dataset`): a
-    sweep tokenizes and packs its data once, not once a trial. Preparing is deterministic, so
-    the rows are the ones the trainer would make itself."""
+    """The tokenized (and packed) rows of the last trainer given this cache, given to the next
+    one with the same data, tokenizer and preparation (TRL's `skip_prepare_dataset`): a sweep
+    tokenizes and packs its data once, not once a trial. Preparing is deterministic, so the rows
+    are the ones the trainer would make itself. Held by a Handover."""
 
     def __init__(self):
         self.held: tuple | None = None  # (train_ds, eval_ds, tok, key, prepared train, eval)
@@ -287,7 +287,12 @@ class PreparedRows:
         self.held = (train_ds, eval_ds, tok, key, trainer.train_dataset, trainer.eval_dataset)
 
 
-PREPARED = PreparedRows()
+@dataclass
+class Handover:
+    """What one trainer hands the next in the same command (a sweep's trials, in their
+    Prepared): the rows it prepared, and what torch's varlen kernel was found to take."""
+    rows: PreparedRows = field(default_factory=PreparedRows)
+    varlen: attention.VarlenKernel = field(default_factory=attention.VarlenKernel)
 
 
 @dataclass
@@ -300,9 +305,12 @@ class TrainResult:
 
 def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan, output_dir: str,
           callbacks: list | None = None, report_to: list[str] | None = None,
-          reward_models: dict | None = None, resume_from: str | None = None) -> TrainResult:
+          reward_models: dict | None = None, resume_from: str | None = None,
+          handover: Handover | None = None) -> TrainResult:
     """`reward_models`: GRPO's reward models as prepared resolved them (harness.rewards).
-    `resume_from`: a checkpoint of the same run's settings to go on from (harness.checkpoints)."""
+    `resume_from`: a checkpoint of the same run's settings to go on from (harness.checkpoints).
+    `handover`: what an earlier trainer of the command left (its rows are taken where they
+    fit), and where this one leaves its own for the next; default: a trainer on its own."""
     k = kind(recipe)
     config = build_config(recipe, plan, output_dir, report_to, has_eval=eval_ds is not None)
     callbacks = [*(callbacks or []), guards.stop_check()]
@@ -316,14 +324,18 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     finite = guards.FiniteLoss()
     use_cache = model.config.use_cache
     blocked = graph_blocker(recipe, config, plan)
-    source = (train_ds, eval_ds, tok, PREPARED.key(config))  # before TRL touches the config
+    source = (train_ds, eval_ds, tok, PreparedRows.key(config))  # before TRL touches config
+    handover = handover or Handover()
     reuses = k.reuses_prepared and fences.allowed("prepared_rows")
-    prepared = PREPARED.get(*source) if reuses else None
+    prepared = handover.rows.get(*source) if reuses else None
     if prepared:
         train_ds, eval_ds = prepared
         config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    # the plan's grouped_kv off: the varlen kernel never tried with fewer K/V heads
+    varlen = handover.varlen if plan.grouped_kv else attention.VarlenKernel(grouped_kv=False)
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)
-                                      else None), kernels.fused_norms(model, plan.fused_norm), \
+                                      else None, varlen), \
+            kernels.fused_norms(model, plan.fused_norm), \
             graphs.cuda_graphs(model, blocked is None) as graphed, \
             (attention.policy_gradient_kernels(recipe.model.attn_implementation) if k.rewarded
              else contextlib.nullcontext()), \
@@ -334,20 +346,23 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
             extra = {"reward_funcs": funcs, "reward_processing_classes": toks}
         if k.data_kind == "unpaired":  # pairs become two single judgements (TRL's own way)
             train_ds, eval_ds = (unpaired(ds) for ds in (train_ds, eval_ds))
-        trainer = steps.lean(k.trainer_cls())(
+        trainer_cls = steps.lean(k.trainer_cls()) if plan.lean_steps else k.trainer_cls()
+        trainer = trainer_cls(
             model=model, args=config, train_dataset=train_ds, eval_dataset=eval_ds,
             processing_class=tok, peft_config=models.lora_config(recipe.adapter, k.task),
             callbacks=callbacks + [finite.callback], **extra)
         if reuses and not prepared:
-            PREPARED.keep(*source, trainer)
+            handover.rows.keep(*source, trainer)
         where["trainer"] = trainer
         if graphed is not None:
             trainer.data_collator = graphs.StaticSequences(trainer.data_collator,
                                                            config.max_length)
         cast_adapter(trainer.model, recipe.adapter, plan)
-        distributed.gradients_in_buckets(trainer)
+        if plan.bucket_views:
+            distributed.gradients_in_buckets(trainer)
         with (rollouts.merged(trainer.model, config, compiled_rollouts(recipe, config, plan,
-                                                                     len(train_ds)))
+                                                                     len(train_ds)),
+                              enabled=plan.merged_rollouts)
               if k.rewarded else contextlib.nullcontext()) as unmerged:
             if unmerged in ("quantized base weights", "more than one adapter"):
                 print(f"harness: GRPO rollouts decode through the unmerged adapter ({unmerged})",

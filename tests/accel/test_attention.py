@@ -43,26 +43,65 @@ def test_running_out_of_memory_in_the_kernel_is_not_taken_for_a_refusal_of_group
         raise torch.OutOfMemoryError("CUDA out of memory") if k.shape[1] < q.shape[1] else \
             AssertionError("the K/V copy must not be tried after an out-of-memory error")
     monkeypatch.setattr(varlen, "varlen_attn", kernel)
-    monkeypatch.setattr(attention, "grouped_kv", None)
+    learned = attention.VarlenKernel()
     q, k = torch.zeros(8, 9, 4), torch.zeros(8, 3, 4)
     cu = torch.tensor([0, 8], dtype=torch.int32)
     with pytest.raises(torch.OutOfMemoryError):
-        attention._cuda_varlen(q, k, k, cu, 8, 0.5)
-    assert attention.grouped_kv is None  # the next call tries the grouped heads again
+        attention._cuda_varlen(q, k, k, cu, 8, 0.5, learned)
+    assert learned.grouped_kv is None  # the next call tries the grouped heads again
+
+
+def test_training_hands_its_kernel_on_and_scoring_mid_training_gets_the_models_own(
+        recipe_dict, tmp_path, monkeypatch):
+    """What the varlen kernel was found to take goes from one trainer to the next through the
+    Handover (a sweep's trials), unless the plan's grouped_kv is off; inside training, scoring
+    (a pruner's slice) attends with the model's own attention and training's comes back."""
+    import dataclasses
+
+    from transformers import TrainerCallback
+
+    from harness.data import trainset
+    from harness.train import trainers
+    kernels, during = [], []
+    real = attention.training_attention
+
+    def spy(model, name, kernel=None):
+        kernels.append(kernel)
+        return real(model, name, kernel)
+    monkeypatch.setattr(attention, "training_attention", spy)
+
+    class Scores(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            base = model.get_base_model()
+            with attention.own_attention(base):
+                during.append(base.config._attn_implementation)
+            during.append(base.config._attn_implementation)
+    r = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True, "trainer.max_steps": 1,
+                                             "model.attn_implementation": attention.NAME})
+    plan = models.device_plan(r.model)
+    tok = models.load_tokenizer(r.model)
+    tr, _, _ = trainset.load_train(r.data, r.seed, "supervised")
+    handover = trainers.Handover()
+    for i, p in enumerate((plan, dataclasses.replace(plan, grouped_kv=False))):
+        trainers.train(r, models.load_model(r.model, p), tok, tr, None, p,
+                       str(tmp_path / str(i)), callbacks=[Scores()], handover=handover)
+    assert kernels[0] is handover.varlen
+    assert kernels[1] is not handover.varlen and kernels[1].grouped_kv is False
+    assert during == ["sdpa", attention.NAME] * 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel needs a CUDA GPU")
 @pytest.mark.parametrize("grouped", [None, False])  # None: the kernel groups heads if it can
-def test_cuda_varlen_with_fewer_kv_heads_matches_attention_per_sequence(monkeypatch, grouped):
-    monkeypatch.setattr(attention, "grouped_kv", grouped)
+def test_cuda_varlen_with_fewer_kv_heads_matches_attention_per_sequence(grouped):
+    learned = attention.VarlenKernel(grouped)  # False: the device plan's grouped_kv off
     torch.manual_seed(0)
     lens = [300, 700, 24]
     cu = torch.tensor([0, 300, 1000, 1024], dtype=torch.int32, device="cuda")
     q, k, v = (torch.randn(1024, h, 64, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for h in (9, 3, 3))
-    out = attention._cuda_varlen(q, k, v, cu, max(lens), 0.125)
+    out = attention._cuda_varlen(q, k, v, cu, max(lens), 0.125, learned)
     out.float().square().sum().backward()
-    assert attention.grouped_kv is not None if grouped is None else attention.grouped_kv is False
+    assert learned.grouped_kv is not None if grouped is None else learned.grouped_kv is False
     ref_in = [t.detach().float().transpose(0, 1).requires_grad_() for t in (q, k, v)]
     ref = attention._segmented_sdpa(*ref_in, cu.cpu(), 0.125).transpose(0, 1)  # fp32, SDPA's GQA
     ref.square().sum().backward()
@@ -132,6 +171,9 @@ def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, re
     assert (gpu.loader_workers, cpu.loader_workers) == (2, 0)  # collation beside the loop on a GPU
     assert not models.device_plan(recipe.ModelSpec(fused_norm=False)).fused_norm
     assert gpu.as_params()["device/packing"] is True  # shown in the run's params
+    # the benchmark switches: every fast path on, and no run's params list them
+    assert all(getattr(p, s) for p in (cpu, gpu) for s in models.DevicePlan.SWITCHES)
+    assert not {f"device/{s}" for s in models.DevicePlan.SWITCHES} & set(gpu.as_params())
     assert (gpu.pad_packed, gpu.expandable_segments) == (True, True)
     assert (cpu.pad_packed, cpu.expandable_segments) == (False, False)
     # PyTorch's own environment variable, when the user sets it, wins

@@ -8,7 +8,7 @@ import re
 from conftest import ROOT
 
 from harness.commands import cli
-from harness.core import ledger
+from harness.core import context, ledger
 
 TABLE = "## The cost ledger"
 
@@ -27,12 +27,13 @@ def test_the_default_sweeps_work_matches_the_documented_ledger(tmp_path, tiny_mo
     import mlflow
     monkeypatch.chdir(tmp_path)  # the recipe's relative stores and outputs land here
     uri = mlflow.get_tracking_uri()
+    ctx = context.RunContext()  # the command's, read once it returns
     code = cli.main(["sweep", str(ROOT / "recipes" / "sft_math.yaml"),
                      "--set", f"model.name={tiny_model_dir}", "--set", f"tracking.uri={uri}",
                      "--set", "data.builtin_rows=16", "--set", "eval.max_examples=20",
-                     "--set", f"sweep.storage=sqlite:///{tmp_path}/optuna.db"])
+                     "--set", f"sweep.storage=sqlite:///{tmp_path}/optuna.db"], ctx=ctx)
     assert code == 0
-    counted = ledger.totals()
+    counted = ctx.ledger.totals()
     exp = client.get_experiment_by_name("sft_math")
     sweep_run = next(r for r in client.search_runs([exp.experiment_id])
                      if r.data.tags.get("harness.kind") == "sweep")

@@ -33,3 +33,7 @@ def test_nested_phases_count_each_second_once(monkeypatch):
                                     "total"]
     assert rows[2][1:] == ["5.0", "45%"] and rows[3][1:] == ["11.0", "100%"]
     assert timing.rows({**totals, "total": 20})[2][1:] == ["5.0", "25%"]  # a logged total
+    clock.now += 3  # in no phase: Optuna, waiting for workers
+    end = c.command_times()
+    assert end["other"] == 3 and sum(end.values()) == c.elapsed() == 14
+    assert c.closing_metrics() == {"time/report": 0.0, "time/other": 3, "time/total": 14}

@@ -31,7 +31,8 @@ def test_reward_run_scores_pairs_and_reference_answers(recipe_dict, pref_goldens
 
 def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
     import mlflow
-    sft, tracker, _ = _train(recipe_dict, **{"trainer.learning_rate": 5e-3})
+    sft, tracker, sft_prep = _train(recipe_dict, **{"trainer.learning_rate": 5e-3})
+    assert sft_prep.handover.rows.held is not None  # the rows a next trial's trainer would take
     client = mlflow.MlflowClient()
     # the adapter is the run's MLflow LoggedModel, its after/ metrics linked to it and its set
     model_id = client.get_run(sft.run_id).data.tags["harness.model_id"]

@@ -74,6 +74,8 @@ def test_rollouts_decode_unmerged_where_merging_is_not_exact_or_there_is_nothing
     assert rollouts.why_not(model, Config()) == "another generation engine"
     with rollouts.merged(model, Config()) as why:
         assert why == "another generation engine" and "generate" not in model.__dict__
+    with rollouts.merged(model, enabled=False) as why:  # the device plan's merged_rollouts off
+        assert why == "off" and "generate" not in model.__dict__
 
 
 @pytest.mark.parametrize("merged", [True, False])
@@ -82,8 +84,9 @@ def test_a_grpo_run_decodes_its_rollouts_merged_and_trains_the_adapter_only(
     import torch
     from peft.tuners.lora import Linear, LoraLayer
 
+    import dataclasses
+
     from harness.data import trainset
-    monkeypatch.setattr(rollouts, "ON", merged)
     calls = []
     merge = Linear.merge
 
@@ -95,7 +98,8 @@ def test_a_grpo_run_decodes_its_rollouts_merged_and_trains_the_adapter_only(
              trainer={"max_steps": 2, "per_device_train_batch_size": 2, "num_generations": 2,
                       "max_completion_length": 6})
     r = recipe.build(d, "g.yaml")
-    plan = models.device_plan(r.model)
+    # the device plan's merged_rollouts: on (the harness) and off (a benchmark's baseline)
+    plan = dataclasses.replace(models.device_plan(r.model), merged_rollouts=merged)
     k = trainers.kind(r)
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)

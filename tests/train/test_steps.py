@@ -1,12 +1,14 @@
+import dataclasses
+
 from harness.data import trainset
 from harness import models
 from harness.config import recipe
 from harness.train import steps, trainers
 
 
-def _train(recipe_dict, tmp_path, name: str):
+def _train(recipe_dict, tmp_path, name: str, lean: bool):
     r = recipe.build(recipe_dict, "test.yaml", {"trainer.max_steps": 3})
-    plan = models.device_plan(r.model)
+    plan = dataclasses.replace(models.device_plan(r.model), lean_steps=lean)
     k = trainers.kind(r)
     tr, ev, _ = trainset.load_train(r.data, r.seed, k.data_kind)
     model = models.load_model(r.model, plan, task=k.task)
@@ -16,6 +18,7 @@ def _train(recipe_dict, tmp_path, name: str):
 
 def test_flops_are_trainers_own_with_the_parameters_counted_once(recipe_dict, tmp_path,
                                                                  monkeypatch):
+    """The device plan's lean_steps on (the harness) and off (a benchmark's baseline)."""
     import trl
     from transformers import PreTrainedModel
     counted = []
@@ -27,11 +30,11 @@ def test_flops_are_trainers_own_with_the_parameters_counted_once(recipe_dict, tm
     monkeypatch.setattr(PreTrainedModel, "num_parameters", counting)
     flops = {}
     for lean in (True, False):
-        monkeypatch.setattr(steps, "ON", lean)
         counted.clear()
-        res = _train(recipe_dict, tmp_path, str(lean))
+        res = _train(recipe_dict, tmp_path, str(lean), lean)
         trainer = res.trainer
         assert isinstance(trainer, trl.SFTTrainer) and type(trainer).__name__ == "SFTTrainer"
+        assert isinstance(trainer, steps.LeanSteps) == lean
         assert trainer.state.global_step == 3
         # Trainer counts the parameters every step; the harness once a run
         assert counted.count(True) == (1 if lean else 3)

@@ -303,24 +303,24 @@ def test_a_second_trainer_takes_the_rows_the_first_prepared_and_trains_the_same(
     tok = models.load_tokenizer(r.model)
     tr, ev, _ = trainset.load_train(r.data, r.seed, "supervised")
 
-    def losses(rr, out):
+    def losses(rr, out, handover):
         res = trainers.train(rr, models.load_model(rr.model, plan), tok, tr, ev, plan,
-                          str(tmp_path / out))
+                          str(tmp_path / out), handover=handover)
         return res, [h["loss"] for h in res.log_history if "loss" in h]
 
-    trainers.PREPARED.held = None
-    first, _ = losses(r, "a")
+    sweep = trainers.Handover()  # what a sweep's Prepared holds for its trials
+    first, _ = losses(r, "a", sweep)
     other = recipe.with_values(r, {"trainer.learning_rate": 1e-3, "adapter.r": 4})
-    second, reused = losses(other, "b")  # a trial: other optimiser values, the same data
+    second, reused = losses(other, "b", sweep)  # a trial: other optimiser values, the same data
     assert second.trainer.train_dataset is first.trainer.train_dataset
     assert second.trainer.args.dataset_kwargs == {"skip_prepare_dataset": True}
-    trainers.PREPARED.held = None
-    fresh, own = losses(other, "c")  # the same values, preparing its own rows
+    alone = trainers.Handover()
+    fresh, own = losses(other, "c", alone)  # the same values, preparing its own rows
     assert fresh.trainer.train_dataset is not first.trainer.train_dataset
     assert reused == own and len(own) == 2  # exactly what the trainer computes on its own rows
     # a field that shapes the rows (max_length) makes the next trainer prepare its own
     shorter = recipe.with_values(r, {"trainer.max_length": 64})
-    third, _ = losses(shorter, "d")
+    third, _ = losses(shorter, "d", alone)
     assert third.trainer.train_dataset is not fresh.trainer.train_dataset
     assert max(len(x) for x in third.trainer.train_dataset["input_ids"]) <= 64
 
