@@ -44,13 +44,13 @@ def study(recipe_path: str, sets: list[str], n_trials: int, pruner: dict | None,
              for x in runs}
     states = {int(x.data.tags["harness.trial"]): x.data.tags.get("harness.trial_state",
                                                                   "COMPLETE") for x in runs}
-    best_run = client.get_run(out["parent_run_id"]).data.tags["harness.best_run_id"]
+    best_run = client.get_run(out.parent_run_id).data.tags["harness.best_run_id"]
     name, metric = r.sweep.objective.split("/", 1)
     with open(client.download_artifacts(best_run, f"eval/{name}_examples.json")) as f:
         table = json.load(f)
     scores = [row[table["columns"].index(f"after/{metric}")] for row in table["data"]]
     return {"arm": arm, "steps": sum(steps.values()), "per_trial": steps, "states": states,
-            "best": out["best_value"], "wall_s": round(wall), "scores": scores, "metric": metric}
+            "best": out.best_value, "wall_s": round(wall), "scores": scores, "metric": metric}
 
 
 def within_noise(unpruned: dict, pruned: dict):

@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from harness.core import fences
 from harness.core.errors import HarnessError
+from harness.core.files import staged_dir
 from harness.config.recipe import AdapterSpec, ModelSpec
 from harness.core.registry import Registry
 
@@ -106,17 +105,9 @@ def _embedded_path(name: str) -> Path:
     model = AutoModelForCausalLM.from_config(config)
     model.load_state_dict(gguf_model.state_dict())
     model.generation_config = gguf_model.generation_config
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}-"))
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    try:
-        os.replace(tmp, out)  # atomic: a half-written copy is never picked up
-    except OSError:
-        if not (out / "model.safetensors").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process converted it first
+    with staged_dir(out) as staged:  # a half-written copy is never picked up
+        model.save_pretrained(staged)
+        tok.save_pretrained(staged)
     return out
 
 

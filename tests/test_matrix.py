@@ -319,12 +319,12 @@ def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg
         runs = _runs(client, f"tiny-{i}")
         trials = [r for r in runs if r.data.tags.get("harness.kind") == "trial"]
         assert sorted(int(r.data.tags["harness.trial"]) for r in trials) == [0, 1, 2, 3]
-        assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {out["parent_run_id"]}
+        assert {r.data.tags["mlflow.parentRunId"] for r in trials} == {out.parent_run_id}
         assert {r.info.status for r in runs} == {"FINISHED"}, i
         assert {t.user_attrs["mlflow_run_id"] for t in study.trials} == {
             r.info.run_id for r in trials}
         assert len({t.params["trainer.learning_rate"] for t in study.trials}) == 4  # no repeat
-        parent_arts = {a.path for a in client.list_artifacts(out["parent_run_id"])}
+        parent_arts = {a.path for a in client.list_artifacts(out.parent_run_id)}
         assert {"report", "eval"} <= parent_arts  # served by the server
         assert all(client.get_logged_model(r.data.tags["harness.model_id"]).status == "READY"
                    for r in trials)  # the trials' adapters, through the server

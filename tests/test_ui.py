@@ -40,9 +40,9 @@ def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path
     assert url in first_line  # `harness ui` prints where it listens
     shots = Path(os.environ.get("HARNESS_UI_SHOTS") or tmp_path / "screenshots")
     shots.mkdir(exist_ok=True)
-    best = client.get_run(out["best_run_id"])
+    best = client.get_run(out.best_run_id)
     after_run = best.data.tags["harness.evaluations.after"]
-    before_run = client.get_run(out["parent_run_id"]).data.tags["harness.evaluations.before"]
+    before_run = client.get_run(out.parent_run_id).data.tags["harness.evaluations.before"]
     proc = subprocess.run(["node", str(UI / "check_ui.mjs"), url, exp.experiment_id, str(shots),
                            after_run, before_run], capture_output=True, text=True, timeout=300,
                           cwd=UI)
@@ -62,7 +62,7 @@ def test_sweep_trials_metrics_and_compare_view_in_chromium(recipe_dict, tmp_path
     assert re.fullmatch(rf"Comparing (#\w+ )?{name} to (#\w+ )?tiny/before",
                         seen["evaluation_heading"]), seen["evaluation_heading"]
     text = seen["evaluation_text"]
-    saved = json.loads(Path(client.download_artifacts(out["best_run_id"], "eval/results.json",
+    saved = json.loads(Path(client.download_artifacts(out.best_run_id, "eval/results.json",
                                                       str(tmp_path))).read_text())
     examples = [ex for res in saved["after"].values() for ex in res["examples"]]
     assert f"{len(examples)} of {len(examples)}" in text, text  # one row an example

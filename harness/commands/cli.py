@@ -92,10 +92,10 @@ def cmd_train(args) -> int:
         distributed.finish()
     if outcome is None:  # not rank 0
         return 0
-    from harness.report import markdown
+    from harness.eval.comparison import change_line
     cmp = outcome.comparison
-    for key in [r.sweep.objective] if r.sweep.objective in cmp["after"] else list(cmp["after"]):
-        say(markdown.delta_line(cmp, key))
+    for m in [cmp[r.sweep.objective]] if r.sweep.objective in cmp else cmp:
+        say(change_line(m))
     say(f"run {outcome.run_id}; report {path}")
     return 0
 
@@ -115,18 +115,18 @@ def cmd_sweep(args) -> int:
     out = sweep.run_sweep(r, n_trials=args.n_trials, workers=args.workers)
     if args.group_result:  # rank 0 of a group sweep.run_sweep launched: it prints the summary
         if out is not None:
-            Path(args.group_result).write_text(json.dumps(out, default=str))
+            Path(args.group_result).write_text(json.dumps(out.to_json(), default=str))
         return 0
     params = ", ".join(f"{k} = {v:.4g}" if isinstance(v, float) else f"{k} = {v}"
-                       for k, v in out["best_params"].items())
-    before = f"{out['before_value']:.4g} -> " if out.get("before_value") is not None else ""
-    print(f"\nsweep {out['study']}: {out['trials']} trial{'s' * (out['trials'] != 1)} finished\n"
-          f"best trial {out['best_trial']}: {r.sweep.objective} {before}{out['best_value']:.4g}\n"
-          + (f"{out['heldout']['line']}\n" if out.get("heldout") else "")
+                       for k, v in out.best_params.items())
+    before = f"{out.before_value:.4g} -> " if out.before_value is not None else ""
+    print(f"\nsweep {out.study}: {out.trials} trial{'s' * (out.trials != 1)} finished\n"
+          f"best trial {out.best_trial}: {r.sweep.objective} {before}{out.best_value:.4g}\n"
+          + (f"{out.heldout.line}\n" if out.heldout else "")
           + f"best params: {params}\n"
-          f"runs: experiment {out['experiment']!r} in {out['tracking']} (sweep run "
-          f"{out['parent_run_id']}, best run {out['best_run_id']}); see them with `harness ui`\n"
-          f"report: {out['report']}")
+          f"runs: experiment {out.experiment!r} in {out.tracking} (sweep run "
+          f"{out.parent_run_id}, best run {out.best_run_id}); see them with `harness ui`\n"
+          f"report: {out.report}")
     return 0
 
 
@@ -151,23 +151,23 @@ def cmd_eval(args) -> int:
     from harness.tracking.tracker import Tracker
     r = _scoring_recipe(args, "harness eval")
     out = evaluate.run_eval(r, args.model, args.before, Tracker(r))
-    if out["comparison"]:
-        from harness.report import markdown
-        for k in out["comparison"]["delta"]:
-            say(markdown.delta_line(out["comparison"], k))
+    if out["comparison"] is not None:
+        from harness.eval.comparison import change_line
+        for m in out["comparison"]:
+            say(change_line(m))
     print(f"run {out['run_id']}; report: {out['report']}")
     return 0
 
 
 def cmd_compare(args) -> int:
     from harness.commands import compare
-    from harness.report import markdown
+    from harness.eval.comparison import change_line
     from harness.tracking.tracker import Tracker
     r = _scoring_recipe(args, "harness compare")
     out = compare.run_compare(r, args.models, Tracker(r), args.all_pairs)
     for name, c in out["comparisons"].items():
-        for k in c["delta"]:
-            say(f"{name}: " + markdown.delta_line(c, k))
+        for m in c:
+            say(f"{name}: " + change_line(m))
     print(f"run {out['run_id']}; report: {out['report']}")
     return 0
 

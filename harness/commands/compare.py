@@ -14,6 +14,8 @@ from itertools import combinations
 from pathlib import Path
 
 from harness.eval import scoring, stats
+from harness.eval.comparison import Comparison, compare
+from harness.eval.results import RunResults, read_results, write_results
 from harness.core import context, ledger, timing
 from harness.pipeline import prepared
 from harness.core.errors import HarnessError, phase, say
@@ -50,8 +52,8 @@ def logged_results(tracker, run_id: str, prep: prepared.Prepared) -> dict[str, S
     """The golden sets of `prep` that run `run_id` scored its tuned model on with the same
     examples (prompts and references, in order) and decoding settings (SetResult.decoding: a
     benchmark's own, else scoring.decoding_settings as prep would score)."""
-    saved = tracker.load_json(run_id, "eval/results.json") or {}
-    after = scoring.results_from_json(saved.get("after", {}))
+    saved = read_results(tracker, run_id)
+    after = saved.after if saved else {}
     out = {}
     for g in prep.goldens:
         res = after.get(g.name)
@@ -117,17 +119,14 @@ def pair_name(entries: list[Entry], pair: tuple[int, int]) -> str:
     return f"{entries[pair[1]].label} vs {entries[pair[0]].label}"
 
 
-def comparisons(entries: list[Entry], all_pairs: bool) -> dict[str, dict]:
-    """Pair name -> scoring.compare's result, its p_holm adjusted across every pair's keys
+def comparisons(entries: list[Entry], all_pairs: bool) -> dict[str, Comparison]:
+    """Pair name -> the pair's Comparison, its p_holm adjusted across every pair's keys
     (one family: every test this command reports)."""
-    out = {pair_name(entries, p): scoring.compare(entries[p[0]].results,
-                                                     entries[p[1]].results)
+    out = {pair_name(entries, p): compare(entries[p[0]].results, entries[p[1]].results)
            for p in pairs(len(entries), all_pairs)}
-    adjusted = stats.holm({(name, k): p for name, c in out.items()
-                           for k, p in c["p_value"].items()})
-    for name, c in out.items():
-        c["p_holm"] = {k: adjusted[(name, k)] for k in c["p_value"]}
-    return out
+    adjusted = stats.holm({(name, m.key): m.p_value for name, c in out.items() for m in c})
+    return {name: c.with_holm({m.key: adjusted[(name, m.key)] for m in c})
+            for name, c in out.items()}
 
 
 def run_compare(base: Recipe, refs: list[str], tracker, all_pairs: bool = False) -> dict:
@@ -149,13 +148,12 @@ def run_compare(base: Recipe, refs: list[str], tracker, all_pairs: bool = False)
                     KIND_TAG: "compared", "harness.model": e.ref,
                     **({"harness.source_run": e.run_id} if e.run_id else {})}):
                 tracker.log_metrics(scoring.flat_metrics(e.results))
-                tracker.log_dict({"after": scoring.results_to_json(e.results)},
-                                 "eval/results.json")
+                write_results(tracker, RunResults(e.results))
         for name, c in compared.items():
             slug = name.replace(" vs ", "_vs_")
             tracker.log_metrics({f"{side}/{slug}/{k}": v for side in ("delta", "p_value",
                                                                        "p_holm")
-                                 for k, v in c[side].items()})
+                                 for k, v in c.side(side).items()})
         tracker.describe(markdown.compare_note(entries))
         ctx = context.current()
         times, work = ctx.clock.totals(), ctx.ledger.totals()

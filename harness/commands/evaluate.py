@@ -3,6 +3,8 @@ before/after pair. load -> validate -> score -> compare -> track -> report."""
 from __future__ import annotations
 
 from harness.eval import scoring
+from harness.eval.comparison import compare
+from harness.eval.results import RunResults, write_results
 from harness.core import context, ledger, timing
 from harness.pipeline import prepared, run
 from harness.core.errors import phase, say
@@ -27,7 +29,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         tracker.log_params({"eval.model": after_ref, "eval.before": before_ref or "",
                             "eval.goldensets": base.all_goldensets})
         if before_ref:
-            comparison = scoring.compare(results["before"], results["after"])
+            comparison = compare(results["before"], results["after"])
             run.log_comparison(tracker, comparison)
             for name, res in results["after"].items():
                 tracker.log_table(scoring.paired_rows(results["before"][name], res),
@@ -37,8 +39,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
             tracker.log_metrics(scoring.flat_metrics(results["after"]))
             for name, res in results["after"].items():
                 tracker.log_table(res.examples, f"eval/{name}_examples.json")
-        tracker.log_dict({k: scoring.results_to_json(v) for k, v in results.items()},
-                         "eval/results.json")
+        write_results(tracker, RunResults(results["after"], results.get("before"), comparison))
         if base.tracking.log_evaluations != "none":  # each side's per-example records
             for side in sides:
                 run.log_evaluations(base, tracker, results[side], run_id, base.name, side)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from harness.eval import scoring
+from harness.eval.results import read_results
 from harness.core import ledger, timing
 from harness.pipeline import manifest, prepared, run
 from harness.config import recipe
@@ -39,7 +40,7 @@ def rerun(uri: str, run_id: str) -> dict:
                                          name=f"{r.name}-rerun",
                                          select=logged.tags.get("harness.kind") == "trial")
     original = logged.metrics
-    rows = {k: (original.get(f"after/{k}"), v) for k, v in outcome.comparison["after"].items()}
+    rows = {m.key: (original.get(f"after/{m.key}"), m.after) for m in outcome.comparison}
     return {"run_id": outcome.run_id, "of": run_id, "report": str(path), "after": rows}
 
 
@@ -103,18 +104,18 @@ def rebuild_report(uri: str, run_id: str) -> Path:
                                   timing.from_metrics(logged.metrics),
                                   ledger.from_metrics(logged.metrics))
     else:
-        saved = tracker.load_json(trial_run, "eval/results.json")
-        if not saved or "before" not in saved:
+        saved = read_results(tracker, trial_run)
+        if not saved or saved.before is None or saved.comparison is None:
             raise HarnessError(f"run {trial_run!r} has no eval/results.json with before and "
                                "after (made by an older harness?)", file="RUN_ID")
         info = tracker.read_run(trial_run)
-        outcome = run.Outcome(trial_run, saved["comparison"], scoring.results_from_json(
-            saved["after"]), info.tags.get("harness.adapter_dir", ""),
-            {k: v for k, v in info.metrics.items() if k.startswith("train_")},
-            timing.from_metrics(info.metrics), work=ledger.from_metrics(info.metrics))
+        outcome = run.Outcome(trial_run, saved.comparison, saved.after,
+                              info.tags.get("harness.adapter_dir", ""),
+                              {k: v for k, v in info.metrics.items() if k.startswith("train_")},
+                              timing.from_metrics(info.metrics),
+                              work=ledger.from_metrics(info.metrics))
         name = r.name if tags.get("harness.kind") == "train" else f"{r.name}-{info.name}"
-        path = markdown.write_run(r, outcome, scoring.results_from_json(saved["before"]),
-                                tracker, name)
+        path = markdown.write_run(r, outcome, saved.before, tracker, name)
     tracker.log_artifacts(str(path.parent), "report", run_id=run_id)
     return path
 

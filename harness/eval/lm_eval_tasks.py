@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.config import shipped
+from harness.core.files import atomic_write
 from harness.core.errors import HarnessError, did_you_mean, say
 from harness.eval.goldensets import GoldenSet, Manifest
 from harness.config.recipe import BenchmarkSpec
@@ -61,9 +62,7 @@ def _builtin_dir() -> str:
         text = yaml.safe_dump(cfg, sort_keys=False)
         dest = out / src.name
         if not dest.is_file() or dest.read_text() != text:
-            tmp = dest.with_suffix(".tmp")
-            tmp.write_text(text)
-            tmp.replace(dest)
+            atomic_write(dest, text)  # two workers may write it at once
     return str(out)
 
 

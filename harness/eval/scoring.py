@@ -1,5 +1,6 @@
 """Scoring a model on golden sets: batched greedy generation, reference perplexity, metrics,
-and the before/after comparison. Knows nothing of MLflow or Optuna."""
+and the per-example rows and records that carry them (the before/after comparison is
+harness.eval.comparison). Knows nothing of MLflow or Optuna."""
 from __future__ import annotations
 
 import contextlib
@@ -364,41 +365,6 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
 def flat_metrics(results: dict[str, SetResult]) -> dict[str, float]:
     """{'math/numeric_accuracy': 0.4, ...}: the keys recipes and reports use."""
     return {f"{s}/{k}": v for s, r in results.items() for k, v in r.metrics.items()}
-
-
-def compare(before: dict[str, SetResult], after: dict[str, SetResult]) -> dict:
-    """Per metric key ('math/numeric_accuracy'): before, after, delta with its paired bootstrap
-    95% CI, a paired test's p-value and its Holm adjustment across all the keys compared, the
-    number of pairs, and for 0/1 metrics the examples fixed and broken (in the metric's
-    direction: for a lower-is-better metric, fixed means it went down)."""
-    from harness.eval import stats
-    out = {side: {} for side in ("before", "after", "delta", "ci_low", "ci_high", "p_value",
-                                 "test", "n", "changes")}
-    for name, res in after.items():
-        prev = before[name]
-        for metric_name in res.metrics:
-            metric = res.metric(metric_name)
-            args = {**metrics.module_and_args(res.modules.get(metric_name, metric_name))[1],
-                    **res.metric_args.get(metric_name, {})}
-            feats = list(metric.features)
-            d = stats.paired(metric, args, [e[metric_name] for e in prev.examples],
-                             [e[metric_name] for e in res.examples],
-                             {k: prev.columns[k] for k in feats}, {k: res.columns[k] for k in feats})
-            key = f"{name}/{metric_name}"
-            for side, v in d.as_dict().items():
-                out[side][key] = v
-            out["n"][key] = len(res.examples)
-            if metric.binary:
-                up = metric.higher_is_better
-                pairs = list(enumerate(zip(prev.examples, res.examples)))
-                fixed = [i for i, (x, y) in pairs
-                         if stats.better(up, x[metric_name], y[metric_name])]
-                broken = [i for i, (x, y) in pairs
-                          if stats.better(up, y[metric_name], x[metric_name])]
-                out["changes"][key] = {"fixed": len(fixed), "broken": len(broken),
-                                       "fixed_ids": fixed, "broken_ids": broken}
-    out["p_holm"] = stats.holm(out["p_value"])
-    return out
 
 
 INPUTS = ("prompt", "reference", "chosen", "rejected")

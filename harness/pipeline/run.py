@@ -9,6 +9,8 @@ from pathlib import Path
 
 from harness.train import checkpoints, trainers
 from harness.eval import scoring
+from harness.eval.comparison import Comparison, compare, delta_text
+from harness.eval.results import RunResults, read_results, write_results
 from harness.core import context, ledger, timing
 from harness.pipeline import manifest
 from harness import models
@@ -21,7 +23,7 @@ from harness.config.recipe import Recipe
 @dataclass
 class Outcome:
     run_id: str
-    comparison: dict  # before/after/delta/changes, flat metric keys
+    comparison: Comparison
     after: dict
     adapter_dir: str
     train_metrics: dict
@@ -30,10 +32,10 @@ class Outcome:
     model_id: str | None = None  # its LoggedModel, under tracking.log_models
 
     def objective(self, key: str) -> float:
-        return self.comparison["after"][key]
+        return self.comparison[key].after
 
 
-def log_comparison(tracker, comparison: dict, model: tuple | None = None,
+def log_comparison(tracker, comparison: Comparison, model: tuple | None = None,
                    run_id: str | None = None) -> None:
     """The before/after metrics of the active run (or of run_id, ended). `model`: (run id,
     LoggedModel id, golden sets): the after/ ones are linked to the model and to each set's
@@ -41,13 +43,14 @@ def log_comparison(tracker, comparison: dict, model: tuple | None = None,
     for side in ("base", "before", "after", "delta", "ci_low", "ci_high", "p_value", "p_holm"):
         if side == "after" and model:
             model_run, model_id, goldens = model
-            tracker.log_model_metrics(model_run, model_id, comparison["after"], goldens)
+            tracker.log_model_metrics(model_run, model_id, comparison.after_values(), goldens)
             continue
-        tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.get(side, {}).items()},
+        tracker.log_metrics({f"{side}/{k}": v for k, v in comparison.side(side).items()},
                             run_id=run_id)
-    for key, c in comparison["changes"].items():
-        tracker.log_metrics({f"fixed/{key}": c["fixed"], f"broken/{key}": c["broken"]},
-                            run_id=run_id)
+    for m in comparison:
+        if m.counts_changes:
+            tracker.log_metrics({f"fixed/{m.key}": m.fixed, f"broken/{m.key}": m.broken},
+                                run_id=run_id)
 
 
 def log_completions(tracker, out_dir: str) -> None:
@@ -74,17 +77,13 @@ def model_kind(recipe: Recipe) -> str:
     return "peft-lora-adapter" if recipe.adapter.type == "lora" else "transformers"
 
 
-def headline(recipe: Recipe, run_name: str, comparison: dict) -> str:
+def headline(recipe: Recipe, run_name: str, comparison: Comparison) -> str:
     """One scannable line for the UI: what ran, and the objective (or first metric) before and
     after with its CI."""
-    key = recipe.sweep.objective if recipe.sweep.objective in comparison["after"] else \
-        next(iter(comparison["after"]), None)
+    m = comparison.get(recipe.sweep.objective) or next(iter(comparison), None)
     text = f"{run_name}: {recipe.method} on {recipe.model.name} (recipe {recipe.name})"
-    if key:
-        ci = (f" [{comparison['ci_low'][key]:+.3g}, {comparison['ci_high'][key]:+.3g}]"
-              if key in comparison.get("ci_low", {}) else "")
-        text += (f"; {key} {comparison['before'][key]:.4g} -> {comparison['after'][key]:.4g} "
-                 f"({comparison['delta'][key]:+.4g}{ci})")
+    if m:
+        text += f"; {m.key} {m.before:.4g} -> {m.after:.4g} ({delta_text(m)})"
     return text
 
 
@@ -160,31 +159,26 @@ def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool
     example tables and a complete eval/results.json, which the sweep's report and records read.
     Returns whether it scored (False: nothing held out, or scored already)."""
     held = [g for g in prep.goldens if g not in trial_goldens(prep, True)]
-    saved = tracker.load_json(run_id, "eval/results.json")
-    if not held or saved is None or all(g.name in saved["after"] for g in held):
+    saved = read_results(tracker, run_id)
+    if not held or saved is None or all(g.name in saved.after for g in held):
         return False
     view = tracker.read_run(run_id)
     say(f"{view.name}: scoring the chosen trial on {', '.join(g.name for g in held)}")
     with phase(f"scoring {view.name} held out"), context.timed("score_after"):
         model = _trained_model(prep, recipe, tracker, run_id, view)
-        after = {**scoring.results_from_json(saved["after"]), **evaluate(prep, model, held)}
+        after = {**saved.after, **evaluate(prep, model, held)}
         del model
         gc.collect()
-        comparison = scoring.compare(prep.before, after)
-    if prep.base:
-        comparison["base"] = scoring.flat_metrics(prep.base)
-    new = {k for k in comparison["after"] if k.split("/", 1)[0] in {g.name for g in held}}
-    only = {side: ({k: v for k, v in d.items() if k in new} if side != "p_holm" else d)
-            for side, d in comparison.items()}  # p_holm: adjusted across every key again
+        comparison = compare(prep.before, after, prep.base)
+    # the new keys' metrics, their Holm p adjusted across every key of the run again
+    new = comparison.only(m.key for m in comparison if m.golden_set in {g.name for g in held})
     from harness.tracking.tracker import MODEL_TAG
     model_id = view.tags.get(MODEL_TAG)
-    log_comparison(tracker, only, (run_id, model_id, held) if model_id else None, run_id)
+    log_comparison(tracker, new, (run_id, model_id, held) if model_id else None, run_id)
     for g in held:
         tracker.log_table(scoring.paired_rows(prep.before[g.name], after[g.name]),
                           f"eval/{g.name}_examples.json", run_id=run_id)
-    tracker.log_dict({"comparison": comparison, "after": scoring.results_to_json(after),
-                      "before": scoring.results_to_json(prep.before)}, "eval/results.json",
-                     run_id=run_id)
+    write_results(tracker, RunResults(after, prep.before, comparison), run_id=run_id)
     if recipe.tracking.log_evaluations == "all":  # its after records get the held-out sets
         log_evaluations(recipe, tracker, after, run_id, view.name, "after", model_id,
                         adding={g.name: after[g.name] for g in held})
@@ -197,15 +191,15 @@ def recover(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> Outcome | N
     the run, its records logged again if they were cut off. None: the run had not finished."""
     from harness.tracking.tracker import MODEL_TAG
     view = tracker.read_run(run_id)
-    saved = tracker.load_json(run_id, "eval/results.json") if view else None
-    if view is None or view.status != "FINISHED" or saved is None \
+    saved = read_results(tracker, run_id) if view else None
+    if view is None or view.status != "FINISHED" or saved is None or saved.comparison is None \
             or "harness.adapter_dir" not in view.tags:
         return None
-    after = scoring.results_from_json(saved["after"])
-    outcome = Outcome(run_id, saved["comparison"], after, view.tags["harness.adapter_dir"], {},
-                      model_id=view.tags.get(MODEL_TAG))
+    outcome = Outcome(run_id, saved.comparison, saved.after, view.tags["harness.adapter_dir"],
+                      {}, model_id=view.tags.get(MODEL_TAG))
     if recipe.tracking.log_evaluations == "all" and tracker.needs_evaluations(run_id, "after"):
-        log_evaluations(recipe, tracker, after, run_id, view.name, "after", outcome.model_id)
+        log_evaluations(recipe, tracker, saved.after, run_id, view.name, "after",
+                        outcome.model_id)
     return outcome
 
 
@@ -251,8 +245,8 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     mark = ctx.clock.totals() if times_from is None else times_from
     counted = ctx.ledger.totals() if times_from is None else {}
     with context.timed("logging"):  # what the phases inside leave: params, tables, artifacts
-        outcome = _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start,
-                           resume)
+        outcome = _run_one(prep, recipe, tracker, run_name, nested=nested, tags=tags,
+                           callbacks=callbacks, on_start=on_start, resume=resume)
     policy = recipe.tracking.log_evaluations
     if policy == "all" or (policy == "best" and not nested):
         log_evaluations(recipe, tracker, outcome.after, outcome.run_id, run_name, "after",
@@ -267,7 +261,9 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     return outcome
 
 
-def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start, resume):
+def _run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: bool,
+             tags: dict | None, callbacks: list | None, on_start,
+             resume: tuple[str, str] | None) -> Outcome:
     from harness.core.errors import TrialPruned
     from harness.tracking.tracker import KIND_TAG
     tags = {**run_tags(recipe), KIND_TAG: "trial" if nested else "train", **(tags or {})}
@@ -324,16 +320,13 @@ def _run_one(prep, recipe, tracker, run_name, nested, tags, callbacks, on_start,
             scored = result.model if prep.compiled else models.merged_for_scoring(
                 result.model, recipe.model, prep.plan)
             after = evaluate(prep, scored, trial_goldens(prep, nested))
-            comparison = scoring.compare(prep.before, after)
-        if prep.base:
-            comparison["base"] = scoring.flat_metrics(prep.base)
+            comparison = compare(prep.before, after, prep.base)
         log_comparison(tracker, comparison, (run_id, model_id, prep.goldens) if model_id else None)
         tracker.describe(headline(recipe, run_name, comparison))
         for name, res in after.items():
             tracker.log_table(scoring.paired_rows(prep.before[name], res),
                               f"eval/{name}_examples.json")
-        tracker.log_dict({"comparison": comparison, "after": scoring.results_to_json(after),
-                          "before": scoring.results_to_json(prep.before)}, "eval/results.json")
+        write_results(tracker, RunResults(after, prep.before, comparison))
         outcome = Outcome(run_id, comparison, after, adapter_dir, result.metrics,
                           model_id=model_id)
         del model, result

@@ -9,7 +9,9 @@ import yaml
 
 from harness.core import ledger, timing
 from harness.report import plots
-from harness.eval.scoring import SetResult, flat_metrics, results_from_json
+from harness.eval.comparison import Comparison, delta_text
+from harness.eval.results import read_results
+from harness.eval.scoring import SetResult, flat_metrics
 from harness.eval.stats import EXACT_BELOW, better, format_p
 from harness.config.recipe import Recipe
 
@@ -27,39 +29,21 @@ def table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def delta_line(comparison: dict, key: str) -> str:
-    """One metric's before -> after on a terminal line, p-values printed as in the report."""
-    c = comparison
-    ci = (f", 95% CI [{c['ci_low'][key]:+.3g}, {c['ci_high'][key]:+.3g}]"
-          if key in c.get("ci_low", {}) else "")
-    holm = c.get("p_holm", {}).get(key)
-    return (f"{key}: {c['before'][key]:.4g} -> {c['after'][key]:.4g} ({c['delta'][key]:+.4g}"
-            f"{ci}, p={format_p(c['p_value'][key])}"
-            + (f", Holm p={format_p(holm)}" if holm is not None else "") + ")")
-
-
-def before_after(comparison: dict, tests: int | None = None) -> str:
+def before_after(comparison: Comparison, tests: int | None = None) -> str:
     """A row per metric: (base,) before, after, delta with its 95% CI, the paired test's p
     and its Holm adjustment across the table (or across `tests` tests, where the adjustment
     covered more than this table); a note when the pairs are too few for the CI."""
-    base = comparison.get("base")
-    holm = comparison.get("p_holm", {})
-    rows = []
-    for k, after in comparison["after"].items():
-        ch = comparison["changes"].get(k)
-        ci = (f" [{comparison['ci_low'][k]:+.3g}, {comparison['ci_high'][k]:+.3g}]"
-              if k in comparison.get("ci_low", {}) else "")
-        p = comparison.get("p_value", {}).get(k)
-        rows.append([k, *([base.get(k, "")] if base else []), comparison["before"].get(k, ""),
-                     after, f"{comparison['delta'].get(k, float('nan')):+.4g}{ci}",
-                     f"{format_p(p)} ({comparison['test'][k]})" if p is not None else "",
-                     format_p(holm[k]) if k in holm else "",
-                     f"{ch['fixed']} / {ch['broken']}" if ch else ""])
+    base = comparison.base
+    rows = [[m.key, *([base.get(m.key, "")] if base else []), m.before, m.after, delta_text(m),
+             f"{format_p(m.p_value)} ({m.test})" if m.p_value is not None else "",
+             format_p(m.p_holm) if m.p_holm is not None else "",
+             f"{m.fixed} / {m.broken}" if m.counts_changes else ""] for m in comparison]
+    holm = sum(m.p_holm is not None for m in comparison)
     out = table(["metric", *(["base"] if base else []), "before", "after",
-                 "delta [95% CI]", "p (paired test)", f"Holm p ({tests or len(holm)} tests)",
+                 "delta [95% CI]", "p (paired test)", f"Holm p ({tests or holm} tests)",
                  "fixed / broken"], rows)
-    few = sorted({k.split("/")[0]: n for k, n in comparison.get("n", {}).items()
-                  if n < EXACT_BELOW}.items())
+    few = sorted({m.golden_set: m.n for m in comparison
+                  if m.n is not None and m.n < EXACT_BELOW}.items())
     if few:
         out += ("\n\n**Few examples**: " + ", ".join(f"{s} has {n}" for s, n in few)
                 + f". Below {EXACT_BELOW} pairs the bootstrap CI is unreliable; the p-values "
@@ -81,18 +65,17 @@ def _shown(ex: dict) -> str:
     return ""
 
 
-def changed(before: dict[str, SetResult], comparison: dict, n: int = 10) -> str:
+def changed(before: dict[str, SetResult], comparison: Comparison, n: int = 10) -> str:
     """Per 0/1 metric, the examples the tuning fixed and the ones it broke (prompts, by row)."""
     lines = []
-    for key, ch in comparison["changes"].items():
-        if not (ch["fixed"] or ch["broken"]) or "fixed_ids" not in ch:
+    for m in comparison:
+        if not (m.fixed or m.broken) or m.fixed_ids is None or m.broken_ids is None:
             continue
-        exs = before[key.split("/")[0]].examples
-        for kind in ("fixed", "broken"):
-            ids = ch[f"{kind}_ids"]
+        exs = before[m.golden_set].examples
+        for kind, ids in (("fixed", m.fixed_ids), ("broken", m.broken_ids)):
             shown = "; ".join(f"#{i + 1} {_short(exs[i]['prompt'], 60)}" for i in ids[:n])
             more = f"; and {len(ids) - n} more" if len(ids) > n else ""
-            lines.append(f"- `{key}` {kind} {len(ids)}" + (f": {shown}{more}" if ids else ""))
+            lines.append(f"- `{m.key}` {kind} {len(ids)}" + (f": {shown}{more}" if ids else ""))
     return "\n".join(lines) or "No example changed on a 0/1 metric."
 
 
@@ -201,14 +184,13 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
                  table(["phase", "seconds", "share"], timing.rows(trial_times)), ""]
     if images:
         body += ["## Study", ""] + [line for i in images for line in _image(i)]
-    saved = tracker.load_json(best.run_id, "eval/results.json")
-    if saved:
-        after = results_from_json(saved["after"])
-        body += ["## Before / after (best trial)", "", selection_note(recipe, saved["comparison"]),
-                 "", before_after(saved["comparison"]), "",
-                 *_image(plots.before_after(saved["comparison"], out)),
-                 "## Fixed and broken (best trial)", "", changed(before, saved["comparison"]), "",
-                 "## Examples (best trial)", "", examples(before, after)]
+    saved = read_results(tracker, best.run_id)
+    if saved and saved.comparison is not None:
+        cmp = saved.comparison
+        body += ["## Before / after (best trial)", "", selection_note(recipe, cmp), "",
+                 before_after(cmp), "", *_image(plots.before_after(cmp, out)),
+                 "## Fixed and broken (best trial)", "", changed(before, cmp), "",
+                 "## Examples (best trial)", "", examples(before, saved.after)]
     return _write(recipe, study.name, body)
 
 
@@ -236,14 +218,14 @@ def _seeds(spread: dict | None) -> list[str]:
     return lines
 
 
-def selection_note(recipe: Recipe, comparison: dict) -> str:
+def selection_note(recipe: Recipe, comparison: Comparison) -> str:
     """Which rows of a sweep's before/after were chosen on and which were held out."""
     from harness.eval.goldensets import HELDOUT
     chosen = recipe.sweep.objective.split("/", 1)[0]
     held = chosen + HELDOUT
-    n = comparison.get("n", {})
-    count = lambda s: next((v for k, v in n.items() if k.startswith(s + "/")), "?")  # noqa: E731
-    if not any(k.startswith(held + "/") for k in comparison["after"]):
+    count = lambda s: next((m.n for m in comparison  # noqa: E731
+                            if m.golden_set == s and m.n is not None), "?")
+    if not any(m.golden_set == held for m in comparison):
         return (f"The best trial was chosen on `{chosen}`, the set these figures come from: "
                 "they lean optimistic (sweep.heldout: 0).")
     return (f"**Read `{held}`** ({count(held)} examples held out from selection and pruning): "
@@ -266,12 +248,12 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None =
     return _write(recipe, name, body)
 
 
-def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: dict | None, tracker,
-               run_id: str, times: dict[str, float] | None = None,
+def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: Comparison | None,
+               tracker, run_id: str, times: dict[str, float] | None = None,
                work: dict[str, int] | None = None) -> Path:
     body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
             f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
-    if comparison:
+    if comparison is not None:
         body += ["## Before / after", "", before_after(comparison), "",
                  "## Fixed and broken", "", changed(results["before"], comparison), "",
                  "## Examples", "", examples(results["before"], results["after"])]
@@ -300,14 +282,14 @@ def compare_note(entries) -> str:
         f"{e.label} = `{e.ref}`" + (f" (run `{e.run_id}`)" if e.run_id else "") for e in entries)
 
 
-def write_compare(recipe: Recipe, entries, compared: dict, tracker, run_id: str,
+def write_compare(recipe: Recipe, entries, compared: dict[str, Comparison], tracker, run_id: str,
                   times: dict[str, float] | None = None,
                   work: dict[str, int] | None = None) -> Path:
     """`harness compare`'s report: the models, a leaderboard, then each pair's deltas (Holm
     across every pair) with the examples fixed and broken."""
     keys = list(flat_metrics(entries[0].results))
     primary = recipe.sweep.objective if recipe.sweep.objective in keys else keys[0]
-    tests = sum(len(c["p_value"]) for c in compared.values())
+    tests = sum(len(c) for c in compared.values())
     body = ["## Models", "", table(["model", "reference", "MLflow run", "results"], [
         [e.label, f"`{e.ref}`", f"`{e.run_id}`" if e.run_id else "",
          "scored" if not e.reused else "logged" if len(e.reused) == len(e.results)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from harness.eval.comparison import Comparison
 from harness.eval.stats import format_p
 
 
@@ -45,31 +46,29 @@ def loss_curves(curves: dict[str, dict[str, list]], out_dir: Path,
     return save(fig, out_dir, name)
 
 
-def before_after(comparison: dict, out_dir: Path, name: str = "before_after.png") -> str | None:
+def before_after(comparison: Comparison, out_dir: Path,
+                 name: str = "before_after.png") -> str | None:
     """One small panel per metric: (base,) before and after bars; the after bar carries the
     paired bootstrap 95% CI of the delta, placed around it."""
-    keys = list(comparison.get("after", {}))
-    if not keys:
+    if not len(comparison):
         return None
     plt = pyplot()
-    cols = min(4, len(keys))
-    rows = math.ceil(len(keys) / cols)
+    cols = min(4, len(comparison))
+    rows = math.ceil(len(comparison) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.8 * rows), squeeze=False)
-    base = comparison.get("base") or {}
-    for ax, key in zip(axes.flat, keys):
-        sides = (["base"] if key in base else []) + ["before", "after"]
-        values = [comparison[s][key] if s != "base" else base[key] for s in sides]
+    base = comparison.base or {}
+    for ax, m in zip(axes.flat, comparison):
+        sides = (["base"] if m.key in base else []) + ["before", "after"]
+        values = ([base[m.key]] if m.key in base else []) + [m.before, m.after]
         colors = ["#bbbbbb", "#8da0cb", "#fc8d62"][-len(sides):]
         ax.bar(sides, values, color=colors)
-        lo, hi = comparison.get("ci_low", {}).get(key), comparison.get("ci_high", {}).get(key)
-        if lo is not None and hi is not None:
-            d = comparison["delta"][key]
-            ax.errorbar([len(sides) - 1], [values[-1]], yerr=[[max(d - lo, 0)], [max(hi - d, 0)]],
+        if m.ci_low is not None and m.ci_high is not None:
+            ax.errorbar([len(sides) - 1], [values[-1]],
+                        yerr=[[max(m.delta - m.ci_low, 0)], [max(m.ci_high - m.delta, 0)]],
                         fmt="none", ecolor="black", capsize=4)
-        p = comparison.get("p_value", {}).get(key)
-        ax.set_title(f"{key}\n{comparison['delta'][key]:+.3g}" + (f" (p={format_p(p)})" if p is
-                                                                  not None else ""), fontsize=8)
+        ax.set_title(f"{m.key}\n{m.delta:+.3g}" + (f" (p={format_p(m.p_value)})" if m.p_value
+                                                  is not None else ""), fontsize=8)
         ax.tick_params(labelsize=8)
-    for ax in list(axes.flat)[len(keys):]:
+    for ax in list(axes.flat)[len(comparison):]:
         ax.axis("off")
     return save(fig, out_dir, name)

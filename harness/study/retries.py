@@ -7,6 +7,7 @@ from pathlib import Path
 
 from harness.train import checkpoints, distributed
 from harness.config.recipe import Recipe
+from harness.study.attrs import TrialAttrs, retry
 
 
 def retry_interrupted(study) -> None:
@@ -15,11 +16,11 @@ def retry_interrupted(study) -> None:
     machine is retried by the heartbeat's callback instead."""
     import optuna
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials}
+    retried = {TrialAttrs.of(t).retry_of for t in trials}
     for t in trials:
-        if t.state == optuna.trial.TrialState.FAIL and t.user_attrs.get("interrupted") \
+        if t.state == optuna.trial.TrialState.FAIL and TrialAttrs.of(t).interrupted \
                 and t.number not in retried:
-            study.enqueue_trial(t.params, user_attrs={"retry_of": t.number})
+            study.enqueue_trial(t.params, user_attrs=retry(t.number))
 
 
 def retried_runs(study, trial) -> list[str]:
@@ -29,12 +30,13 @@ def retried_runs(study, trial) -> list[str]:
     from optuna.storages import RetryFailedTrialCallback
 
     def retried(t):
-        return t.user_attrs.get("retry_of", RetryFailedTrialCallback.retried_trial_number(t))
+        ours = TrialAttrs.of(t).retry_of
+        return ours if ours is not None else RetryFailedTrialCallback.retried_trial_number(t)
     trials = study.get_trials(deepcopy=False)
     runs, number = [], retried(trials[trial.number])
     while number is not None:
-        if trials[number].user_attrs.get("mlflow_run_id"):
-            runs.append(trials[number].user_attrs["mlflow_run_id"])
+        if TrialAttrs.of(trials[number]).run_id:
+            runs.append(TrialAttrs.of(trials[number]).run_id)
         number = retried(trials[number])
     return runs
 
@@ -56,7 +58,7 @@ def repair_killed_runs(study, tracker) -> None:
     their MLflow runs KILLED too, so none stays RUNNING."""
     import optuna
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.FAIL,)):
-        run_id = t.user_attrs.get("mlflow_run_id")
+        run_id = TrialAttrs.of(t).run_id
         if run_id:
             tracker.end_if_running(run_id, "KILLED", {"harness.trial_state": "FAIL"})
             tracker.end_running_evaluations(run_id)  # killed while logging its records

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+from harness.eval.results import read_results
 from harness.pipeline import run
 from harness.core.errors import say
 from harness.config.recipe import Recipe, with_values
@@ -35,7 +36,7 @@ def repeat_best(prep, recipe: Recipe, tracker, best: dict, runner_up: float | No
             run_id = outcome.run_id
         if heldout_key:
             run.score_held_out(prep, variant, tracker, run_id)
-        after = tracker.load_json(run_id, "eval/results.json")["comparison"]["after"]
+        after = read_results(tracker, run_id).comparison.after_values()
         objective.append(after[key])
         held.append(after.get(heldout_key) if heldout_key else None)
         seeds.append(seed)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from harness.core.errors import HarnessError, Unavailable
 from harness.config.recipe import SweepFile
 from harness.core.registry import Registry
+from harness.study.attrs import INTERRUPTED, TrialAttrs
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,10 @@ def fail_orphans(study, storage) -> list[int]:
     failed = []
     study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        worker = t.user_attrs.get("worker")
+        worker = TrialAttrs.of(t).worker
         if worker and not _alive(worker):
             trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)
-            storage.set_trial_user_attr(trial_id, "interrupted", True)
+            storage.set_trial_user_attr(trial_id, INTERRUPTED, True)
             storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
             failed.append(t.number)
     return failed

@@ -1,18 +1,23 @@
 """The Optuna study: opened on its storage, resumed, run trial by trial (one nested MLflow run
 each) or by workers; Optuna's plots and the study's summary the report reads. The search itself
-(space, samplers, pruners) is harness.search."""
+(space, samplers, pruners) is harness.study.search; what follows on the best trial,
+harness.study.best."""
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.train import distributed
 from harness.core import context, ledger, timing
 from harness.report import plots
 from harness.pipeline import prepared, run
-from harness.study import retries, seeds
+from harness.study import attrs, best, retries, seeds
 from harness.study import storage as stores
+from harness.study.attrs import TrialAttrs
+from harness.study.best import HeldOut
 from harness.core.errors import Diverged, HarnessError, TrainingFault, TrialPruned, phase, say
 from harness.config.recipe import Recipe, SweepFile, with_values
 from harness.study.search import PRUNERS, SAMPLERS, load_space, pruning_callback, trial_values
@@ -20,12 +25,12 @@ from harness.study.search import PRUNERS, SAMPLERS, load_space, pruning_callback
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 
 
-def sweep_run(study, tracker) -> str | None:
+def sweep_run_id(study, tracker) -> str | None:
     """The MLflow run of this study, to resume it: the one the study names, if the tracking
     store still has it. A new study (optuna.db deleted, or another storage) gets a new run,
     even where the experiment holds an old sweep run of the same name; a study started before
     the study named its run is matched by name."""
-    parent = study.user_attrs.get("mlflow_run_id")
+    parent = attrs.study_run_id(study)
     if parent:
         return parent if tracker.run_params(parent) is not None else None
     return tracker.find_sweep_run(study.study_name) if study.trials else None
@@ -99,15 +104,15 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
     name, key = study_name(recipe), recipe.sweep.objective
 
     def objective(trial):
-        trial.set_user_attr("worker", stores.worker_id())
+        attrs.set_worker(trial, stores.worker_id())
         values = trial_values(space, trial)
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
                           f"{k.split('.')[-1]}={v}" for k, v in values.items())
         done = [t for t in finished(study) if t.value is not None and t.state.name == "COMPLETE"]
-        best = (max if recipe.sweep.direction == "maximize" else min)(
+        so_far = (max if recipe.sweep.direction == "maximize" else min)(
             (t.value for t in done), default=None)
         say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}"
-            + (f"; best so far {key} {best:.4g}" if best is not None else ""))
+            + (f"; best so far {key} {so_far:.4g}" if so_far is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
             pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
         variant, killed = with_values(recipe, values), retries.retried_runs(study, trial)
@@ -116,7 +121,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
         if outcome:
             say(f"trial {trial.number}: run {outcome.run_id} of its values had finished; its "
                 "results kept, no training again")
-            trial.set_user_attr("mlflow_run_id", outcome.run_id)
+            attrs.set_run_id(trial, outcome.run_id)
         elif distributed.world_size() > 1:  # the trial's other processes train these values
             distributed.share(values)
         try:
@@ -125,23 +130,22 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
                 nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
                                    "mlflow.parentRunId": parent},
                 callbacks=callbacks, resume=retries.resume_point(recipe, killed),
-                on_start=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+                on_start=lambda run_id: attrs.set_run_id(trial, run_id))
         except TrialPruned as e:
             say(f"trial {trial.number}: {e}")
             raise optuna.TrialPruned(str(e)) from None
         except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the next start retries these values
-            trial.set_user_attr("interrupted", True)
+            attrs.set_interrupted(trial)
             raise
         except TrainingFault as e:
             say(f"trial {trial.number} failed: {e}")
-            trial.set_user_attr("error", str(e))
+            attrs.set_error(trial, str(e))
             raise
-        trial.set_user_attr("adapter_dir", outcome.adapter_dir)
-        trial.set_user_attr("after", outcome.comparison["after"])
-        trial.set_user_attr("times", outcome.times)
+        attrs.set_outcome(trial, outcome.adapter_dir, outcome.comparison.after_values(),
+                          outcome.times)
         value = outcome.objective(key)
         say(f"trial {trial.number}: {key} {value:.4g} "
-            f"(base {outcome.comparison['before'][key]:.4g})")
+            f"(base {outcome.comparison[key].before:.4g})")
         if math.isnan(value):
             raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
         return value
@@ -185,14 +189,12 @@ def summary(study, spread: dict | None = None):
     """The study as the report reads it: plain rows, no Optuna objects (`spread`: seed
     variance, harness.seeds)."""
     from harness.report import markdown
-    rows = [markdown.TrialRow(t.number, t.state.name, dict(t.params),
-                            dict(t.user_attrs.get("after", {})),
-                            t.user_attrs.get("mlflow_run_id", ""),
-                            dict(t.user_attrs.get("times", {})))
-            for t in study.get_trials(deepcopy=False)]
-    best = study.best_trial
-    return markdown.SweepSummary(study.study_name, next(r for r in rows if r.number == best.number),
-                               best.value, rows, spread)
+    rows = [markdown.TrialRow(t.number, t.state.name, dict(t.params), a.after, a.run_id, a.times)
+            for t in study.get_trials(deepcopy=False) for a in [TrialAttrs.of(t)]]
+    chosen = study.best_trial
+    return markdown.SweepSummary(study.study_name,
+                                 next(r for r in rows if r.number == chosen.number),
+                                 chosen.value, rows, spread)
 
 
 def summarize(recipe: Recipe, name: str) -> tuple:
@@ -263,7 +265,7 @@ def _recipe_file(recipe: Recipe, name: str, tracker=None) -> Path:
     return path
 
 
-def _as_group(recipe: Recipe, space: SweepFile, n_trials: int | None) -> dict:
+def _as_group(recipe: Recipe, space: SweepFile, n_trials: int | None) -> SweepResult:
     """Trials of several GPUs with one worker: the whole sweep (set-up, the start's scoring,
     the trials, the report) runs once in a torchrun group of processes_per_trial ranks, rank 0
     leading. Spawning the group only for the trials made its ranks import, load and prepare
@@ -284,7 +286,7 @@ def _as_group(recipe: Recipe, space: SweepFile, n_trials: int | None) -> dict:
         raise TrainingFault(f"the sweep's group of {per} processes exited with code {code} (its "
                             "lines above say why); the same command resumes the study",
                             key="processes_per_trial")
-    out = json.loads(result.read_text())
+    out = SweepResult.from_json(json.loads(result.read_text()))
     result.unlink()
     return out
 
@@ -328,10 +330,38 @@ def _follow(recipe: Recipe, space: SweepFile) -> None:
     distributed.finish()
 
 
-def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> dict:
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep ran to and where it left it: the study, its best trial, the runs, the
+    report (what `harness sweep` prints; a group's rank 0 hands it over as JSON)."""
+    study: str
+    trials: int  # finished: complete or pruned
+    best_trial: int
+    best_value: float
+    best_params: dict
+    best_run_id: str
+    before_value: float | None  # the objective's value before training
+    parent_run_id: str  # the sweep's own MLflow run
+    report: str
+    tracking: str  # the tracking store's URI
+    experiment: str
+    heldout: HeldOut | None = None
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> SweepResult:
+        return cls(**{**d, "heldout": HeldOut(**d["heldout"]) if d.get("heldout") else None})
+
+
+def run_sweep(recipe: Recipe, n_trials: int | None = None,
+              workers: int = 1) -> SweepResult | None:
+    """The sweep: the start scored once, the trials (here, by `workers` processes, or in a
+    torchrun group), then the best trial's steps and the report, all under one MLflow run.
+    None on a rank other than 0 of a group."""
     optuna = _setup()
-    from harness.report import markdown
-    from harness.tracking.tracker import BEST_MODEL_TAG, KIND_TAG, STUDY_TAG, Tracker
+    from harness.tracking.tracker import KIND_TAG, STUDY_TAG, Tracker
     space = load_space(recipe)
     check_gpus(recipe, space, workers)
     group = distributed.world_size() > 1  # this process is a rank of a multi-GPU trials' group
@@ -350,14 +380,13 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
     optuna.storages.fail_stale_trials(study)
     retries.repair_killed_runs(study, tracker)
     retries.retry_interrupted(study)
-    name = study_name(recipe)
-    parent_id = sweep_run(study, tracker)
-    key = recipe.sweep.objective
+    name, key = study_name(recipe), recipe.sweep.objective
+    parent_id = sweep_run_id(study, tracker)
     tags = {**run.run_tags(recipe), STUDY_TAG: name, KIND_TAG: "sweep", "harness.objective": key}
     with tracker.run(name, run_id=parent_id, tags=None if parent_id else tags,
                      description=f"Optuna study '{name}': {key} ({recipe.sweep.direction})") \
             as parent:
-        study.set_user_attr("mlflow_run_id", parent)
+        attrs.set_study_run_id(study, parent)
         if parent_id:
             say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
         else:
@@ -365,140 +394,73 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None, workers: int = 1) -> 
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE,
                                 "distributed/world_size": distributed.world_size()})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
-        saved = tracker.load_json(parent, "eval/start.json")
-        # a resumed study: the starting model was scored already, on these same examples
-        if saved and prepared.start_matches(prep, saved):
-            prepared.start_from_json(prep, saved)
-        else:
-            prepared.evaluate_start(prep)
-            tracker.log_dict(prepared.start_to_json(prep), "eval/start.json")  # what resumes read
-            from harness.eval.scoring import flat_metrics
-            for side in ("before", "base"):
-                tracker.log_metrics({f"{side}/{k}": v
-                                     for k, v in flat_metrics(getattr(prep, side)).items()})
-        # what trials' records compare with; again when a killed process left them half-logged
-        if recipe.tracking.log_evaluations != "none" and tracker.needs_evaluations(parent,
-                                                                                   "before"):
-            run.log_evaluations(recipe, tracker, prep.before, parent, name, "before")
-        if workers > 1:
-            per = space.processes_per_trial
-            say(f"{workers} worker(s) joining study {name!r}"
-                + (f", {per} processes a trial" if per > 1 else ""))
-            _spawn_workers(recipe, tracker, parent, total, workers, per)
-        else:
-            _optimize(recipe, space, prep, tracker, study, parent, total)
-            if group:
-                distributed.share(None)  # the study is done: the other ranks stop following
-                distributed.finish()
-        if not [t for t in finished(study) if t.state.name == "COMPLETE"]:
-            errors = {t.user_attrs.get("error") for t in study.trials} - {None}
-            raise TrainingFault("no trial completed" + (f" ({'; '.join(sorted(errors))})"
-                                                        if errors else ""), key="sweep")
-        best = study.best_trial
-        tracker.log_metrics({f"best/{key}": best.value})
-        # the held-out part, read by no selection, scored for the chosen trial alone
-        run.score_held_out(prep, recipe, tracker, best.user_attrs.get("mlflow_run_id", ""))
-        heldout = _held_out_result(recipe, tracker, best, len(finished(study)))
-        if heldout:
-            tracker.log_metrics({f"best_{side}/{heldout['key']}": heldout[side]
-                                 for side in ("before", "after")})
-            tracker.describe(heldout["line"])
-        spread = _repeat_best(prep, recipe, tracker, study, best, heldout, parent) \
-            if recipe.sweep.repeat_best else None
-        # tags, not params: a resumed study may find a new best, and MLflow params are final
-        best_model = _best_model(recipe, tracker, best, prep.goldens)
-        if recipe.tracking.log_evaluations == "best":
-            _best_evaluations(recipe, tracker, best, best_model)
-        tracker.set_tags({"harness.best_trial": best.number,
-                          "harness.best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                          **({BEST_MODEL_TAG: best_model} if best_model else {}),
-                          **{f"best.{k}": v for k, v in best.params.items()}})
-        ctx = context.current()
-        times = ctx.clock.command_times()  # for the report; time/other is logged after it
-        work = ctx.ledger.totals()  # this process's: workers' trials log their own
-        tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
-                             **ledger.metrics(work)})
-        with phase("writing the sweep report"), context.timed("report"):
-            images = study_plots(study, markdown.report_dir(recipe, name))
-            path = markdown.write_sweep(recipe, summary(study, spread), prep.before, tracker,
-                                      images, times, work)
-            tracker.log_artifacts(str(path.parent), "report")
-        tracker.log_metrics(ctx.clock.closing_metrics())
-        say(f"best trial {best.number}: {key} {best.value:.4g}"
-            + (f"; {heldout['line']}" if heldout else "")
+        _score_start(recipe, tracker, prep, parent)
+        _run_trials(recipe, space, prep, tracker, study, parent, total, workers, group)
+        heldout, spread = best.conclude(prep, recipe, tracker, study, name, parent,
+                                        len(finished(study)))
+        path = _report(recipe, tracker, study, prep, spread)
+        chosen = study.best_trial
+        say(f"best trial {chosen.number}: {key} {chosen.value:.4g}"
+            + (f"; {heldout.line}" if heldout else "")
             + (f"; {seeds.line(spread)}" if spread else "") + f"; report: {path}")
         from harness.eval.scoring import flat_metrics
-        return {"study": name, "best_trial": best.number, "best_value": best.value,
-                "best_params": best.params, "parent_run_id": parent, "report": str(path),
-                "before_value": flat_metrics(prep.before).get(key), "trials": len(finished(study)),
-                "best_run_id": best.user_attrs.get("mlflow_run_id", ""),
-                "tracking": tracker.uri, "experiment": tracker.experiment,
-                "heldout": heldout}
+        return SweepResult(name, len(finished(study)), chosen.number, chosen.value,
+                           chosen.params, TrialAttrs.of(chosen).run_id,
+                           flat_metrics(prep.before).get(key), parent, str(path), tracker.uri,
+                           tracker.experiment, heldout)
 
 
-def _repeat_best(prep, recipe: Recipe, tracker, study, best, heldout, parent) -> dict:
-    """sweep.repeat_best: the best values again with more seeds (harness.seeds), logged on the
-    sweep run as `seeds/` metrics and the tag harness.lead_inside_seed_noise."""
-    import optuna
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
-            and t.number != best.number]
-    higher = recipe.sweep.direction == "maximize"
-    runner_up = (max if higher else min)((t.value for t in done), default=None)
-    spread = seeds.repeat_best(
-        prep, recipe, tracker, {"values": best.params, "value": best.value,
-                                "run_id": best.user_attrs.get("mlflow_run_id", ""),
-                                "heldout": heldout["after"] if heldout else None},
-        runner_up, heldout["key"] if heldout else None, study_name(recipe), parent)
-    tracker.log_metrics(seeds.metrics(spread))
-    if spread["inside_noise"] is not None:
-        tracker.set_tags({"harness.lead_inside_seed_noise": spread["inside_noise"]})
-    return spread
+def _score_start(recipe: Recipe, tracker, prep, parent: str) -> None:
+    """The starting model's scores: read back from the sweep run where a resumed study scored
+    the same examples already, else scored and logged there (eval/start.json, what resumes and
+    workers read); and its evaluation records, which trials' records compare with."""
+    saved = tracker.load_json(parent, "eval/start.json")
+    if saved and prepared.start_matches(prep, saved):
+        prepared.start_from_json(prep, saved)
+    else:
+        prepared.evaluate_start(prep)
+        tracker.log_dict(prepared.start_to_json(prep), "eval/start.json")
+        from harness.eval.scoring import flat_metrics
+        for side in ("before", "base"):
+            tracker.log_metrics({f"{side}/{k}": v
+                                 for k, v in flat_metrics(getattr(prep, side)).items()})
+    # again when a killed process left them half-logged
+    if recipe.tracking.log_evaluations != "none" and tracker.needs_evaluations(parent, "before"):
+        run.log_evaluations(recipe, tracker, prep.before, parent, study_name(recipe), "before")
 
 
-def _best_model(recipe: Recipe, tracker, best, goldens) -> str | None:
-    """The best trial's LoggedModel id: logged with the trial under tracking.log_models `all`;
-    under `best`, logged now from the trial's adapter folder (when this machine has it)."""
-    from harness.tracking.tracker import MODEL_TAG
-    run_id, folder = best.user_attrs.get("mlflow_run_id"), best.user_attrs.get("adapter_dir")
-    view = tracker.read_run(run_id) if run_id else None
-    if view is None or recipe.models_logged == "none":
-        return None
-    if view.tags.get(MODEL_TAG):
-        return view.tags[MODEL_TAG]
-    if recipe.models_logged != "best" or not folder or not Path(folder).is_dir():
-        return None
-    model_id = tracker.log_model(run_id, folder, view.name, run.model_kind(recipe))
-    tracker.log_model_metrics(run_id, model_id, {k.removeprefix("after/"): v for k, v in
-                                                 view.metrics.items() if k.startswith("after/")},
-                              goldens)
-    return model_id
+def _run_trials(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: str, total: int,
+                workers: int, group: bool) -> None:
+    """The study's trials up to `total`: here, or by `workers` worker processes. Fails when
+    none completed."""
+    if workers > 1:
+        per = space.processes_per_trial
+        say(f"{workers} worker(s) joining study {study.study_name!r}"
+            + (f", {per} processes a trial" if per > 1 else ""))
+        _spawn_workers(recipe, tracker, parent, total, workers, per)
+    else:
+        _optimize(recipe, space, prep, tracker, study, parent, total)
+        if group:
+            distributed.share(None)  # the study is done: the other ranks stop following
+            distributed.finish()
+    if not [t for t in finished(study) if t.state.name == "COMPLETE"]:
+        errors = {TrialAttrs.of(t).error for t in study.trials} - {None}
+        raise TrainingFault("no trial completed" + (f" ({'; '.join(sorted(errors))})"
+                                                    if errors else ""), key="sweep")
 
 
-def _best_evaluations(recipe: Recipe, tracker, best, model_id: str | None) -> None:
-    """Under tracking.log_evaluations `best`: the best trial's per-example records, from the
-    results it logged, once (a resumed study whose best is unchanged has them)."""
-    from harness.eval.scoring import results_from_json
-    run_id = best.user_attrs.get("mlflow_run_id")
-    view = tracker.read_run(run_id) if run_id else None
-    if view is None or not tracker.needs_evaluations(run_id, "after"):
-        return
-    saved = tracker.load_json(run_id, "eval/results.json")
-    if saved:
-        run.log_evaluations(recipe, tracker, results_from_json(saved["after"]), run_id,
-                            view.name, "after", model_id)
-
-
-def _held_out_result(recipe: Recipe, tracker, best, trials: int) -> dict | None:
-    """The best trial's before/after on the held-out part of the objective's golden set (what
-    the sweep run's headline and description give), or None without a split."""
-    from harness.eval.goldensets import HELDOUT
-    set_name, metric = recipe.sweep.objective.split("/", 1)
-    key = f"{set_name}{HELDOUT}/{metric}"
-    saved = tracker.load_json(best.user_attrs.get("mlflow_run_id", ""), "eval/results.json")
-    cmp = saved["comparison"] if saved else {}
-    if key not in cmp.get("after", {}):
-        return None
-    from harness.report.markdown import delta_line
-    return {"key": key, "before": cmp["before"][key], "after": cmp["after"][key],
-            "line": f"best of {trials} trials (chosen on {recipe.sweep.objective}), held out: "
-                    + delta_line(cmp, key)}
+def _report(recipe: Recipe, tracker, study, prep, spread: dict | None) -> Path:
+    """The sweep run's time/ and work/ metrics, then its report with Optuna's plots, logged."""
+    from harness.report import markdown
+    ctx = context.current()
+    times = ctx.clock.command_times()  # for the report; time/other is logged after it
+    work = ctx.ledger.totals()  # this process's: workers' trials log their own
+    tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
+                         **ledger.metrics(work)})
+    with phase("writing the sweep report"), context.timed("report"):
+        images = study_plots(study, markdown.report_dir(recipe, study.study_name))
+        path = markdown.write_sweep(recipe, summary(study, spread), prep.before, tracker,
+                                    images, times, work)
+        tracker.log_artifacts(str(path.parent), "report")
+    tracker.log_metrics(ctx.clock.closing_metrics())
+    return path

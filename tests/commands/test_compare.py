@@ -45,20 +45,20 @@ def test_compare_reuses_logged_results_and_adjusts_across_every_pair(recipe_dict
     assert a_e.label == "slow" and b_e.label == f"{b.run_id}-final"
     for k in ("math/numeric_accuracy", "math/perplexity"):
         assert a_e.results["math"].metrics[k.split("/")[1]] == pytest.approx(
-            a.comparison["after"][k], rel=1e-5)
+            a.comparison[k].after, rel=1e-5)
         assert b_e.results["math"].metrics[k.split("/")[1]] == pytest.approx(
-            b.comparison["after"][k], rel=1e-4)
+            b.comparison[k].after, rel=1e-4)
         assert base_e.results["math"].metrics[k.split("/")[1]] == pytest.approx(
-            a.comparison["before"][k], rel=1e-4)
+            a.comparison[k].before, rel=1e-4)
     # three pairs, Holm across all of them (one family), never below the raw p
     cmp = out["comparisons"]
     assert list(cmp) == [f"slow vs {base_e.label}", f"{b_e.label} vs {base_e.label}",
                          f"{b_e.label} vs slow"]
-    raw = {(n, k): p for n, c in cmp.items() for k, p in c["p_value"].items()}
+    raw = {(n, m.key): m.p_value for n, c in cmp.items() for m in c}
     assert len(raw) == 3 * 3  # 3 pairs x (numeric_accuracy, answer_format, perplexity)
     adjusted = stats.holm(raw)
     for (n, k), p in raw.items():
-        assert cmp[n]["p_holm"][k] == adjusted[(n, k)] >= p
+        assert cmp[n][k].p_holm == adjusted[(n, k)] >= p
     # one MLflow run with a nested run per model, linked to its source run
     parent = client.get_run(out["run_id"])
     assert parent.data.tags["harness.kind"] == "compare"

@@ -22,9 +22,10 @@ def test_eval_a_run_against_its_base_and_an_adapter_folder_alone(recipe_dict, tm
     cmp = out["comparison"]
     # the pair reproduces the training run's own before/after
     for k in ("math/perplexity", "math/numeric_accuracy"):
-        assert cmp["after"][k] == pytest.approx(trained.comparison["after"][k], rel=1e-4)
-        assert cmp["before"][k] == pytest.approx(trained.comparison["before"][k], rel=1e-4)
-        assert cmp["ci_low"][k] <= cmp["delta"][k] <= cmp["ci_high"][k]
+        m = cmp[k]
+        assert m.after == pytest.approx(trained.comparison[k].after, rel=1e-4)
+        assert m.before == pytest.approx(trained.comparison[k].before, rel=1e-4)
+        assert m.ci_low <= m.delta <= m.ci_high
     m = mlflow.MlflowClient().get_run(out["run_id"]).data
     assert m.tags["harness.kind"] == "eval" and "p_value/math/perplexity" in m.metrics
     assert "## Before / after" in (tmp_path / "rep" / "tiny-eval" / "report.md").read_text()
@@ -32,7 +33,7 @@ def test_eval_a_run_against_its_base_and_an_adapter_folder_alone(recipe_dict, tm
     alone = evaluate.run_eval(ev, trained.adapter_dir, None, Tracker(ev))
     assert alone["comparison"] is None
     assert alone["results"]["after"]["math"].metrics["perplexity"] == pytest.approx(
-        trained.comparison["after"]["math/perplexity"], rel=1e-4)
+        trained.comparison["math/perplexity"].after, rel=1e-4)
 
 
 def test_eval_unknown_model_reference(recipe_dict):

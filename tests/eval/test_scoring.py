@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from harness.eval import scoring, goldensets
+from harness.eval.comparison import compare
 from harness import models
 from harness.config.recipe import ModelSpec
 
@@ -55,17 +56,16 @@ def test_evaluate_set_scores_and_compares(tiny, tiny_goldenset):
     fake_after = scoring.SetResult("math", dict(res.metrics, numeric_accuracy=1.0),
                                       [dict(e, numeric_accuracy=1.0) for e in res.examples],
                                       perfect, res.metric_args)
-    cmp = scoring.compare({"math": res}, {"math": fake_after})
-    key = "math/numeric_accuracy"
-    assert cmp["delta"][key] == pytest.approx(1.0 - res.metrics["numeric_accuracy"])
-    fixed_ids = [i for i, e in enumerate(res.examples) if e["numeric_accuracy"] == 0]
+    cmp = compare({"math": res}, {"math": fake_after})
+    m = cmp["math/numeric_accuracy"]
+    assert m.delta == pytest.approx(1.0 - res.metrics["numeric_accuracy"])
+    fixed_ids = tuple(i for i, e in enumerate(res.examples) if e["numeric_accuracy"] == 0)
     fixed = len(fixed_ids)
-    assert cmp["changes"][key] == {"fixed": fixed, "broken": 0, "fixed_ids": fixed_ids,
-                                   "broken_ids": []}
-    assert cmp["ci_low"][key] <= cmp["delta"][key] <= cmp["ci_high"][key]
-    assert cmp["test"][key] == "McNemar (exact)"
-    assert cmp["p_value"][key] == pytest.approx(0.5 ** (fixed - 1) if fixed else 1.0)
-    assert cmp["delta"]["math/perplexity"] == 0 and cmp["p_value"]["math/perplexity"] == 1.0
+    assert (m.fixed, m.broken, m.fixed_ids, m.broken_ids) == (fixed, 0, fixed_ids, ())
+    assert m.ci_low <= m.delta <= m.ci_high
+    assert m.test == "McNemar (exact)"
+    assert m.p_value == pytest.approx(0.5 ** (fixed - 1) if fixed else 1.0)
+    assert cmp["math/perplexity"].delta == 0 and cmp["math/perplexity"].p_value == 1.0
 
 
 def test_golden_set_manifest_errors(tmp_path):

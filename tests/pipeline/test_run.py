@@ -21,12 +21,28 @@ def test_reward_run_scores_pairs_and_reference_answers(recipe_dict, pref_goldens
     d["eval"] = dict(d["eval"], goldensets=[pref_goldenset] + d["eval"]["goldensets"])
     d["sweep"] = dict(d["sweep"], objective="prefs/pairwise_accuracy")
     out, tracker, prep = _train(d)
-    after = out.comparison["after"]
-    assert set(after) == {"prefs/pairwise_accuracy", "prefs/score_margin",
-                          "math/reference_reward"}
-    assert 0 <= after["prefs/pairwise_accuracy"] <= 1
-    ex = out.after["prefs"].examples[0]
-    assert ex["pairwise_accuracy"] == float(ex["chosen_score"] > ex["rejected_score"])
+    assert out.comparison.keys() == ["prefs/pairwise_accuracy", "prefs/score_margin",
+                                     "math/reference_reward"]
+    for ex in out.after["prefs"].examples:
+        assert ex["pairwise_accuracy"] == float(ex["chosen_score"] > ex["rejected_score"])
+    # the run's metric is the mean of the per-example scores in the table it logged beside it
+    import json
+
+    import mlflow
+    client = mlflow.MlflowClient()
+    with open(client.download_artifacts(out.run_id, "eval/prefs_examples.json")) as f:
+        table = json.load(f)
+    scores = [row[table["columns"].index("after/pairwise_accuracy")] for row in table["data"]]
+    acc = out.comparison["prefs/pairwise_accuracy"]
+    logged = client.get_run(out.run_id).data.metrics
+    assert logged["after/prefs/pairwise_accuracy"] == pytest.approx(sum(scores) / len(scores))
+    assert acc.after == pytest.approx(sum(scores) / len(scores))
+    assert acc.delta == pytest.approx(acc.after - acc.before)
+    assert logged["before/prefs/pairwise_accuracy"] == pytest.approx(
+        prep.before["prefs"].metrics["pairwise_accuracy"])
+    # what the run saved reads back as the comparison it logged
+    from harness.eval.results import read_results
+    assert read_results(tracker, out.run_id).comparison == out.comparison
 
 
 def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):

@@ -19,15 +19,15 @@ def test_repeat_best_trains_the_best_values_with_more_seeds(recipe_dict, client)
     repeats = [r for r in runs if r.data.tags.get("harness.kind") == "repeat"]
     assert sorted(r.data.tags["harness.seed"] for r in repeats) == ["8", "9"]
     assert all(r.info.status == "FINISHED" for r in repeats)
-    assert {r.data.tags["harness.repeat_of"] for r in repeats} == {out["best_run_id"]}
-    parent = client.get_run(out["parent_run_id"])
+    assert {r.data.tags["harness.repeat_of"] for r in repeats} == {out.best_run_id}
+    parent = client.get_run(out.parent_run_id)
     for r in repeats:  # the best values, another seed, and each scored held out
         assert r.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert r.data.params["recipe.seed"] in ("8", "9")
-        for k, v in out["best_params"].items():
+        for k, v in out.best_params.items():
             assert r.data.params[f"recipe.{k}"] == str(v)
         assert "after/math_heldout/numeric_accuracy" in r.data.metrics
-    held = [out["heldout"]["after"]] + [r.data.metrics["after/math_heldout/numeric_accuracy"]
+    held = [out.heldout.after] + [r.data.metrics["after/math_heldout/numeric_accuracy"]
                                         for r in repeats]
     m = parent.data.metrics
     assert m["seeds/n"] == 3
@@ -36,7 +36,7 @@ def test_repeat_best_trains_the_best_values_with_more_seeds(recipe_dict, client)
         m["seeds/math_heldout/numeric_accuracy/mean"] <= \
         m["seeds/math_heldout/numeric_accuracy/high"]
     assert parent.data.tags["harness.lead_inside_seed_noise"] in ("True", "False")
-    text = open(out["report"]).read()
+    text = open(out.report).read()
     assert "## Seed variance" in text and "95% CI low" in text
 
     # the same command again: the repeats it has are kept, none is trained twice

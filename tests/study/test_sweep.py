@@ -4,14 +4,17 @@ import json
 import pytest
 
 from harness.config import recipe
+from harness.eval import stats
+from harness.eval.results import read_results
 from harness.study import search, storage, sweep
+from harness.tracking.tracker import Tracker
 
 
 def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     import optuna
     r = recipe.build(recipe_dict, "tiny.yaml")
     out = sweep.run_sweep(r)
-    assert out["best_trial"] in (0, 1)
+    assert out.best_trial in (0, 1)
 
     study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
@@ -43,7 +46,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert {"recipe.yaml", "eval"} <= arts
     # the objective's 4 examples: 2 to select on (math), 2 held out for the report
     # (sweep.heldout), scored for the chosen trial alone (sweep.heldout_scoring: chosen)
-    chosen = client.get_run(out["best_run_id"])
+    chosen = client.get_run(out.best_run_id)
     other = next(t for t in trials if t.info.run_id != chosen.info.run_id)
     for name in ("math", "math_heldout"):
         table = json.loads(open(client.download_artifacts(
@@ -57,12 +60,15 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert not any("math_heldout" in k for k in other.data.metrics)
     assert {a.path for a in client.list_artifacts(other.info.run_id, "eval")} == {
         "eval/math_examples.json", "eval/results.json"}
-    saved = json.loads(open(client.download_artifacts(
-        chosen.info.run_id, "eval/results.json", str(tmp_path))).read())
-    assert set(saved["after"]) == {"math", "math_heldout"}
-    assert set(saved["comparison"]["p_holm"]) == set(saved["comparison"]["after"])
-    assert out["heldout"]["key"] == "math_heldout/numeric_accuracy"
-    assert out["heldout"]["line"].startswith("best of 2 trials (chosen on math/numeric_accuracy)"
+    saved = read_results(Tracker(r), chosen.info.run_id)
+    assert set(saved.after) == {"math", "math_heldout"}
+    # Holm across every key: the held-out ones scored after the study too
+    assert {m.key: m.p_holm for m in saved.comparison} == stats.holm(
+        {m.key: m.p_value for m in saved.comparison})
+    assert {m.golden_set for m in saved.comparison} == {"math", "math_heldout"}
+    assert out.heldout.key == "math_heldout/numeric_accuracy"
+    assert out.heldout.after == saved.comparison["math_heldout/numeric_accuracy"].after
+    assert out.heldout.line.startswith("best of 2 trials (chosen on math/numeric_accuracy)"
                                              ", held out: math_heldout/numeric_accuracy: ")
 
     parent_arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -89,7 +95,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert "**Read `math_heldout`** (2 examples held out from selection and pruning)" in report
     pm = client.get_run(parent.info.run_id).data
     assert "best_after/math_heldout/numeric_accuracy" in pm.metrics
-    assert pm.tags["mlflow.note.content"] == out["heldout"]["line"]
+    assert pm.tags["mlflow.note.content"] == out.heldout.line
 
     # the same command resumes the study: one more trial, same parent, base not re-scored
     r3 = recipe.build(recipe_dict, "tiny.yaml", {})
@@ -115,7 +121,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     import os
     os.remove(recipe_dict["sweep"]["storage"].removeprefix("sqlite:///"))
     out = sweep.run_sweep(r3, n_trials=1)
-    assert out["parent_run_id"] != parent.info.run_id
+    assert out.parent_run_id != parent.info.run_id
     runs = client.search_runs([exp.experiment_id])
     assert sum(x.data.tags.get("harness.kind") == "sweep" for x in runs) == 2
     assert all(x.info.status == "FINISHED" for x in runs)
@@ -128,10 +134,10 @@ def test_log_models_best_logs_the_best_trial_alone(recipe_dict, client):
     trials = [x for x in client.search_runs([exp.experiment_id])
               if x.data.tags.get("harness.kind") == "trial"]
     with_model = [t for t in trials if "harness.model_id" in t.data.tags]
-    assert [t.info.run_id for t in with_model] == [out["best_run_id"]]
+    assert [t.info.run_id for t in with_model] == [out.best_run_id]
     model = client.get_logged_model(with_model[0].data.tags["harness.model_id"])
     assert {m.key: m.dataset_name for m in model.metrics}["after/math/numeric_accuracy"] == "math"
-    assert client.get_run(out["parent_run_id"]).data.tags["harness.best_model_id"] == \
+    assert client.get_run(out.parent_run_id).data.tags["harness.best_model_id"] == \
         model.model_id
     assert [m.model_id for m in client.search_logged_models([exp.experiment_id])] == \
         [model.model_id]
@@ -190,7 +196,7 @@ def test_preference_and_rl_sweeps(recipe_dict, tmp_path, client, method, space,
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
     assert set(study.trials[0].params) == {k.split(":")[0].strip()
                                            for k in space.splitlines() if k.strip()}
-    assert 0 <= out["best_value"] <= 1
+    assert 0 <= out.best_value <= 1
 
 
 def test_pruned_trials_end_pruned_in_optuna_and_killed_in_mlflow(recipe_dict, tmp_path, client):
@@ -262,7 +268,7 @@ def test_sigkill_mid_trial_then_the_same_command_at_once(recipe_dict, tmp_path, 
 
     d["trainer"] = dict(d["trainer"], max_steps=2)
     out = sweep.run_sweep(recipe.build(d, path))
-    assert out["trials"] == 3
+    assert out.trials == 3
     assert "trial 0: its process is gone; failed, its values will run again" in \
         capsys.readouterr().err
     study = optuna.load_study(study_name="tiny", storage=storage.open_storage(
@@ -383,10 +389,10 @@ def test_chosen_trials_held_out_scores_equal_scoring_every_trial(recipe_dict, cl
         exp = client.get_experiment_by_name(overrides["tracking.experiment"])
         trials = [x for x in client.search_runs([exp.experiment_id])
                   if x.data.tags.get("harness.kind") == "trial"]
-        saved = json.loads(open(client.download_artifacts(
-            out["best_run_id"], "eval/results.json", str(tmp_path / overrides["name"]))).read())
-        held = saved["after"]["math_heldout"]
-        return ([e["prediction"] for e in held["examples"]], held["columns"]["nll"], trials)
+        saved = read_results(Tracker(recipe.build(recipe_dict, "tiny.yaml", overrides)),
+                             out.best_run_id)
+        held = saved.after["math_heldout"]
+        return ([e["prediction"] for e in held.examples], held.columns["nll"], trials)
     (tmp_path / "chosen").mkdir()
     (tmp_path / "all").mkdir()
     chosen, value, trials = held_out_predictions({"name": "chosen", "tracking.experiment": "chosen"})

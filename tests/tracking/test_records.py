@@ -87,7 +87,7 @@ def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
     study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
     best_run = study.best_trial.user_attrs["mlflow_run_id"]
     saved = Tracker(r).load_json(best_run, "eval/results.json")
-    parent = client.get_run(out["parent_run_id"])
+    parent = client.get_run(out.parent_run_id)
     _same(_scores(parent.data.tags["harness.evaluations.before"]), _expected(saved["before"]))
     after_run = client.get_run(best_run).data.tags["harness.evaluations.after"]
     _same(_scores(after_run), _expected(saved["after"]))
@@ -120,7 +120,7 @@ def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe
     from harness.study import sweep
     from harness.tracking.tracker import EVALUATION_OF_TAG, KIND_TAG
     r = recipe.build(recipe_dict, "t.yaml")
-    parent = sweep.run_sweep(r)["parent_run_id"]
+    parent = sweep.run_sweep(r).parent_run_id
     exp = client.get_run(parent).info.experiment_id
     stale = client.create_run(exp, run_name="tiny/before", tags={
         KIND_TAG: "before", EVALUATION_OF_TAG: parent, "mlflow.parentRunId": parent}).info.run_id

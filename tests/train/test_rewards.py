@@ -80,7 +80,7 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
     assert row["prompt"][0]["role"] == "user" and row["answer"].rstrip().split()[-1].isdigit()
     prepared.evaluate_start(prep)
     out = run.run_one(prep, r, tracker, "grpo", nested=False)
-    assert set(out.comparison["after"]) == set(scoring.flat_metrics(prep.before))
+    assert out.comparison.keys() == list(scoring.flat_metrics(prep.before))
     client = mlflow.MlflowClient(r.tracking.uri)
     m = client.get_run(out.run_id).data.metrics
     # TRL's own logging: each reward's mean, under its name
@@ -97,7 +97,7 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
     # `harness rerun` trains the logged GRPO recipe again, rewards and all, from its manifest
     from harness.commands import logged_runs
     again = logged_runs.rerun(r.tracking.uri, out.run_id)
-    assert set(again["after"]) == set(out.comparison["after"])
+    assert list(again["after"]) == out.comparison.keys()
     assert client.get_run(again["run_id"]).data.tags["harness.rerun_of"] == out.run_id
     mlflow.set_tracking_uri(None)
 

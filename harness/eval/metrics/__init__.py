@@ -44,8 +44,8 @@ def features(name: str) -> set[str]:
     `harness validate` can check a golden set's metrics without importing evaluate (5 s)."""
     import hashlib
     import json
-    import os
 
+    from harness.core.files import atomic_write
     from harness.models import cache_dir
     module = module_and_args(name)[0]
     digest = hashlib.sha256((HERE / module / f"{module}.py").read_bytes()
@@ -55,9 +55,7 @@ def features(name: str) -> set[str]:
         return set(json.loads(cache.read_text()))
     names = sorted(_load_module(module).features)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(names))
-    tmp.replace(cache)  # atomic: a concurrent reader never sees half a file
+    atomic_write(cache, json.dumps(names))  # a concurrent reader never sees half a file
     return set(names)
 
 
