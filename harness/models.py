@@ -60,6 +60,13 @@ class DevicePlan:
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items() if k not in self.SWITCHES}
 
+    def machine(self) -> str:
+        """The machine in words, for reports: the GPU's name, or the CPU's cores."""
+        import torch
+        if self.device == "cuda" and torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name()} ({self.dtype})"
+        return f"CPU, {torch.get_num_threads()} threads ({self.dtype})"
+
 
 def device_plan(spec: ModelSpec) -> DevicePlan:
     import torch

@@ -219,6 +219,9 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
             _cli(capsys, "report", run.info.run_id, "--tracking-uri", store)
             rebuilt = Path("reports/cell/report.md").read_text()
             assert "## Before / after" in rebuilt and "## Where the time went" in rebuilt
+            # the machine the run's figures came from, read back from its manifest
+            import platform
+            assert f"Ran on {platform.platform()} (float32)." in rebuilt
         elif command == "export":
             from transformers import AutoModelForCausalLM
             _cli(capsys, "export", run.info.run_id, "exported", "--merge",

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
+from harness import models
 from harness.eval import scoring, stats
 from harness.eval.comparison import Comparison, compare
 from harness.eval.results import RunResults, read_results, write_results
@@ -158,6 +159,7 @@ def run_compare(base: Recipe, refs: list[str], tracker, all_pairs: bool = False)
         ctx = context.current()
         times, work = ctx.clock.totals(), ctx.ledger.totals()
         tracker.log_metrics({**timing.metrics(times), **ledger.metrics(work)})
-        path = markdown.write_compare(base, entries, compared, tracker, run_id, times, work)
+        path = markdown.write_compare(base, entries, compared, tracker, run_id, times, work,
+                                      machine=models.device_plan(base.model).machine())
         tracker.log_artifacts(str(path.parent), "report")
     return {"run_id": run_id, "report": str(path), "entries": entries, "comparisons": compared}

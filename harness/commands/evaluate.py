@@ -46,6 +46,7 @@ def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> d
         ctx = context.current()
         times, work = ctx.clock.totals(), ctx.ledger.totals()
         tracker.log_metrics({**timing.metrics(times), **ledger.metrics(work)})
-        path = markdown.write_eval(base, sides, results, comparison, tracker, run_id, times, work)
+        path = markdown.write_eval(base, sides, results, comparison, tracker, run_id, times, work,
+                                   machine=prep.plan.machine())
         tracker.log_artifacts(str(path.parent), "report")
     return {"run_id": run_id, "report": str(path), "results": results, "comparison": comparison}

@@ -102,7 +102,8 @@ def rebuild_report(uri: str, run_id: str) -> Path:
             tracker.load_json(run_id, "eval/start.json")["before"])
         path = markdown.write_sweep(r, summary, before, tracker, images,
                                   timing.from_metrics(logged.metrics),
-                                  ledger.from_metrics(logged.metrics))
+                                  ledger.from_metrics(logged.metrics),
+                                  machine=logged_machine(tracker, trial_run))
     else:
         saved = read_results(tracker, trial_run)
         if not saved or saved.before is None or saved.comparison is None:
@@ -115,7 +116,15 @@ def rebuild_report(uri: str, run_id: str) -> Path:
                               timing.from_metrics(info.metrics),
                               work=ledger.from_metrics(info.metrics))
         name = r.name if tags.get("harness.kind") == "train" else f"{r.name}-{info.name}"
-        path = markdown.write_run(r, outcome, saved.before, tracker, name)
+        path = markdown.write_run(r, outcome, saved.before, tracker, name,
+                                  machine=logged_machine(tracker, trial_run))
     tracker.log_artifacts(str(path.parent), "report", run_id=run_id)
     return path
 
+
+def logged_machine(tracker, run_id: str) -> str | None:
+    """Where a logged run ran, from its manifest (the GPU's name, else the platform), so a
+    rebuilt report names the machine that made its figures, not the one rebuilding it."""
+    device = (tracker.load_json(run_id, "manifest.json") or {}).get("device") or {}
+    where = device.get("gpu") or device.get("platform")
+    return f"{where} ({device.get('device/dtype', '?')})" if where else None

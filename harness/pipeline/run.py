@@ -117,7 +117,8 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags,
                       times_from={})
     with phase("writing the report"), context.timed("report"):
-        path = markdown.write_run(recipe, outcome, prep.before, tracker, name)
+        path = markdown.write_run(recipe, outcome, prep.before, tracker, name,
+                                  machine=prep.plan.machine())
         tracker.log_artifacts(str(path.parent), "report", run_id=outcome.run_id)
     tracker.log_metrics(context.current().clock.closing_metrics(), run_id=outcome.run_id)
     return outcome, path

@@ -101,12 +101,15 @@ def _image(name: str | None) -> list[str]:
     return [f"![{name[:-4].replace('_', ' ')}]({name})", ""] if name else []
 
 
-def _write(recipe: Recipe, name: str, body: list[str], what: str | None = None) -> Path:
-    """`what`: the header's note on what was run (default: the recipe's method and model)."""
+def _write(recipe: Recipe, name: str, body: list[str], what: str | None = None,
+           machine: str | None = None) -> Path:
+    """`what`: the header's note on what was run (default: the recipe's method and model);
+    `machine`: where it ran (DevicePlan.machine), so a figure is never read without it."""
     path = report_dir(recipe, name) / "report.md"
     what = what or f"method `{recipe.method}`, model `{recipe.model.name}`"
+    where = f" Ran on {machine}." if machine else ""
     head = [f"# {name}", "", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
-            f"trl-harness from `{recipe.source}` ({what}).", ""]
+            f"trl-harness from `{recipe.source}` ({what}).{where}", ""]
     from harness.tracking.tracker import redact_tree
     tail = ["", "## Recipe", "", "```yaml", yaml.safe_dump(redact_tree(recipe.to_dict()),
                                                          sort_keys=False).rstrip(), "```", ""]
@@ -152,7 +155,7 @@ class SweepSummary:
 
 def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
                 images: list[str] = (), times: dict[str, float] | None = None,
-                work: dict[str, int] | None = None) -> Path:
+                work: dict[str, int] | None = None, machine: str | None = None) -> Path:
     key = recipe.sweep.objective
     best = study.best
     extra = sorted(k for k in best.after if k != key)
@@ -191,7 +194,7 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
                  before_after(cmp), "", *_image(plots.before_after(cmp, out)),
                  "## Fixed and broken (best trial)", "", changed(before, cmp), "",
                  "## Examples (best trial)", "", examples(before, saved.after)]
-    return _write(recipe, study.name, body)
+    return _write(recipe, study.name, body, machine=machine)
 
 
 def _seeds(spread: dict | None) -> list[str]:
@@ -233,7 +236,8 @@ def selection_note(recipe: Recipe, comparison: Comparison) -> str:
             "best was selected on; its figures lean optimistic.")
 
 
-def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None = None) -> Path:
+def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None = None,
+              machine: str | None = None) -> Path:
     name = name or recipe.name
     out = report_dir(recipe, name)
     body = ["## Run", "", f"MLflow run `{outcome.run_id}` in experiment `{tracker.experiment}` "
@@ -245,12 +249,12 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None =
             "## Fixed and broken", "", changed(before, outcome.comparison), "",
             "## Examples", "", examples(before, outcome.after), "",
             *time_table(outcome.times, outcome.work)]
-    return _write(recipe, name, body)
+    return _write(recipe, name, body, machine=machine)
 
 
 def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: Comparison | None,
                tracker, run_id: str, times: dict[str, float] | None = None,
-               work: dict[str, int] | None = None) -> Path:
+               work: dict[str, int] | None = None, machine: str | None = None) -> Path:
     body = ["## Models", "", table(["side", "model"], [[k, v] for k, v in sides.items()]), "",
             f"MLflow run `{run_id}` in experiment `{tracker.experiment}` ({tracker.uri}).", ""]
     if comparison is not None:
@@ -262,7 +266,7 @@ def write_eval(recipe: Recipe, sides: dict, results: dict, comparison: Compariso
                                                                flat_metrics(results["after"])
                                                                .items()])]
     body += ["", *time_table(times or {}, work)]
-    return _write(recipe, recipe.name, body)
+    return _write(recipe, recipe.name, body, machine=machine)
 
 
 def leaderboard(entries, primary: str) -> str:
@@ -284,7 +288,7 @@ def compare_note(entries) -> str:
 
 def write_compare(recipe: Recipe, entries, compared: dict[str, Comparison], tracker, run_id: str,
                   times: dict[str, float] | None = None,
-                  work: dict[str, int] | None = None) -> Path:
+                  work: dict[str, int] | None = None, machine: str | None = None) -> Path:
     """`harness compare`'s report: the models, a leaderboard, then each pair's deltas (Holm
     across every pair) with the examples fixed and broken."""
     keys = list(flat_metrics(entries[0].results))
@@ -306,4 +310,4 @@ def write_compare(recipe: Recipe, entries, compared: dict[str, Comparison], trac
                  f"{name.split(' vs ', 1)[0]}.", "", before_after(c, tests), "",
                  "### Fixed and broken", "", changed(first.results, c), ""]
     body += time_table(times or {}, work)
-    return _write(recipe, recipe.name, body, f"{len(entries)} models compared")
+    return _write(recipe, recipe.name, body, f"{len(entries)} models compared", machine)

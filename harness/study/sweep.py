@@ -460,7 +460,7 @@ def _report(recipe: Recipe, tracker, study, prep, spread: dict | None) -> Path:
     with phase("writing the sweep report"), context.timed("report"):
         images = study_plots(study, markdown.report_dir(recipe, study.study_name))
         path = markdown.write_sweep(recipe, summary(study, spread), prep.before, tracker,
-                                    images, times, work)
+                                    images, times, work, machine=prep.plan.machine())
         tracker.log_artifacts(str(path.parent), "report")
     tracker.log_metrics(ctx.clock.closing_metrics())
     return path

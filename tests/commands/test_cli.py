@@ -1,4 +1,5 @@
 """The command line as a user runs it: exit codes, one-line errors, start-up time."""
+import re
 import subprocess
 import sys
 import time
@@ -65,6 +66,7 @@ def test_train_command_end_to_end(recipe_dict, write_recipe, tmp_path):
     assert "math/numeric_accuracy:" in out.stderr
     report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
     assert "## Before / after" in report
+    assert re.search(r"Ran on CPU, \d+ threads \(float32\)\.", report), report[:400]
 
 
 @pytest.mark.parametrize("args, needle", [
