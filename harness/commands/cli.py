@@ -204,7 +204,7 @@ def cmd_export(args) -> int:
 def cmd_ui(args) -> int:
     """`mlflow ui` (harness ui) or `mlflow server` serving artifacts (harness server), bound to
     127.0.0.1 unless --host says otherwise; the store URI's password is never printed."""
-    from harness.tracking.tracker import redact
+    from harness.tracking.reader import redact
     uri = args.backend_store_uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("http"):
         raise HarnessError(f"{uri} is a tracking server; give its database as "
@@ -377,7 +377,7 @@ def crash_line(e: BaseException, command: str) -> str:
     import time
     import traceback
 
-    from harness.tracking.tracker import redact
+    from harness.tracking.reader import redact
     text = redact("".join(traceback.format_exception(e)))
     try:
         folder = crash_dir()

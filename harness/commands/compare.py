@@ -134,7 +134,7 @@ def run_compare(base: Recipe, refs: list[str], tracker, all_pairs: bool = False)
     """Score, compare, track (a parent run of kind `compare`, a nested run per model) and
     write the report."""
     from harness.report import markdown
-    from harness.tracking.tracker import KIND_TAG
+    from harness.tracking.reader import KIND_TAG
     if len(refs) < 2:
         raise HarnessError("compare needs at least two models", file="MODEL_OR_RUN")
     entries = score(base, refs, tracker)

@@ -14,7 +14,7 @@ from harness.config.recipe import Recipe, build
 def run_eval(base: Recipe, after_ref: str, before_ref: str | None, tracker) -> dict:
     """Score `after_ref` (and `before_ref`) on the recipe's golden sets; one MLflow run."""
     from harness.report import markdown
-    from harness.tracking.tracker import KIND_TAG
+    from harness.tracking.reader import KIND_TAG
     sides = {"after": after_ref, **({"before": before_ref} if before_ref else {})}
     results = {}
     for side, ref in sides.items():

@@ -79,7 +79,7 @@ def export(uri: str, run_id: str, out_dir: str, merge: bool = False,
     staged.replace(out)  # a half-written export is never left at OUT_DIR
     result = {"run_id": run_id, "path": str(out), "merged": bool(merge)}
     if register:  # the run's own LoggedModel, or the merged export logged as one
-        from harness.tracking.tracker import MODEL_TAG
+        from harness.tracking.reader import MODEL_TAG
         model_id = None if merge else tracker.read_run(run_id).tags.get(MODEL_TAG)
         result["version"] = tracker.register(run_id, register, model_id=model_id,
                                              folder=str(out))

@@ -91,7 +91,7 @@ def log(tracker, prep, train_ds) -> dict:
 def fetch(uri: str, run_id: str) -> tuple[str, dict]:
     """(run id, manifest) of a run in the store at `uri`; a sweep's run gives its best trial's,
     a LoggedModel's id (m-...) the run that made it."""
-    from harness.tracking.tracker import Reader, redact
+    from harness.tracking.reader import Reader, redact
     store = Reader(uri)
     if run_id.startswith("m-"):
         made_by = store.model_run(run_id)

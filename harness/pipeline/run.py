@@ -134,7 +134,7 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
     the active one). `model_id` links the records to the model they score. Tags `of_run` with
     the evaluation run's id (harness.evaluations.<side>); returns it. `adding`: the sets of
     `results` that are new to `of_run`'s existing `side` evaluation run, which gets them."""
-    from harness.tracking.tracker import EVALUATION_OF_TAG, EVALUATIONS_TAG, KIND_TAG
+    from harness.tracking.reader import EVALUATION_OF_TAG, EVALUATIONS_TAG, KIND_TAG
     existing = tracker.read_run(of_run).tags.get(f"{EVALUATIONS_TAG}.{side}") if adding else None
     with phase("logging the evaluation records"), context.timed("evaluations"), \
             tracker.run(f"{name}/{side}", nested=True, run_id=existing, tags={
@@ -173,7 +173,7 @@ def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool
         comparison = compare(prep.before, after, prep.base)
     # the new keys' metrics, their Holm p adjusted across every key of the run again
     new = comparison.only(m.key for m in comparison if m.golden_set in {g.name for g in held})
-    from harness.tracking.tracker import MODEL_TAG
+    from harness.tracking.reader import MODEL_TAG
     model_id = view.tags.get(MODEL_TAG)
     log_comparison(tracker, new, (run_id, model_id, held) if model_id else None, run_id)
     for g in held:
@@ -190,7 +190,7 @@ def recover(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> Outcome | N
     """The outcome of a trial whose run had FINISHED (trained, scored, logged) when its
     process was stopped, before Optuna heard of it (while logging its records): read back from
     the run, its records logged again if they were cut off. None: the run had not finished."""
-    from harness.tracking.tracker import MODEL_TAG
+    from harness.tracking.reader import MODEL_TAG
     view = tracker.read_run(run_id)
     saved = read_results(tracker, run_id) if view else None
     if view is None or view.status != "FINISHED" or saved is None or saved.comparison is None \
@@ -266,7 +266,7 @@ def _run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: 
              tags: dict | None, callbacks: list | None, on_start,
              resume: tuple[str, str] | None) -> Outcome:
     from harness.core.errors import TrialPruned
-    from harness.tracking.tracker import KIND_TAG
+    from harness.tracking.reader import KIND_TAG
     tags = {**run_tags(recipe), KIND_TAG: "trial" if nested else "train", **(tags or {})}
     with tracker.run(run_name, nested=nested, tags=tags) as run_id:
         if on_start:

@@ -110,7 +110,7 @@ def _write(recipe: Recipe, name: str, body: list[str], what: str | None = None,
     where = f" Ran on {machine}." if machine else ""
     head = [f"# {name}", "", f"Generated {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} by "
             f"trl-harness from `{recipe.source}` ({what}).{where}", ""]
-    from harness.tracking.tracker import redact_tree
+    from harness.tracking.reader import redact_tree
     tail = ["", "## Recipe", "", "```yaml", yaml.safe_dump(redact_tree(recipe.to_dict()),
                                                          sort_keys=False).rstrip(), "```", ""]
     path.write_text("\n".join(head + body + tail))

@@ -29,7 +29,7 @@ def conclude(prep, recipe: Recipe, tracker, study, name: str, parent: str,
     the held-out part, repeats the values with more seeds (sweep.repeat_best), logs its model
     and records as the recipe asks, and tags the sweep run with it. Returns the held-out result
     (None without a split) and the seed spread (None without repeats)."""
-    from harness.tracking.tracker import BEST_MODEL_TAG
+    from harness.tracking.reader import BEST_MODEL_TAG
     best = study.best_trial
     attrs = TrialAttrs.of(best)
     tracker.log_metrics({f"best/{recipe.sweep.objective}": best.value})
@@ -76,7 +76,7 @@ def _repeat(prep, recipe: Recipe, tracker, study, name: str, parent: str,
 def _logged_model(recipe: Recipe, tracker, best: TrialAttrs, goldens) -> str | None:
     """The best trial's LoggedModel id: logged with the trial under tracking.log_models `all`;
     under `best`, logged now from the trial's adapter folder (when this machine has it)."""
-    from harness.tracking.tracker import MODEL_TAG
+    from harness.tracking.reader import MODEL_TAG
     view = tracker.read_run(best.run_id) if best.run_id else None
     if view is None or recipe.models_logged == "none":
         return None

@@ -19,7 +19,7 @@ def repeat_best(prep, recipe: Recipe, tracker, best: dict, runner_up: float | No
     """`best`: the chosen trial's values (recipe key paths), run id, objective value and
     held-out value. Returns the spread the sweep logs (`metrics`) and reports (`line`,
     harness.report)."""
-    from harness.tracking.tracker import KIND_TAG, STUDY_TAG
+    from harness.tracking.reader import KIND_TAG, STUDY_TAG
     key = recipe.sweep.objective
     objective, held = [best["value"]], [best["heldout"]]
     seeds = [recipe.seed]

@@ -100,7 +100,7 @@ def _setup():
 def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: str, total: int):
     import optuna
 
-    from harness.tracking.tracker import STUDY_TAG
+    from harness.tracking.reader import STUDY_TAG
     name, key = study_name(recipe), recipe.sweep.objective
 
     def objective(trial):
@@ -361,7 +361,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
     torchrun group), then the best trial's steps and the report, all under one MLflow run.
     None on a rank other than 0 of a group."""
     optuna = _setup()
-    from harness.tracking.tracker import KIND_TAG, STUDY_TAG, Tracker
+    from harness.tracking.reader import KIND_TAG, STUDY_TAG
+    from harness.tracking.tracker import Tracker
     space = load_space(recipe)
     check_gpus(recipe, space, workers)
     group = distributed.world_size() > 1  # this process is a rank of a multi-GPU trials' group

@@ -11,7 +11,7 @@ def _scores(run_id: str) -> dict:
     """{(prompt, assessment name): value} of the run's evaluation traces."""
     import mlflow
 
-    from harness.tracking.tracker import Reader
+    from harness.tracking.reader import Reader
     return Reader(mlflow.get_tracking_uri()).evaluation_scores(run_id)
 
 
@@ -43,7 +43,8 @@ def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_score
                                                                                  client, writer):
     from harness.config import recipe
     from harness.pipeline import run
-    from harness.tracking.tracker import KIND_TAG, MODEL_TAG, Tracker
+    from harness.tracking.reader import KIND_TAG, MODEL_TAG
+    from harness.tracking.tracker import Tracker
     r = recipe.build(recipe_dict, "t.yaml")
     outcome, _ = run.train_and_report(r, Tracker(r))
     saved = Tracker(r).load_json(outcome.run_id, "eval/results.json")
@@ -118,7 +119,7 @@ def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe
     lands at a random point)."""
     from harness.config import recipe
     from harness.study import sweep
-    from harness.tracking.tracker import EVALUATION_OF_TAG, KIND_TAG
+    from harness.tracking.reader import EVALUATION_OF_TAG, KIND_TAG
     r = recipe.build(recipe_dict, "t.yaml")
     parent = sweep.run_sweep(r).parent_run_id
     exp = client.get_run(parent).info.experiment_id

@@ -3,7 +3,8 @@ from pathlib import Path
 
 from harness.commands import cli
 from harness.config import recipe
-from harness.tracking.tracker import MAX_PARAM, Tracker
+from harness.tracking.reader import MAX_PARAM
+from harness.tracking.tracker import Tracker
 
 SECRET, TOKEN = "s3cr3t-pass", "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2"
 
