@@ -89,9 +89,9 @@ def test_an_unexpected_error_is_one_line_a_crash_log_and_a_failed_run(recipe_dic
 
     import mlflow
     path = write_recipe(recipe_dict)
-    code = ("import sys\nfrom harness import cli, evaluation\n"
+    code = ("import sys\nfrom harness.commands import cli\nfrom harness.eval import scoring\n"
             "def boom(*a, **k):\n    raise RuntimeError('comparison exploded\\nsecond line')\n"
-            "evaluation.compare = boom\nsys.argv = ['harness', 'train', sys.argv[1]]\n"
+            "scoring.compare = boom\nsys.argv = ['harness', 'train', sys.argv[1]]\n"
             "sys.exit(cli.main(sys.argv[1:]))\n")
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "HARNESS_CRASH_DIR": str(tmp_path / "c")})

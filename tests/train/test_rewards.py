@@ -71,7 +71,7 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
         recipe_dict, tmp_path):
     import mlflow
     d = _grpo(recipe_dict)
-    d["rewards"].append({"name": "function", "path": "tests.test_rewards:length_reward",
+    d["rewards"].append({"name": "function", "path": "tests.train.test_rewards:length_reward",
                          "weight": 0.1})
     r = recipe.build(d, "g.yaml")
     tracker = Tracker(r)

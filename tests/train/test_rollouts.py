@@ -100,7 +100,7 @@ def test_a_grpo_run_decodes_its_rollouts_merged_and_trains_the_adapter_only(
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters()}
-    tr, ev, _ = rows.load_train(r.data, r.seed, k.data_kind)
+    tr, ev, _ = trainset.load_train(r.data, r.seed, k.data_kind)
     res = trainers.train(r, model, tok, tr, ev, plan, str(tmp_path / "out"))
     assert res.trainer.state.global_step == 2
     layers = sum(isinstance(m, LoraLayer) for m in res.model.modules())

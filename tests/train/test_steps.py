@@ -8,7 +8,7 @@ def _train(recipe_dict, tmp_path, name: str):
     r = recipe.build(recipe_dict, "test.yaml", {"trainer.max_steps": 3})
     plan = models.device_plan(r.model)
     k = trainers.kind(r)
-    tr, ev, _ = rows.load_train(r.data, r.seed, k.data_kind)
+    tr, ev, _ = trainset.load_train(r.data, r.seed, k.data_kind)
     model = models.load_model(r.model, plan, task=k.task)
     return trainers.train(r, model, models.load_tokenizer(r.model), tr, ev, plan,
                        str(tmp_path / name))
