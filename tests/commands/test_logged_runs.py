@@ -42,11 +42,22 @@ def test_every_run_carries_a_manifest_and_dataset_inputs(trained):
     assert seen == {("train", "training"), ("math", "evaluation")}
 
 
-def test_git_state_of_this_checkout():
+def test_git_state_names_the_commit_and_whether_tracked_files_changed(tmp_path):
     import subprocess
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    state = manifest.git_state(".")
-    assert state["commit"] == head.strip() and isinstance(state["dirty"], bool)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
+                               "-c", "user.email=t@t", *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "recipe.yaml").write_text("name: a\n")
+    git("add", "recipe.yaml")
+    git("commit", "-q", "-m", "a recipe")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "notes.txt").write_text("untracked\n")  # not part of what ran
+    assert manifest.git_state(str(tmp_path)) == {"commit": head, "dirty": False}
+    (tmp_path / "recipe.yaml").write_text("name: b\n")
+    assert manifest.git_state(str(tmp_path)) == {"commit": head, "dirty": True}
     assert manifest.git_state("/") == {}  # not a repository: nothing claimed
 
 
@@ -89,7 +100,11 @@ def test_export_adapter_alone(trained, tmp_path):
     r, outcome, _ = trained
     logged_runs.export(r.tracking.uri, outcome.run_id, str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-    assert AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter") is not None
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    # the run's trained adapter (LoRA's B starts at zero), on the run's base model
+    trained = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert trained and any(p.abs().sum() > 0 for p in trained)
+    assert model.peft_config["default"].base_model_name_or_path == r.model.name
 
 
 def test_export_and_register_from_the_runs_logged_model(trained, tmp_path):
