@@ -145,7 +145,7 @@ def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
 
     def boom(*a, **k):
         raise RuntimeError("loss exploded")
-    monkeypatch.setattr(run.train, "train", boom)
+    monkeypatch.setattr(run.trainers, "train", boom)
     with pytest.raises(RuntimeError):
         sweep.run_sweep(r)
     exp = client.get_experiment_by_name("tiny")
