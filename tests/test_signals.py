@@ -184,6 +184,7 @@ def _ended_cleanly(code: int, out: str, how: str) -> None:
 
 
 @pytest.mark.parametrize("how, moment", CASES)
+@pytest.mark.slow
 def test_a_stop_signal_at_any_moment_ends_cleanly_and_the_sweep_resumes(
         recipe_dict, tmp_path, write_recipe, how, moment, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -210,6 +211,7 @@ def test_a_stop_signal_at_any_moment_ends_cleanly_and_the_sweep_resumes(
             ("FINISHED" if kind == "sweep" else "KILLED"), kind
 
 
+@pytest.mark.slow
 def test_sigterm_during_a_grpo_rollout(recipe_dict, tmp_path, write_recipe, capsys,
                                       monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -220,6 +222,8 @@ def test_sigterm_during_a_grpo_rollout(recipe_dict, tmp_path, write_recipe, caps
     _finishes_once_each(d, path, capsys)
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_sigterm_to_a_two_worker_sweep(recipe_dict, tmp_path, write_recipe, pg_database,
                                        capsys, monkeypatch):
     """Two worker processes (a journal study, runs in PostgreSQL), stopped while they train."""
@@ -267,6 +271,7 @@ def test_a_swallowed_stop_signal_is_raised_again_at_the_next_phase_or_step():
 @pytest.mark.parametrize("command, moment", [
     ("train", [": training", "{'loss'"]), ("train", ["evaluation records of"]),
     ("eval", ["scoring before"])])
+@pytest.mark.slow
 def test_sigterm_to_train_and_eval(recipe_dict, tmp_path, write_recipe, command, moment, capsys,
                                    monkeypatch):
     """`harness train` and `harness eval` stopped at a moment of theirs: one line, nothing

@@ -7,6 +7,7 @@ from harness.config import recipe
 
 
 
+@pytest.mark.slow
 def test_init_from_unknown_run_is_one_line(recipe_dict):
     from harness.core.errors import HarnessError
     from harness.tracking.tracker import Tracker
@@ -46,6 +47,7 @@ def test_the_base_scored_inside_a_zero_adapter_gives_the_base_outputs_exactly(re
         assert res.metrics == scored[name].metrics
 
 
+@pytest.mark.slow
 def test_a_trained_adapter_is_merged_for_scoring(recipe_dict, lively_model_dir):
     """The tuned model is scored with its adapter merged (one matmul a layer, not three), on a
     CPU as on a GPU, and scores as the adapter does (fp32 rounding is tiny); a 4-bit base is

@@ -10,6 +10,7 @@ from harness.config import recipe
 from harness.study import seeds, sweep
 
 
+@pytest.mark.slow
 def test_repeat_best_trains_the_best_values_with_more_seeds(recipe_dict, client):
     d = dict(recipe_dict, seed=7)
     d["sweep"] = dict(d["sweep"], repeat_best=2)

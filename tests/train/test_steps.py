@@ -1,3 +1,5 @@
+import pytest
+
 from harness.data import trainset
 from harness import models
 from harness.config import recipe
@@ -14,6 +16,7 @@ def _train(recipe_dict, tmp_path, name: str):
                        str(tmp_path / name))
 
 
+@pytest.mark.slow
 def test_flops_are_trainers_own_with_the_parameters_counted_once(recipe_dict, tmp_path,
                                                                  monkeypatch):
     import trl

@@ -105,6 +105,7 @@ def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict,
     assert saved
 
 
+@pytest.mark.slow
 def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_each_epoch(
         recipe_dict, tmp_path, monkeypatch):
     """With loader workers (a GPU plan's two) the harness keeps them across epochs
@@ -181,6 +182,7 @@ def _starts_at_the_reference(res) -> None:
     assert first["rewards/chosen"] == pytest.approx(0, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_dpo_with_lora_uses_the_adapter_disabled_base_as_reference(recipe_dict):
     r, res = _preference_recipe(recipe_dict, "dpo", **{"data.eval_rows": 4})
     from peft import PeftModel
@@ -190,6 +192,7 @@ def test_dpo_with_lora_uses_the_adapter_disabled_base_as_reference(recipe_dict):
     assert "eval_rewards/margins" in res.metrics and "eval_rewards/accuracies" in res.metrics
 
 
+@pytest.mark.slow
 def test_dpo_with_precomputed_reference_log_probs(recipe_dict):
     _, res = _preference_recipe(recipe_dict, "dpo", **{"trainer.precompute_ref_log_probs": True})
     # the reference's log-probs ride with the rows, computed before the first step (from the
@@ -242,6 +245,7 @@ def test_sft_data_in_a_dpo_recipe_names_the_key(recipe_dict, tmp_path):
         trainset.load_train(r.data, r.seed, "preference")
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(recipe_dict, tmp_path):
     r, res = _run(recipe_dict, tmp_path, **{
         "data.builtin_rows": 16, "data.eval_rows": 4, "trainer.max_steps": 40,
@@ -259,6 +263,7 @@ def test_early_stopping_needs_eval_rows(recipe_dict):
         recipe.build(recipe_dict, "e.yaml", {"early_stopping": {"patience": 2}})
 
 
+@pytest.mark.slow
 def test_lora_weights_take_the_requested_dtype(recipe_dict, tmp_path):
     import torch
     _, res = _run(recipe_dict, tmp_path, **{"adapter.dtype": "bfloat16"})
@@ -354,6 +359,7 @@ def test_a_full_disk_ends_training_with_one_line(recipe_dict, tmp_path):
 
 
 @pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.slow
 def test_a_second_trainer_takes_the_rows_the_first_prepared_and_trains_the_same(recipe_dict,
                                                                                    tmp_path,
                                                                                    packing):
