@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(VENV)/bin/harness validate recipes/sft_math.yaml
 	touch $@
 
-.PHONY: setup demo test constraints
+.PHONY: setup demo test test-fast constraints
 setup: $(VENV)/.installed
 
 demo: setup
@@ -31,6 +31,13 @@ test: setup
 	bash tests/ui/setup.sh
 	HARNESS_TEST_POSTGRES="postgresql+psycopg2:///postgres?host=/var/run/postgresql" \
 		$(PY) -m pytest -q -n auto --maxprocesses=4 --dist worksteal
+
+# The edit loop's tier: every test but those marked slow (over ~5 s on the 2-core CPU, or
+# needing PostgreSQL, chromium or a sweep of several processes); under 3 minutes on 2 cores.
+# Needs no PostgreSQL and no browser; it does need ../shared beside the repository (the tiny
+# test model's SmolLM2 tokenizer), as `make test` does.
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" -n auto --maxprocesses=4 --dist worksteal
 
 # The versions CI tested, which `make setup` installs: regenerate after an upgrade has passed
 # `make test`. torch is left to TORCH (a CPU build here, a CUDA one on a GPU machine).

@@ -50,23 +50,37 @@ SHARED = Path(os.environ.get("HARNESS_SHARED", ROOT.parent / "shared"))
 TOKENIZER = SHARED / "anchors" / "smollm2-135m"  # SmolLM2's tokenizer and chat template
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> str:
-    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights."""
+def _tiny_llama(out: Path, initializer_range: float) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights of that std,
+    saved in `out`."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     assert TOKENIZER.is_dir(), f"tests need {TOKENIZER} (../shared beside the repo)"
-    out = tmp_path_factory.mktemp("tiny-llama")
     tok = AutoTokenizer.from_pretrained(TOKENIZER)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                       head_dim=8, max_position_embeddings=512, tie_word_embeddings=True,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id)
+                      pad_token_id=tok.pad_token_id, initializer_range=initializer_range)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(out)
     tok.save_pretrained(out)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> str:
+    """A 2-layer Llama with SmolLM2's tokenizer and chat template, random weights (Llama's
+    std 0.02: near-uniform next-token odds, so a loss starts near ln(vocabulary))."""
+    return _tiny_llama(tmp_path_factory.mktemp("tiny-llama"), 0.02)
+
+
+@pytest.fixture(scope="session")
+def lively_model_dir(tmp_path_factory) -> str:
+    """The tiny Llama with weights of std 0.3: its greedy continuations differ from prompt to
+    prompt and from token to token. The std-0.02 one answers every prompt with the same
+    repeated newline, so two decoding paths compared on it agree whatever either does."""
+    return _tiny_llama(tmp_path_factory.mktemp("lively-llama"), 0.3)
 
 
 def small_goldenset(tmp_path, shipped: str, manifest: str, rows: int = 4) -> str:

@@ -27,6 +27,8 @@ from harness.data import mathgen
 from harness.config import recipe
 from harness.study import storage, sweep
 
+pytestmark = pytest.mark.slow  # end to end through the command line, each
+
 
 @dataclass
 class Cell:
@@ -283,6 +285,7 @@ def mlflow_server(pg_database, tmp_path):
         yield url
 
 
+@pytest.mark.postgres  # the MLflow server's store, whichever the study's
 @pytest.mark.parametrize("backend", ["postgresql", "journal"])
 def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg_database,
                                          mlflow_server, backend, monkeypatch):

@@ -14,6 +14,7 @@ from harness.config import recipe
 from harness.study import sweep
 from tests.conftest import harness_server
 
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
 UI = Path(__file__).parent / "ui"
 
 

@@ -115,6 +115,7 @@ def test_cuda_varlen_with_fewer_kv_heads_matches_attention_per_sequence(grouped)
 
 @pytest.mark.skipif(torch.cuda.is_available(),
                     reason="the CPU's segmented SDPA; a GPU's varlen kernel is tested above")
+@pytest.mark.slow
 def test_packed_training_with_varlen_matches_transformers_packed_mask(recipe_dict, tmp_path,
                                                                      monkeypatch):
     """TRL packing (bfd, padding-free) trained through harness_varlen gives the losses of the same
@@ -135,6 +136,7 @@ def test_packed_training_with_varlen_matches_transformers_packed_mask(recipe_dic
     assert varlen.model.get_base_model().config._attn_implementation == "sdpa"
 
 
+@pytest.mark.slow
 def test_packed_batches_padded_to_max_length_train_to_the_same_losses(recipe_dict, tmp_path):
     """The GPU plan pads each flat row to a multiple of max_length (one shape a step): the
     padding is attended alone and carries no label, so the losses are the unpadded run's."""

@@ -28,6 +28,7 @@ def test_fused_norms_give_the_modules_own_outputs_and_are_undone(tiny_model_dir,
     assert not torch.equal(norm(x), x)  # the weight takes part: the comparison can fail
 
 
+@pytest.mark.slow
 def test_training_with_fused_norms_matches_the_models_own(recipe_dict, tmp_path, monkeypatch):
     import torch.nn.functional as F
     calls = []

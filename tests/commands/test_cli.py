@@ -45,6 +45,7 @@ def test_bad_input_is_one_line_exit_2(args, needle):
     assert "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_train_with_bad_data_leaves_no_run_running(recipe_dict, write_recipe, tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"question": "a", "answer": "b"}\nnot json\n')
     recipe_dict["data"]["train"] = str(tmp_path / "bad.jsonl")
@@ -60,6 +61,7 @@ def test_train_with_bad_data_leaves_no_run_running(recipe_dict, write_recipe, tm
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_train_command_end_to_end(recipe_dict, write_recipe, tmp_path):
     out = harness("train", write_recipe(recipe_dict), "--set", "trainer.max_steps=1")
     assert out.returncode == 0, out.stderr
@@ -82,6 +84,7 @@ def test_bad_command_lines_are_one_line_exit_2(args, needle):
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
 
 
+@pytest.mark.slow
 def test_an_unexpected_error_is_one_line_a_crash_log_and_a_failed_run(recipe_dict,
                                                                          write_recipe, tmp_path):
     """A bug (here: the comparison raises) while scoring the tuned model: one line naming the
@@ -114,6 +117,7 @@ def test_an_unexpected_error_is_one_line_a_crash_log_and_a_failed_run(recipe_dic
     assert "in boom" in logged.read_text()
 
 
+@pytest.mark.slow
 def test_a_sweep_prints_no_library_warnings(recipe_dict, write_recipe):
     """Warnings are not muted, so the ones the harness knows not to be the user's
     (harness.cli.KNOWN_WARNINGS: Optuna's experimental heartbeats, MLflow's own deprecations)

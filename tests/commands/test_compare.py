@@ -8,6 +8,8 @@ from harness.config import recipe
 from harness.eval import stats
 from harness.tracking.tracker import Tracker
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def trained(recipe_dict):

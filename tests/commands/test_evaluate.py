@@ -7,6 +7,7 @@ from harness.commands import evaluate
 from harness.tracking.tracker import Tracker
 
 
+@pytest.mark.slow
 def test_eval_a_run_against_its_base_and_an_adapter_folder_alone(recipe_dict, tmp_path):
     import mlflow
     r = recipe.build(recipe_dict, "t.yaml", {"trainer.learning_rate": 5e-3})

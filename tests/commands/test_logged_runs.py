@@ -27,6 +27,7 @@ def _artifact_json(client, run_id: str, path: str):
     return json.loads(Path(client.download_artifacts(run_id, path)).read_text())
 
 
+@pytest.mark.slow
 def test_every_run_carries_a_manifest_and_dataset_inputs(trained):
     r, outcome, client = trained
     m = _artifact_json(client, outcome.run_id, manifest.FILE)
@@ -42,14 +43,26 @@ def test_every_run_carries_a_manifest_and_dataset_inputs(trained):
     assert seen == {("train", "training"), ("math", "evaluation")}
 
 
-def test_git_state_of_this_checkout():
+def test_git_state_names_the_commit_and_whether_tracked_files_changed(tmp_path):
     import subprocess
-    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    state = manifest.git_state(".")
-    assert state["commit"] == head.strip() and isinstance(state["dirty"], bool)
+
+    def git(*args):
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t",
+                               "-c", "user.email=t@t", *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "recipe.yaml").write_text("name: a\n")
+    git("add", "recipe.yaml")
+    git("commit", "-q", "-m", "a recipe")
+    head = git("rev-parse", "HEAD")
+    (tmp_path / "notes.txt").write_text("untracked\n")  # not part of what ran
+    assert manifest.git_state(str(tmp_path)) == {"commit": head, "dirty": False}
+    (tmp_path / "recipe.yaml").write_text("name: b\n")
+    assert manifest.git_state(str(tmp_path)) == {"commit": head, "dirty": True}
     assert manifest.git_state("/") == {}  # not a repository: nothing claimed
 
 
+@pytest.mark.slow
 def test_rerun_reproduces_the_logged_metrics_on_cpu(trained):
     r, outcome, client = trained
     out = logged_runs.rerun(r.tracking.uri, outcome.run_id)
@@ -60,6 +73,7 @@ def test_rerun_reproduces_the_logged_metrics_on_cpu(trained):
         assert now == pytest.approx(was, abs=1e-6), key  # fixed seed, fp32, CPU
 
 
+@pytest.mark.slow
 def test_export_merged_loads_with_from_pretrained_and_predicts_as_the_run(trained, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -84,14 +98,20 @@ def test_export_merged_loads_with_from_pretrained_and_predicts_as_the_run(traine
         logged_runs.export(r.tracking.uri, outcome.run_id, str(out))
 
 
+@pytest.mark.slow
 def test_export_adapter_alone(trained, tmp_path):
     from peft import AutoPeftModelForCausalLM
     r, outcome, _ = trained
     logged_runs.export(r.tracking.uri, outcome.run_id, str(tmp_path / "adapter"))
     assert (tmp_path / "adapter" / "adapter_config.json").is_file()
-    assert AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter") is not None
+    model = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "adapter")
+    # the run's trained adapter (LoRA's B starts at zero), on the run's base model
+    trained = [p for n, p in model.named_parameters() if "lora_B" in n]
+    assert trained and any(p.abs().sum() > 0 for p in trained)
+    assert model.peft_config["default"].base_model_name_or_path == r.model.name
 
 
+@pytest.mark.slow
 def test_export_and_register_from_the_runs_logged_model(trained, tmp_path):
     r, outcome, client = trained
     model_id = client.get_run(outcome.run_id).data.tags["harness.model_id"]
@@ -109,6 +129,7 @@ def test_export_and_register_from_the_runs_logged_model(trained, tmp_path):
         Tracker(r).fetch_adapter("m-nope", str(tmp_path / "d"))
 
 
+@pytest.mark.slow
 def test_log_models_none_keeps_the_adapter_local(recipe_dict, write_recipe, tmp_path):
     import mlflow
     d = dict(recipe_dict, tracking=dict(recipe_dict["tracking"], log_models="none"))
@@ -124,6 +145,7 @@ def test_log_models_none_keeps_the_adapter_local(recipe_dict, write_recipe, tmp_
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_unknown_run_is_one_line(trained):
     r, _, _ = trained
     with pytest.raises(HarnessError, match="RUN_ID: no MLflow run 'nope'"):

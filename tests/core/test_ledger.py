@@ -5,11 +5,13 @@ work/ counts compared with the table in docs/benchmarks.md. A change that adds w
 that table in the same commit. Counts, not seconds: the same on any machine."""
 import re
 
+import pytest
 from conftest import ROOT
 
 from harness.commands import cli
 from harness.core import context, ledger
 
+pytestmark = pytest.mark.slow
 TABLE = "## The cost ledger"
 
 

@@ -30,6 +30,7 @@ def _results(uri: str, run_id: str) -> dict:
     return json.loads(Path(path).read_text())
 
 
+@pytest.mark.slow
 def test_the_shipped_math_task_scores_as_numeric_accuracy_does(tmp_path, capsys):
     """builtin:harness_math is the math golden set as an lm-eval task: on the real embedded
     model (greedy, chat template, 64 new tokens) lm-eval's exact_match on the last number
@@ -51,6 +52,7 @@ def test_the_shipped_math_task_scores_as_numeric_accuracy_does(tmp_path, capsys)
         after["harness_math"]["metrics"]["exact_match"] > 0
 
 
+@pytest.mark.slow
 def test_a_train_run_pairs_a_benchmark_before_and_after(recipe_dict, write_recipe, client,
                                                         tmp_path, capsys):
     recipe_dict["eval"]["benchmarks"] = [{"task": "builtin:harness_math", "limit": 6}]
@@ -71,6 +73,7 @@ def test_a_train_run_pairs_a_benchmark_before_and_after(recipe_dict, write_recip
     assert "| harness_math/exact_match |" in text and "### harness_math" in text
 
 
+@pytest.mark.slow
 def test_a_sweep_scores_benchmarks_for_the_start_and_the_chosen_trial_only(
         recipe_dict, write_recipe, client, capsys):
     recipe_dict["eval"]["benchmarks"] = [{"task": "builtin:harness_math", "limit": 4}]
@@ -92,6 +95,7 @@ def test_a_sweep_scores_benchmarks_for_the_start_and_the_chosen_trial_only(
                               tracker) is None
 
 
+@pytest.mark.slow
 def test_a_task_of_your_own_on_local_files(recipe_dict, tmp_path, capsys):
     """include_path: a folder of task YAMLs; this one reads a JSONL beside the test."""
     rows = [{"question": f"What is {a} + {b}?", "answer": f"#### {a + b}"}
@@ -120,12 +124,14 @@ def test_a_task_of_your_own_on_local_files(recipe_dict, tmp_path, capsys):
     ("builtin:harness_maths", "no shipped lm-eval task 'harness_maths'; did you mean "
                               "harness_math?"),
 ])
+@pytest.mark.slow  # the first import of lm-eval's task registry: ~13 s on the 2-core CPU
 def test_validate_knows_lm_eval_task_names(recipe_dict, write_recipe, capsys, task, needle):
     recipe_dict["eval"]["benchmarks"] = [{"task": task}]
     said = _cli(capsys, "validate", write_recipe(recipe_dict), code=2)
     assert needle in said and len(said.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_a_hub_task_without_the_hub_fails_in_one_line(tiny_model_dir, tmp_path):
     """As a user types it, in a process of its own (the HF libraries read their settings at
     import), with the Hub unreachable (an endpoint nothing listens on) and nothing cached: no

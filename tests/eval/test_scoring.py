@@ -9,19 +9,39 @@ from harness import models
 from harness.config.recipe import ModelSpec
 
 
-@pytest.fixture(scope="module")
-def tiny(tiny_model_dir):
-    spec = ModelSpec(name=tiny_model_dir)
+def _load(model_dir: str):
+    spec = ModelSpec(name=model_dir)
     plan = models.device_plan(spec)
     return models.load_model(spec, plan), models.load_tokenizer(spec)
 
 
-def test_batched_left_padded_generation_matches_one_by_one(tiny):
-    model, tok = tiny
+@pytest.fixture(scope="module")
+def tiny(tiny_model_dir):
+    return _load(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def lively(lively_model_dir):
+    """A model whose greedy outputs depend on the prompt: decoding paths compared on it can
+    disagree (conftest.lively_model_dir)."""
+    return _load(lively_model_dir)
+
+
+def _varied(tok, outputs: list[str]) -> None:
+    """Outputs that two decoding paths could get wrong: one per prompt, all different, each
+    more than one distinct token."""
+    assert len(set(outputs)) == len(outputs), outputs
+    for text in outputs:
+        assert len(set(tok(text, add_special_tokens=False)["input_ids"])) > 1, outputs
+
+
+def test_batched_left_padded_generation_matches_one_by_one(lively):
+    model, tok = lively
     texts = [scoring.render(tok, [{"role": "user", "content": q}])
              for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3"]]
     batched = scoring.generate(model, tok, texts, max_new_tokens=8, batch_size=3)
     single = [scoring.generate(model, tok, [t], 8, 1)[0] for t in texts]
+    _varied(tok, single)
     assert batched == single
     assert batched == scoring.generate(model, tok, texts, 8, 2)  # deterministic
     assert tok.padding_side == "right"  # restored
@@ -123,21 +143,23 @@ def test_metric_that_does_not_fit_the_task_is_named(tmp_path):
         scoring.check_fit(goldensets.load_manifest(str(m)), str(m))
 
 
-def test_static_cache_path_gives_the_same_greedy_outputs(tiny):
-    model, tok = tiny
+def test_static_cache_path_gives_the_same_greedy_outputs(lively):
+    model, tok = lively
     texts = [scoring.render(tok, [{"role": "user", "content": q}])
              for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3"]]
     dynamic = scoring.generate(model, tok, texts, 6, 2, static_cache=False)
+    _varied(tok, dynamic)
     assert scoring.generate(model, tok, texts, 6, 2, static_cache=True) == dynamic
 
 
-def test_one_pass_ends_each_row_at_its_own_cap_as_decoding_it_alone_would(tiny):
-    model, tok = tiny
+def test_one_pass_ends_each_row_at_its_own_cap_as_decoding_it_alone_would(lively):
+    model, tok = lively
     texts = [scoring.render(tok, [{"role": "user", "content": q}])
              for q in ["Hi", "What is 2 + 2? Think step by step please.", "Count: 1, 2, 3",
                        "Name a colour."]]
     caps = [9, 3, 6, 1]
     alone = [scoring.generate(model, tok, [t], cap, 1)[0] for t, cap in zip(texts, caps)]
+    _varied(tok, alone[:3])  # the last, of one token, is its prompt's alone
     for static in (False, True):
         assert scoring.generate(model, tok, texts, caps, 4, static_cache=static) == alone
     ids = [tok(scoring.generate(model, tok, [t], 9, 1)[0], add_special_tokens=False)
@@ -145,13 +167,13 @@ def test_one_pass_ends_each_row_at_its_own_cap_as_decoding_it_alone_would(tiny):
     assert any(len(x) > cap for x, cap in zip(ids, caps))  # the caps cut something
 
 
-def test_every_generating_set_is_decoded_in_one_pass_and_scored_as_alone(tiny, tmp_path,
+def test_every_generating_set_is_decoded_in_one_pass_and_scored_as_alone(lively, tmp_path,
                                                                           monkeypatch):
     """Two generating golden sets with different caps, and a preference set: the generating
     ones share one `generate` batch and one reference-NLL batch; each set's results are what
     scoring it alone gives."""
     from conftest import small_goldenset
-    model, tok = tiny
+    model, tok = lively
     math = goldensets.load(small_goldenset(
         tmp_path, "math.jsonl", "name: math\ntask: math\nmax_new_tokens: 7\n"
         "metrics: [numeric_accuracy, perplexity]\n", rows=3))
@@ -165,6 +187,7 @@ def test_every_generating_set_is_decoded_in_one_pass_and_scored_as_alone(tiny, t
     assert math.manifest.max_new_tokens != gk.manifest.max_new_tokens
     alone = {gs.name: scoring.evaluate_set(model, tok, gs, batch_size=8)
              for gs in (math, gk, pref)}
+    _varied(tok, [e["prediction"] for gs in (math, gk) for e in alone[gs.name].examples])
     calls = []
     own = type(model).generate
 

@@ -53,6 +53,7 @@ def test_continuous_metric_uses_wilcoxon():
     assert d.test == "Wilcoxon signed-rank" and d.delta > 0 and d.p_value < 0.001
 
 
+@pytest.mark.slow
 def test_few_pairs_get_exact_p_values():
     """4 pairs, every one better after: no paired test can say less than 2/16 (two-sided); a
     bootstrap said <0.001. Corpus metrics are permuted pair by pair too."""

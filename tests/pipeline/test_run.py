@@ -45,6 +45,7 @@ def test_reward_run_scores_pairs_and_reference_answers(recipe_dict, pref_goldens
     assert read_results(tracker, out.run_id).comparison == out.comparison
 
 
+@pytest.mark.slow
 def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
     import mlflow
     sft, tracker, sft_prep = _train(recipe_dict, **{"trainer.learning_rate": 5e-3})
@@ -79,6 +80,7 @@ def test_sft_then_dpo_chains_by_run_id(recipe_dict, pref_goldenset, tmp_path):
     assert "after/prefs/pairwise_accuracy" in m
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("data", ["builtin:math_unpaired", "builtin:math_preferences"])
 def test_sft_then_kto_on_unpaired_judgements_or_unpaired_pairs(recipe_dict, pref_goldenset, data):
     import mlflow

@@ -10,14 +10,17 @@ from harness.study import search, storage, sweep
 from harness.tracking.tracker import Tracker
 
 
+@pytest.mark.slow
 def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     import optuna
     r = recipe.build(recipe_dict, "tiny.yaml")
     out = sweep.run_sweep(r)
-    assert out.best_trial in (0, 1)
 
     study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    # the chosen trial has the highest objective (sweep.direction's default: maximize)
+    assert out.best_value == study.trials[out.best_trial].value == \
+        max(t.value for t in study.trials)
     exp = client.get_experiment_by_name("tiny")
     runs = client.search_runs([exp.experiment_id])
     parents = [x for x in runs if x.data.tags.get("harness.kind") == "sweep"]
@@ -127,6 +130,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert all(x.info.status == "FINISHED" for x in runs)
 
 
+@pytest.mark.slow
 def test_log_models_best_logs_the_best_trial_alone(recipe_dict, client):
     r = recipe.build(recipe_dict, "tiny.yaml", {"tracking.log_models": "best"})
     out = sweep.run_sweep(r)
@@ -143,6 +147,7 @@ def test_log_models_best_logs_the_best_trial_alone(recipe_dict, client):
         [model.model_id]
 
 
+@pytest.mark.slow
 def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
     from harness.pipeline import run
     r = recipe.build(recipe_dict, "tiny.yaml")
@@ -174,6 +179,7 @@ def test_failed_trial_ends_its_run_failed(recipe_dict, client, monkeypatch):
              "  trainer.num_generations: {type: categorical, choices: [2, 4]}\n"
              "  rewards.1.weight: {type: categorical, choices: [0.0, 0.5]}\n"),
 ])
+@pytest.mark.slow
 def test_preference_and_rl_sweeps(recipe_dict, tmp_path, client, method, space,
                                pref_goldenset):
     import optuna
@@ -199,6 +205,7 @@ def test_preference_and_rl_sweeps(recipe_dict, tmp_path, client, method, space,
     assert 0 <= out.best_value <= 1
 
 
+@pytest.mark.slow
 def test_pruned_trials_end_pruned_in_optuna_and_killed_in_mlflow(recipe_dict, tmp_path, client):
     import optuna
     # a good and a hopeless learning rate; random sampler seed 6 draws good, good, hopeless
@@ -248,6 +255,7 @@ def _sweep_in_training(recipe_dict, tmp_path, write_recipe, extra: str = "",
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "journal"])
+@pytest.mark.slow
 def test_sigkill_mid_trial_then_the_same_command_at_once(recipe_dict, tmp_path, write_recipe,
                                                          client, backend, capsys):
     """kill -9 while a trial trains, then the same command at once, well inside the
@@ -297,6 +305,7 @@ def test_parallel_workers_refuse_sqlite(recipe_dict):
 # this one is the harness process alone and a random sampler, whose retry must take the
 # interrupted values again
 @pytest.mark.parametrize("sig", ["SIGTERM"])
+@pytest.mark.slow
 def test_sigterm_or_ctrl_c_ends_runs_killed_and_the_rerun_retries(recipe_dict, tmp_path,
                                                                    write_recipe, client, sig):
     import signal
@@ -327,6 +336,7 @@ def test_sigterm_or_ctrl_c_ends_runs_killed_and_the_rerun_retries(recipe_dict, t
 
 
 @pytest.mark.parametrize("processes", [1, 2])
+@pytest.mark.slow
 def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, client, processes):
     """Also with 2-process (DDP) trials: every rank sees the averaged NaN and stops; rank 1 goes
     on to the next trial's values instead of hanging."""
@@ -347,7 +357,8 @@ def test_a_diverging_trial_fails_and_the_sweep_goes_on(recipe_dict, tmp_path, cl
     assert run.info.status == "FAILED" and "diverged" in run.data.tags["harness.error"]
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "journal", "postgresql"])
+@pytest.mark.parametrize("backend", ["sqlite", "journal", pytest.param(
+    "postgresql", marks=[pytest.mark.slow, pytest.mark.postgres])])
 def test_a_grid_is_covered_once_by_two_workers_and_by_a_resumed_study(recipe_dict, tmp_path,
                                                                        request, backend):
     """Optuna's GridSampler gives trial N the N-th point of its shuffled grid, so every process
@@ -381,6 +392,7 @@ def test_a_grid_is_covered_once_by_two_workers_and_by_a_resumed_study(recipe_dic
         (lr, rank) for lr in (1e-4, 2e-4, 4e-4) for rank in (4, 8))
 
 
+@pytest.mark.slow
 def test_chosen_trials_held_out_scores_equal_scoring_every_trial(recipe_dict, client, tmp_path):
     """sweep.heldout_scoring: the chosen trial, scored on the held-out part from its saved
     adapter after the study, gets the outputs `all` gets from the model it just trained."""

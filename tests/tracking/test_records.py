@@ -39,6 +39,7 @@ def writer(request, monkeypatch):
     fences.allowed.cache_clear()
 
 
+@pytest.mark.slow
 def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_scores(recipe_dict,
                                                                                  client, writer):
     from harness.config import recipe
@@ -77,6 +78,7 @@ def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_score
     assert [t.data.spans[0].inputs["prompt"] for t in traces][::-1] == want
 
 
+@pytest.mark.slow
 def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
     import optuna
 
@@ -101,6 +103,7 @@ def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
     assert client.get_run(best_run).data.tags["harness.evaluations.after"] == after_run
 
 
+@pytest.mark.slow
 def test_none_logs_no_records(recipe_dict, client):
     from harness.config import recipe
     from harness.pipeline import run
@@ -112,6 +115,7 @@ def test_none_logs_no_records(recipe_dict, client):
     assert len(runs) == 1
 
 
+@pytest.mark.slow
 def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe_dict, client):
     """kill -9 while the sweep logged the start's records: the evaluation run stays RUNNING
     and the sweep run has no `harness.evaluations.before`. The same command ends that run
@@ -147,6 +151,7 @@ def test_harness_eval_records_each_side(recipe_dict, tiny_model_dir, client):
         _same(_scores(tags[f"harness.evaluations.{side}"]), _expected(saved))
 
 
+@pytest.mark.slow
 def test_all_records_every_trial_and_the_chosen_ones_held_out_examples_join_its_run(
         recipe_dict, client):
     """log_evaluations: all: every trial's after records; the chosen trial, scored on the

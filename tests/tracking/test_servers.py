@@ -42,6 +42,7 @@ def _alive(pids: list[int]) -> list[int]:
     return left
 
 
+@pytest.mark.slow  # a server process started and stopped in each
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("command,sig", [("server", "SIGKILL"), ("server", "SIGTERM"),
                                          ("ui", "SIGINT")])

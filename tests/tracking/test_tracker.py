@@ -1,6 +1,8 @@
 """What reaches MLflow: secrets masked everywhere, long values flattened and truncated."""
 from pathlib import Path
 
+import pytest
+
 from harness.commands import cli
 from harness.config import recipe
 from harness.tracking.reader import MAX_PARAM
@@ -9,6 +11,7 @@ from harness.tracking.tracker import Tracker
 SECRET, TOKEN = "s3cr3t-pass", "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2"
 
 
+@pytest.mark.slow
 def test_secrets_never_reach_params_tags_files_reports_or_output(recipe_dict, write_recipe,
                                                                  capsys):
     import mlflow
@@ -50,6 +53,8 @@ def test_long_values_and_many_keys_fit_mlflow_limits(recipe_dict):
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
+@pytest.mark.postgres
 def test_workers_logging_the_same_new_dataset_at_once_both_succeed(recipe_dict, pg_database):
     """MLflow's SQL store creates a dataset row unless it exists, without a lock: two sweep
     workers logging one golden set at once made one of them die with `UniqueViolation ...

@@ -27,6 +27,7 @@ def _trial_run(client, exp_name: str):
     return runs[0]
 
 
+@pytest.mark.slow
 def test_a_trial_killed_after_its_checkpoint_resumes_from_it(recipe_dict, tmp_path,
                                                              write_recipe, client):
     import torch

@@ -5,6 +5,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 def test_two_processes_train_together_and_rank_0_alone_logs(recipe_dict, write_recipe):
     import mlflow
     # two loader workers a rank, kept across epochs (a GPU plan's default): the ranks exit
@@ -30,6 +31,7 @@ def test_two_processes_train_together_and_rank_0_alone_logs(recipe_dict, write_r
     assert proc.stderr.count("[harness] run ") == 1  # one summary, from rank 0
 
 
+@pytest.mark.slow
 def test_a_failing_group_ends_in_its_ranks_lines_and_exit_code(recipe_dict, write_recipe):
     """A fault inside the ranks (a diverging run) gives rank 0's one line and exit 1, not
     torchrun's ChildFailedError traceback; the run ends FAILED, not RUNNING."""
@@ -64,6 +66,7 @@ def test_effective_batch_counts_every_rank(n, monkeypatch):
                                        "distributed/effective_batch_size": 4 * n * 3}
 
 
+@pytest.mark.slow
 def test_a_sweep_of_two_process_trials_prunes_on_every_rank(recipe_dict, tmp_path, write_recipe,
                                                             capsys):
     """processes_per_trial: 2 -> the whole sweep runs once in a torchrun group (gloo here):

@@ -67,6 +67,7 @@ def test_prompt_less_data_is_refused_for_grpo(recipe_dict, tmp_path):
         prepared.prepare(r)
 
 
+@pytest.mark.slow
 def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_after(
         recipe_dict, tmp_path):
     import mlflow
@@ -102,6 +103,7 @@ def test_grpo_run_trains_on_prompts_with_weighted_rewards_and_scores_before_afte
     mlflow.set_tracking_uri(None)
 
 
+@pytest.mark.slow
 def test_rlhf_chain_reward_run_then_grpo_scored_by_its_model(recipe_dict, pref_goldenset):
     import mlflow
     d = dict(recipe_dict, method="reward", name="tiny-rm",

@@ -1,4 +1,5 @@
 import dataclasses
+import pytest
 
 from harness.data import trainset
 from harness import models
@@ -16,6 +17,7 @@ def _train(recipe_dict, tmp_path, name: str, lean: bool):
                        str(tmp_path / name))
 
 
+@pytest.mark.slow
 def test_flops_are_trainers_own_with_the_parameters_counted_once(recipe_dict, tmp_path,
                                                                  monkeypatch):
     """The device plan's lean_steps on (the harness) and off (a benchmark's baseline)."""

@@ -39,18 +39,42 @@ def test_cpu_defaults_are_fp32_without_gradient_checkpointing(recipe_dict, tmp_p
         assert cfg.gradient_checkpointing is True  # the user overrides what the harness picked
 
 
-def _run(recipe_dict, tmp_path, plan_changes: dict | None = None, **over):
+def _run(recipe_dict, tmp_path, plan_changes: dict | None = None, callbacks=None, **over):
     r, plan = build(recipe_dict, **over)
     plan = dataclasses.replace(plan, **(plan_changes or {}))
     k = trainers.kind(r)
     tok = models.load_tokenizer(r.model)
     model = models.load_model(r.model, plan, task=k.task)
     tr, ev, _ = trainset.load_train(r.data, r.seed, k.data_kind)
-    return r, trainers.train(r, model, tok, tr, ev, plan, str(tmp_path / "out"))
+    return r, trainers.train(r, model, tok, tr, ev, plan, str(tmp_path / "out"),
+                             callbacks=callbacks)
+
+
+# The tiny model is a random init (std 0.02) of 32 hidden units: its logits are near zero, so
+# its per-token cross-entropy is near that of the uniform distribution over the vocabulary
+def _uniform_loss(recipe_dict) -> float:
+    from transformers import AutoConfig
+    return math.log(AutoConfig.from_pretrained(recipe_dict["model"]["name"]).vocab_size)
+
+
+def _embeds_with_noise(model) -> bool:
+    """Whether the input embeddings, as the model is now, add noise to what they look up."""
+    import torch
+    emb = model.get_input_embeddings()
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        return not torch.equal(emb(ids), emb.weight[ids])
 
 
 def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict, tmp_path):
-    r, res = _run(recipe_dict, tmp_path, **{"trainer.neftune_noise_alpha": 5.0})
+    from transformers import TrainerCallback
+    noisy = []
+
+    class Embeddings(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            noisy.append(model.training and _embeds_with_noise(model))
+    r, res = _run(recipe_dict, tmp_path, callbacks=[Embeddings()],
+                  **{"trainer.neftune_noise_alpha": 5.0})
     from peft import PeftModel
     assert isinstance(res.model, PeftModel)
     trainable = {n for n, p in res.model.named_parameters() if p.requires_grad}
@@ -59,8 +83,12 @@ def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict,
     for proj in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"):
         assert any(f".{proj}.lora_A." in n for n in trainable), proj
     losses = [h["loss"] for h in res.log_history if "loss" in h]
-    assert len(losses) == 2 and all(x > 0 for x in losses)
-    assert res.trainer.args.neftune_noise_alpha == 5.0
+    assert len(losses) == 2 and losses[0] == pytest.approx(_uniform_loss(recipe_dict), abs=0.1)
+    # NEFTune: noisy embeddings at every training step, the plain ones for scoring afterwards
+    assert noisy == [True, True]
+    res.model.train()
+    assert not _embeds_with_noise(res.model)
+    res.model.eval()
     # the loss falls on the answer only: the completion mask covers no prompt token
     batch = res.trainer.data_collator([res.trainer.train_dataset[0]])
     labels, ids = batch["labels"][0], batch["input_ids"][0]
@@ -77,6 +105,7 @@ def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict,
     assert saved
 
 
+@pytest.mark.slow
 def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_each_epoch(
         recipe_dict, tmp_path, monkeypatch):
     """With loader workers (a GPU plan's two) the harness keeps them across epochs
@@ -111,14 +140,22 @@ def test_loader_workers_start_once_a_run_and_give_the_rows_of_workers_started_ea
 
 
 def test_full_fine_tune_without_adapter(recipe_dict, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
     _, res = _run(recipe_dict, tmp_path, **{"adapter.type": "none", "trainer.max_steps": 1})
     assert all(p.requires_grad for p in res.model.parameters())
-    assert res.metrics["train_loss"] > 0
+    assert res.metrics["train_loss"] == pytest.approx(_uniform_loss(recipe_dict), abs=0.1)
+    # the one step moved every weight of the model, not an adapter's
+    start = dict(AutoModelForCausalLM.from_pretrained(recipe_dict["model"]["name"])
+                 .named_parameters())
+    trained = dict(res.model.named_parameters())
+    assert trained.keys() == start.keys()
+    assert [n for n, p in trained.items() if torch.equal(p.detach(), start[n].detach())] == []
 
 
 def test_eval_rows_give_eval_loss(recipe_dict, tmp_path):
     _, res = _run(recipe_dict, tmp_path, **{"data.eval_rows": 4, "trainer.max_steps": 1})
-    assert res.metrics["eval_loss"] > 0
+    assert res.metrics["eval_loss"] == pytest.approx(_uniform_loss(recipe_dict), abs=0.1)
 
 
 def test_invalid_trl_value_names_the_section(recipe_dict, tmp_path):
@@ -135,28 +172,52 @@ def _preference_recipe(recipe_dict, method, **over):
     return _run(d, Path(recipe_dict["output_dir"]), **over)
 
 
+def _starts_at_the_reference(res) -> None:
+    """DPO's first step: LoRA's B starts at zero, so the policy is its reference, every log
+    ratio is 0 and TRL's sigmoid loss -log(sigmoid(beta * 0)) is ln 2 whatever beta is."""
+    first = next(h for h in res.log_history if "loss" in h)
+    assert res.trainer.loss_types == ["sigmoid"]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-3)
+    assert first["rewards/margins"] == pytest.approx(0, abs=1e-3)
+    assert first["rewards/chosen"] == pytest.approx(0, abs=1e-3)
+
+
+@pytest.mark.slow
 def test_dpo_with_lora_uses_the_adapter_disabled_base_as_reference(recipe_dict):
     r, res = _preference_recipe(recipe_dict, "dpo", **{"data.eval_rows": 4})
     from peft import PeftModel
     assert isinstance(res.model, PeftModel)
     assert res.trainer.ref_model is None  # no second copy of the weights
-    logged = {k for h in res.log_history for k in h}
-    assert {"rewards/margins", "rewards/accuracies", "loss"} <= logged
+    _starts_at_the_reference(res)
     assert "eval_rewards/margins" in res.metrics and "eval_rewards/accuracies" in res.metrics
 
 
+@pytest.mark.slow
 def test_dpo_with_precomputed_reference_log_probs(recipe_dict):
     _, res = _preference_recipe(recipe_dict, "dpo", **{"trainer.precompute_ref_log_probs": True})
-    assert res.trainer.args.precompute_ref_log_probs is True
-    assert res.metrics["train_loss"] > 0
+    # the reference's log-probs ride with the rows, computed before the first step (from the
+    # adapter-disabled base: the first step starts at the reference)
+    ds = res.trainer.train_dataset
+    assert {"ref_chosen_logps", "ref_rejected_logps"} <= set(ds.column_names)
+    ref = list(ds["ref_chosen_logps"]) + list(ds["ref_rejected_logps"])
+    assert len(ref) == 2 * len(ds) and all(x < 0 for x in ref)  # a log-prob for every answer
+    _starts_at_the_reference(res)
 
 
 def test_reward_model_is_a_one_logit_classifier_with_lora(recipe_dict):
+    import torch
     _, res = _preference_recipe(recipe_dict, "reward")
     base = res.model.get_base_model()
     assert type(base).__name__ == "LlamaForSequenceClassification"
     assert base.config.num_labels == 1 and res.model.peft_config["default"].task_type == "SEQ_CLS"
-    assert res.metrics["train_loss"] > 0
+    # the new score head trains with the adapter (a random one would score the pairs)
+    score = base.score
+    assert not torch.equal(score.original_module.weight, score.modules_to_save["default"].weight)
+    batch = res.trainer.data_collator([res.trainer.train_dataset[0]])
+    with torch.no_grad():
+        logits = res.model(input_ids=batch["input_ids"],
+                           attention_mask=batch["attention_mask"]).logits
+    assert logits.shape == (batch["input_ids"].shape[0], 1)  # one reward a sequence
 
 
 def test_reward_recipe_rejects_causal_lm_options(recipe_dict):
@@ -184,6 +245,7 @@ def test_sft_data_in_a_dpo_recipe_names_the_key(recipe_dict, tmp_path):
         trainset.load_train(r.data, r.seed, "preference")
 
 
+@pytest.mark.slow
 def test_early_stopping_stops_and_keeps_the_best_checkpoint(recipe_dict, tmp_path):
     r, res = _run(recipe_dict, tmp_path, **{
         "data.builtin_rows": 16, "data.eval_rows": 4, "trainer.max_steps": 40,
@@ -201,6 +263,7 @@ def test_early_stopping_needs_eval_rows(recipe_dict):
         recipe.build(recipe_dict, "e.yaml", {"early_stopping": {"patience": 2}})
 
 
+@pytest.mark.slow
 def test_lora_weights_take_the_requested_dtype(recipe_dict, tmp_path):
     import torch
     _, res = _run(recipe_dict, tmp_path, **{"adapter.dtype": "bfloat16"})
@@ -296,6 +359,7 @@ def test_a_full_disk_ends_training_with_one_line(recipe_dict, tmp_path):
 
 
 @pytest.mark.parametrize("packing", [False, True])
+@pytest.mark.slow
 def test_a_second_trainer_takes_the_rows_the_first_prepared_and_trains_the_same(recipe_dict,
                                                                                    tmp_path,
                                                                                    packing):
