@@ -18,6 +18,7 @@ from harness.accel import attention, graphs, kernels
 from harness.core import fences, stopping
 from harness.train import checkpoints, distributed, guards, rewards, rollouts, steps
 from harness.core.errors import HarnessError, did_you_mean
+from harness.core.files import atomic_write
 from harness.config.recipe import Recipe
 from harness.core.registry import Registry
 
@@ -113,9 +114,7 @@ def trainer_fields(k: TrainerKind) -> set[str]:
             names = sorted(f.name for f in fields(o.config_cls()) if f.init)
             path = _fields_cache(o)
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(names))
-            tmp.replace(path)  # atomic: a concurrent reader never sees half a file
+            atomic_write(path, json.dumps(names))  # a concurrent reader never sees half a file
     return set(json.loads(cache.read_text()))
 
 
