@@ -35,7 +35,7 @@ def warm_up() -> float:
     """Import what every arm imports, once: the wheels are installed without bytecode."""
     t = time.perf_counter()
     subprocess.run([sys.executable, "-c", "import torch, trl, peft, mlflow, optuna, "
-                    "harness.study.sweep, harness.train, harness.tracking, harness.evaluation; "
+                    "harness.study.sweep, harness.train, harness.tracking, harness.eval.scoring; "
                     "torch.cuda.is_available() and torch.zeros(1, device='cuda')"], check=True)
     return time.perf_counter() - t
 

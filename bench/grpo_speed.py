@@ -5,7 +5,7 @@ the same LoRA), side by side in one call, each in a fresh process.
 Both arms: SmolLM2-135M's shape with random weights (built from a config folder), the
 `builtin:math` prompts, the rewards math_answer + answer_format (the harness's reward functions,
 so both score alike), LoRA r=16 on all linear layers, the same number of optimizer steps unless an arm asks for its own (--arms ARM:N).
-The harness arms: its default (rollouts decoded with the adapter merged, harness.rollouts),
+The harness arms: its default (rollouts decoded with the adapter merged, harness.train.rollouts),
 TRL's unmerged rollouts, merged and compiled rollouts, and TRL's continuous-batching engine
 (--arms). Tokens/s is a rate, so the arms may run different numbers of steps.
 Tokens are TRL's own `num_tokens` (prompt and completion tokens the trainer processed: the

@@ -5,7 +5,7 @@ Runs the same study from scratch twice through `harness sweep` (a subprocess eac
 --workers 1 and once with --workers N, on a journal-file Optuna storage and the MLflow tracking
 URI given (several processes need a server or a database: PostgreSQL here). Threads as a user
 gets them: one worker takes torch's default (a thread per core), N workers on a CPU each a share
-of the cores (harness.sweep sets OMP_NUM_THREADS). The model is a small Llama built from
+of the cores (harness.study.sweep sets OMP_NUM_THREADS). The model is a small Llama built from
 SmolLM2's config (4 layers, hidden 256, its 49k vocabulary), trained 16 steps a trial on the
 built-in math rows and scored on 16 golden problems.
 

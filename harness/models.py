@@ -35,14 +35,14 @@ class DevicePlan:
     attention: str = "sdpa"  # for padding-free training; evaluation keeps the model's own
     optim: str = "adamw_torch"
     adapter_dtype: str = "float32"  # LoRA weights
-    fused_norm: bool = False  # PyTorch's fused RMSNorm while training (harness.kernels)
+    fused_norm: bool = False  # PyTorch's fused RMSNorm while training (harness.accel.kernels)
     loader_workers: int = 0  # dataloader processes collating batches beside the training loop
     # packed batches padded to a multiple of max_length: one batch shape a step instead of a new
     # length every step (docs/benchmarks.md: a few percent, within the host's noise)
     pad_packed: bool = False
     # CUDA allocator segments that grow in place, unless the user sets PYTORCH_CUDA_ALLOC_CONF
     expandable_segments: bool = False
-    # the decoder stack's forward and backward replayed as CUDA graphs (harness.graphs)
+    # the decoder stack's forward and backward replayed as CUDA graphs (harness.accel.graphs)
     cuda_graphs: bool = False
     # Fast paths the harness always takes, each off only in a benchmark's baseline arm
     # (bench/train_speed.py, bench/grpo_speed.py set them with dataclasses.replace): no recipe

@@ -210,7 +210,7 @@ def cmd_ui(args) -> int:
         raise HarnessError(f"{uri} is a tracking server; give its database as "
                            "--backend-store-uri", file="--backend-store-uri")
     what = "server" if args.command == "server" else "ui"
-    # one uvicorn process, no job runner: what the harness uses (harness.servers)
+    # one uvicorn process, no job runner: what the harness uses (harness.tracking.servers)
     cmd = [sys.executable, "-m", "mlflow", what, "--backend-store-uri", uri, "--host", args.host,
            "--port", str(args.port), "--workers", str(args.http_workers)]
     if what == "server":

@@ -82,7 +82,8 @@ class DataSpec(Section):
 
 
 class BenchmarkSpec(Section):
-    """An lm-evaluation-harness task scored like a golden set (harness.benchmarks): before and
+    """An lm-evaluation-harness task scored like a golden set (harness.eval.lm_eval_tasks): before
+    and
     after, paired per document."""
     task: str = Field(..., description="lm-eval task name (gsm8k, arc_easy, hellaswag...), or "
                       "builtin:harness_math: the math golden set as an lm-eval task (offline).")
@@ -120,7 +121,7 @@ class EvalSpec(Section):
         "transformers compiles into CUDA graphs (a compile once a process, then ~8x faster "
         "steps); eager: plain generate; auto: compiled on a GPU when the command decodes enough "
         "steps to win the compile back (harness.evaluation.COMPILE_BREAK_EVEN_STEPS). GRPO's "
-        "rollouts follow the same choice over the run's rollout steps (harness.rollouts).")
+        "rollouts follow the same choice over the run's rollout steps (harness.train.rollouts).")
 
 
 class SweepSpec(Section):
@@ -222,7 +223,7 @@ class SweepFile(Section):
 
 
 class RewardSpec(Section):
-    """One reward of a GRPO run (harness.rewards): its score of each completion, weighted."""
+    """One reward of a GRPO run (harness.train.rewards): its score of each completion, weighted."""
     name: str = Field(..., description="From the reward registry: math_answer (the final number "
                       "equals the row's answer), answer_format (a '#### N' line), reward_model "
                       "(a reward run's model, named by `path`), function (a Python callable "
@@ -462,7 +463,8 @@ def build(data: dict, source: str = "<recipe>", overrides: dict[str, Any] | None
 
 
 def load_sweep_file(path: str | Path, recipe: Recipe) -> SweepFile:
-    """A sweep file (a path or a shipped one, harness.shipped), with each searched key checked by
+    """A sweep file (a path or a shipped one, harness.config.shipped), with each searched key
+    checked by
     applying its first value to the recipe."""
     from harness.config import shipped
     with_file = shipped.locate(str(path), "sweeps")

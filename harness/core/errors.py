@@ -84,7 +84,7 @@ def phase(name: str):
     """Names what the harness is doing inside the block ("scoring the starting model"): an
     unexpected error raised there carries the innermost phase as `harness_phase`, which the
     CLI's one line names. A stop signal that was swallowed is raised again here
-    (harness.stopping)."""
+    (harness.core.stopping)."""
     stopping.check()
     try:
         yield

@@ -59,7 +59,7 @@ def why_not(patch: str) -> str | None:
 
 @functools.cache
 def allowed(patch: str) -> bool:
-    """Whether to apply `patch`; says once on stderr why not (harness.fences)."""
+    """Whether to apply `patch`; says once on stderr why not (harness.core.fences)."""
     why = why_not(patch)
     if why:
         print(f"harness: {patch.replace('_', ' ')} off: {why} (harness/fences.py)",

@@ -17,7 +17,7 @@ from harness.core.registry import Registry
 class Task:
     """What a golden-set task reads from its rows and what scoring hands its metrics."""
     fields: tuple[str, ...]  # the manifest keys naming the row's answer columns
-    provides: frozenset[str]  # the columns harness.evaluation gives the metrics
+    provides: frozenset[str]  # the columns harness.eval.scoring gives the metrics
     generates: bool  # the model answers each prompt; else it scores the given responses
     labels: bool = False  # takes the list of allowed answers (manifest `labels`)
 
@@ -31,7 +31,7 @@ TASKS.register("generation")(_ANSWERS)
 TASKS.register("classification")(replace(_ANSWERS, labels=True))
 TASKS.register("preference")(Task(("chosen_field", "rejected_field"),
                                   frozenset({"chosen_scores", "rejected_scores"}), False))
-# an lm-eval task (harness.benchmarks: eval.benchmarks, not a manifest): lm-eval scores it
+# an lm-eval task (harness.eval.lm_eval_tasks: eval.benchmarks, not a manifest): lm-eval scores it
 TASKS.register("benchmark")(Task((), frozenset({"doc_ids"}), False))
 
 
@@ -86,7 +86,7 @@ class GoldenSet:
 
 
 def locate(path: str) -> str:
-    """The manifest file a recipe names: a path, or a shipped set (harness.shipped)."""
+    """The manifest file a recipe names: a path, or a shipped set (harness.config.shipped)."""
     from harness.config import shipped
     found = shipped.locate(path, "goldensets")
     if found is None:

@@ -42,7 +42,7 @@ class Benchmark(GoldenSet):
         return settings(self, dtype)
 
     def score_with(self, model, tok, batch_size: int):
-        """Scoring hands a set that has this method the model (harness.evaluation)."""
+        """Scoring hands a set that has this method the model (harness.eval.scoring)."""
         return score(model, tok, self, batch_size, model.device.type)
 
 

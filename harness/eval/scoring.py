@@ -25,7 +25,7 @@ class SetResult:
     #: compare) only when these match
     decoding: dict = field(default_factory=dict)
     #: metric -> the harness metric module that compares it, where the name is not one
-    #: (a benchmark's lm-eval metrics: harness.benchmarks)
+    #: (a benchmark's lm-eval metrics: harness.eval.lm_eval_tasks)
     modules: dict = field(default_factory=dict)
 
     def metric(self, name: str):
@@ -342,7 +342,7 @@ def evaluate_model(model, tok, goldens: list[GoldenSet], batch_size: int = 32,
     was_training = model.training
     model.eval()
     kernels = contextlib.nullcontext() if compiled else attention.scoring_kernels(model)
-    # a set that scores itself (an lm-eval benchmark: harness.benchmarks) gets the model
+    # a set that scores itself (an lm-eval benchmark: harness.eval.lm_eval_tasks) gets the model
     sets = [gs for gs in goldens if not hasattr(gs, "score_with")]
     with attention.own_attention(model), kernels:  # own: a pruner's slice, mid-training
         generated = _generations(model, tok, [gs for gs in sets if generates(gs, task)],

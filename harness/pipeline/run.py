@@ -1,5 +1,5 @@
 """One training run, the pipeline `harness train` and every sweep trial share: a Prepared
-start (harness.prepared) -> train (TRL) -> score after -> compare with before -> track."""
+start (harness.pipeline.prepared) -> train (TRL) -> score after -> compare with before -> track."""
 from __future__ import annotations
 
 import dataclasses
@@ -27,8 +27,8 @@ class Outcome:
     after: dict
     adapter_dir: str
     train_metrics: dict
-    times: dict = field(default_factory=dict)  # seconds per phase (harness.timing)
-    work: dict = field(default_factory=dict)  # counts (harness.ledger)
+    times: dict = field(default_factory=dict)  # seconds per phase (harness.core.timing)
+    work: dict = field(default_factory=dict)  # counts (harness.core.ledger)
     model_id: str | None = None  # its LoggedModel, under tracking.log_models
 
     def objective(self, key: str) -> float:
@@ -239,9 +239,9 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
     """Train `recipe` (a trial's variant of prep.recipe), score it, log it all to one run.
     A callback that sets `pruned` ends the run KILLED (tagged PRUNED) with TrialPruned.
     The run's time/ metrics are the phases since `times_from` (timing.Clock.totals(); default:
-    this call's start), its work/ metrics the counts since then (harness.ledger; with
+    this call's start), its work/ metrics the counts since then (harness.core.ledger; with
     `times_from`, since the command's start). `resume`: (the killed run of the same values, its
-    last checkpoint) to train on from (harness.checkpoints)."""
+    last checkpoint) to train on from (harness.train.checkpoints)."""
     ctx = context.current()
     mark = ctx.clock.totals() if times_from is None else times_from
     counted = ctx.ledger.totals() if times_from is None else {}

@@ -124,7 +124,7 @@ def report_dir(recipe: Recipe, name: str) -> Path:
 
 
 def time_table(times: dict[str, float], work: dict[str, int] | None = None) -> list[str]:
-    """'Where the time went' lines and the work done (harness.ledger), or none when nothing was
+    """'Where the time went' lines and the work done (harness.core.ledger), or none when nothing was
     timed or counted (an older run)."""
     out = ["## Where the time went", "", table(["phase", "seconds", "share"],
                                               timing.rows(times)), ""] if times else []
@@ -150,7 +150,7 @@ class SweepSummary:
     best: TrialRow
     best_value: float
     trials: list[TrialRow]
-    seeds: dict | None = None  # sweep.repeat_best's spread (harness.seeds)
+    seeds: dict | None = None  # sweep.repeat_best's spread (harness.study.seeds)
 
 
 def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,

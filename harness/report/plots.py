@@ -1,5 +1,5 @@
 """The PNGs a report shows: loss curves per run or trial, before/after per metric with the
-paired CI (Optuna's own study plots are drawn by harness.sweep). matplotlib's Agg backend: no
+paired CI (Optuna's own study plots are drawn by harness.study.sweep). matplotlib's Agg backend: no
 display needed."""
 from __future__ import annotations
 

@@ -54,7 +54,7 @@ def conclude(prep, recipe: Recipe, tracker, study, name: str, parent: str,
 
 def _repeat(prep, recipe: Recipe, tracker, study, name: str, parent: str,
             heldout: HeldOut | None) -> dict:
-    """sweep.repeat_best: the best values again with more seeds (harness.seeds), logged on the
+    """sweep.repeat_best: the best values again with more seeds (harness.study.seeds), logged on the
     sweep run as `seeds/` metrics and the tag harness.lead_inside_seed_noise."""
     import optuna
     best = study.best_trial

@@ -1,6 +1,6 @@
 """A sweep's interrupted trials: their values queued again (once), the MLflow runs of the
 trials a retry stands for, the last whole checkpoint among them to train on from
-(harness.checkpoints), and the runs a dead process left RUNNING ended KILLED."""
+(harness.train.checkpoints), and the runs a dead process left RUNNING ended KILLED."""
 from __future__ import annotations
 
 from pathlib import Path

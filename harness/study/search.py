@@ -33,7 +33,7 @@ def _grid(space: SweepFile):
         grid[key] = p.choices
 
     class Grid(optuna.samplers.GridSampler):
-        """Optuna's grid, and the retries of interrupted points (harness.sweep enqueues their
+        """Optuna's grid, and the retries of interrupted points (harness.study.sweep enqueues their
         values). GridSampler.after_trial stops the study once every point has a finished
         trial, and a failed one counts: with retries still waiting in the queue, it stopped
         before them. And an enqueued trial gets no grid id, which after_trial looked up

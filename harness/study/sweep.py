@@ -55,7 +55,7 @@ def sampler_seed(seed: int, worker: int, existing: int) -> int:
 
 def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
     """Create or load the study; a trial whose process died (on this machine: its pid is gone;
-    elsewhere: the heartbeat) is failed and its parameters retried once (harness.storage)."""
+    elsewhere: the heartbeat) is failed and its parameters retried once (harness.study.storage)."""
     import optuna
     url = recipe.sweep.storage or DEFAULT_STORAGE
     storage = stores.open_storage(url, space)
@@ -187,7 +187,7 @@ def study_plots(study, out_dir) -> list[str]:
 
 def summary(study, spread: dict | None = None):
     """The study as the report reads it: plain rows, no Optuna objects (`spread`: seed
-    variance, harness.seeds)."""
+    variance, harness.study.seeds)."""
     from harness.report import markdown
     rows = [markdown.TrialRow(t.number, t.state.name, dict(t.params), a.after, a.run_id, a.times)
             for t in study.get_trials(deepcopy=False) for a in [TrialAttrs.of(t)]]

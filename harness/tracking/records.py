@@ -12,7 +12,7 @@ timestamps (compared table by table, MLflow 3.17.2). MLflow's async trace export
 its queue drops traces past 1,000 pending tasks with one warning line.
 
 `TracingClient.store` and MLflow's trace metadata helpers are undocumented (no underscore, not
-public API), so the bulk path is fenced (harness.fences `trace_store`); outside the tested
+public API), so the bulk path is fenced (harness.core.fences `trace_store`); outside the tested
 versions `genai.evaluate` writes the records. Either way, what was written is counted back from
 the store and a shortfall is an error, never a silent loss.
 """

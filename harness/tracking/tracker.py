@@ -223,7 +223,8 @@ class Tracker(Reader):
         run: each record (inputs/outputs/expectations) a trace with one CODE assessment per
         metric (`scores`: name -> value, a dict a record), each metric's mean a run metric
         (`<name>/mean`); `model_id` links the traces to the LoggedModel. Written in bulk
-        (harness.records) inside the tested MLflow versions, else by mlflow.genai.evaluate with
+        (harness.tracking.records) inside the tested MLflow versions, else by mlflow.genai.evaluate
+        with
         `scorers` (name -> f(outputs, expectations)) as its code scorers."""
         from harness.core import fences
         from harness.tracking import records as bulk

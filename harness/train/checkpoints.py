@@ -3,7 +3,7 @@
 resumes from its last complete one (Trainer's `resume_from_checkpoint`: weights, optimizer,
 scheduler, RNG states, the data position) instead of from step 0.
 
-The killed trial's run is found from the retried Optuna trial (harness.sweep); its folder is
+The killed trial's run is found from the retried Optuna trial (harness.study.sweep); its folder is
 `output_dir/<recipe>/<run id>`, on this machine or on a shared `output_dir`. The new trial's MLflow
 run gets the loss curve up to the checkpoint from the checkpoint's own log history, so the
 curve continues without a gap and without a step logged twice.

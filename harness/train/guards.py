@@ -1,6 +1,6 @@
 """What ends a training run early, each as the harness reports it: a NaN or inf loss or
 gradient norm (FiniteLoss -> Diverged), out of GPU memory or a full disk (faults ->
-TrainingFault), and a stop signal that was swallowed (StopCheck: harness.stopping raises it
+TrainingFault), and a stop signal that was swallowed (StopCheck: harness.core.stopping raises it
 again at the next step)."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from harness.config.recipe import Recipe
 
 def stop_check():
     """A TrainerCallback that raises a stop signal's interrupt after any training step where
-    the first one was swallowed (harness.stopping)."""
+    the first one was swallowed (harness.core.stopping)."""
     from transformers import TrainerCallback
 
     class StopCheck(TrainerCallback):

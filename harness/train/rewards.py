@@ -17,7 +17,8 @@ from harness.core.errors import HarnessError
 from harness.core.registry import Registry
 
 #: reward name -> builder(spec, found) -> (a TRL reward function or model, its tokenizer or None);
-#: `found`: what harness.prepared resolved for it (a reward model's base and adapter folders)
+#: `found`: what harness.pipeline.prepared resolved for it (a reward model's base and adapter
+#: folders)
 REWARDS: Registry = Registry("reward")
 
 

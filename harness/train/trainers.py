@@ -74,7 +74,7 @@ TRAINERS.register("kto")(TrainerKind("kto", "trl:KTOConfig", "trl:KTOTrainer",
 # samples one prompt's group on a CPU, four on a GPU: eager decoding there is bound by kernel
 # launches (~40-75 ms a token whatever the batch, H200, bench/grpo_speed.py), so 16 rows decode
 # for the price of 4 (16 is divisible by every num_generations of sweeps/grpo_math.yaml).
-# Rollouts decode merged, and compiled on a GPU for long runs (harness.rollouts).
+# Rollouts decode merged, and compiled on a GPU for long runs (harness.train.rollouts).
 TRAINERS.register("grpo")(TrainerKind("grpo", "trl:GRPOConfig", "trl:GRPOTrainer",
                                       data_kind="prompt", lora_lr=2e-5, full_lr=1e-6,
                                       rewarded=True,
@@ -306,8 +306,9 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
           callbacks: list | None = None, report_to: list[str] | None = None,
           reward_models: dict | None = None, resume_from: str | None = None,
           handover: Handover | None = None) -> TrainResult:
-    """`reward_models`: GRPO's reward models as prepared resolved them (harness.rewards).
-    `resume_from`: a checkpoint of the same run's settings to go on from (harness.checkpoints).
+    """`reward_models`: GRPO's reward models as prepared resolved them (harness.train.rewards).
+    `resume_from`: a checkpoint of the same run's settings to go on from
+    (harness.train.checkpoints).
     `handover`: what an earlier trainer of the command left (its rows are taken where they
     fit), and where this one leaves its own for the next; default: a trainer on its own."""
     k = kind(recipe)
@@ -387,7 +388,8 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
 
 
 def saves_by_time(recipe: Recipe) -> bool:
-    """Whether the harness checkpoints the run every `checkpoint_minutes` (harness.checkpoints):
+    """Whether the harness checkpoints the run every `checkpoint_minutes`
+    (harness.train.checkpoints):
     not where the recipe or early stopping set a save strategy, nor for a multi-process trial,
     whose ranks would disagree on the minute (trainer.save_steps serves those)."""
     return bool(recipe.checkpoint_minutes) and not recipe.early_stopping \
@@ -395,7 +397,8 @@ def saves_by_time(recipe: Recipe) -> bool:
 
 
 def compiled_rollouts(recipe: Recipe, config, plan: models.DevicePlan, prompts: int) -> bool:
-    """Whether GRPO's rollouts decode compiled (harness.rollouts): `eval.decoding` decides as it
+    """Whether GRPO's rollouts decode compiled (harness.train.rollouts): `eval.decoding` decides as
+    it
     does for golden sets, over the decoding steps of the run's rollouts (one generation every
     steps_per_generation optimizer steps, each up to max_completion_length tokens)."""
     from harness.eval import scoring

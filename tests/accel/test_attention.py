@@ -169,7 +169,7 @@ def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, re
     assert (gpu.device, gpu.dtype, gpu.packing, gpu.optim, gpu.attention, gpu.adapter_dtype) == (
         "cuda", "bfloat16", True, "adamw_torch_fused", attention.NAME, "bfloat16")
     assert models.device_plan(recipe.ModelSpec(attn_implementation="sdpa")).attention == "sdpa"
-    assert gpu.fused_norm and not cpu.fused_norm  # harness.kernels, on a GPU only
+    assert gpu.fused_norm and not cpu.fused_norm  # harness.accel.kernels, on a GPU only
     assert (gpu.loader_workers, cpu.loader_workers) == (2, 0)  # collation beside the loop on a GPU
     assert not models.device_plan(recipe.ModelSpec(fused_norm=False)).fused_norm
     assert gpu.as_params()["device/packing"] is True  # shown in the run's params

@@ -1,4 +1,5 @@
-"""The cost ledger (harness.ledger) held by CI: the default sweep's shape (recipes/sft_math.yaml:
+"""The cost ledger (harness.core.ledger) held by CI: the default sweep's shape
+(recipes/sft_math.yaml:
 its sweep file and trials, golden sets and forgetting guard, held-out split, records and
 LoggedModels) on the tiny model, scaled down (16 training rows, 20 examples a golden set), its
 work/ counts compared with the table in docs/benchmarks.md. A change that adds work changes

@@ -1,4 +1,5 @@
-"""lm-evaluation-harness tasks as evaluation entries (harness.benchmarks): real lm-eval on real
+"""lm-evaluation-harness tasks as evaluation entries (harness.eval.lm_eval_tasks): real lm-eval on
+real
 models (a tiny one built from a config, and the embedded SmolLM2 for the equality check),
 through the CLI and real MLflow stores; every task on local files (no network here)."""
 import json

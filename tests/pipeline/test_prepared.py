@@ -1,4 +1,5 @@
-"""What a command loads once (harness.prepared): recipe checks, init_from lookups, the decoding
+"""What a command loads once (harness.pipeline.prepared): recipe checks, init_from lookups, the
+decoding
 choice, and scoring the starting model as the trials will be scored."""
 import pytest
 

@@ -29,7 +29,8 @@ def _same(got: dict, want: dict) -> None:
 
 @pytest.fixture(params=["bulk", "genai.evaluate"])
 def writer(request, monkeypatch):
-    """Both ways records are written: in bulk (harness.records, the tested MLflow versions) and
+    """Both ways records are written: in bulk (harness.tracking.records, the tested MLflow
+    versions) and
     by mlflow.genai.evaluate (outside them: the fence off)."""
     from harness.core import fences
     if request.param == "genai.evaluate":

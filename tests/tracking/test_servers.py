@@ -1,4 +1,4 @@
-"""`harness ui` / `harness server` (harness.servers): a lean MLflow server that leaves no
+"""`harness ui` / `harness server` (harness.tracking.servers): a lean MLflow server that leaves no
 process behind, however the harness process ends."""
 import os
 import signal

@@ -1,4 +1,4 @@
-"""GRPO's rewards (harness.rewards) and a real GRPO run on the tiny model, end to end."""
+"""GRPO's rewards (harness.train.rewards) and a real GRPO run on the tiny model, end to end."""
 import pytest
 
 from harness.eval import scoring, metrics

@@ -1,4 +1,4 @@
-"""GRPO's rollouts decoded with the adapter merged (harness.rollouts), on the tiny model."""
+"""GRPO's rollouts decoded with the adapter merged (harness.train.rollouts), on the tiny model."""
 import pytest
 
 from harness import models

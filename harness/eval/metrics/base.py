@@ -8,7 +8,8 @@ STRINGS = datasets.Features({"predictions": datasets.Value("string"),
                              "references": datasets.Value("string")})
 PAIR_SCORES = datasets.Features({"chosen_scores": datasets.Value("float64"),
                                  "rejected_scores": datasets.Value("float64")})
-#: a benchmark's documents (harness.benchmarks); their scores come as `sample_scores`, an argument
+#: a benchmark's documents (harness.eval.lm_eval_tasks); their scores come as `sample_scores`, an
+#: argument
 DOC_IDS = datasets.Features({"doc_ids": datasets.Value("int64")})
 
 

@@ -1,5 +1,6 @@
 """A benchmark's continuous per-document scores (lm-eval metrics aggregated by their mean), as
-lm-eval scored them: their mean, compared by a Wilcoxon signed-rank test (harness.benchmarks)."""
+lm-eval scored them: their mean, compared by a Wilcoxon signed-rank test
+(harness.eval.lm_eval_tasks)."""
 # imported as a module: evaluate.load takes the first Metric class in this namespace
 from harness.eval.metrics import base
 

@@ -1,5 +1,5 @@
 """A benchmark's 0/1 per-document scores (lm-eval's acc, exact_match...), as lm-eval scored
-them: their mean, compared by McNemar's test (harness.benchmarks)."""
+them: their mean, compared by McNemar's test (harness.eval.lm_eval_tasks)."""
 # imported as a module: evaluate.load takes the first Metric class in this namespace
 from harness.eval.metrics import base
 
