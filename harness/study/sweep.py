@@ -32,7 +32,16 @@ def sweep_run_id(study, tracker) -> str | None:
     the study named its run is matched by name."""
     parent = attrs.study_run_id(study)
     if parent:
-        return parent if tracker.run_params(parent) is not None else None
+        run = tracker.read_run(parent)
+        if run is not None and run.experiment_id != tracker.experiment_id:
+            # MLflow cannot resume a run under another experiment, and a study's trials are
+            # compared within one: the user changed tracking.experiment, not the study
+            raise HarnessError(
+                f"study {study.study_name!r} ({len(study.trials)} trials) logs to another MLflow "
+                f"experiment (sweep run {parent}); tracking.experiment is "
+                f"{tracker.experiment!r}: set sweep.study_name to start a new study there, "
+                "or keep the study's experiment")
+        return parent if run is not None else None
     return tracker.find_sweep_run(study.study_name) if study.trials else None
 
 

@@ -58,6 +58,7 @@ class RunView:
     tags: dict
     metrics: dict
     params: dict
+    experiment_id: str = ""
 
 
 class Reader:
@@ -94,7 +95,8 @@ class Reader:
         except MlflowException:
             return None
         return RunView(run.info.run_id, run.info.run_name, run.info.status,
-                       dict(run.data.tags), dict(run.data.metrics), dict(run.data.params))
+                       dict(run.data.tags), dict(run.data.metrics), dict(run.data.params),
+                       run.info.experiment_id)
 
     def artifact_text(self, run_id: str, path: str) -> str | None:
         """A run's artifact as text, or None when it has none at `path`."""

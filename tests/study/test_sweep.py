@@ -4,6 +4,7 @@ import json
 import pytest
 
 from harness.config import recipe
+from harness.core.errors import HarnessError
 from harness.eval import stats
 from harness.eval.results import read_results
 from harness.study import search, storage, sweep
@@ -119,6 +120,15 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     tags = client.get_run(parent.info.run_id).data.tags
     assert tags["harness.best_trial"] == str(best.number)
     assert float(tags["best.trainer.learning_rate"]) == best.params["trainer.learning_rate"]
+
+    # the same study under another experiment: one line naming the keys, no run left behind
+    # (MLflow cannot resume the sweep run there; seen on the H100 on 2026-12-07)
+    moved = recipe.build(recipe_dict, "tiny.yaml", {"tracking.experiment": "elsewhere"})
+    with pytest.raises(HarnessError, match=r"study 'tiny' \(3 trials\) logs to another MLflow "
+                       r"experiment .*tracking.experiment is 'elsewhere': set sweep.study_name"):
+        sweep.run_sweep(moved, n_trials=3)
+    elsewhere = client.get_experiment_by_name("elsewhere")
+    assert elsewhere is None or not client.search_runs([elsewhere.experiment_id])
 
     # a new study (the Optuna store deleted, the MLflow store kept) gets a sweep run of its own
     import os
