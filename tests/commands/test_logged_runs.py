@@ -73,12 +73,26 @@ def test_rerun_reproduces_the_logged_metrics_on_cpu(trained):
         assert now == pytest.approx(was, abs=1e-6), key  # fixed seed, fp32, CPU
 
 
+@pytest.fixture
+def trained_lively(recipe_dict, write_recipe, lively_model_dir):
+    """`trained` on the lively model at a high learning rate: its answers differ from example to
+    example and the adapter moves them, so a merge that lost the adapter would show."""
+    import mlflow
+    d = dict(recipe_dict, model={"name": lively_model_dir},
+             trainer={**recipe_dict["trainer"], "learning_rate": 5e-2})
+    r = recipe.build(d, write_recipe(d), {"eval.max_new_tokens": 12})
+    outcome, _ = run.train_and_report(r, Tracker(r))
+    yield r, outcome, mlflow.MlflowClient(r.tracking.uri)
+    mlflow.set_tracking_uri(None)
+
+
 @pytest.mark.slow
-def test_export_merged_loads_with_from_pretrained_and_predicts_as_the_run(trained, tmp_path):
+def test_export_merged_loads_with_from_pretrained_and_predicts_as_the_run(trained_lively,
+                                                                          tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from harness.eval import scoring
-    r, outcome, client = trained
+    r, outcome, client = trained_lively
     out = tmp_path / "exported"
     res = logged_runs.export(r.tracking.uri, outcome.run_id, str(out), merge=True,
                              register="tiny-math")
@@ -90,6 +104,8 @@ def test_export_merged_loads_with_from_pretrained_and_predicts_as_the_run(traine
     table = _artifact_json(client, outcome.run_id, "eval/math_examples.json")
     logged = [row[table["columns"].index("after/prediction")] for row in table["data"]]
     assert [e["prediction"] for e in mine.examples] == logged
+    before = [row[table["columns"].index("before/prediction")] for row in table["data"]]
+    assert len(set(logged)) > 1 and logged != before  # answers differ, and training moved them
     mv = client.get_model_version("tiny-math", res["version"])
     assert mv.run_id == outcome.run_id
     assert float(mv.tags["after/math/numeric_accuracy"]) == pytest.approx(

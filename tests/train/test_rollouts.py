@@ -119,20 +119,23 @@ def test_a_grpo_run_decodes_its_rollouts_merged_and_trains_the_adapter_only(
 
 
 def test_compiled_rollouts_pad_prompts_for_a_static_cache_and_return_what_trl_expects(
-        tiny_model_dir):
+        lively_model_dir):
     """TRL's call (its generation config turns compiling off); compiled rollouts decode it with a
     static cache (compiled on a GPU, run as it is on a CPU) and return the same tokens, in the
-    shape TRL cuts its completions from."""
+    shape TRL cuts its completions from. On the lively model, whose continuations differ from
+    row to row and token to token, so a cache that mixed rows or positions would show."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tok = AutoTokenizer.from_pretrained(lively_model_dir)
     tok.padding_side = "left"
-    model = _lora(tiny_model_dir, torch.float32)
+    model = _lora(lively_model_dir, torch.float32)
     enc = tok(["What is 7 + 5?", "Name a colour, please."], return_tensors="pt", padding=True)
     config = GenerationConfig(max_new_tokens=5, do_sample=False, pad_token_id=tok.pad_token_id,
                               disable_compile=True)
     with torch.no_grad():
         plain = model.generate(**enc, generation_config=config)
+    new = plain[:, enc["input_ids"].shape[1]:]
+    assert not torch.equal(new[0], new[1]) and len(set(new[0].tolist())) > 1  # not trivial
     seen = []
     own = model.base_model.model.generate
 
