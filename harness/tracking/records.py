@@ -23,8 +23,9 @@ import hashlib
 import io
 import json
 import os
+import random
 import time
-from contextlib import redirect_stdout
+from contextlib import contextmanager, redirect_stdout
 
 SOURCE_RUN = "mlflow.assessment.sourceRunId"  # AssessmentMetadataKey.SOURCE_RUN_ID
 
@@ -131,6 +132,21 @@ def _run_fields(mlflow, client, run_id, records, scores, model_id) -> None:
                        model_id=model_id)
 
 
+@contextmanager
+def _ids_apart_from_the_seed():
+    """Python's global `random` reseeded from the OS for the block, then put back as it was.
+    OpenTelemetry's id generator (MLflow's tracer) draws trace ids from that global generator,
+    which a recipe's seed fixes: two runs seeded alike got the same trace ids and the second's
+    traces collided with the first's in another experiment. Put back, the seeded stream the
+    run's training draws from goes on as if no trace had been written."""
+    state = random.getstate()
+    random.seed(os.urandom(16))
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
 def write_with_genai_evaluate(mlflow, records: list[dict], scorers: dict, model_id: str | None,
                               sqlite: bool) -> None:
     """The plain path (outside the bulk path's fence): mlflow.genai.evaluate on the precomputed
@@ -151,7 +167,7 @@ def write_with_genai_evaluate(mlflow, records: list[dict], scorers: dict, model_
     try:
         # genai.evaluate writes a banner on stdout after every call (the harness's own lines
         # say where the results are); warnings and logs still show
-        with redirect_stdout(io.StringIO()):
+        with redirect_stdout(io.StringIO()), _ids_apart_from_the_seed():
             genai.evaluate(data=records, scorers=[code_scorer(n, f) for n, f in scorers.items()],
                            model_id=model_id)
     finally:

@@ -174,3 +174,36 @@ def test_all_records_every_trial_and_the_chosen_ones_held_out_examples_join_its_
         evaluation_run = client.get_run(run_id).data.tags["harness.evaluations.after"]
         _same(_scores(evaluation_run), want)
         assert client.get_run(evaluation_run).info.status == "FINISHED"
+
+
+@pytest.mark.slow
+def test_the_plain_path_draws_trace_ids_apart_from_the_seeded_random(tmp_path):
+    """genai.evaluate's trace ids come from OpenTelemetry's generator, which draws from Python's
+    global `random`: two runs seeded alike (recipes set `seed: 42`) made the same ids, and the
+    second run's traces collided with the first's in another experiment (issue 48). The writer
+    draws them apart, and leaves the seeded stream where it was."""
+    import random
+
+    import mlflow
+
+    from harness.tracking import records
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    rows = [{"inputs": {"prompt": f"{i} + 1?"}, "outputs": str(i + 1),
+             "expectations": {"reference": str(i + 1)}} for i in range(3)]
+    ids = []
+    try:
+        for name in ("first", "second"):
+            mlflow.set_experiment(name)
+            with mlflow.start_run() as run:
+                random.seed(42)
+                state = random.getstate()
+                records.write_with_genai_evaluate(
+                    mlflow, rows, {"exact": lambda o, e: float(o == e["reference"])}, None,
+                    sqlite=True)
+                assert random.getstate() == state  # the seeded stream is untouched
+            assert records.count(mlflow.MlflowClient(), run.info.run_id) == (3, 3)
+            ids += [t.info.trace_id for t in mlflow.search_traces(
+                run_id=run.info.run_id, return_type="list")]
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert len(set(ids)) == 6
