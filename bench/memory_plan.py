@@ -23,6 +23,9 @@ and the outcome: trained, OOM, or refused (the plan's one line before loading).
     python bench/memory_plan.py --shared ../shared --sizes 0.5b 1.7b 3b 7b [--rows 600]
     python bench/memory_plan.py --shared ../shared --sizes 8b 8b:4bit
     python bench/memory_plan.py --shared ../shared --sizes tiny      # CPU: the flow only
+    (--set KEY=VALUE: a recipe override for every shape; bench/sweep_e2e.py's step is
+    --set trainer.per_device_train_batch_size=16 --set adapter.dropout=0, and
+    --set model.cuda_graphs=true keeps the graphs whatever the plan's estimate says)
 
 On the GPU machine one call may run 600 s and carry 64 MiB: weights are built there, not
 carried; ../shared travels as a copy under the carried, ignored .whl/ (anchors/shapes,
@@ -74,9 +77,14 @@ def random_weights(folder: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def recipe_for(folder: str, shared: str, rows: int, quantized: bool, root: Path):
-    """The recipe's defaults but for the model, the data and a short evaluation."""
+def recipe_for(folder: str, shared: str, rows: int, quantized: bool, root: Path,
+               sets: list[str] = ()):
+    """The recipe's defaults but for the model, the data and a short evaluation; `sets`:
+    KEY=VALUE overrides (YAML values), as `harness train --set` takes them."""
+    import yaml
+
     from harness.config import recipe
+    over = {k: yaml.safe_load(v) for k, _, v in (x.partition("=") for x in sets)}
     return recipe.build({
         "name": "memory_plan", "method": "sft",
         "model": {"name": folder, "quantization": "4bit" if quantized else "none"},
@@ -85,7 +93,7 @@ def recipe_for(folder: str, shared: str, rows: int, quantized: bool, root: Path)
                  "forgetting_guard": None},
         "tracking": {"uri": f"sqlite:///{root}/mlflow.db"},
         "output_dir": str(root / "out"), "reports_dir": str(root / "reports"),
-    }, str(root / "memory_plan.yaml"))
+    }, str(root / "memory_plan.yaml"), over)
 
 
 def build(size: str, shared: str, folder: str) -> dict:
@@ -98,7 +106,8 @@ def build(size: str, shared: str, folder: str) -> dict:
     return {"params": n, "build_s": round(clock.perf_counter() - t, 1)}
 
 
-def one(size: str, folder: str, shared: str, rows: int, peak_flops: float) -> dict:
+def one(size: str, folder: str, shared: str, rows: int, peak_flops: float,
+        sets: list[str]) -> dict:
     """One shape whose weights `build` wrote, in this process: plan, load, train, measure."""
     import torch
 
@@ -110,7 +119,7 @@ def one(size: str, folder: str, shared: str, rows: int, peak_flops: float) -> di
     out = {"size": size, "outcome": "trained"}
     gpu = torch.cuda.is_available()
     root = Path(folder).parent
-    r = recipe_for(folder, shared, rows, bool(quant), root)
+    r = recipe_for(folder, shared, rows, bool(quant), root, sets)
     try:
         prep = prepared.prepare(r)
     except HarnessError as e:  # the plan's refusal, before loading
@@ -168,7 +177,7 @@ def run_shape(size: str, args) -> dict:
         if built is not None:
             res, said, p = child(["--one", size, "--folder", folder, "--shared", args.shared,
                                   "--rows", str(args.rows), "--peak-tflops",
-                                  str(args.peak_tflops)])
+                                  str(args.peak_tflops), *(f"--set={x}" for x in args.set)])
     if res is None:  # died outright (a CUDA error, the OOM killer): its last words
         res = {"size": size, "outcome": f"crashed (exit {p.returncode}): "
                f"{(p.stderr.strip().splitlines() or [''])[-1][:200]}"}
@@ -181,6 +190,9 @@ def main() -> None:
     ap.add_argument("--sizes", nargs="+", default=["0.5b", "1.7b", "3b", "7b", "8b", "8b:4bit"])
     ap.add_argument("--rows", type=int, default=600)
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 dense peak")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a recipe override for every shape, e.g. "
+                    "trainer.per_device_train_batch_size=16 (bench/sweep_e2e.py's batch)")
     # the children: one shape's weights, or its training; a JSON line each
     ap.add_argument("--build", help=argparse.SUPPRESS)
     ap.add_argument("--one", help=argparse.SUPPRESS)
@@ -192,7 +204,7 @@ def main() -> None:
         return
     if args.one:
         print(json.dumps(one(args.one, args.folder, args.shared, args.rows,
-                             args.peak_tflops * 1e12)))
+                             args.peak_tflops * 1e12, args.set)))
         return
     from harness.accel.memory import size as in_words
     results = []

@@ -277,9 +277,8 @@ def refusal(choice: Choice) -> str:
     e, free = choice.estimate, choice.free
     what = "LoRA" if choice.work.lora_r else "full fine-tuning"
     head = (f"{size(choice.shape.params)} params: {what} needs est. {e.total / GiB:.0f} "
-            f"GiB even with gradient checkpointing and micro-batch 1 (weights, gradients and "
-            f"optimizer state {e.static / GiB:.0f} GiB) and this GPU has {free / GiB:.0f} GiB "
-            "free")
+            f"GiB even with gradient checkpointing and micro-batch 1 ({e.static / GiB:.0f} GiB "
+            f"before activations) and this GPU has {free / GiB:.0f} GiB free")
     if choice.work.quantized:
         return head + "; a GPU with more memory, a smaller model or a shorter trainer.max_length"
     lora = "" if choice.work.lora_r else " with adapter.type: lora"

@@ -222,3 +222,14 @@ def test_the_cpu_plan_is_unchanged(monkeypatch, tmp_path):
     cpu = models.device_plan(spec)
     assert models.fit_memory(cpu, spec, spec.name, DEFAULTS, memory.Pinned(), free=1) is cpu
     assert (cpu.gradient_checkpointing, cpu.micro_batch, cpu.accumulation) == (False, 0, 1)
+
+
+def test_a_model_of_another_shape_keeps_the_defaults(monkeypatch, tmp_path, capfd):
+    """GPT-2's config names no intermediate size: nothing is estimated, nothing changes."""
+    from transformers import GPT2Config
+    _gpu(monkeypatch)
+    GPT2Config(n_embd=64, n_layer=2, n_head=4).save_pretrained(tmp_path / "gpt2")
+    spec = recipe.ModelSpec(name=str(tmp_path / "gpt2"))
+    plan = models.device_plan(spec)
+    assert models.fit_memory(plan, spec, spec.name, DEFAULTS, memory.Pinned(), free=H100) is plan
+    assert "[harness] memory plan: not estimated (" in capfd.readouterr().err
