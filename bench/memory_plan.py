@@ -106,8 +106,7 @@ def build(size: str, shared: str, folder: str) -> dict:
     return {"params": n, "build_s": round(clock.perf_counter() - t, 1)}
 
 
-def one(size: str, folder: str, shared: str, rows: int, peak_flops: float,
-        sets: list[str]) -> dict:
+def one(size: str, folder: str, shared: str, rows: int, sets: list[str]) -> dict:
     """One shape whose weights `build` wrote, in this process: plan, load, train, measure."""
     import torch
 
@@ -129,7 +128,6 @@ def one(size: str, folder: str, shared: str, rows: int, peak_flops: float,
                checkpointing=plan.gradient_checkpointing, graphs=plan.cuda_graphs,
                micro_batch=plan.micro_batch, accumulation=plan.accumulation)
     model = prep.load_model()
-    n = sum(p.numel() for p in model.parameters())
     if gpu:
         out["weights_gib"] = round(torch.cuda.memory_allocated() / GIB, 2)
         torch.cuda.reset_peak_memory_stats()
@@ -145,10 +143,11 @@ def one(size: str, folder: str, shared: str, rows: int, peak_flops: float,
     if res is not None:
         tokens = tokens_in(res.trainer.train_dataset)
         runtime = res.metrics["train_runtime"]
-        flops = (4 if r.adapter.type == "lora" else 6) * n
+        # FLOPs a token per parameter: the parent takes MFU from the count `build` made (a
+        # loaded 4-bit model's parameters count its packed bytes)
+        out["flops_per_param"] = 4 if r.adapter.type == "lora" else 6
         out.update(steps=res.trainer.state.global_step, tokens=tokens,
                    tok_per_s=round(tokens / runtime), runtime_s=round(runtime, 1),
-                   mfu_pct=round(100 * tokens / runtime * flops / peak_flops, 2),
                    graph_steps=res.metrics.get("cuda_graphs/steps"),
                    train_loss=round(res.metrics["train_loss"], 4))
     return out
@@ -176,8 +175,7 @@ def run_shape(size: str, args) -> dict:
         res, said = None, []
         if built is not None:
             res, said, p = child(["--one", size, "--folder", folder, "--shared", args.shared,
-                                  "--rows", str(args.rows), "--peak-tflops",
-                                  str(args.peak_tflops), *(f"--set={x}" for x in args.set)])
+                                  "--rows", str(args.rows), *(f"--set={x}" for x in args.set)])
     if res is None:  # died outright (a CUDA error, the OOM killer): its last words
         res = {"size": size, "outcome": f"crashed (exit {p.returncode}): "
                f"{(p.stderr.strip().splitlines() or [''])[-1][:200]}"}
@@ -203,13 +201,15 @@ def main() -> None:
         print(json.dumps(build(args.build, args.shared, args.folder)))
         return
     if args.one:
-        print(json.dumps(one(args.one, args.folder, args.shared, args.rows,
-                             args.peak_tflops * 1e12, args.set)))
+        print(json.dumps(one(args.one, args.folder, args.shared, args.rows, args.set)))
         return
     from harness.accel.memory import size as in_words
     results = []
     for size in args.sizes:
         res = run_shape(size, args)
+        if "tok_per_s" in res and "params" in res:
+            res["mfu_pct"] = round(100 * res["tok_per_s"] * res["flops_per_param"]
+                                   * res["params"] / (args.peak_tflops * 1e12), 2)
         results.append(res)
         print(f"\n{size} ({res['wall_s']} s): {res['outcome']}", flush=True)
         print(*res["said"], sep="\n", flush=True)
