@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import ClassVar
 
 from harness.core import fences
-from harness.core.errors import HarnessError
+from harness.core.errors import HarnessError, say
 from harness.core.files import staged_dir
 from harness.config.recipe import AdapterSpec, ModelSpec
 from harness.core.registry import Registry
@@ -44,6 +44,13 @@ class DevicePlan:
     expandable_segments: bool = False
     # the decoder stack's forward and backward replayed as CUDA graphs (harness.accel.graphs)
     cuda_graphs: bool = False
+    # the memory plan on a GPU when training (fit_memory, harness.accel.memory): rows a micro-batch
+    # and gradient accumulation steps (0 and 1: the configured batch), the estimated peak and the
+    # free memory it was held against
+    micro_batch: int = 0
+    accumulation: int = 1
+    memory_est_gib: float = 0.0
+    memory_free_gib: float = 0.0
     # Fast paths the harness always takes, each off only in a benchmark's baseline arm
     # (bench/train_speed.py, bench/grpo_speed.py set them with dataclasses.replace): no recipe
     # key, and not logged (SWITCHES).
@@ -89,6 +96,41 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
     return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",
                       fused_norm=bool(spec.fused_norm))
+
+
+def fit_memory(plan: DevicePlan, spec: ModelSpec, path: str, work, pinned,
+               free: int | None = None) -> DevicePlan:
+    """`plan` with the memory plan for training on this GPU (harness.accel.memory.choose):
+    gradient checkpointing, micro-batches, CUDA graphs, from the model's config alone, said in one
+    line. A model that cannot fit stops here, before it is loaded. `free`: the GPU's free bytes
+    (default: measured). A CPU plan, or a config of another shape, comes back as it is."""
+    if plan.device != "cuda":
+        return plan
+    from harness.accel import memory
+    try:
+        shape = memory.Shape.load(path, spec.revision, spec.trust_remote_code)
+    except AttributeError as e:  # not a Llama-style decoder: the defaults stand
+        say(f"memory plan: not estimated ({e})")
+        return plan
+    except (OSError, ValueError) as e:
+        raise _hub_error("model config", spec.name, e) from None
+    if free is None:
+        import torch
+        free = torch.cuda.mem_get_info()[0]
+    choice = memory.choose(shape, work, free, pinned)
+    if not choice.fits:
+        raise HarnessError(memory.refusal(choice), key="model.quantization")
+    say(choice.line())
+    if choice.why_not:
+        say(f"warning: memory plan {choice.why_not}")
+    # graphs blocked for another reason stay as planned: the trainer says why, or refuses a
+    # recipe that asked for them
+    graphs = plan.cuda_graphs if work.graphs_blocked else choice.graphs
+    return replace(plan, gradient_checkpointing=choice.checkpointing, cuda_graphs=graphs,
+                   micro_batch=choice.micro_batch if choice.accumulation > 1 else 0,
+                   accumulation=choice.accumulation,
+                   memory_est_gib=round(choice.estimate.total / memory.GiB, 1),
+                   memory_free_gib=round(free / memory.GiB, 1))
 
 
 def _embedded_path(name: str) -> Path:

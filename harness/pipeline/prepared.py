@@ -186,6 +186,8 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     say(f"device {plan.device}, dtype {plan.dtype}; resolving model {recipe.model.name}")
     with context.timed("model_load"):
         path = models.resolve(recipe.model)
+        if with_data and plan.device == "cuda":  # training: the memory plan, before loading
+            plan = models.fit_memory(plan, recipe.model, path, *memory_workload(recipe, plan))
         tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
     if recipe.eval.benchmarks:
@@ -232,6 +234,39 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
         f"golden sets: {sets}")
     return prep
+
+
+def memory_workload(recipe: Recipe, plan: models.DevicePlan):
+    """The training step as its TRL config will run it, and the keys the recipe pins, for the
+    memory plan (harness.accel.memory): the config is built as training builds it, so its
+    defaults (batch, max_length) are the trainer's own."""
+    from harness.accel import graphs, memory
+    from harness.core import fences
+    k = trainers.kind(recipe)
+    config = trainers.build_config(recipe, plan, recipe.output_dir)
+    max_length = getattr(config, "max_length", None)  # GRPO: prompts are not cut
+    why = graphs.blocker(config, plan, recipe, k.packs and trainers.padding_free(config))
+    a = recipe.adapter
+    targets = a.target_modules
+    adapter_dtype = plan.adapter_dtype if a.dtype == "auto" else a.dtype
+    work = memory.Workload(
+        batch=config.per_device_train_batch_size,
+        # DPO and reward models run the chosen and the rejected completion of a row
+        row_tokens=(max_length or 0) * (2 if k.data_kind == "preference" else 1),
+        lora_r=a.r if a.type == "lora" else 0,
+        lora_targets=tuple(targets) if isinstance(targets, list) else memory.LINEARS,
+        lora_dropout=a.dropout > 0, dtype_bytes=4 if plan.dtype == "float32" else 2,
+        adapter_bytes=4 if adapter_dtype == "float32" else 2,
+        quantized=recipe.model.quantization != "none",
+        # TRL 1.16's trainers take the loss through its fused LM head
+        fused_head=fences.why_not("fused_lm_head") is None,
+        graphs_blocked=None if why == "off" else why, activations=bool(max_length))
+    t = recipe.trainer
+    pinned = memory.Pinned(
+        checkpointing=t.get("gradient_checkpointing", t.get("activation_checkpointing")),
+        batch=bool({"per_device_train_batch_size", "gradient_accumulation_steps"} & set(t)),
+        graphs=recipe.model.cuda_graphs)
+    return work, pinned
 
 
 def held_out(recipe: Recipe, goldens: list) -> list:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, fields
 from importlib.metadata import version
 
 from harness import models
-from harness.accel import attention, graphs, kernels
+from harness.accel import attention, graphs, kernels, memory
 from harness.core import fences, stopping
 from harness.train import checkpoints, distributed, guards, rewards, rollouts, steps
 from harness.core.errors import HarnessError, did_you_mean
@@ -214,6 +214,8 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
     if not {"gradient_checkpointing", "activation_checkpointing"} & set(recipe.trainer):
         # a default for the other name would override the one the recipe sets
         defaults[checkpointing_key(k)] = plan.gradient_checkpointing
+    # the memory plan's micro-batches (same effective batch), unless the recipe sets the batch
+    defaults.update(memory.batch_keys(plan.micro_batch, plan.accumulation, recipe.trainer))
     if recipe.adapter.type == "lora":
         # transformers searches a PeftModel's graph for unused parameters every DDP step; every
         # LoRA weight gets a gradient, and on a GPU that host-side walk slows each step
