@@ -52,11 +52,16 @@ def _result(name: str, metric: str, scores: list[float]) -> SetResult:
 
 def test_observed_sizing_reads_the_before_accuracy_and_the_sd_of_the_differences():
     before = {"m": _result("m", "numeric_accuracy", [1.0] * 20 + [0.0] * 80),
-              "c": _result("c", "f1", [0.1, 0.2, 0.3, 0.4])}
+              "c": _result("c", "f1", [0.1, 0.2, 0.3, 0.4] * 2),
+              "few": _result("few", "f1", [0.1, 0.2, 0.3, 0.4])}
     after = {"m": _result("m", "numeric_accuracy", [1.0] * 30 + [0.0] * 70),
-             "c": _result("c", "f1", [0.2, 0.2, 0.5, 0.4])}
+             "c": _result("c", "f1", [0.2, 0.2, 0.5, 0.4] * 2),
+             "few": _result("few", "f1", [0.2, 0.2, 0.5, 0.4])}
     rows = {o.key: o for o in objective.observed(before, after)}
     assert rows["m/numeric_accuracy"].lift == stats.detectable_lift(100, 0.2)
-    sd = objective._sd([0.1, 0.0, 0.2, 0.0])
-    assert rows["c/f1"].lift == pytest.approx(sd * stats.detectable_shift(4))
-    assert rows["c/f1"].n == 4
+    assert rows["m/numeric_accuracy"].binary and not rows["c/f1"].binary
+    sd = objective._sd([0.1, 0.0, 0.2, 0.0] * 2)
+    assert rows["c/f1"].lift == pytest.approx(sd * stats.detectable_shift(8))
+    assert rows["c/f1"].n == 8
+    # 4 pairs: even all improving gives p = 2 / 2**4 = 0.125, so no lift is detectable
+    assert rows["few/f1"].lift is None and "no paired test on 4 pairs" in rows["few/f1"].basis

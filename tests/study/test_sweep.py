@@ -20,7 +20,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
 
     study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    # the chosen trial has the highest objective (sweep.direction's default: maximize)
+    # the chosen trial has the highest objective (sweep.direction inferred: maximize)
     assert out.best_value == study.trials[out.best_trial].value == \
         max(t.value for t in study.trials)
     exp = client.get_experiment_by_name("tiny")
