@@ -7,7 +7,9 @@ simulation.
 Model of a tuned model against its base, example by example: an example the base gets right
 breaks with probability `--break-rate`; one it gets wrong is fixed with the probability that
 makes the expected accuracy rise by `lift`. For each n (held-out examples) it prints the power
-at each lift and the smallest lift with at least 80% power at p < 0.05 (two-sided).
+at each lift and the smallest lift with at least 80% power at p < 0.05 (two-sided), beside the
+figure the harness computes exactly for `harness validate` and its reports
+(harness.eval.stats.detectable_lift): the simulation checks it.
 """
 from __future__ import annotations
 
@@ -57,8 +59,11 @@ def main() -> None:
         smallest[n] = next((x for x, p in zip(args.lifts, row) if p >= 0.8), None)
         print(f"| {n} | " + " | ".join(f"{p:.2f}" for p in row) + " |", flush=True)
     for n, x in smallest.items():
+        exact = stats.detectable_lift(n, args.base, args.break_rate)
         print(f"n={n}: smallest lift with 80% power: "
-              + (f"+{x:.2f} ({args.base:.2f} -> {args.base + x:.2f})" if x else "none tried"))
+              + (f"+{x:.2f} ({args.base:.2f} -> {args.base + x:.2f})" if x else "none tried")
+              + f"; exact (harness.eval.stats.detectable_lift, steps of {stats.LIFT_STEP}): "
+              + (f"+{exact:.3f}" if exact is not None else "none"))
 
 
 if __name__ == "__main__":

@@ -60,13 +60,18 @@ def _quiet() -> None:
 def cmd_validate(args) -> int:
     from harness.pipeline import prepared
     from harness.config import recipe
+    from harness.eval import objective
     r = recipe.load(args.recipe, args.set)
-    prepared.check(r)
+    manifests = prepared.check(r)
     if r.sweep.space:
         from harness.study import search
         search.load_space(r)
-    print(f"{args.recipe}: ok ({r.method}, model {r.model.name}, "
-          f"{len(r.eval.goldensets)} golden set(s), objective {r.sweep.objective})")
+    sets = len(r.eval.goldensets) + bool(r.eval.from_train)
+    print(f"{args.recipe}: ok ({r.method}, model {r.model.name}, {sets} golden set(s), "
+          f"objective {r.sweep.objective}, {objective.direction(r)})")
+    # what each golden set can show, so it is sized before any GPU time is spent
+    for sizing in prepared.sizings(r, manifests):
+        print(f"  {sizing if isinstance(sizing, str) else sizing.line()}")
     return 0
 
 

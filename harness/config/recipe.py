@@ -13,17 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from harness.core.errors import HarnessError, did_you_mean
 from harness.config.yamlfiles import YAMLTooLarge, safe_load
+# the eval: sections and the strict base of every section, re-exported: callers import them here
+from harness.config.evalspec import (BenchmarkSpec, EvalSpec, FromTrainSpec,  # noqa: F401
+                                     Section)
 
 EMBEDDED_MODEL = "embedded:smollm2-135m-instruct"
-
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ModelSpec(Section):
@@ -81,55 +79,15 @@ class DataSpec(Section):
     builtin_max_operand: int = Field(20, ge=2, description="Largest operand builtin:math uses.")
 
 
-class BenchmarkSpec(Section):
-    """An lm-evaluation-harness task scored like a golden set (harness.eval.lm_eval_tasks): before
-    and
-    after, paired per document."""
-    task: str = Field(..., description="lm-eval task name (gsm8k, arc_easy, hellaswag...), or "
-                      "builtin:harness_math: the math golden set as an lm-eval task (offline).")
-    limit: int | None = Field(None, gt=0, description="Score only the task's first N documents.")
-    num_fewshot: int | None = Field(None, ge=0, description="Few-shot examples; default: the "
-                                    "task's.")
-    include_path: str | None = Field(None, description="A folder of your own task YAMLs (a task "
-                                     "on local files: dataset_path: json, dataset_kwargs: "
-                                     "{data_files: ...}).")
-    chat_template: bool = Field(True, description="Prompts through the model's chat template, "
-                                "as golden sets are; false: plain text, as lm-eval's default.")
-    batch_size: int | Literal["auto"] | None = Field(None, description="lm-eval's batch size; "
-                                                     "default: auto (lm-eval's own choice) on a "
-                                                     "GPU, eval.batch_size or 32 on a CPU.")
-    every_trial: bool = Field(False, description="A sweep scores it for the start and the "
-                              "chosen trial only; true: every trial too.")
-
-
-class EvalSpec(Section):
-    goldensets: list[str] = Field(default_factory=lambda: ["builtin:math"], description="Golden-"
-                                  "set manifests, scored before and after: a path, or "
-                                  "builtin:<name> for a shipped one (harness/assets/goldensets).")
-    forgetting_guard: str | None = Field(
-        "builtin:general_knowledge", description="A general-knowledge set scored before "
-        "and after every run beside the golden sets, so catastrophic forgetting shows; null: off.")
-    max_examples: int | None = Field(None, gt=0, description="Score only the first N examples.")
-    batch_size: int | None = Field(None, gt=0, description="Generation batch size; default 32 "
-                                   "on a CPU, 256 on a GPU.")
-    max_new_tokens: int | None = Field(None, gt=0, description="Overrides the manifests' value.")
-    benchmarks: list[BenchmarkSpec] = Field(default_factory=list, description="lm-evaluation"
-                                            "-harness tasks scored beside the golden sets, "
-                                            "paired before/after like them.")
-    decoding: Literal["auto", "eager", "compiled"] = Field(
-        "auto", description="How golden sets are decoded. compiled: a static KV cache that "
-        "transformers compiles into CUDA graphs (a compile once a process, then ~8x faster "
-        "steps); eager: plain generate; auto: compiled on a GPU when the command decodes enough "
-        "steps to win the compile back (harness.evaluation.COMPILE_BREAK_EVEN_STEPS). GRPO's "
-        "rollouts follow the same choice over the run's rollout steps (harness.train.rollouts).")
-
-
 class SweepSpec(Section):
     space: str | None = Field(None, description="Sweep file (space, sampler, trials): a path, or "
                               "builtin:<name> for a shipped one (harness/assets/sweeps).")
-    objective: str = Field("math/numeric_accuracy", description="Golden-set metric to optimize, after "
-                           "training: <goldenset>/<metric>.")
-    direction: Literal["maximize", "minimize"] = "maximize"
+    objective: str = Field("math/numeric_accuracy", description="What to optimize, after "
+                           "training: a golden-set metric <goldenset>/<metric>, or eval_loss "
+                           "(the trainer's loss on data.eval_rows).")
+    direction: Literal["maximize", "minimize"] | None = Field(
+        None, description="Default: inferred (harness.eval.objective): eval_loss and "
+        "perplexity minimize, other metrics maximize.")
     study_name: str | None = Field(None, description="Optuna study name; default: recipe name.")
     storage: str | None = Field(None, description="Optuna storage URL: sqlite:///optuna.db "
                                 "(default), journal:///path/study.log, postgresql://...")

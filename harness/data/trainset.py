@@ -222,8 +222,10 @@ def _preference(row: dict, source: str, index: int, need) -> dict:
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
-def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
-    """(train, eval or None, info) as TRL-ready datasets; info goes to tracking as params."""
+def load_train(spec: DataSpec, seed: int, kind: str = "supervised", held=None):
+    """(train, eval or None, info) as TRL-ready datasets; info goes to tracking as params.
+    `held`: a golden set's rows (harness.data.heldrows.HeldRows), left out before the eval and
+    training rows are sliced (its first load chooses them)."""
     import datasets
     rows = builtin_rows(spec)
     raw = datasets.Dataset.from_list(rows) if rows else load_source(spec.train, spec.split,
@@ -246,6 +248,8 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
     if fmt == "preference" and all(r["chosen"] == r["rejected"] for r in rows):
         raise HarnessError("chosen equals rejected on every row: nothing to prefer",
                            file=spec.train, row=skip + 1)
+    if held is not None:
+        rows = held.take(rows, spec.train)
     n_eval = spec.eval_rows
     n_train = len(rows) - n_eval if spec.max_rows is None else min(spec.max_rows, len(rows) - n_eval)
     if n_train <= 0:
@@ -258,7 +262,8 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised"):
         ds = ds.shuffle(seed=seed)
     train = ds.select(range(n_eval, n_eval + n_train)).flatten_indices()
     evalset = ds.select(range(n_eval)).flatten_indices() if n_eval else None
-    info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval, "fingerprint": digest}
+    info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval, "fingerprint": digest,
+            **({"rows_golden": len(held.rows)} if held is not None else {})}
     return train, evalset, info
 
 

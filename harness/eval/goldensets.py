@@ -1,6 +1,7 @@
 """Golden sets are data: a JSONL (or Hub dataset) plus a small YAML manifest beside it."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,10 @@ class Manifest(BaseModel):
 @dataclass
 class GoldenSet:
     manifest: Manifest
-    path: str  # the manifest file
-    prompts: list[str]
+    path: str  # the manifest file (a set cut from the training data: data.train)
+    #: a string (the user's turn) or chat messages ending in a user turn, each rendered through
+    #: the model's chat template (harness.eval.scoring.chat_prompt)
+    prompts: list[str | list[dict]]
     references: list[str]  # generation sets
     chosen: list[str] | None = None  # preference sets
     rejected: list[str] | None = None
@@ -126,15 +129,31 @@ def metric_args(m: Manifest, name: str) -> dict:
     return args
 
 
-def load(path: str, max_examples: int | None = None) -> GoldenSet:
+def source_of(path: str, m: Manifest) -> str:
+    """The manifest's source: a file beside the manifest, else as written (a Hub id)."""
     import os
+    # `..` taken lexically: through a link (a checkout's goldensets/) it means the link's parent
+    local = Path(os.path.normpath(Path(path).parent / m.source))
+    return str(local) if local.exists() else m.source
 
+
+def count_rows(path: str, m: Manifest, max_examples: int | None = None) -> int | None:
+    """How many examples the set scores, without loading it: counted in a local JSONL source
+    after offset, limit and max_examples; None for another source (known once loaded)."""
+    source = Path(source_of(path, m))
+    if source.suffix.lower() != ".jsonl" or not source.is_file():
+        return None
+    with source.open(encoding="utf-8") as f:
+        n = max(0, sum(1 for line in f if line.strip()) - m.offset)
+    return min([n] + [x for x in (m.limit, max_examples) if x])
+
+
+def load(path: str, max_examples: int | None = None) -> GoldenSet:
+    from harness.data import heldrows
     from harness.data.trainset import load_source
     path = locate(path)
     m = load_manifest(path)
-    # `..` taken lexically: through a link (a checkout's goldensets/) it means the link's parent
-    local = Path(os.path.normpath(Path(path).parent / m.source))
-    source = str(local) if local.exists() else m.source
+    source = source_of(path, m)
     ds = load_source(source, m.split, m.subset, key="source")
     task = TASKS.get(m.task)
     keys = (["prompt_field"] if m.prompt_template is None else []) + list(task.fields)
@@ -157,13 +176,33 @@ def load(path: str, max_examples: int | None = None) -> GoldenSet:
     columns = {k: list(rows[getattr(m, k)]) for k in keys}
     for i, values in enumerate(zip(*columns.values()), m.offset + 1):
         for key, v in zip(keys, values):
-            if not (isinstance(v, str) and v.strip()):
-                raise HarnessError(f"{getattr(m, key)!r} is empty or not a string", file=source,
+            if key == "prompt_field" and isinstance(v, list):  # a conversation
+                heldrows.check_prompt(v, source, i, getattr(m, key))
+            elif not (isinstance(v, str) and v.strip()):
+                raise HarnessError(f"{getattr(m, key)!r} is empty or not a string (a prompt may "
+                                   "also be a list of {role, content} messages)"
+                                   if key == "prompt_field" else
+                                   f"{getattr(m, key)!r} is empty or not a string", file=source,
                                    row=i)
     prompts = list(rows["_prompt"]) if m.prompt_template is not None else columns["prompt_field"]
     if not task.generates:
         return GoldenSet(m, path, prompts, [], columns["chosen_field"], columns["rejected_field"])
     return GoldenSet(m, path, prompts, columns["reference_field"])
+
+
+def from_train(name: str, source: str, prompts: list[list[dict]], references: list[str],
+               metrics_: list[str], max_new_tokens: int) -> GoldenSet:
+    """A golden set of rows held out of the training data `source` (eval.from_train,
+    harness.data.heldrows): generation scored like a manifest's."""
+    m = Manifest(name=name, task="generation", source=source, metrics=metrics_,
+                 max_new_tokens=max_new_tokens,
+                 description=f"{len(prompts)} rows held out of {source}, never trained on")
+    return GoldenSet(m, source, prompts, references)
+
+
+def prompt_text(prompt: str | list[dict]) -> str:
+    """A prompt as one string: itself, or its messages as JSON (hashing, tables)."""
+    return prompt if isinstance(prompt, str) else json.dumps(prompt, ensure_ascii=False)
 
 
 HELDOUT = "_heldout"  # the held-out part of a golden set is named <name>_heldout
@@ -177,7 +216,7 @@ def split(gs: GoldenSet, share: float, seed: int) -> tuple[GoldenSet, GoldenSet]
     n = len(gs.prompts)
     answers = gs.references or gs.chosen
     rank = sorted(range(n), key=lambda i: (hashlib.sha256(
-        f"{seed}\0{gs.prompts[i]}\0{answers[i]}".encode()).hexdigest(), i))
+        f"{seed}\0{prompt_text(gs.prompts[i])}\0{answers[i]}".encode()).hexdigest(), i))
     held = set(rank[:min(n - 1, max(1, round(share * n)))])
 
     def part(ids: list[int], name: str) -> GoldenSet:

@@ -43,9 +43,13 @@ def results_from_json(d: dict) -> dict[str, SetResult]:
     return {k: SetResult(**v) for k, v in d.items()}
 
 
-def chat_prompt(tok, prompt: str, system: str | None = None) -> list[dict]:
-    return ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": prompt}]
+def chat_prompt(tok, prompt: str | list[dict], system: str | None = None) -> list[dict]:
+    """The messages a golden-set prompt renders from (the one path for decoding, reference
+    perplexity and response scores): a string as the user's turn, a conversation as it is;
+    `system` (the manifest's) first, unless the conversation has its own."""
+    turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    own = turns and turns[0].get("role") == "system"
+    return ([{"role": "system", "content": system}] if system and not own else []) + turns
 
 
 def render(tok, messages: list[dict], completion: str | None = None) -> str:

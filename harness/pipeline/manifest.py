@@ -66,7 +66,9 @@ def build(prep) -> dict:
               "torch_threads": torch.get_num_threads()}
     if prep.plan.device == "cuda":
         device["gpu"] = torch.cuda.get_device_name()
-    goldens = {g.name: {"manifest": g.path, "manifest_sha256": file_sha256(g.path),
+    # a set cut from the training data has no manifest file (its path is data.train's)
+    goldens = {g.name: {"manifest": g.path, "manifest_sha256": file_sha256(g.path)
+                        if Path(g.path).is_file() else None,
                         "source": g.manifest.source, "examples": len(g.prompts),
                         "examples_sha256": examples_sha256(g)} for g in prep.goldens}
     return {"recipe": r.to_dict(), "recipe_hash": r.fingerprint(), "source": r.source,

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from harness.data import trainset
-from harness.eval import scoring, goldensets
+from harness.data import heldrows, trainset
+from harness.eval import goldensets, objective, scoring
 from harness import models
 from harness.train import rewards, trainers
 from harness.config import shipped
@@ -38,6 +38,7 @@ class Prepared:
     compiled: bool = False  # golden sets decoded compiled (scoring.compiled_decoding)
     # GRPO's reward models: reward index -> (base folder, adapter folder or None, device plan)
     reward_models: dict = field(default_factory=dict)
+    held: heldrows.HeldRows | None = None  # eval.from_train's rows, left out of all training
     # what each trial's trainer leaves the next: the rows it prepared, the varlen kernel's ways
     handover: trainers.Handover = field(default_factory=trainers.Handover)
 
@@ -74,13 +75,10 @@ def check(recipe: Recipe) -> list:
                                key=key)
         manifests.append(goldensets.load_manifest(found))
         scoring.check_fit(manifests[-1], found)
-    keys = [f"{m.name}/{metric}" for m in manifests
+    own = own_manifest(recipe, manifests)
+    keys = [f"{m.name}/{metric}" for m in manifests + ([own] if own else [])
             for metric in scoring.metric_names(m, task)]
-    if recipe.sweep.space and recipe.sweep.objective not in keys:
-        from harness.core.errors import did_you_mean
-        raise HarnessError(f"objective {recipe.sweep.objective!r} is no golden-set metric of this "
-                           f"recipe{did_you_mean(recipe.sweep.objective, keys)} (known: "
-                           f"{', '.join(keys)})", file=recipe.source, key="sweep.objective")
+    objective.check(recipe, keys)
     if recipe.eval.benchmarks:
         from harness.eval import lm_eval_tasks
         for i, b in enumerate(recipe.eval.benchmarks):
@@ -89,6 +87,76 @@ def check(recipe: Recipe) -> list:
         raise HarnessError(f"sweep file {recipe.sweep.space!r} not found", file=recipe.source,
                            key="sweep.space")
     return manifests
+
+
+def own_manifest(recipe: Recipe, manifests: list) -> goldensets.Manifest | None:
+    """The manifest of eval.from_train's golden set (its rows come with the data), checked:
+    a supervised method's rows, a name no other set has, metrics that fit a generation set."""
+    spec = recipe.eval.from_train
+    if spec is None:
+        return None
+    if trainers.kind(recipe).data_kind != "supervised":
+        raise HarnessError(f"a golden set cut from the training data needs prompt/answer rows; "
+                           f"method {recipe.method} trains on "
+                           f"{trainers.kind(recipe).data_kind} rows", file=recipe.source,
+                           key="eval.from_train")
+    name = spec.set_name(recipe.data.train)
+    if name in {m.name for m in manifests}:
+        raise HarnessError(f"golden set {name!r} exists already: name this one "
+                           "eval.from_train.name", file=recipe.source, key="eval.from_train.name")
+    for i, metric in enumerate(spec.metrics):
+        from harness.eval import metrics
+        metrics.check(metric, file=recipe.source, key=f"eval.from_train.metrics.{i}")
+    m = goldensets.from_train(name, recipe.data.train, [], [], spec.metrics,
+                              spec.max_new_tokens).manifest
+    try:
+        scoring.check_fit(m, recipe.source)
+    except HarnessError as e:
+        raise HarnessError(e.message, file=recipe.source, key="eval.from_train.metrics") from None
+    return m
+
+
+def sizings(recipe: Recipe, manifests: list) -> list[objective.Sizing | str]:
+    """What lift each golden set can detect (objective.Sizing), stated by `harness validate`
+    before any GPU time: the objective's set in a sweep by its held-out part (what the report
+    estimates the best trial on); a line instead where the size is known only once loaded."""
+    from harness.data import heldrows
+    sized = [(m.name, m.metrics, goldensets.count_rows(goldensets.locate(p), m,
+                                                     recipe.eval.max_examples))
+             for p, m in zip(recipe.all_goldensets, manifests)]
+    spec = recipe.eval.from_train
+    if spec:
+        total = _data_rows(recipe)
+        n = heldrows.count(spec.rows, total) if total or isinstance(spec.rows, int) else None
+        if n and recipe.eval.max_examples:
+            n = min(n, recipe.eval.max_examples)
+        sized.append((spec.set_name(recipe.data.train), spec.metrics, n))
+    split = recipe.sweep.objective.split("/", 1)[0] if recipe.sweep.space \
+        and recipe.sweep.heldout else None
+    out = []
+    for name, metric_names, n in sized:
+        if n is None:
+            out.append(f"{name}: size known once loaded (not a local JSONL file)")
+        elif name == split and n >= 2:
+            held = objective.held_out_size(n, recipe.sweep.heldout)
+            out.append(objective.planned(f"{name}{goldensets.HELDOUT}", held, metric_names,
+                                         f"held out of selection (of {n})"))
+        else:
+            out.append(objective.planned(name, n, metric_names))
+    return out
+
+
+def _data_rows(recipe: Recipe) -> int | None:
+    """Rows of data.train after skip_rows, where known without loading it."""
+    if recipe.data.train.startswith("builtin:"):
+        total = recipe.data.builtin_rows
+    else:
+        p = Path(recipe.data.train).expanduser()
+        if p.suffix.lower() != ".jsonl" or not p.is_file():
+            return None
+        with p.open(encoding="utf-8") as f:
+            total = sum(1 for line in f if line.strip())
+    return max(0, total - recipe.data.skip_rows)
 
 
 def _sweep_file(recipe: Recipe) -> str | None:
@@ -190,6 +258,13 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
             plan = models.fit_memory(plan, recipe.model, path, *memory_workload(recipe, plan))
         tok = models.load_tokenizer(recipe.model, path)
     goldens = [goldensets.load(p, recipe.eval.max_examples) for p in recipe.all_goldensets]
+    held = heldrows.HeldRows(recipe.eval.from_train.rows, recipe.seed) \
+        if recipe.eval.from_train else None
+    data = None
+    if with_data or held:  # the golden set's rows are chosen as the data loads
+        data = trainset.load_train(recipe.data, recipe.seed, k.data_kind, held)
+    if held:
+        goldens.append(own_goldenset(recipe, held))
     if recipe.eval.benchmarks:
         from harness.eval import lm_eval_tasks
         with context.timed("data"):
@@ -198,7 +273,7 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     if select and recipe.sweep.heldout:
         goldens = held_out(recipe, goldens)
     trainers.check_device(recipe, plan)
-    prep = Prepared(recipe, k.task, plan, path, tok, goldens)
+    prep = Prepared(recipe, k.task, plan, path, tok, goldens, held=held)
     with context.timed("model_load"):
         init = resolve_init(recipe, tracker)
     if init and models.is_adapter(init):
@@ -224,15 +299,16 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     if not with_data:
         say(f"golden sets: {sets}")
         return prep
-    prep.train_ds, prep.eval_ds, prep.data_info = trainset.load_train(recipe.data, recipe.seed,
-                                                                  k.data_kind)
+    prep.train_ds, prep.eval_ds, prep.data_info = data
     max_length = recipe.trainer.get("max_length", trainers.default_field(recipe, "max_length"))
     longer = trainset.check_lengths(prep.train_ds, tok, max_length, recipe.data.train)
     if longer:
         say(f"warning: {longer} of the first rows are longer than max_length={max_length} and "
             "will be truncated")
-    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
-        f"golden sets: {sets}")
+    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']})"
+        + (f", {len(held.rows)} held out as golden set "
+           f"{recipe.eval.from_train.set_name(recipe.data.train)}" if held else "")
+        + f", golden sets: {sets}")
     return prep
 
 
@@ -267,6 +343,16 @@ def memory_workload(recipe: Recipe, plan: models.DevicePlan):
         batch=bool({"per_device_train_batch_size", "gradient_accumulation_steps"} & set(t)),
         graphs=recipe.model.cuda_graphs)
     return work, pinned
+
+
+def own_goldenset(recipe: Recipe, held) -> goldensets.GoldenSet:
+    """eval.from_train's golden set from the rows the data load held out (heldrows)."""
+    spec = recipe.eval.from_train
+    prompts, references = held.examples(recipe.data.train)
+    cap = recipe.eval.max_examples or len(prompts)
+    return goldensets.from_train(spec.set_name(recipe.data.train), recipe.data.train,
+                                 prompts[:cap], references[:cap], spec.metrics,
+                                 spec.max_new_tokens)
 
 
 def held_out(recipe: Recipe, goldens: list) -> list:
@@ -368,7 +454,9 @@ def datasets(prep: Prepared, recipe: Recipe) -> tuple:
     the data."""
     if recipe.data == prep.recipe.data:
         return prep.train_ds, prep.eval_ds
-    train_ds, eval_ds, _ = trainset.load_train(recipe.data, recipe.seed, trainers.kind(recipe).data_kind)
+    # the golden set's rows stay out whatever the trial's seed or data settings
+    train_ds, eval_ds, _ = trainset.load_train(recipe.data, recipe.seed,
+                                               trainers.kind(recipe).data_kind, prep.held)
     return train_ds, eval_ds
 
 

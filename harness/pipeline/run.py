@@ -10,6 +10,7 @@ from pathlib import Path
 from harness.train import checkpoints, trainers
 from harness.eval import scoring
 from harness.eval.comparison import Comparison, compare, delta_text
+from harness.eval.objective import EVAL_LOSS
 from harness.eval.results import RunResults, read_results, write_results
 from harness.core import context, ledger, timing
 from harness.pipeline import manifest
@@ -32,7 +33,18 @@ class Outcome:
     model_id: str | None = None  # its LoggedModel, under tracking.log_models
 
     def objective(self, key: str) -> float:
+        """`key`'s value after training: a golden-set metric, or the trainer's eval_loss."""
+        if key == EVAL_LOSS:
+            return self.train_metrics[EVAL_LOSS]
         return self.comparison[key].after
+
+
+def logged_objective(tracker, run_id: str, key: str) -> float:
+    """A finished run's `key` after training, read back: its golden-set metric, or the
+    eval_loss TRL's trainer logged to it (its last value: the evaluation after training)."""
+    if key == EVAL_LOSS:
+        return tracker.read_run(run_id).metrics[EVAL_LOSS]
+    return read_results(tracker, run_id).comparison.after_values()[key]
 
 
 def log_comparison(tracker, comparison: Comparison, model: tuple | None = None,
@@ -197,7 +209,8 @@ def recover(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> Outcome | N
             or "harness.adapter_dir" not in view.tags:
         return None
     outcome = Outcome(run_id, saved.comparison, saved.after, view.tags["harness.adapter_dir"],
-                      {}, model_id=view.tags.get(MODEL_TAG))
+                      {k: v for k, v in view.metrics.items() if k == EVAL_LOSS},
+                      model_id=view.tags.get(MODEL_TAG))
     if recipe.tracking.log_evaluations == "all" and tracker.needs_evaluations(run_id, "after"):
         log_evaluations(recipe, tracker, saved.after, run_id, view.name, "after",
                         outcome.model_id)

@@ -12,6 +12,7 @@ from harness.report import plots
 from harness.eval.comparison import Comparison, delta_text
 from harness.eval.results import read_results
 from harness.eval.scoring import SetResult, flat_metrics
+from harness.eval import objective, stats
 from harness.eval.stats import EXACT_BELOW, better, format_p
 from harness.config.recipe import Recipe
 
@@ -51,7 +52,9 @@ def before_after(comparison: Comparison, tests: int | None = None) -> str:
     return out
 
 
-def _short(text: str, n: int = 160) -> str:
+def _short(text, n: int = 160) -> str:
+    if isinstance(text, list):  # a conversation (a multi-turn golden-set prompt)
+        text = " / ".join(f"{t.get('role')}: {t.get('content')}" for t in text)
     text = " ".join(str(text).split())
     return text if len(text) <= n else text[:n - 1] + "…"
 
@@ -169,7 +172,7 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
               tracker.curves(t.run_id) for t in study.trials}
     body = ["## Best trial", "",
             f"Trial {best.number}: **{key} = {study.best_value:.4g}** "
-            f"({recipe.sweep.direction}), MLflow run `{best.run_id}` in experiment "
+            f"({objective.direction(recipe)}), MLflow run `{best.run_id}` in experiment "
             f"`{tracker.experiment}` ({tracker.uri}). The best of "
             f"{sum(t.state == 'COMPLETE' for t in study.trials)} completed trials.", "",
             table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
@@ -192,6 +195,7 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
         cmp = saved.comparison
         body += ["## Before / after (best trial)", "", selection_note(recipe, cmp), "",
                  before_after(cmp), "", *_image(plots.before_after(cmp, out)),
+                 *detectable(before, saved.after),
                  "## Fixed and broken (best trial)", "", changed(before, cmp), "",
                  "## Examples (best trial)", "", examples(before, saved.after)]
     return _write(recipe, study.name, body, machine=machine)
@@ -221,9 +225,27 @@ def _seeds(spread: dict | None) -> list[str]:
     return lines
 
 
+def detectable(before: dict[str, SetResult], after: dict[str, SetResult]) -> list[str]:
+    """'What these golden sets can detect': per metric, the smallest lift its paired test finds
+    with the stated power (harness.eval.objective.observed), so a null result reads as 'too
+    small to see' or 'absent' rather than as neither."""
+    rows = [[o.key, o.n, "—" if o.lift is None else f"+{o.lift * 100:.1f} points"
+             if o.binary else f"{o.lift:.3g}", o.basis] for o in objective.observed(before, after)]
+    if not rows:
+        return []
+    return ["## What these golden sets can detect", "",
+            f"The smallest lift each metric's paired test finds at p < {stats.ALPHA:g} with "
+            f"{stats.POWER:.0%} power on these examples; a smaller true lift mostly shows as a "
+            "CI across 0.", "", table(["metric", "examples", "detectable lift", "from"], rows),
+            ""]
+
+
 def selection_note(recipe: Recipe, comparison: Comparison) -> str:
     """Which rows of a sweep's before/after were chosen on and which were held out."""
     from harness.eval.goldensets import HELDOUT
+    if recipe.sweep.objective == objective.EVAL_LOSS:
+        return ("The best trial was chosen on `eval_loss` (the trainer's loss on data.eval_rows); "
+                "no golden set took part in the choice.")
     chosen = recipe.sweep.objective.split("/", 1)[0]
     held = chosen + HELDOUT
     count = lambda s: next((m.n for m in comparison  # noqa: E731
@@ -246,6 +268,7 @@ def write_run(recipe: Recipe, outcome, before: dict, tracker, name: str | None =
             "", *_image(plots.loss_curves({name: tracker.curves(outcome.run_id)}, out)),
             "## Before / after", "", before_after(outcome.comparison), "",
             *_image(plots.before_after(outcome.comparison, out)),
+            *detectable(before, outcome.after),
             "## Fixed and broken", "", changed(before, outcome.comparison), "",
             "## Examples", "", examples(before, outcome.after), "",
             *time_table(outcome.times, outcome.work)]

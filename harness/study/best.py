@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.config.recipe import Recipe
+from harness.eval import objective
 from harness.eval.comparison import change_line
 from harness.eval.results import read_results
 from harness.pipeline import run
@@ -60,7 +61,7 @@ def _repeat(prep, recipe: Recipe, tracker, study, name: str, parent: str,
     best = study.best_trial
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE
             and t.number != best.number]
-    higher = recipe.sweep.direction == "maximize"
+    higher = objective.direction(recipe) == "maximize"
     runner_up = (max if higher else min)((t.value for t in done), default=None)
     spread = seeds.repeat_best(
         prep, recipe, tracker, {"values": best.params, "value": best.value,
@@ -108,6 +109,8 @@ def held_out_result(recipe: Recipe, tracker, run_id: str, trials: int) -> HeldOu
     golden set (what the sweep run's headline and description give), or None without a
     split."""
     from harness.eval.goldensets import HELDOUT
+    if recipe.sweep.objective == objective.EVAL_LOSS:  # no golden set was split
+        return None
     set_name, metric = recipe.sweep.objective.split("/", 1)
     saved = read_results(tracker, run_id)
     m = saved.comparison.get(f"{set_name}{HELDOUT}/{metric}") \

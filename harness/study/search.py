@@ -2,6 +2,7 @@
 pruners (registries), and the callback through which a pruner stops a trial's training."""
 from __future__ import annotations
 
+from harness.eval import objective
 from harness.train import distributed
 from harness.pipeline import prepared
 from harness.core.errors import HarnessError
@@ -135,6 +136,8 @@ def load_space(recipe: Recipe) -> SweepFile:
     if not recipe.sweep.space:
         raise HarnessError("a sweep needs a sweep file", file=recipe.source, key="sweep.space")
     from harness.train import trainers
+    if recipe.sweep.objective == objective.EVAL_LOSS:  # said as the objective's, not the pruner's
+        objective.check(recipe, [])
     space = load_sweep_file(recipe.sweep.space, recipe)
     probe = with_values(recipe, {k: p.choices[0] if p.choices else p.low
                                  for k, p in space.params.items()})
@@ -142,6 +145,10 @@ def load_space(recipe: Recipe) -> SweepFile:
         trainers.check_trainer_fields(probe)
     except HarnessError as e:
         raise HarnessError(e.message, file=recipe.sweep.space) from None
+    if recipe.sweep.objective == objective.EVAL_LOSS and space.pruner.intermediate == "objective":
+        # the objective is the trainer's eval loss: the pruner watches it at each evaluation
+        space = space.model_copy(update={"pruner": space.pruner.model_copy(
+            update={"intermediate": "eval_loss"})})
     if space.pruner.type != "none" and space.pruner.intermediate == "eval_loss" \
             and not recipe.data.eval_rows:
         raise HarnessError("eval_loss needs held-out rows: set data.eval_rows in the recipe",

@@ -37,7 +37,7 @@ def repeat_best(prep, recipe: Recipe, tracker, best: dict, runner_up: float | No
         if heldout_key:
             run.score_held_out(prep, variant, tracker, run_id)
         after = read_results(tracker, run_id).comparison.after_values()
-        objective.append(after[key])
+        objective.append(run.logged_objective(tracker, run_id, key))
         held.append(after.get(heldout_key) if heldout_key else None)
         seeds.append(seed)
     out = {"seeds": seeds, "objective": objective, "objective_key": key,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from harness.train import distributed
 from harness.core import context, ledger, timing
+from harness.eval import objective
 from harness.report import plots
 from harness.pipeline import prepared, run
 from harness.study import attrs, best, retries, seeds
@@ -71,7 +72,7 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
     study = optuna.create_study(study_name=study_name(recipe), storage=storage,
                                 pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
                                     space.pruner),
-                                direction=recipe.sweep.direction, load_if_exists=True)
+                                direction=objective.direction(recipe), load_if_exists=True)
     # Optuna's GridSampler gives trial N the N-th point of the grid it shuffled with its seed:
     # every process on the study must shuffle alike, or two of them run one point twice
     seed = space.seed if space.sampler == "grid" else sampler_seed(
@@ -110,20 +111,20 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
     import optuna
 
     from harness.tracking.reader import STUDY_TAG
-    name, key = study_name(recipe), recipe.sweep.objective
+    name, key, way = study_name(recipe), recipe.sweep.objective, objective.direction(recipe)
 
-    def objective(trial):
+    def run_trial(trial):
         attrs.set_worker(trial, stores.worker_id())
         values = trial_values(space, trial)
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
                           f"{k.split('.')[-1]}={v}" for k, v in values.items())
         done = [t for t in finished(study) if t.value is not None and t.state.name == "COMPLETE"]
-        so_far = (max if recipe.sweep.direction == "maximize" else min)(
+        so_far = (max if way == "maximize" else min)(
             (t.value for t in done), default=None)
         say(f"trial {trial.number} ({len(finished(study)) + 1}/{total}): {shown}"
             + (f"; best so far {key} {so_far:.4g}" if so_far is not None else ""))
         callbacks = [] if space.pruner.type == "none" else [
-            pruning_callback(trial, space.pruner, prep, key, recipe.sweep.direction, tracker)]
+            pruning_callback(trial, space.pruner, prep, key, way, tracker)]
         variant, killed = with_values(recipe, values), retries.retried_runs(study, trial)
         # stopped after its run finished (logging its records): what it logged is the outcome
         outcome = run.recover(prep, variant, tracker, killed[0]) if killed else None
@@ -150,15 +151,16 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
             say(f"trial {trial.number} failed: {e}")
             attrs.set_error(trial, str(e))
             raise
-        attrs.set_outcome(trial, outcome.adapter_dir, outcome.comparison.after_values(),
-                          outcome.times)
         value = outcome.objective(key)
-        say(f"trial {trial.number}: {key} {value:.4g} "
-            f"(base {outcome.comparison[key].before:.4g})")
+        # the trial's after/ values, the objective among them where no golden set gives it
+        attrs.set_outcome(trial, outcome.adapter_dir,
+                          {**outcome.comparison.after_values(), key: value}, outcome.times)
+        say(f"trial {trial.number}: {key} {value:.4g}" + (
+            f" (base {outcome.comparison[key].before:.4g})" if key in outcome.comparison else ""))
         if math.isnan(value):
             raise HarnessError(f"objective {key} is NaN", key="sweep.objective")
         return value
-    return objective
+    return run_trial
 
 
 def _optimize(recipe, space, prep, tracker, study, parent, total) -> None:
@@ -330,7 +332,7 @@ def _follow(recipe: Recipe, space: SweepFile) -> None:
     distributed.join()
     while (values := distributed.share()) is not None:
         callbacks = [] if space.pruner.type == "none" else [pruning_callback(
-            None, space.pruner, prep, recipe.sweep.objective, recipe.sweep.direction, None)]
+            None, space.pruner, prep, recipe.sweep.objective, objective.direction(recipe), None)]
         try:
             run.train_alongside(prep, with_values(recipe, values), callbacks)
         except Diverged:  # rank 0 saw it too, fails the trial and goes on with the study
@@ -394,7 +396,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
     parent_id = sweep_run_id(study, tracker)
     tags = {**run.run_tags(recipe), STUDY_TAG: name, KIND_TAG: "sweep", "harness.objective": key}
     with tracker.run(name, run_id=parent_id, tags=None if parent_id else tags,
-                     description=f"Optuna study '{name}': {key} ({recipe.sweep.direction})") \
+                     description=f"Optuna study '{name}': {key} ({objective.direction(recipe)})") \
             as parent:
         attrs.set_study_run_id(study, parent)
         if parent_id:

@@ -195,8 +195,11 @@ class Tracker(Reader):
 
     def _golden_dataset(self, g):
         import pandas as pd
+
+        from harness.eval.goldensets import prompt_text
         return self._dataset(g, lambda: self.mlflow.data.from_pandas(
-            pd.DataFrame({"prompt": g.prompts, "reference": g.references or [""] * len(g.prompts)}),
+            pd.DataFrame({"prompt": [prompt_text(p) for p in g.prompts],  # chats as JSON
+                          "reference": g.references or [""] * len(g.prompts)}),
             source=g.path, name=g.name))
 
     def log_model_metrics(self, run_id: str, model_id: str, after: dict[str, float],

@@ -30,12 +30,41 @@ def test_validate_ok():
     assert "ok" in out.stdout
 
 
+def test_validate_states_what_each_golden_set_can_detect(tmp_path):
+    """Before any GPU time: the objective's held-out part (85 of the math set's 170), and a
+    golden set cut from the data (a tenth of 96 rows: 10), at the figures harness.eval.stats
+    gives, with the direction the sweep will take."""
+    from harness.eval import stats
+    out = harness("validate", "recipes/sft_math.yaml", "--set", "eval.from_train.rows=0.1",
+                  "--set", "sweep.objective=eval_loss", "--set", "data.eval_rows=8",
+                  "--set", "sweep.direction=null")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].endswith("2 golden set(s), objective eval_loss, minimize)")
+    math = next(x for x in lines if x.strip().startswith("math:"))
+    assert "170 examples" in math and "80% power at p < 0.05" in math
+    for base in (0.1, 0.5):
+        assert f"+{stats.detectable_lift(170, base) * 100:.1f} points from {base:.2f}" in math
+    assert f"perplexity: a mean change of {stats.detectable_shift(170):.2f} SD" in math
+    own = next(x for x in lines if x.strip().startswith("builtin_math:"))
+    assert "10 examples" in own and f"{stats.detectable_shift(10):.2f} SD" in own
+    # the shipped sweep: the objective's set by the part held out of selection
+    out = harness("validate", "recipes/sft_math.yaml")
+    held = next(x for x in out.stdout.splitlines() if "math_heldout" in x)
+    assert "85 examples held out of selection (of 170)" in held
+    assert f"+{stats.detectable_lift(85, 0.1) * 100:.1f} points from 0.10" in held
+
+
 @pytest.mark.parametrize("args, needle", [
     (["--set", "trainer.lerning_rate=1e-4"],
      "recipes/sft_math.yaml: trainer.lerning_rate: unknown key; did you mean learning_rate?"),
     (["--set", "adapter.r=0"], "adapter.r: input should be greater than 0"),
     (["--set", "sweep.objective=math/acuracy"], "did you mean math/numeric_accuracy?"),
     (["--set", "eval.goldensets=[nope.yaml]"], "eval.goldensets.0: golden-set manifest"),
+    (["--set", "sweep.objective=eval_loss"],
+     "recipes/sft_math.yaml: sweep.objective: eval_loss is the trainer's loss on held-out "
+     "training rows: set data.eval_rows"),
+    (["--set", "eval.from_train.rows=1.5"], "eval.from_train.rows: a share is below 1"),
 ])
 def test_bad_input_is_one_line_exit_2(args, needle):
     out = harness("validate", "recipes/sft_math.yaml", *args)

@@ -86,3 +86,45 @@ def test_holm_adjusts_the_reports_p_values_step_down():
 
 def test_format_p_is_the_one_way_p_values_print():
     assert stats.format_p(0.0) == "<0.001" and stats.format_p(0.125) == "0.125"
+
+
+def _simulated_power(metric: str, n: int, draw, sims: int = 400) -> float:
+    """Share of `sims` simulated before/after pairs (`draw(rng)` -> before, after scores) on
+    which the harness's own paired test (stats.paired) gives p < 0.05."""
+    m = metrics.load(metric)
+    cols = {k: [""] * n for k in m.features}
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(sims):
+        before, after = draw(rng)
+        hits += stats.paired(m, {}, list(before), list(after), cols, cols, n_boot=1).p_value < 0.05
+    return hits / sims
+
+
+@pytest.mark.parametrize("n, base, lift", [(30, 0.2, 0.2), (85, 0.0588, 0.10)])
+def test_mcnemar_power_is_what_the_harness_test_finds_in_simulation(n, base, lift):
+    """bench/power.py's model, computed exactly, against the report's McNemar test simulated."""
+    fix = (lift + base * stats.BREAK_RATE) / (1 - base)
+
+    def draw(rng):
+        before = rng.random(n) < base
+        after = before ^ (rng.random(n) < np.where(before, stats.BREAK_RATE, fix))
+        return before.astype(float), after.astype(float)
+    exact = stats.mcnemar_power(n, base, lift)
+    simulated = _simulated_power("numeric_accuracy", n, draw)
+    assert 0.3 < exact < 0.95
+    assert abs(simulated - exact) < 4 * np.sqrt(exact * (1 - exact) / 400)
+    # the documented figure (docs/guide/evaluation.md): 85 held out from 0.0588 -> +0.105
+    assert stats.detectable_lift(85, 0.0588) == pytest.approx(0.105)
+    lift_found = stats.detectable_lift(n, base)
+    assert stats.mcnemar_power(n, base, lift_found) >= stats.POWER > stats.mcnemar_power(
+        n, base, lift_found - stats.LIFT_STEP)
+
+
+def test_a_shift_of_the_detectable_sds_is_found_with_about_the_stated_power():
+    n = 50
+    shift = stats.detectable_shift(n)
+    assert shift == pytest.approx((1.959964 + 0.841621) / np.sqrt(n), rel=1e-5)
+    simulated = _simulated_power("f1", n, lambda rng: (np.zeros(n), rng.normal(shift, 1.0, n)))
+    # the Wilcoxon test keeps ~95% of a t test's efficiency on normal differences
+    assert 0.7 < simulated < 0.88

@@ -103,3 +103,53 @@ def test_saved_start_scores_are_reused_only_for_the_same_examples(recipe_dict):
     assert not prepared.start_matches(prepared.prepare(quarter, with_data=False, select=True),
                                       saved)
     assert not prepared.start_matches(prepared.prepare(r, with_data=False), saved)
+
+
+def _chats(n: int) -> list[dict]:
+    return [{"messages": [{"role": "system", "content": "Answer with a number."},
+                          {"role": "user", "content": f"{i} + 1?"},
+                          {"role": "assistant", "content": f"{i + 1}"},
+                          {"role": "user", "content": f"and {i} + 2?"},
+                          {"role": "assistant", "content": f"It is {i + 2}."}]} for i in range(n)]
+
+
+def test_a_golden_set_cut_from_the_data_is_no_trial_s_training_row(recipe_dict, tmp_path):
+    """eval.from_train: rows of data.train held out as a golden set, named by the file's stem,
+    split for selection like any objective set, and left out of every trial's rows."""
+    import json
+
+    from conftest import jsonl
+    path = jsonl(tmp_path / "chats.jsonl", _chats(24))
+    r = recipe.build(recipe_dict, "t.yaml", {
+        "data": {"train": path, "eval_rows": 2}, "eval.from_train": {"rows": 0.25},
+        "sweep.objective": "chats/rougeL"})
+    prep = prepared.prepare(r, select=True)
+    sets = {g.name: g for g in prep.goldens}
+    assert set(sets) == {"math", "chats", "chats_heldout"}  # the objective's set is split
+    assert len(sets["chats"].prompts) + len(sets["chats_heldout"].prompts) == 6
+    own = sets["chats"].prompts + sets["chats_heldout"].prompts
+    assert all(p[0]["role"] == "system" and p[-1] == {"role": "user", "content": p[-1]["content"]}
+               and len(p) == 4 for p in own)
+    assert len(prep.train_ds) == 16 and len(prep.eval_ds) == 2
+
+    def asked(ds) -> set[str]:  # each training row's last question
+        return {json.dumps(row["prompt"][-1]) for row in ds}
+    held = {json.dumps(p[-1]) for p in own}
+    assert not held & asked(prep.train_ds) and not held & asked(prep.eval_ds)
+    # a trial with another seed and other data settings loads the data again: still left out
+    trial = recipe.with_values(r, {"seed": 7, "data.max_rows": 12})
+    train_ds, eval_ds = prepared.datasets(prep, trial)
+    assert len(train_ds) == 12 and not held & (asked(train_ds) | asked(eval_ds))
+
+
+@pytest.mark.parametrize("over, needle", [
+    ({"method": "dpo", "data.train": "builtin:math_preferences"}, "needs prompt/answer rows"),
+    ({"eval.from_train.name": "math"}, "golden set 'math' exists already"),
+    ({"eval.from_train.metrics": ["pairwise_accuracy"]}, "does not fit a generation"),
+])
+def test_a_golden_set_from_the_data_is_checked_before_any_work(recipe_dict, over, needle):
+    from harness.core.errors import HarnessError
+    r = recipe.build(recipe_dict, "t.yaml", {"eval.from_train": {"rows": 2}, **over})
+    with pytest.raises(HarnessError, match=needle) as e:
+        prepared.check(r)
+    assert e.value.key.startswith("eval.from_train")

@@ -104,3 +104,35 @@ def test_sft_then_kto_on_unpaired_judgements_or_unpaired_pairs(recipe_dict, pref
     # TRL's KTO logs the rewards of desirable and undesirable completions
     assert any(k.startswith("rewards/chosen") or k.startswith("rewards/rejected") for k in m), \
         sorted(m)
+
+
+def test_a_golden_set_from_the_training_data_is_scored_before_and_after(recipe_dict, tmp_path):
+    """`harness train` with eval.from_train on a file of question/answer rows: the held-out rows
+    are scored before and after with the text-overlap metrics and the reference's perplexity, and
+    the report says what each metric could detect, from the observed scores."""
+    from conftest import jsonl
+    from harness.eval import objective
+    from harness.eval.results import read_results
+    path = jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} + {i}?",
+                                          "answer": f"{i} + {i} = {2 * i}"} for i in range(24)])
+    r = recipe.build(recipe_dict, "t.yaml", {"data": {"train": path},
+                                             "eval.from_train": {"rows": 8, "max_new_tokens": 4},
+                                             "sweep.objective": "qa/rougeL"})
+    tracker = Tracker(r)
+    out, report = run.train_and_report(r, tracker)
+    keys = [k for k in out.comparison.keys() if k.startswith("qa/")]
+    assert keys == [f"qa/{m}" for m in ("rougeL", "f1", "bleu", "chrf", "perplexity")]
+    assert out.comparison["qa/perplexity"].n == 8
+    assert out.comparison["qa/perplexity"].after != out.comparison["qa/perplexity"].before
+    saved = read_results(tracker, out.run_id)
+    assert [e["reference"] for e in saved.before["qa"].examples] == \
+        [e["reference"] for e in out.after["qa"].examples]
+    text = report.read_text()
+    assert "## What these golden sets can detect" in text
+    rows = {o.key: o for o in objective.observed(saved.before, out.after)}
+    assert rows["qa/perplexity"].lift > 0  # the reference's perplexity moves in training
+    for key in keys:
+        lift = rows[key].lift
+        assert f"| {key} | 8 | {'—' if lift is None else f'{lift:.3g}'} |" in text
+    # the held-out rows are no training rows: 24 - 8
+    assert tracker.read_run(out.run_id).params["data.rows_train"] == "16"

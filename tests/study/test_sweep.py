@@ -8,6 +8,7 @@ from harness.core.errors import HarnessError
 from harness.eval import stats
 from harness.eval.results import read_results
 from harness.study import search, storage, sweep
+from harness.study.attrs import TrialAttrs
 from harness.tracking.tracker import Tracker
 
 
@@ -19,7 +20,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
 
     study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
     assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
-    # the chosen trial has the highest objective (sweep.direction's default: maximize)
+    # the chosen trial has the highest objective (sweep.direction inferred: maximize)
     assert out.best_value == study.trials[out.best_trial].value == \
         max(t.value for t in study.trials)
     exp = client.get_experiment_by_name("tiny")
@@ -423,3 +424,52 @@ def test_chosen_trials_held_out_scores_equal_scoring_every_trial(recipe_dict, cl
                                                      "sweep.heldout_scoring": "all"})
     assert all("after/math_heldout/numeric_accuracy" in t.data.metrics for t in trials)
     assert chosen == every and value == pytest.approx(value_all, rel=1e-4)  # nll: merged or not
+
+
+@pytest.mark.slow
+def test_an_eval_loss_objective_is_minimized_and_the_lowest_trial_wins(recipe_dict, client):
+    """sweep.objective eval_loss, no direction: the study minimizes the loss TRL's trainer
+    evaluates on data.eval_rows after training (the run's logged eval_loss), and picks the
+    lowest."""
+    import optuna
+    d = dict(recipe_dict, data={"train": "builtin:math", "builtin_rows": 12, "eval_rows": 4})
+    d["sweep"] = {k: v for k, v in d["sweep"].items() if k != "direction"}
+    r = recipe.build(d, "tiny.yaml", {"sweep.objective": "eval_loss"})
+    assert r.sweep.direction is None
+    out = sweep.run_sweep(r)
+    study = optuna.load_study(study_name="tiny", storage=d["sweep"]["storage"])
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    values = [t.value for t in study.trials]
+    assert len(values) == 2 and values[0] != values[1]
+    assert out.best_value == min(values) == study.best_value
+    for t in study.trials:  # each trial's value is its run's eval_loss, as TRL logged it
+        held = TrialAttrs.of(t)
+        assert client.get_run(held.run_id).data.metrics["eval_loss"] == pytest.approx(t.value)
+        assert held.after["eval_loss"] == t.value  # the report's trials table reads it
+    assert out.heldout is None and out.before_value is None  # no golden set was split
+    report = open(out.report).read()
+    assert "**eval_loss = " in report and "(minimize)" in report
+    assert "chosen on `eval_loss`" in report
+
+
+def test_an_eval_loss_objective_prunes_on_eval_loss(recipe_dict, tmp_path):
+    (tmp_path / "prune.yaml").write_text(
+        "n_trials: 2\npruner: {type: median}\n"
+        "params:\n  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3}\n")
+    d = dict(recipe_dict, data={"train": "builtin:math", "builtin_rows": 12, "eval_rows": 4})
+    r = recipe.build(d, "tiny.yaml", {"sweep.objective": "eval_loss",
+                                      "sweep.space": str(tmp_path / "prune.yaml")})
+    space = search.load_space(r)
+    assert space.pruner.intermediate == "eval_loss"
+    assert search.trial_values(space, _FixedTrial())["trainer.eval_strategy"] == "steps"
+    no_rows = recipe.build(recipe_dict, "tiny.yaml", {"sweep.objective": "eval_loss"})
+    with pytest.raises(HarnessError, match="set data.eval_rows") as e:
+        search.load_space(no_rows)
+    assert e.value.key == "sweep.objective"
+
+
+class _FixedTrial:
+    """Optuna's FixedTrial's suggest: the low end."""
+
+    def suggest_float(self, key, low, high, log=False, step=None):
+        return low

@@ -7,6 +7,7 @@ names fill the registry (METRICS), so a lookup needs no heavy import.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 from harness.core.registry import Registry
@@ -39,9 +40,17 @@ def _load_module(module: str):
     return evaluate.load(str(HERE / module))
 
 
-def features(name: str) -> set[str]:
-    """The input columns a metric takes. Cached per version of the metric's source, so
-    `harness validate` can check a golden set's metrics without importing evaluate (5 s)."""
+@dataclass(frozen=True)
+class Info:
+    """What a metric's module says of it, known without importing `evaluate`."""
+    features: frozenset[str]  # the input columns it takes
+    higher_is_better: bool
+    binary: bool  # 0/1 per-example scores
+
+
+def info(name: str) -> Info:
+    """A metric's Info. Cached per version of the metric's source, so `harness validate` can
+    check a golden set's metrics and infer a sweep's direction without importing evaluate (5 s)."""
     import hashlib
     import json
 
@@ -50,13 +59,21 @@ def features(name: str) -> set[str]:
     module = module_and_args(name)[0]
     digest = hashlib.sha256((HERE / module / f"{module}.py").read_bytes()
                             + (HERE / "base.py").read_bytes()).hexdigest()[:16]
-    cache = cache_dir() / "metrics" / f"{module}-{digest}.json"
+    cache = cache_dir() / "metrics" / f"{module}-{digest}-info.json"
     if cache.is_file():
-        return set(json.loads(cache.read_text()))
-    names = sorted(_load_module(module).features)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(cache, json.dumps(names))  # a concurrent reader never sees half a file
-    return set(names)
+        saved = json.loads(cache.read_text())
+    else:
+        m = _load_module(module)
+        saved = {"features": sorted(m.features), "higher_is_better": bool(m.higher_is_better),
+                 "binary": bool(m.binary)}
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(cache, json.dumps(saved))  # a concurrent reader never sees half a file
+    return Info(frozenset(saved["features"]), saved["higher_is_better"], saved["binary"])
+
+
+def features(name: str) -> set[str]:
+    """The input columns a metric takes (info)."""
+    return set(info(name).features)
 
 
 def load(name: str):
