@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.data import trainset
 from harness.eval import scoring, goldensets
 from harness import models
-from harness.train import rewards, trainers
+from harness.train import assistant_loss, rewards, trainers
 from harness.config import shipped
 from harness.core import context
 from harness.core.errors import HarnessError, phase, say
@@ -222,14 +222,15 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     if not with_data:
         say(f"golden sets: {sets}")
         return prep
-    prep.train_ds, prep.eval_ds, prep.data_info = trainset.load_train(recipe.data, recipe.seed,
-                                                                  k.data_kind)
+    prep.train_ds, prep.eval_ds, prep.data_info = load_rows(recipe, tok)
     max_length = recipe.trainer.get("max_length", trainers.default_field(recipe, "max_length"))
     longer = trainset.check_lengths(prep.train_ds, tok, max_length, recipe.data.train)
     if longer:
         say(f"warning: {longer} of the first rows are longer than max_length={max_length} and "
             "will be truncated")
-    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}), "
+    turn_mask = prep.data_info.get("turn_mask")
+    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}"
+        f"{f', every assistant turn trained ({turn_mask})' if turn_mask else ''}), "
         f"golden sets: {sets}")
     return prep
 
@@ -333,8 +334,15 @@ def datasets(prep: Prepared, recipe: Recipe) -> tuple:
     the data."""
     if recipe.data == prep.recipe.data:
         return prep.train_ds, prep.eval_ds
-    train_ds, eval_ds, _ = trainset.load_train(recipe.data, recipe.seed, trainers.kind(recipe).data_kind)
+    train_ds, eval_ds, _ = load_rows(recipe, prep.tok)
     return train_ds, eval_ds
+
+
+def load_rows(recipe: Recipe, tok) -> tuple:
+    """(train, eval or None, info): the recipe's rows as its trainer reads them, conversations
+    masked for `tok` (harness.train.assistant_loss)."""
+    return trainset.load_train(recipe.data, recipe.seed, trainers.kind(recipe).data_kind,
+                               assistant_loss.masker(tok))
 
 
 def slice_score(prep: Prepared, model, key: str, n: int) -> float:
