@@ -70,12 +70,13 @@ def trained_row(tok, data: str, train_turns: str, path: str | None, out: str):
 
     from harness.config.recipe import DataSpec
     from harness.data import trainset, turns
-    from harness.train import assistant_loss
+    from harness.train import assistant_loss, trainers
     masker = turns.TurnMasker(tok, lambda _: path)  # the path forced: both run on one template
     ds, _, info = trainset.load_train(DataSpec(train=data, train_turns=train_turns), 0,
                                       masker=masker)
+    checkpointing = trainers.checkpointing_key(trainers.TRAINERS.get("sft"))
     config = SFTConfig(output_dir=out, report_to="none", max_steps=1, use_cpu=True,
-                       max_length=None, dataset_num_proc=None)
+                       max_length=None, **{checkpointing: False})
     assistant_loss.configure(config, ds)  # as harness.train.trainers.train does
     trainer = SFTTrainer(model=tiny_model(tok), args=config, train_dataset=ds,
                          processing_class=tok)

@@ -29,10 +29,10 @@ MARKED = (
 
 def conversation(k: int) -> list[dict]:
     """Three assistant turns, the last after a tool's result; every text names its row `k`."""
-    return [{"role": "system", "content": "You are a careful calculator."},
-            {"role": "user", "content": f"q{k} one"}, {"role": "assistant", "content": f"a{k} one"},
-            {"role": "user", "content": f"q{k} two"}, {"role": "assistant", "content": f"call{k}"},
-            {"role": "tool", "content": f"tool{k}"}, {"role": "assistant", "content": f"a{k} three"}]
+    said = [("system", "You are a careful calculator."), ("user", f"q{k} one"),
+            ("assistant", f"a{k} one"), ("user", f"q{k} two"), ("assistant", f"call{k}"),
+            ("tool", f"tool{k}"), ("assistant", f"a{k} three")]
+    return [{"role": role, "content": text} for role, text in said]
 
 
 def trained_text(k: int, train_turns: str = "all") -> str:
