@@ -23,34 +23,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-CONVERSATION = [
-    {"role": "system", "content": "You are a careful calculator."},
-    {"role": "user", "content": "What is 12 + 30?"},
-    {"role": "assistant", "content": "12 + 30 = 42"},
-    {"role": "user", "content": "Now multiply that by 3 with the tool."},
-    {"role": "assistant", "content": "multiply(42, 3)"},
-    {"role": "tool", "content": "126"},
-    {"role": "assistant", "content": "42 x 3 = 126"},
-]
-# SmolLM2-135M-Instruct's template with generation markers around each assistant turn's part
-# after the generation prompt (content, <|im_end|> and the newline the template closes it with)
-SMOLLM2_MARKED = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-    "Face<|im_end|>\n' }}{% endif %}{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endgeneration %}{% else %}{{ '<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
+# the tests' conversation and marked template (tests/conftest.py), so the figures printed here
+# are the ones tests/data/test_turns.py and tests/train/test_assistant_loss.py assert
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from conftest import CONVERSATION, MARKED_TEMPLATE  # noqa: E402
 
 
 def templates(tok) -> dict[str, str]:
     import trl
     qwen = Path(trl.__file__).parent / "chat_templates" / "qwen2_5_training.jinja"
-    return {"smollm2": tok.chat_template, "smollm2+markers": SMOLLM2_MARKED,
+    return {"smollm2": tok.chat_template, "smollm2+markers": MARKED_TEMPLATE,
             "qwen2_5_training": qwen.read_text()}
 
 

@@ -2,21 +2,11 @@
 assistant turn, counted token by token on SmolLM2's real tokenizer and chat template."""
 import pytest
 
-from conftest import TOKENIZER, jsonl
+from conftest import CONVERSATION, TOKENIZER, jsonl
 from harness.config.recipe import DataSpec
 from harness.core.errors import HarnessError
 from harness.data import trainset, turns
 
-SYSTEM = {"role": "system", "content": "You are a careful calculator."}
-CONVERSATION = [  # three assistant turns, a tool result before the last
-    SYSTEM,
-    {"role": "user", "content": "What is 12 + 30?"},
-    {"role": "assistant", "content": "12 + 30 = 42"},
-    {"role": "user", "content": "Now multiply that by 3 with the tool."},
-    {"role": "assistant", "content": "multiply(42, 3)"},
-    {"role": "tool", "content": "126"},
-    {"role": "assistant", "content": "42 x 3 = 126"},
-]
 SHAREGPT = {"system": "system", "user": "human", "assistant": "gpt", "tool": "tool"}
 
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from conftest import TOKENIZER, jsonl
+from conftest import CONVERSATION, MARKED_TEMPLATE as MARKED, TOKENIZER, jsonl
 from harness import models
 from harness.config import recipe
 from harness.config.recipe import DataSpec
@@ -15,29 +15,15 @@ from harness.data import trainset, turns
 from harness.pipeline import prepared
 from harness.train import assistant_loss, trainers
 
-# SmolLM2's chat template with {% generation %} around what follows each assistant turn's
-# generation prompt: the same text, so TRL's path and the harness's run on one rendering
-MARKED = (
-    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
-    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
-    "Face<|im_end|>\n' }}{% endif %}{% if message['role'] == 'assistant' %}"
-    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endgeneration %}{% else %}{{ '<|im_start|>' + message['role'] + '\n' + "
-    "message['content'] + '<|im_end|>' + '\n' }}{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
-
-
 def conversation(k: int) -> list[dict]:
-    """Three assistant turns, the last after a tool's result; every text names its row `k`."""
-    said = [("system", "You are a careful calculator."), ("user", f"q{k} one"),
-            ("assistant", f"a{k} one"), ("user", f"q{k} two"), ("assistant", f"call{k}"),
-            ("tool", f"tool{k}"), ("assistant", f"a{k} three")]
-    return [{"role": role, "content": text} for role, text in said]
+    """The tests' conversation with every text naming its row `k`."""
+    return [{**m, "content": f"{m['content']} (row {k})"} for m in CONVERSATION]
 
 
-def trained_text(k: int, train_turns: str = "all") -> str:
-    """What row k trains: each assistant turn's content, <|im_end|> and the newline after it."""
-    said = [m["content"] for m in conversation(k) if m["role"] == "assistant"]
+def trained_text(msgs: list[dict], train_turns: str = "all") -> str:
+    """What a conversation trains: each assistant turn's content, <|im_end|> and the newline
+    after it (the last turn's only under train_turns last)."""
+    said = [m["content"] for m in msgs if m["role"] == "assistant"]
     return "".join(f"{s}<|im_end|>\n" for s in (said if train_turns == "all" else said[-1:]))
 
 
@@ -91,7 +77,7 @@ def per_turn(tok, ids, labels, msgs) -> list[int]:
 
 def test_trl_markers_and_the_harness_mask_train_the_same_tokens(tmp_path):
     tok = tokenizer(MARKED)
-    msgs = conversation(7)
+    msgs = CONVERSATION
     data = jsonl(tmp_path / "c.jsonl", [{"messages": msgs}])
     got = {(turns_, path): sft_labels(tok, data, turns_, path, tmp_path)
            for turns_, path in [("all", turns.INCREMENTAL), ("all", turns.TRL_MARKERS),
@@ -99,13 +85,13 @@ def test_trl_markers_and_the_harness_mask_train_the_same_tokens(tmp_path):
     ids = got["all", turns.INCREMENTAL][0]
     assert all(i == ids for i, _ in got.values())  # one rendering
     counts = {k: per_turn(tok, ids, labels, msgs) for k, (_, labels) in got.items()}
-    # system, user, assistant, user, assistant, tool, assistant ("a7 one<|im_end|>\n": 5 tokens)
+    # system, user, assistant, user, assistant, tool, assistant, as bench/turn_masks.py prints
     assert counts["all", turns.INCREMENTAL] == counts["all", turns.TRL_MARKERS] == \
-        [0, 0, 5, 0, 4, 0, 5]
-    assert counts["last", turns.INCREMENTAL] == [0, 0, 0, 0, 0, 0, 5]
+        [0, 0, 12, 0, 10, 0, 12]
+    assert counts["last", turns.INCREMENTAL] == [0, 0, 0, 0, 0, 0, 12]
     assert got["all", turns.INCREMENTAL][1] == got["all", turns.TRL_MARKERS][1]  # token by token
     for (train_turns, _), (_, labels) in got.items():
-        assert tok.decode([t for t in labels if t != -100]) == trained_text(7, train_turns)
+        assert tok.decode([t for t in labels if t != -100]) == trained_text(msgs, train_turns)
 
 
 @pytest.mark.slow
@@ -115,7 +101,8 @@ def test_sft_trains_a_step_on_every_assistant_turn_and_hands_its_rows_on(
         recipe_dict, tmp_path, path, packing):
     data = jsonl(tmp_path / "chat.jsonl", [{"messages": conversation(k)} for k in range(4)])
     r = recipe.build(recipe_dict, "t.yaml", {"data.train": data, "trainer.max_steps": 1,
-                                             "trainer.packing": packing})
+                                             "trainer.packing": packing,
+                                             "trainer.max_length": 256})  # whole conversations
     plan = models.device_plan(r.model)
     tok = models.load_tokenizer(r.model)
     if path == turns.TRL_MARKERS:
@@ -137,10 +124,12 @@ def test_sft_trains_a_step_on_every_assistant_turn_and_hands_its_rows_on(
     seen = []
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         text = tok.decode(ids)
-        order = sorted((text.index(f"q{k} one"), k) for k in range(4) if f"q{k} one" in text)
-        seen += [k for _, k in order]
+        order = [k for _, k in sorted((text.index(f"(row {k})"), k) for k in range(4)
+                                      if f"(row {k})" in text)]
+        seen += order
         # the batch's labels: every assistant turn of each conversation in it, nothing else
-        assert tok.decode(ids[labels != -100]) == "".join(trained_text(k) for _, k in order)
+        assert tok.decode(ids[labels != -100]) == "".join(trained_text(conversation(k))
+                                                          for k in order)
     assert seen
     # a trial of other optimiser values takes the rows TRL prepared, labels and all
     second = run(recipe.with_values(r, {"trainer.learning_rate": 1e-3}), "b")
