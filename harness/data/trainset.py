@@ -154,7 +154,7 @@ def to_trl(row: dict, fmt: str, source: str, index: int, train_turns: str = "all
     if fmt in turns.CHAT_FORMATS:
         msgs = row["messages"] if fmt == "messages" else turns.from_sharegpt(
             row["conversations"], source, index)
-        turns.check_messages(msgs, source, index, fmt)
+        turns.check_messages(msgs, source, index, fmt, all_turns=train_turns == "all")
         if train_turns == "all":
             return {"messages": msgs}
         return {"prompt": msgs[:-1], "completion": msgs[-1:]}  # the earlier turns: context

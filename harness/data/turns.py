@@ -45,11 +45,13 @@ def from_sharegpt(conversation, source: str, row: int) -> list[dict]:
     return messages
 
 
-def check_messages(msgs, source: str, row: int, column: str = "messages") -> None:
+def check_messages(msgs, source: str, row: int, column: str = "messages",
+                   all_turns: bool = False) -> None:
     """A conversation's turns in an order a chat template renders and a model can learn from: a
     system turn first if any, no two turns of one speaker in a row, tool results right after the
     assistant turn that called the tool (several results may follow one call), and the last turn
-    the assistant's. `column` names the row's field in the error."""
+    the assistant's; with `all_turns` (every assistant turn trained) not the first, which would
+    answer nothing. `column` names the row's field in the error."""
     if not isinstance(msgs, list) or not msgs:
         raise HarnessError(f"{column} must be a non-empty list", file=source, row=row)
     for i, m in enumerate(msgs):
@@ -71,6 +73,10 @@ def check_messages(msgs, source: str, row: int, column: str = "messages") -> Non
             raise HarnessError(f"{column}[{i}]: two {role} turns in a row", file=source, row=row)
     if msgs[-1]["role"] != "assistant":
         raise HarnessError("the last turn must be the assistant's", file=source, row=row)
+    if all_turns and msgs[0]["role"] == "assistant":
+        raise HarnessError(f"{column}[0]: the conversation opens with an assistant turn, which "
+                           "answers nothing; start it with a user or system turn", file=source,
+                           row=row)
 
 
 def _render(tok, turns: list[dict], generation_prompt: bool = False) -> list[int]:
@@ -89,16 +95,13 @@ def incremental_mask(tok, msgs: list[dict], source: str = "", row: int | None = 
 
     Both renders must be prefixes of the whole conversation's render; a template that renders a
     turn differently once later turns follow (one that drops earlier turns' reasoning, say) is
-    refused in one line, as this row's mask would be wrong."""
+    refused in one line, as this row's mask would be wrong. The first turn is not the
+    assistant's (check_messages with all_turns)."""
     ids = _render(tok, msgs)
     mask = [0] * len(ids)
     for i, m in enumerate(msgs):
         if m["role"] != "assistant":
             continue
-        if not i:  # a template renders no generation prompt for an empty conversation
-            raise HarnessError("messages[0]: the conversation opens with an assistant turn, "
-                               "which answers nothing; start it with a user or system turn",
-                               file=source, row=row)
         start = _render(tok, msgs[:i], generation_prompt=True)
         end = ids if i == len(msgs) - 1 else _render(tok, msgs[:i + 1])
         if ids[:len(start)] != start or ids[:len(end)] != end or len(end) < len(start):

@@ -153,3 +153,10 @@ def test_tool_turns_may_follow_one_call_several_in_a_row(tok):
     ids, mask = turns.incremental_mask(tok, msgs)
     per_turn = trained_per_turn(tok, ids, mask, msgs)
     assert [bool(t) for t in per_turn] == [m["role"] == "assistant" for m in msgs]
+
+
+def test_an_opening_assistant_turn_is_context_when_only_the_last_trains(tmp_path, tok):
+    greeting = [{"role": "assistant", "content": "Hi, what shall we add?"}, *CONVERSATION[1:3]]
+    path = jsonl(tmp_path / "g.jsonl", [{"messages": greeting}])
+    rows, _, _ = trainset.load_train(DataSpec(train=path, train_turns="last"), 0)
+    assert rows[0]["prompt"] == greeting[:2] and rows[0]["completion"] == greeting[2:]
