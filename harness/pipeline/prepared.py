@@ -230,7 +230,7 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
             "will be truncated")
     turn_mask = prep.data_info.get("turn_mask")
     say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}"
-        f"{f', every assistant turn trained ({turn_mask})' if turn_mask else ''}), "
+        f"{f'; every assistant turn trained: {turn_mask}' if turn_mask else ''}), "
         f"golden sets: {sets}")
     return prep
 
