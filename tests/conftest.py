@@ -48,6 +48,28 @@ def pytest_collection_modifyitems(config, items):
 
 SHARED = Path(os.environ.get("HARNESS_SHARED", ROOT.parent / "shared"))
 TOKENIZER = SHARED / "anchors" / "smollm2-135m"  # SmolLM2's tokenizer and chat template
+# a conversation of three assistant turns, a tool's result before the last (tests/data/test_turns,
+# tests/train/test_assistant_loss and bench/turn_masks.py count its trained tokens per turn)
+CONVERSATION = [
+    {"role": "system", "content": "You are a careful calculator."},
+    {"role": "user", "content": "What is 12 + 30?"},
+    {"role": "assistant", "content": "12 + 30 = 42"},
+    {"role": "user", "content": "Now multiply that by 3 with the tool."},
+    {"role": "assistant", "content": "multiply(42, 3)"},
+    {"role": "tool", "content": "126"},
+    {"role": "assistant", "content": "42 x 3 = 126"},
+]
+# SmolLM2's chat template with {% generation %} around what follows each assistant turn's
+# generation prompt (content, <|im_end|> and the newline closing the turn): the same text as
+# SmolLM2's own, so TRL's marker path and the harness's own mask run on one rendering
+MARKED_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging "
+    "Face<|im_end|>\n' }}{% endif %}{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\n' }}{% generation %}{{ message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endgeneration %}{% else %}{{ '<|im_start|>' + message['role'] + '\n' + "
+    "message['content'] + '<|im_end|>' + '\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}")
 
 
 def _tiny_llama(out: Path, initializer_range: float) -> str:

@@ -77,6 +77,13 @@ CASES = [
     Case("chat-two-user-turns", command="train",
          files={"d.jsonl": CHAT % json.dumps([U, A]) + "\n" + CHAT % json.dumps([U, U, A]) + "\n"},
          recipe={"data.train": "{tmp}/d.jsonl"}, expect=("row 2", "two user turns")),
+    Case("sharegpt-unknown-from", command="train", files={"d.jsonl": json.dumps(
+        {"conversations": [{"from": "human", "value": "x"}, {"from": "bot", "value": "x"}]})
+        + "\n"}, recipe={"data.train": "{tmp}/d.jsonl"},
+        expect=("d.jsonl", "row 1", "conversations[1]: unknown from 'bot'")),
+    Case("chat-tool-after-user", command="train",
+         files={"d.jsonl": CHAT % json.dumps([U, {"role": "tool", "content": "x"}, A]) + "\n"},
+         recipe={"data.train": "{tmp}/d.jsonl"}, expect=("row 1", "tool turn must follow")),
     Case("chat-no-assistant", command="train",
          files={"d.jsonl": CHAT % json.dumps([U]) + "\n"},
          recipe={"data.train": "{tmp}/d.jsonl"}, expect=("row 1", "assistant")),

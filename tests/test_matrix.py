@@ -216,6 +216,9 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
             assert "## Where the time went" in report and "| training |" in report
             inputs = {i.dataset.name for i in run.inputs.dataset_inputs}
             assert {"train", set_name, "general_knowledge"} <= inputs
+            # conversations train every assistant turn; SmolLM2's template has no markers
+            assert run.data.params.get("data.turn_mask") == (
+                "harness_incremental" if cell.fmt == "messages" else None)
         elif command == "report":
             Path("reports/cell/report.md").unlink()
             _cli(capsys, "report", run.info.run_id, "--tracking-uri", store)

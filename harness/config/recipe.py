@@ -68,8 +68,12 @@ class DataSpec(Section):
                        "or directory, or a Hub dataset id.")
     split: str = Field("train", description="Split to read from a Hub or directory dataset.")
     subset: str | None = Field(None, description="Hub dataset config name (e.g. 'main').")
-    format: Literal["auto", "messages", "instruction", "prompt_completion", "question_answer",
-                    "text"] = Field("auto", description="Row format; auto detects from columns.")
+    format: Literal["auto", "messages", "conversations", "instruction", "prompt_completion",
+                    "question_answer", "text"] = Field(
+        "auto", description="Row format; auto detects from columns.")
+    train_turns: Literal["all", "last"] = Field(
+        "all", description="A messages/conversations row trains every assistant turn (all; "
+        "system, user and tool turns are context), or only its last (last).")
     max_rows: int | None = Field(None, gt=0, description="Use the first N rows (after shuffling).")
     eval_rows: int = Field(0, ge=0, description="Hold out N rows for eval loss.")
     skip_rows: int = Field(0, ge=0, description="Drop the first N rows (keep a held-out slice).")

@@ -1,15 +1,17 @@
 """Training data: loading with `datasets`, format detection, checks, conversion to TRL's shapes.
 
-Every supervised format becomes TRL's conversational prompt/completion rows, so SFTTrainer masks
-the prompt (loss on the answer only) the way TRL documents; plain text stays language modeling.
+Every single-answer supervised format becomes TRL's conversational prompt/completion rows, so
+SFTTrainer masks the prompt (loss on the answer only) the way TRL documents; conversations train
+every assistant turn (harness.data.turns) or only the last; plain text stays language modeling.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
 
-from harness.data import mathgen
+from harness.data import mathgen, turns
 from harness.core.errors import HarnessError
 from harness.config.recipe import DataSpec
 from harness.core.registry import Registry
@@ -21,15 +23,16 @@ FORMATS = {
     "preference": ("chosen", "rejected"),
     "unpaired": ("prompt", "completion", "label"),  # KTO: one completion, judged good or bad
     "messages": ("messages",),
+    "conversations": ("conversations",),  # ShareGPT: from/value turns
     "prompt_completion": ("prompt", "completion"),
     "instruction": ("instruction", "output"),
     "question_answer": ("question", "answer"),
     "prompt": ("prompt",),  # prompt-only rows (GRPO), with an optional reference `answer`
     "text": ("text",),
 }
-ROLES = ("system", "user", "assistant")
 #: what each kind of trainer reads
-KINDS = {"supervised": ("messages", "prompt_completion", "instruction", "question_answer", "text"),
+KINDS = {"supervised": ("messages", "conversations", "prompt_completion", "instruction",
+                        "question_answer", "text"),
          "preference": ("preference",),
          # reinforcement fine-tuning: prompts to complete, and the answer a verifier checks
          "prompt": ("prompt", "question_answer", "prompt_completion"),
@@ -130,24 +133,9 @@ def detect_format(columns: list[str], source: str, key: str = "data.format",
                        file=source, key=key)
 
 
-def _check_messages(msgs, source: str, row: int) -> None:
-    if not isinstance(msgs, list) or not msgs:
-        raise HarnessError("messages must be a non-empty list", file=source, row=row)
-    for i, m in enumerate(msgs):
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(
-                m.get("content"), str):
-            raise HarnessError(f"messages[{i}] must be {{role: system|user|assistant, content: "
-                               "str}", file=source, row=row)
-        if m["role"] == "system" and i != 0:
-            raise HarnessError(f"messages[{i}]: a system turn must come first", file=source, row=row)
-        if i and m["role"] == msgs[i - 1]["role"]:
-            raise HarnessError(f"messages[{i}]: two {m['role']} turns in a row", file=source, row=row)
-    if msgs[-1]["role"] != "assistant":
-        raise HarnessError("the last turn must be the assistant's", file=source, row=row)
-
-
-def to_trl(row: dict, fmt: str, source: str, index: int) -> dict:
-    """One row in TRL's conversational shape: prompt/completion, prompt/chosen/rejected, or
+def to_trl(row: dict, fmt: str, source: str, index: int, train_turns: str = "all") -> dict:
+    """One row in TRL's conversational shape: prompt/completion, prompt/chosen/rejected,
+    {'messages'} for a conversation whose every assistant turn trains (`train_turns` all), or
     {'text'} for plain language modeling."""
     def need(*cols):
         for c in cols:
@@ -163,14 +151,17 @@ def to_trl(row: dict, fmt: str, source: str, index: int) -> dict:
         pair = to_trl({"prompt": row["prompt"], "completion": row["completion"]},
                       "prompt_completion", source, index)
         return {**pair, "label": row["label"]}
-    if fmt == "messages":
-        msgs = row["messages"]
-        _check_messages(msgs, source, index)
-        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+    if fmt in turns.CHAT_FORMATS:
+        msgs = row["messages"] if fmt == "messages" else turns.from_sharegpt(
+            row["conversations"], source, index)
+        turns.check_messages(msgs, source, index, fmt, all_turns=train_turns == "all")
+        if train_turns == "all":
+            return {"messages": msgs}
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}  # the earlier turns: context
     if fmt == "prompt_completion":
         p, c = row["prompt"], row["completion"]
         if isinstance(p, list) and isinstance(c, list):
-            _check_messages(p + c, source, index)
+            turns.check_messages(p + c, source, index)
             return {"prompt": p, "completion": c}
         need("prompt", "completion")
         return {"prompt": [{"role": "user", "content": p}],
@@ -197,7 +188,7 @@ def to_prompt(row: dict, fmt: str, source: str, index: int) -> dict:
     if isinstance(answer, list):  # a chat completion: its text
         answer = "".join(m.get("content") or "" for m in answer if isinstance(m, dict))
     if isinstance(prompt, list):
-        _check_messages(prompt + [{"role": "assistant", "content": "-"}], source, index)
+        turns.check_messages(prompt + [{"role": "assistant", "content": "-"}], source, index)
     elif isinstance(prompt, str) and prompt.strip():
         prompt = [{"role": "user", "content": prompt}]
     else:
@@ -211,7 +202,7 @@ def _preference(row: dict, source: str, index: int, need) -> dict:
     chosen, rejected, prompt = row["chosen"], row["rejected"], row.get("prompt")
     if isinstance(chosen, list) and isinstance(rejected, list):
         for msgs in (chosen, rejected):  # implicit prompt: the shared turns are the prompt
-            _check_messages((prompt or []) + msgs, source, index)
+            turns.check_messages((prompt or []) + msgs, source, index)
         return {"prompt": prompt, "chosen": chosen, "rejected": rejected} if prompt else {
             "chosen": chosen, "rejected": rejected}
     need("chosen", "rejected", *(["prompt"] if prompt is not None else []))
@@ -222,8 +213,10 @@ def _preference(row: dict, source: str, index: int, need) -> dict:
             "rejected": [{"role": "assistant", "content": rejected}]}
 
 
-def load_train(spec: DataSpec, seed: int, kind: str = "supervised", held=None):
+def load_train(spec: DataSpec, seed: int, kind: str = "supervised",
+               masker: turns.TurnMasker | None = None, held=None):
     """(train, eval or None, info) as TRL-ready datasets; info goes to tracking as params.
+    `masker` masks conversations whose every assistant turn trains (needed for those only).
     `held`: a golden set's rows (harness.data.heldrows.HeldRows), left out before the eval and
     training rows are sliced (its first load chooses them)."""
     import datasets
@@ -242,7 +235,8 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised", held=None):
                            f"{', '.join(KINDS[kind])})", file=spec.train, key="data.train")
     skip = min(spec.skip_rows, len(raw))
     # converted in file order, so an error's row number is the row's line in the file
-    convert = to_prompt if kind == "prompt" else to_trl
+    convert = to_prompt if kind == "prompt" else functools.partial(
+        to_trl, train_turns=spec.train_turns)
     rows = [convert(r, fmt, spec.train, skip + i + 1)
             for i, r in enumerate(raw.select(range(skip, len(raw))))]
     if fmt == "preference" and all(r["chosen"] == r["rejected"] for r in rows):
@@ -258,12 +252,20 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised", held=None):
     # the rows as converted, before any shuffle: the same source and settings give the same hash
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
     ds = datasets.Dataset.from_list(rows)
+    all_turns = fmt in turns.CHAT_FORMATS and spec.train_turns == "all"
+    if all_turns:  # masked once selected (a slice of a large file costs no more than the slice)
+        if masker is None:
+            raise TypeError("all-turn conversations need load_train's masker")
+        ds = ds.add_column(turns.ROW_COLUMN, range(skip + 1, skip + 1 + len(rows)))
     if spec.shuffle:
         ds = ds.shuffle(seed=seed)
     train = ds.select(range(n_eval, n_eval + n_train)).flatten_indices()
     evalset = ds.select(range(n_eval)).flatten_indices() if n_eval else None
     info = {"format": fmt, "rows_train": len(train), "rows_eval": n_eval, "fingerprint": digest,
             **({"rows_golden": len(held.rows)} if held is not None else {})}
+    if all_turns:
+        train, evalset = (masker.apply(d, spec.train) for d in (train, evalset))
+        info["turn_mask"] = masker.path  # which path trains the turns (harness.data.turns)
     return train, evalset, info
 
 
@@ -275,6 +277,8 @@ def check_lengths(ds, tok, max_length: int | None, source: str, sample: int = 25
     rows = ds.select(range(min(sample, len(ds))))
 
     def length(row) -> int:
+        if "input_ids" in row:  # conversations the harness tokenized (turns.INCREMENTAL)
+            return len(row["input_ids"])
         if "messages" in row:
             msgs = row["messages"]
         elif "completion" in row:

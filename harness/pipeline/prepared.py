@@ -12,7 +12,7 @@ from pathlib import Path
 from harness.data import heldrows, trainset
 from harness.eval import goldensets, objective, scoring
 from harness import models
-from harness.train import rewards, trainers
+from harness.train import assistant_loss, rewards, trainers
 from harness.config import shipped
 from harness.core import context
 from harness.core.errors import HarnessError, phase, say
@@ -262,7 +262,7 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
         if recipe.eval.from_train else None
     data = None
     if with_data or held:  # the golden set's rows are chosen as the data loads
-        data = trainset.load_train(recipe.data, recipe.seed, k.data_kind, held)
+        data = load_rows(recipe, tok, held)
     if held:
         goldens.append(own_goldenset(recipe, held))
     if recipe.eval.benchmarks:
@@ -305,7 +305,9 @@ def _prepare(recipe: Recipe, tracker, with_data: bool, scorings: int, select: bo
     if longer:
         say(f"warning: {longer} of the first rows are longer than max_length={max_length} and "
             "will be truncated")
-    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']})"
+    turn_mask = prep.data_info.get("turn_mask")
+    say(f"data: {prep.data_info['rows_train']} training rows ({prep.data_info['format']}"
+        f"{f'; every assistant turn trained: {turn_mask}' if turn_mask else ''})"
         + (f", {len(held.rows)} held out as golden set "
            f"{recipe.eval.from_train.set_name(recipe.data.train)}" if held else "")
         + f", golden sets: {sets}")
@@ -455,9 +457,15 @@ def datasets(prep: Prepared, recipe: Recipe) -> tuple:
     if recipe.data == prep.recipe.data:
         return prep.train_ds, prep.eval_ds
     # the golden set's rows stay out whatever the trial's seed or data settings
-    train_ds, eval_ds, _ = trainset.load_train(recipe.data, recipe.seed,
-                                               trainers.kind(recipe).data_kind, prep.held)
+    train_ds, eval_ds, _ = load_rows(recipe, prep.tok, prep.held)
     return train_ds, eval_ds
+
+
+def load_rows(recipe: Recipe, tok, held=None) -> tuple:
+    """(train, eval or None, info): the recipe's rows as its trainer reads them, conversations
+    masked for `tok` (harness.train.assistant_loss), `held` (eval.from_train's rows) left out."""
+    return trainset.load_train(recipe.data, recipe.seed, trainers.kind(recipe).data_kind,
+                               assistant_loss.masker(tok), held)
 
 
 def slice_score(prep: Prepared, model, key: str, n: int) -> float:

@@ -16,7 +16,8 @@ from importlib.metadata import version
 from harness import models
 from harness.accel import attention, graphs, kernels, memory
 from harness.core import fences, stopping
-from harness.train import checkpoints, distributed, guards, rewards, rollouts, steps
+from harness.train import (assistant_loss, checkpoints, distributed, guards, rewards, rollouts,
+                           steps)
 from harness.core.errors import HarnessError, did_you_mean
 from harness.core.files import atomic_write
 from harness.config.recipe import Recipe
@@ -333,6 +334,7 @@ def train(recipe: Recipe, model, tok, train_ds, eval_ds, plan: models.DevicePlan
     if prepared:
         train_ds, eval_ds = prepared
         config.dataset_kwargs = {**(config.dataset_kwargs or {}), "skip_prepare_dataset": True}
+    assistant_loss.configure(config, train_ds)  # after: rows TRL prepared need it no more
     # the plan's grouped_kv off: the varlen kernel never tried with fewer K/V heads
     varlen = handover.varlen if plan.grouped_kv else attention.VarlenKernel(grouped_kv=False)
     with attention.training_attention(model, plan.attention if k.packs and padding_free(config)

@@ -18,8 +18,9 @@ BOT = {"role": "assistant", "content": "2 + 3 = 5\n#### 5"}
     ({"text": "Once upon a time"}, "text"),
 ])
 def test_every_format_becomes_trl_prompt_completion(tmp_path, row, fmt):
+    """A conversation too, training its last turn only (tests/data/test_turns.py: all turns)."""
     path = jsonl(tmp_path / "d.jsonl", [row, row])
-    train, ev, info = trainset.load_train(DataSpec(train=path), seed=0)
+    train, ev, info = trainset.load_train(DataSpec(train=path, train_turns="last"), seed=0)
     assert info["format"] == fmt and len(train) == 2 and ev is None
     got = train[0]
     if fmt == "text":
