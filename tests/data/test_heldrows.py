@@ -19,13 +19,19 @@ def _chats(n: int) -> list[dict]:
                           {"role": "assistant", "content": f"{i + 1}"}]} for i in range(n)]
 
 
+def _spec(train: str, **kw) -> DataSpec:
+    """Rows kept as prompt/completion (train_turns: last), so training rows compare with the held
+    ones as converted; which rows are held does not depend on how the turns are masked."""
+    return DataSpec(train=train, train_turns="last", **kw)
+
+
 def _texts(ds) -> set[str]:
     return {json.dumps(r, sort_keys=True) for r in ds}
 
 
 def test_held_rows_never_reach_training_nor_eval_and_stay_out_for_any_later_seed(tmp_path):
     path = jsonl(tmp_path / "chats.jsonl", _chats(40))
-    spec = DataSpec(train=path, eval_rows=5)
+    spec = _spec(path, eval_rows=5)
     held = HeldRows(0.25, seed=42)
     train, evalset, info = trainset.load_train(spec, 42, held=held)
     assert len(held.rows) == 10 and info["rows_golden"] == 10
@@ -39,7 +45,7 @@ def test_held_rows_never_reach_training_nor_eval_and_stay_out_for_any_later_seed
     assert prompts[0] == _chats(40)[i]["messages"][:4] and prompts[0][0]["role"] == "system"
     # a trial with another seed (sweep.repeat_best) or fewer rows shuffles differently, and the
     # held rows still stay out: the choice is made once
-    again, _, _ = trainset.load_train(DataSpec(train=path, eval_rows=5, max_rows=20), 7,
+    again, _, _ = trainset.load_train(_spec(path, eval_rows=5, max_rows=20), 7,
                                       held=held)
     assert len(again) == 20 and not cut & {heldrows.digest(dict(r)) for r in again}
     assert {heldrows.digest(r) for r in held.rows} == cut
@@ -48,9 +54,9 @@ def test_held_rows_never_reach_training_nor_eval_and_stay_out_for_any_later_seed
 def test_the_choice_is_the_seeds_whatever_the_row_order(tmp_path):
     rows = _chats(30)
     a, b, c = HeldRows(6, seed=1), HeldRows(6, seed=1), HeldRows(6, seed=2)
-    trainset.load_train(DataSpec(train=jsonl(tmp_path / "a.jsonl", rows)), 0, held=a)
-    trainset.load_train(DataSpec(train=jsonl(tmp_path / "b.jsonl", rows[::-1])), 0, held=b)
-    trainset.load_train(DataSpec(train=jsonl(tmp_path / "a.jsonl", rows)), 0, held=c)
+    trainset.load_train(_spec(jsonl(tmp_path / "a.jsonl", rows)), 0, held=a)
+    trainset.load_train(_spec(jsonl(tmp_path / "b.jsonl", rows[::-1])), 0, held=b)
+    trainset.load_train(_spec(jsonl(tmp_path / "a.jsonl", rows)), 0, held=c)
     key = lambda h: sorted(heldrows.digest(r) for r in h.rows)  # noqa: E731
     assert key(a) == key(b) and key(a) != key(c)
 
@@ -68,9 +74,9 @@ def test_every_supervised_format_gives_a_prompt_and_a_reference(tmp_path, row, p
                                                                  reference):
     path = jsonl(tmp_path / "d.jsonl", [_other(row, i) for i in range(1, 7)])
     with pytest.raises(HarnessError, match="leaves none to train on"):
-        trainset.load_train(DataSpec(train=path), 0, held=HeldRows(6, seed=0))
+        trainset.load_train(_spec(path), 0, held=HeldRows(6, seed=0))
     held = HeldRows(5, seed=0)
-    train, _, _ = trainset.load_train(DataSpec(train=path), 0, held=held)
+    train, _, _ = trainset.load_train(_spec(path), 0, held=held)
     assert len(train) == 1
     expected = [(_other(prompt, i), _other(reference, i)) for i in range(1, 7)]
     pairs = list(zip(*held.examples(path)))
@@ -86,7 +92,7 @@ def _other(value, i: int):
 def test_text_rows_have_no_answer_to_hold_out(tmp_path):
     path = jsonl(tmp_path / "t.jsonl", [{"text": f"row {i}"} for i in range(4)])
     with pytest.raises(HarnessError, match="needs rows with an answer") as e:
-        trainset.load_train(DataSpec(train=path), 0, held=HeldRows(1, seed=0))
+        trainset.load_train(_spec(path), 0, held=HeldRows(1, seed=0))
     assert e.value.key == "eval.from_train"
 
 

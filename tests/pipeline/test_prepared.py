@@ -1,6 +1,8 @@
 """What a command loads once (harness.pipeline.prepared): recipe checks, init_from lookups, the
 decoding
 choice, and scoring the starting model as the trials will be scored."""
+import re
+
 import pytest
 
 from harness.pipeline import prepared
@@ -116,8 +118,6 @@ def _chats(n: int) -> list[dict]:
 def test_a_golden_set_cut_from_the_data_is_no_trial_s_training_row(recipe_dict, tmp_path):
     """eval.from_train: rows of data.train held out as a golden set, named by the file's stem,
     split for selection like any objective set, and left out of every trial's rows."""
-    import json
-
     from conftest import jsonl
     path = jsonl(tmp_path / "chats.jsonl", _chats(24))
     r = recipe.build(recipe_dict, "t.yaml", {
@@ -132,9 +132,12 @@ def test_a_golden_set_cut_from_the_data_is_no_trial_s_training_row(recipe_dict, 
                and len(p) == 4 for p in own)
     assert len(prep.train_ds) == 16 and len(prep.eval_ds) == 2
 
-    def asked(ds) -> set[str]:  # each training row's last question
-        return {json.dumps(row["prompt"][-1]) for row in ds}
-    held = {json.dumps(p[-1]) for p in own}
+    def asked(ds) -> set[str]:  # each training row's last question, from its tokens (every
+        # assistant turn is trained, so the rows come tokenized and masked)
+        texts = [prep.tok.decode(row["input_ids"]) for row in ds]
+        return {q for t in texts for q in re.findall(r"and \d+ \+ 2\?", t)}
+    held = {p[-1]["content"] for p in own}
+    assert len(asked(prep.train_ds)) == 16  # every training row's question is found
     assert not held & asked(prep.train_ds) and not held & asked(prep.eval_ds)
     # a trial with another seed and other data settings loads the data again: still left out
     trial = recipe.with_values(r, {"seed": 7, "data.max_rows": 12})
