@@ -213,6 +213,8 @@ def main() -> None:
         results.append(res)
         print(f"\n{size} ({res['wall_s']} s): {res['outcome']}", flush=True)
         print(*res["said"], sep="\n", flush=True)
+        # each shape's figures as soon as it ends: a call cut at its time limit keeps them
+        print(json.dumps({k: v for k, v in res.items() if k != "said"}), flush=True)
     print("\n| shape | params | plan | est. GiB (free) | peak allocated GiB | peak reserved GiB "
           "| tokens/s | MFU % | outcome |\n|---|---|---|---|---|---|---|---|---|")
     for r in results:
