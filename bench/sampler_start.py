@@ -13,7 +13,7 @@ centre moves down 0.45 decades an epoch (more epochs want a smaller rate: the in
 whose height grows a little with epochs and rank; observed = Binomial(85, true) / 85, the
 sampling noise of an accuracy on the 85 examples the shipped math sweep selects on.
 
-    python bench/sampler_start.py --seeds 200            # all candidates (about 15 min, 2 cores)
+    OMP_NUM_THREADS=1 python bench/sampler_start.py --seeds 200   # all (~25 min, 2-core VM)
     python bench/sampler_start.py --seeds 20 --only 'tpe (shipped);tpe, start n/3'
 """
 from __future__ import annotations
@@ -47,8 +47,9 @@ def candidates(n_trials: int, seed: int) -> dict:
     """name -> a fresh sampler for a study of `n_trials` trials."""
     import optuna
 
-    from harness.study import samplers
-    k = samplers.start_size(n_trials)
+    from harness.config.recipe import SweepFile
+    from harness.study import samplers, search
+    k = max(1, n_trials // 3)
     tpe, gp = optuna.samplers.TPESampler, optuna.samplers.GPSampler
 
     def sobol():  # scrambled: unscrambled (Optuna's default) starts at the space's corner
@@ -69,10 +70,12 @@ def candidates(n_trials: int, seed: int) -> dict:
         "gp, start max(4, n/2)": lambda: gp(seed=seed, n_startup_trials=four),
         "sobol n/3, gp": lambda: samplers.start_then_model(
             sobol(), gp(seed=seed, n_startup_trials=k), k, "Sobol", "GP"),
-        "sobol max(4, n/2), gp": lambda: samplers.start_then_model(
-            sobol(), gp(seed=seed, n_startup_trials=four), four, "Sobol", "GP"),
         "sobol": sobol,
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
+        # what `harness sweep` builds by default (harness.study.search), the chosen start
+        "harness default": lambda: search.SAMPLERS.get(SweepFile.model_fields["sampler"].default)(
+            SweepFile(n_trials=n_trials, params={"x": {"type": "int", "low": 0, "high": 1}}),
+            seed),
     }
 
 
@@ -113,23 +116,38 @@ def main():
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     best = optimum()
     names = [n for n in candidates(3, 0) if not args.only or n in args.only.split(";")]
+    names = ["random"] + [n for n in names if n != "random"]  # the reference, first
     print(f"optimum {best:.4f}; noise sd at the optimum "
-          f"{math.sqrt(best * (1 - best) / args.examples):.4f} ({args.examples} examples); {args.seeds} seeds\n")
+          f"{math.sqrt(best * (1 - best) / args.examples):.4f} ({args.examples} examples); "
+          f"{args.seeds} seeds\n")
     head = " | ".join(f"regret@{n} | near@{n}" for n in BUDGETS)
     print(f"| candidate | {head} | ms/trial |")
     print("|---" * (2 + 2 * len(BUDGETS)) + "|")
+    regrets: dict[str, dict[int, np.ndarray]] = {}
     for name in names:
-        cells, seconds = [], []
+        cells, seconds, regrets[name] = [], [], {}
         for n in BUDGETS:
-            regret, near = [], 0
+            values = []
             for seed in range(args.seeds):
                 value, s = one_study(candidates(n, seed)[name], n, seed, args.examples)
-                regret.append(best - value)
-                near += value >= (1 - args.within) * best
+                values.append(value)
                 seconds.append(s)
-            sem = np.std(regret, ddof=1) / math.sqrt(len(regret))
-            cells.append(f"{np.mean(regret):.4f} ±{sem:.4f} | {near / args.seeds:.0%}")
+            regret = regrets[name][n] = best - np.array(values)
+            near = np.mean(np.array(values) >= (1 - args.within) * best)
+            cells.append(f"{regret.mean():.4f} ±{_sem(regret):.4f} | {near:.0%}")
         print(f"| {name} | {' | '.join(cells)} | {1000 * np.mean(seconds):.1f} |", flush=True)
+    # the same seeds and noise for every candidate: each one's regret less random's, paired
+    print("\nregret less random's, paired over seeds (negative: closer to the optimum)\n")
+    print("| candidate | " + " | ".join(f"@{n}" for n in BUDGETS) + " |")
+    print("|---" * (1 + len(BUDGETS)) + "|")
+    for name in names[1:]:
+        diffs = [regrets[name][n] - regrets["random"][n] for n in BUDGETS]
+        print(f"| {name} | " + " | ".join(f"{d.mean():+.4f} ±{_sem(d):.4f}" for d in diffs)
+              + " |")
+
+
+def _sem(x: np.ndarray) -> float:
+    return float(np.std(x, ddof=1) / math.sqrt(len(x)))
 
 
 if __name__ == "__main__":

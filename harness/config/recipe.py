@@ -212,9 +212,9 @@ class SweepFile(Section):
     n_trials: int = Field(3, gt=0, description="Trials to finish (a resumed study counts the "
                           "ones already complete).")
     timeout_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
-    sampler: Literal["gp", "tpe", "random", "grid"] = Field("tpe", description="gp, tpe: a random "
-                                                             "start of a third of n_trials, then "
-                                                             "the model; random; grid.")
+    sampler: Literal["gp", "tpe", "random", "grid"] = Field(
+        "gp", description="gp (Gaussian process), tpe: random draws for half of n_trials (at "
+        "least 4, at most 10), then the model; random; grid (categorical params only).")
     seed: int = 0
     heartbeat_s: int = Field(30, gt=0, description="Trials beat this often while they run.")
     grace_s: int = Field(90, gt=0, description="A trial silent this long is failed (its process "

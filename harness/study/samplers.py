@@ -5,33 +5,37 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-START_SHARE = 3  # a third of the trials explore, the rest follow the model (bench/sampler_start.py)
+FLOOR = 4  # a model fitted on fewer points did worse than random draws (bench/sampler_start.py)
+CAP = 10  # Optuna's own start (TPESampler, GPSampler), kept for budgets of 20 trials and more
 
 
 def start_size(n_trials: int) -> int:
-    """Trials drawn before the model takes over: a third of the budget, at least one. Optuna's
-    TPESampler and GPSampler default to 10, more than any shipped sweep runs (3-8): the whole
-    sweep was their random start."""
-    return max(1, n_trials // START_SHARE)
+    """Random trials before the model takes over: half the budget, at least 4 (all of a smaller
+    one), at most Optuna's 10. Optuna's TPESampler and GPSampler start with 10, more than any
+    shipped sweep runs (3-8): the whole sweep was their random start. A shorter start (a third,
+    at least 1) left the model fitting one or two noisy points, and it did worse than random at
+    3 and 6 trials (docs/benchmarks.md)."""
+    return min(n_trials, max(FLOOR, min(CAP, n_trials // 2)))
+
+
+def model_seed(seed: int) -> int:
+    """The model's seed, apart from the start's `seed` (a hash of it: seed + 1 is the next
+    worker's, harness.study.sweep.sampler_seed)."""
+    import hashlib
+    return int.from_bytes(hashlib.sha256(f"model:{seed}".encode()).digest()[:4], "little")
 
 
 RANDOM_FALLBACK = "drawn at random (too few finished trials for the model yet)"
 
 
-def _model_ready(study, start: int) -> bool:
-    """Whether a model with `start` start-up trials samples from its model now: TPE counts the
-    complete and pruned trials (optuna.samplers.TPESampler._sample_relative)."""
-    import optuna
-    state = optuna.trial.TrialState
-    return len(study.get_trials(deepcopy=False, states=(state.COMPLETE, state.PRUNED))) >= start
-
-
-def start_then_model(first, model, start: int, first_name: str, model_name: str):
+def start_then_model(first, model, start: int, first_name: str, model_name: str,
+                     counted: tuple[str, ...] = ("COMPLETE", "PRUNED")):
     """An Optuna sampler: the study's trials numbered below `start` from `first`, the rest from
-    `model` (whose own start-up count should be `start` too). Each trial's source is recorded as
-    it is sampled (`source(number)`): the model falls back to random draws while fewer than
-    `start` trials have finished (failed ones, parallel workers). Made in a function, as
-    optuna is imported only where a sweep runs."""
+    `model`, whose own start-up count is `start` too: it draws at random while fewer than
+    `start` trials in the states it `counted` have finished (failed ones, parallel workers;
+    TPE counts complete and pruned trials, GP complete ones). Each trial's source is recorded
+    as it is sampled (`source(number)`). Made in a function, as optuna is imported only where a
+    sweep runs."""
     import optuna
 
     class StartThenModel(optuna.samplers.BaseSampler):
@@ -60,8 +64,10 @@ def start_then_model(first, model, start: int, first_name: str, model_name: str)
             if trial.number < self.start:
                 self._sources[trial.number] = f"from a {first_name} start"
             else:
-                self._sources[trial.number] = f"from {model_name}'s model" if _model_ready(
-                    study, start) else RANDOM_FALLBACK
+                states = tuple(optuna.trial.TrialState[name] for name in counted)
+                ready = len(study.get_trials(deepcopy=False, states=states)) >= start
+                self._sources[trial.number] = f"from {model_name}'s model" if ready \
+                    else RANDOM_FALLBACK
             self._for(trial).before_trial(study, trial)
 
         def after_trial(self, study, trial, state, values: Sequence[float] | None) -> None:

@@ -14,26 +14,31 @@ SAMPLERS: Registry = Registry("sampler")
 # process's seed (harness.study.sweep.sampler_seed); a grid takes the sweep file's own.
 
 
-def _after_start(space: SweepFile, seed: int, model, name: str):
+def _after_start(space: SweepFile, seed: int, model, name: str, counted: tuple[str, ...]):
     """`model` (seeded, its start-up count set to the start) after a random start sized to
-    the budget (harness.study.samplers.start_size)."""
+    the budget (harness.study.samplers.start_size); `counted`: the trial states it learns from."""
     import optuna
     start = samplers.start_size(space.n_trials)
-    return samplers.start_then_model(optuna.samplers.RandomSampler(seed=seed),
-                                     model(seed=seed, n_startup_trials=start), start,
-                                     "random", name)
+    # the model's own random draws (while too few trials finished) from a stream of their own:
+    # seeded alike, they would replay the start's first values
+    return samplers.start_then_model(
+        optuna.samplers.RandomSampler(seed=seed),
+        model(seed=samplers.model_seed(seed), n_startup_trials=start), start, "random", name,
+        counted)
 
 
 @SAMPLERS.register("gp")
 def _gp(space: SweepFile, seed: int):
+    """The default: a Gaussian process on the finished trials (Optuna's GPSampler, torch and
+    scipy), ahead of TPE and random search at 12 trials (bench/sampler_start.py)."""
     import optuna
-    return _after_start(space, seed, optuna.samplers.GPSampler, "GP")
+    return _after_start(space, seed, optuna.samplers.GPSampler, "GP", ("COMPLETE",))
 
 
 @SAMPLERS.register("tpe")
 def _tpe(space: SweepFile, seed: int):
     import optuna
-    return _after_start(space, seed, optuna.samplers.TPESampler, "TPE")
+    return _after_start(space, seed, optuna.samplers.TPESampler, "TPE", ("COMPLETE", "PRUNED"))
 
 
 @SAMPLERS.register("random")

@@ -17,15 +17,18 @@ def _space(tmp_path, recipe_dict, text: str):
     return r, recipe.load_sweep_file(path, r)
 
 
-def _run(study, space, n: int) -> list[str]:
-    """n trials of a peaked objective, as the sweep's objective asks and records them."""
+def _run(study, space, n: int, fail: int | None = None) -> list[str]:
+    """n trials of a peaked objective, as the sweep's objective asks and records them; trial
+    `fail` fails."""
     import math
 
     def objective(trial):
         values = search.trial_values(space, trial)
         trial.set_user_attr("source", samplers.source(study.sampler, trial.number))
+        if trial.number == fail:
+            raise RuntimeError("out of memory")
         return -(math.log10(values["trainer.learning_rate"]) + 3.5) ** 2
-    study.optimize(objective, n_trials=n)
+    study.optimize(objective, n_trials=n, catch=(RuntimeError,))
     return [t.user_attrs["source"] for t in study.trials]
 
 
@@ -65,7 +68,20 @@ def test_a_second_worker_draws_other_values_and_the_start_counts_the_studys_tria
     two = _run(second, space, 4)[2:]
     trials = second.trials
     assert len({t.params["trainer.learning_rate"] for t in trials}) == 6
-    assert one + two == ["from a random start"] * 2 + ["from TPE's model"] * 4
+    start = samplers.start_size(6)
+    assert one + two == ["from a random start"] * start + ["from TPE's model"] * (6 - start)
+
+
+@pytest.mark.parametrize("sampler, model", [("gp", "GP"), ("tpe", "TPE")])
+def test_a_failed_start_trial_leaves_random_draws_that_repeat_no_values(
+        recipe_dict, tmp_path, sampler, model):
+    """Trial 0 fails: at trial 4 the model has 3 of its 4 start-up trials and draws at random
+    (the report says so), from a stream of its own, not the start's again."""
+    r, space = _space(tmp_path, recipe_dict, f"n_trials: 6\nsampler: {sampler}\n")
+    study = sweep.open_study(r, space)
+    assert _run(study, space, 6, fail=0) == ["from a random start"] * 4 + [
+        samplers.RANDOM_FALLBACK, f"from {model}'s model"]
+    assert len({t.params["trainer.learning_rate"] for t in study.trials}) == 6
 
 
 def test_an_unknown_sampler_name_says_what_was_meant():

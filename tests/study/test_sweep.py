@@ -43,6 +43,9 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert float(p["recipe.trainer.learning_rate"]) == pytest.approx(
         study.trials[0].params["trainer.learning_rate"])
     assert p["recipe.adapter.r"] == str(study.trials[0].params["adapter.r"])
+    # the recipe sets no alpha: the run shows the one it trained with, 2 x the trial's rank
+    assert p["recipe.adapter.alpha"] == str(2 * study.trials[0].params["adapter.r"])
+    assert t0.data.tags["harness.sampled_by"] == "drawn at random"
     assert p["device/dtype"] == "float32"
     # per-step training metrics from the TRL trainer
     assert len(client.get_metric_history(t0.info.run_id, "loss")) == 2
@@ -97,7 +100,9 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert "math/numeric_accuracy" in report and "## Examples (best trial)" in report
     assert "## Fixed and broken (best trial)" in report and "delta [95% CI]" in report
     assert "**Read `math_heldout`** (2 examples held out from selection and pruning)" in report
+    assert "Sampler: trials 0-1 drawn at random." in report
     pm = client.get_run(parent.info.run_id).data
+    assert pm.tags["harness.sampling"] == "trials 0-1 drawn at random"
     assert "best_after/math_heldout/numeric_accuracy" in pm.metrics
     assert pm.tags["mlflow.note.content"] == out.heldout.line
 
@@ -120,6 +125,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     tags = client.get_run(parent.info.run_id).data.tags
     assert tags["harness.best_trial"] == str(best.number)
     assert float(tags["best.trainer.learning_rate"]) == best.params["trainer.learning_rate"]
+    assert tags["harness.sampling"] == "trials 0-2 drawn at random"  # the resumed study's
 
     # the same study under another experiment: one line naming the keys, no run left behind
     # (MLflow cannot resume the sweep run there; seen on the H100 on 2026-12-07)
