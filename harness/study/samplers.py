@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 FLOOR = 4  # a model fitted on fewer points did worse than random draws (bench/sampler_start.py)
 CAP = 10  # Optuna's own start (TPESampler, GPSampler), kept for budgets of 20 trials and more
+RANDOM_FALLBACK = "drawn at random (too few finished trials for the model yet)"
 
 
 def start_size(n_trials: int) -> int:
@@ -23,9 +24,6 @@ def model_seed(seed: int) -> int:
     worker's, harness.study.sweep.sampler_seed)."""
     import hashlib
     return int.from_bytes(hashlib.sha256(f"model:{seed}".encode()).digest()[:4], "little")
-
-
-RANDOM_FALLBACK = "drawn at random (too few finished trials for the model yet)"
 
 
 def start_then_model(first, model, start: int, first_name: str, model_name: str,
@@ -94,8 +92,8 @@ def source(sampler, number: int) -> str:
 
 
 def describe(sources: list[tuple[int, str | None]]) -> str:
-    """The trials grouped by where their values came from, in trial order: 'trials 0-1 from a
-    Sobol start, 2-5 from TPE's model' (the report's line and the sweep run's tag)."""
+    """The trials grouped by where their values came from, in trial order: 'trials 0-3 from a
+    random start, 4-5 from GP's model' (the report's line and the sweep run's tag)."""
     groups: dict[str, list[int]] = {}
     for number, src in sorted(sources):
         groups.setdefault(src or "not recorded (started before the harness recorded it)",
