@@ -147,6 +147,31 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
 
 
 @pytest.mark.slow
+def test_the_default_sampler_says_which_trials_came_from_its_start_and_its_model(
+        recipe_dict, tmp_path, client):
+    """The sweep file names no sampler: gp, 4 random trials of 5 then the GP's; the report,
+    the sweep run's tag and each trial run's tag say so."""
+    from harness.study import samplers
+    space = tmp_path / "default.yaml"
+    space.write_text("n_trials: 5\nparams:\n"
+                     "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+                     "  adapter.r: {type: categorical, choices: [4, 8]}\n")
+    d = dict(recipe_dict, sweep=dict(recipe_dict["sweep"], space=str(space)),
+             tracking=dict(recipe_dict["tracking"], log_models="none", log_evaluations="none"))
+    out = sweep.run_sweep(recipe.build(d, "tiny.yaml"))
+    assert out.trials == 5 and samplers.start_size(5) == 4
+    line = "trials 0-3 from a random start, 4 from GP's model"
+    report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert f"Sampler: {line}." in report
+    assert client.get_run(out.parent_run_id).data.tags["harness.sampling"] == line
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                              "tags.`harness.kind` = 'trial'")
+    assert sorted((int(r.data.tags["harness.trial"]), r.data.tags["harness.sampled_by"])
+                  for r in runs) == [(i, "from a random start") for i in range(4)] + [
+                      (4, "from GP's model")]
+
+
+@pytest.mark.slow
 def test_log_models_best_logs_the_best_trial_alone(recipe_dict, client):
     r = recipe.build(recipe_dict, "tiny.yaml", {"tracking.log_models": "best"})
     out = sweep.run_sweep(r)
