@@ -259,10 +259,16 @@ def merged_for_scoring(model, spec: ModelSpec, plan: DevicePlan):
     return model
 
 
+def lora_alpha(adapter: AdapterSpec) -> int:
+    """LoRA alpha as trained: the recipe's, or 2 x r where it sets none (AdapterSpec.alpha says
+    why), so the scale alpha / r stays 2 whatever rank a sweep tries."""
+    return adapter.alpha if adapter.alpha is not None else 2 * adapter.r
+
+
 def lora_config(adapter: AdapterSpec, task: str = "causal-lm"):
     if adapter.type == "none":
         return None
     from peft import LoraConfig
-    return LoraConfig(r=adapter.r, lora_alpha=adapter.alpha, lora_dropout=adapter.dropout,
+    return LoraConfig(r=adapter.r, lora_alpha=lora_alpha(adapter), lora_dropout=adapter.dropout,
                       target_modules=adapter.target_modules,
                       task_type="CAUSAL_LM" if task == "causal-lm" else "SEQ_CLS")

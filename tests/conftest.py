@@ -153,7 +153,7 @@ def recipe_dict(tmp_path, tiny_model_dir, tiny_goldenset, empty_mlflow_store) ->
     return {
         "name": "tiny",
         "model": {"name": tiny_model_dir},
-        "adapter": {"r": 4, "alpha": 8},
+        "adapter": {"r": 4},  # alpha follows r (2 x r), as a rank sweep wants
         "data": {"train": "builtin:math", "builtin_rows": 8},
         "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128},
         "eval": {"goldensets": [tiny_goldenset], "batch_size": 4, "forgetting_guard": None},

@@ -54,7 +54,9 @@ class ModelSpec(Section):
 class AdapterSpec(Section):
     type: Literal["lora", "none"] = Field("lora", description="lora, or none for full fine-tuning.")
     r: int = Field(16, gt=0, description="LoRA rank.")
-    alpha: int = Field(32, gt=0, description="LoRA alpha (scaling = alpha / r).")
+    alpha: int | None = Field(None, gt=0, description="LoRA alpha (scale = alpha / r). Unset: 2 x "
+                              "r, a scale of 2 at every rank, so a swept r does not change the "
+                              "effective learning rate (rsLoRA's alpha / sqrt(r) still would).")
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout.")
     target_modules: str | list[str] = Field("all-linear", description="Modules LoRA wraps.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -172,7 +174,9 @@ class SweepFile(Section):
     n_trials: int = Field(3, gt=0, description="Trials to finish (a resumed study counts the "
                           "ones already complete).")
     timeout_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
-    sampler: Literal["tpe", "random", "grid"] = "tpe"
+    sampler: Literal["gp", "tpe", "random", "grid"] = Field(
+        "gp", description="gp (Gaussian process), tpe: random draws for half of n_trials (at "
+        "least 4, at most 10), then the model; random; grid (categorical params only).")
     seed: int = 0
     heartbeat_s: int = Field(30, gt=0, description="Trials beat this often while they run.")
     grace_s: int = Field(90, gt=0, description="A trial silent this long is failed (its process "
@@ -426,8 +430,7 @@ def build(data: dict, source: str = "<recipe>", overrides: dict[str, Any] | None
 
 def load_sweep_file(path: str | Path, recipe: Recipe) -> SweepFile:
     """A sweep file (a path or a shipped one, harness.config.shipped), with each searched key
-    checked by
-    applying its first value to the recipe."""
+    checked by applying its first value to the recipe."""
     from harness.config import shipped
     with_file = shipped.locate(str(path), "sweeps")
     if with_file is None:

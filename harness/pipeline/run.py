@@ -111,6 +111,15 @@ def run_tags(recipe: Recipe) -> dict:
     return tags
 
 
+def recipe_params(recipe: Recipe) -> dict:
+    """The recipe as a run's params: as written, but with the LoRA alpha it trains with (2 x r
+    where it sets none), so runs of a rank sweep show their alpha."""
+    params = recipe.to_dict()
+    if recipe.adapter.type == "lora":
+        params["adapter"]["alpha"] = models.lora_alpha(recipe.adapter)
+    return params
+
+
 def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: str | None = None,
                      select: bool = False):
     """The `harness train` pipeline: prepare, score the start, train and score one run, write
@@ -284,7 +293,7 @@ def _run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: 
     with tracker.run(run_name, nested=nested, tags=tags) as run_id:
         if on_start:
             on_start(run_id)
-        tracker.log_params({"recipe": recipe.to_dict(), **prep.plan.as_params(),
+        tracker.log_params({"recipe": recipe_params(recipe), **prep.plan.as_params(),
                             "data": prep.data_info})
         tracker.log_dict(recipe.to_dict(), "recipe.yaml")
         train_ds, eval_ds = datasets(prep, recipe)

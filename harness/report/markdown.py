@@ -154,6 +154,7 @@ class SweepSummary:
     best_value: float
     trials: list[TrialRow]
     seeds: dict | None = None  # sweep.repeat_best's spread (harness.study.seeds)
+    sampling: str = ""  # where trials' values came from (harness.study.samplers.describe)
 
 
 def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
@@ -177,6 +178,7 @@ def write_sweep(recipe: Recipe, study: SweepSummary, before: dict, tracker,
             f"{sum(t.state == 'COMPLETE' for t in study.trials)} completed trials.", "",
             table(["param", "value"], [[k, v] for k, v in best.params.items()]), "",
             "## All trials", "",
+            *([f"Sampler: {study.sampling}.", ""] if study.sampling else []),
             table(["trial", "state", *best.params, key, *extra, "run id"], rows), ""]
     body += _seeds(study.seeds)
     body += ["## Training", ""] + _image(plots.loss_curves(curves, out))

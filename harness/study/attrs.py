@@ -13,6 +13,7 @@ WORKER = "worker"  # the process running it (harness.study.storage.worker_id)
 INTERRUPTED = "interrupted"  # stopped by a signal or its process died: retried once
 ERROR = "error"  # why it failed
 RETRY_OF = "retry_of"  # the number of the interrupted trial whose values this one runs again
+SAMPLED_BY = "sampled_by"  # where its values came from (harness.study.samplers.source)
 
 
 @dataclass(frozen=True)
@@ -27,13 +28,14 @@ class TrialAttrs:
     interrupted: bool = False
     error: str | None = None
     retry_of: int | None = None
+    sampled_by: str | None = None
 
     @classmethod
     def of(cls, trial) -> TrialAttrs:
         a = trial.user_attrs
         return cls(a.get(RUN_ID, ""), a.get(ADAPTER_DIR), dict(a.get(AFTER, {})),
                    dict(a.get(TIMES, {})), a.get(WORKER), bool(a.get(INTERRUPTED, False)),
-                   a.get(ERROR), a.get(RETRY_OF))
+                   a.get(ERROR), a.get(RETRY_OF), a.get(SAMPLED_BY))
 
 
 def set_run_id(trial, run_id: str) -> None:
@@ -45,6 +47,10 @@ def set_outcome(trial, adapter_dir: str, after: dict[str, float], times: dict[st
     trial.set_user_attr(ADAPTER_DIR, adapter_dir)
     trial.set_user_attr(AFTER, after)
     trial.set_user_attr(TIMES, times)
+
+
+def set_sampled_by(trial, source: str) -> None:
+    trial.set_user_attr(SAMPLED_BY, source)
 
 
 def set_worker(trial, worker: str) -> None:

@@ -27,11 +27,6 @@ def retried_runs(study, trial) -> list[str]:
     """The MLflow runs of the killed trials this one retries, the last first: the trial it
     retries (ours, retry_interrupted, or Optuna's heartbeat callback), the one
     that one retried, and so on."""
-    from optuna.storages import RetryFailedTrialCallback
-
-    def retried(t):
-        ours = TrialAttrs.of(t).retry_of
-        return ours if ours is not None else RetryFailedTrialCallback.retried_trial_number(t)
     trials = study.get_trials(deepcopy=False)
     runs, number = [], retried(trials[trial.number])
     while number is not None:
@@ -39,6 +34,14 @@ def retried_runs(study, trial) -> list[str]:
             runs.append(TrialAttrs.of(trials[number]).run_id)
         number = retried(trials[number])
     return runs
+
+
+def retried(trial) -> int | None:
+    """The trial whose values this one (a FrozenTrial) runs again: ours (retry_interrupted) or
+    Optuna's heartbeat callback's; None for a trial the sampler drew."""
+    from optuna.storages import RetryFailedTrialCallback
+    ours = TrialAttrs.of(trial).retry_of
+    return ours if ours is not None else RetryFailedTrialCallback.retried_trial_number(trial)
 
 
 def resume_point(recipe: Recipe, runs: list[str]) -> tuple[str, str] | None:

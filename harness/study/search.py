@@ -8,24 +8,51 @@ from harness.pipeline import prepared
 from harness.core.errors import HarnessError
 from harness.config.recipe import ParamSpace, PrunerSpec, Recipe, SweepFile, load_sweep_file, with_values
 from harness.core.registry import Registry
+from harness.study import samplers
 
 SAMPLERS: Registry = Registry("sampler")
+# Each maker gets the sweep file, its n_trials the study's budget (--n-trials wins), and this
+# process's seed (harness.study.sweep.sampler_seed); a grid takes the sweep file's own.
+
+
+def _after_start(space: SweepFile, seed: int, model, name: str, counted: tuple[str, ...]):
+    """`model` (seeded, its start-up count set to the start) after a random start sized to
+    the budget (harness.study.samplers.start_size); `counted`: the trial states it learns from."""
+    import optuna
+    start = samplers.start_size(space.n_trials)
+    # the model's own random draws (while too few trials finished) from a stream of their own:
+    # seeded alike, they would replay the start's first values
+    return samplers.start_then_model(
+        optuna.samplers.RandomSampler(seed=seed),
+        model(seed=samplers.model_seed(seed), n_startup_trials=start), start, "random", name,
+        counted)
+
+
+@SAMPLERS.register("gp")
+def _gp(space: SweepFile, seed: int):
+    """The default: a Gaussian process on the finished trials (Optuna's GPSampler, torch and
+    scipy), ahead of TPE and random search at 12 trials (bench/sampler_start.py)."""
+    import optuna
+    return _after_start(space, seed, optuna.samplers.GPSampler, "GP", ("COMPLETE",))
 
 
 @SAMPLERS.register("tpe")
-def _tpe(space: SweepFile):
+def _tpe(space: SweepFile, seed: int):
     import optuna
-    return optuna.samplers.TPESampler(seed=space.seed)
+    return _after_start(space, seed, optuna.samplers.TPESampler, "TPE", ("COMPLETE", "PRUNED"))
 
 
 @SAMPLERS.register("random")
-def _random(space: SweepFile):
+def _random(space: SweepFile, seed: int):
     import optuna
-    return optuna.samplers.RandomSampler(seed=space.seed)
+    return optuna.samplers.RandomSampler(seed=seed)
 
 
 @SAMPLERS.register("grid")
-def _grid(space: SweepFile):
+def _grid(space: SweepFile, seed: int):
+    """Optuna's GridSampler gives trial N the N-th point of the grid it shuffled with its seed:
+    every process on the study must shuffle alike, or two of them run one point twice, so the
+    grid takes the sweep file's seed, not this process's."""
     import optuna
     grid = {}
     for key, p in space.params.items():

@@ -15,7 +15,7 @@ from harness.core import context, ledger, timing
 from harness.eval import objective
 from harness.report import plots
 from harness.pipeline import prepared, run
-from harness.study import attrs, best, retries, seeds
+from harness.study import attrs, best, retries, samplers, seeds
 from harness.study import storage as stores
 from harness.study.attrs import TrialAttrs
 from harness.study.best import HeldOut
@@ -51,8 +51,8 @@ def study_name(recipe: Recipe) -> str:
 
 
 def sampler_seed(seed: int, worker: int, existing: int) -> int:
-    """The sampler's seed for a process joining a study that holds `existing` trials (TPE,
-    random; a grid takes the sweep file's, see open_study). A sampler seeded as before replays
+    """The sampler's seed for a process joining a study that holds `existing` trials (TPE, GP,
+    random; a grid takes the sweep file's, harness.study.search). A sampler seeded as before replays
     its draws from the start (TPE's start-up trials are random), so a resumed study or a second
     worker would repeat finished trials' values: each start draws from a seed of its own,
     derived from the sweep file's, so reruns stay reproducible."""
@@ -63,9 +63,10 @@ def sampler_seed(seed: int, worker: int, existing: int) -> int:
                           "little")
 
 
-def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
-    """Create or load the study; a trial whose process died (on this machine: its pid is gone;
-    elsewhere: the heartbeat) is failed and its parameters retried once (harness.study.storage)."""
+def open_study(recipe: Recipe, space: SweepFile, worker: int = 0, n_trials: int | None = None):
+    """Create or load the study, its sampler's start sized to `n_trials` (default: the sweep
+    file's); a trial whose process died (on this machine: its pid is gone; elsewhere: the
+    heartbeat) is failed and its parameters retried once (harness.study.storage)."""
     import optuna
     url = recipe.sweep.storage or DEFAULT_STORAGE
     storage = stores.open_storage(url, space)
@@ -73,12 +74,9 @@ def open_study(recipe: Recipe, space: SweepFile, worker: int = 0):
                                 pruner=PRUNERS.get(space.pruner.type, key="pruner.type")(
                                     space.pruner),
                                 direction=objective.direction(recipe), load_if_exists=True)
-    # Optuna's GridSampler gives trial N the N-th point of the grid it shuffled with its seed:
-    # every process on the study must shuffle alike, or two of them run one point twice
-    seed = space.seed if space.sampler == "grid" else sampler_seed(
-        space.seed, worker, len(study.get_trials(deepcopy=False)))
+    seed = sampler_seed(space.seed, worker, len(study.get_trials(deepcopy=False)))
     study.sampler = SAMPLERS.get(space.sampler, key="sampler")(
-        space.model_copy(update={"seed": seed}))
+        space.model_copy(update={"n_trials": n_trials or space.n_trials}), seed)
     failed = stores.fail_orphans(study, storage)
     if failed:
         say(f"trial {', '.join(map(str, failed))}: its process is gone; failed, its values "
@@ -110,12 +108,16 @@ def _setup():
 def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: str, total: int):
     import optuna
 
-    from harness.tracking.reader import STUDY_TAG
+    from harness.tracking.reader import SAMPLED_BY_TAG, STUDY_TAG
     name, key, way = study_name(recipe), recipe.sweep.objective, objective.direction(recipe)
 
     def run_trial(trial):
         attrs.set_worker(trial, stores.worker_id())
         values = trial_values(space, trial)
+        again = retries.retried(study.get_trials(deepcopy=False)[trial.number])
+        sampled_by = f"values of trial {again} again" if again is not None else \
+            samplers.source(study.sampler, trial.number)
+        attrs.set_sampled_by(trial, sampled_by)
         shown = ", ".join(f"{k.split('.')[-1]}={v:.3g}" if isinstance(v, float) else
                           f"{k.split('.')[-1]}={v}" for k, v in values.items())
         done = [t for t in finished(study) if t.value is not None and t.state.name == "COMPLETE"]
@@ -138,7 +140,7 @@ def _objective(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: s
             outcome = outcome or run.run_one(
                 prep, variant, tracker, f"trial-{trial.number}",
                 nested=True, tags={STUDY_TAG: name, "harness.trial": trial.number,
-                                   "mlflow.parentRunId": parent},
+                                   SAMPLED_BY_TAG: sampled_by, "mlflow.parentRunId": parent},
                 callbacks=callbacks, resume=retries.resume_point(recipe, killed),
                 on_start=lambda run_id: attrs.set_run_id(trial, run_id))
         except TrialPruned as e:
@@ -200,12 +202,14 @@ def summary(study, spread: dict | None = None):
     """The study as the report reads it: plain rows, no Optuna objects (`spread`: seed
     variance, harness.study.seeds)."""
     from harness.report import markdown
+    trials = study.get_trials(deepcopy=False)
     rows = [markdown.TrialRow(t.number, t.state.name, dict(t.params), a.after, a.run_id, a.times)
-            for t in study.get_trials(deepcopy=False) for a in [TrialAttrs.of(t)]]
+            for t in trials for a in [TrialAttrs.of(t)]]
     chosen = study.best_trial
     return markdown.SweepSummary(study.study_name,
                                  next(r for r in rows if r.number == chosen.number),
-                                 chosen.value, rows, spread)
+                                 chosen.value, rows, spread, samplers.describe(
+                                     [(t.number, TrialAttrs.of(t).sampled_by) for t in trials]))
 
 
 def summarize(recipe: Recipe, name: str) -> tuple:
@@ -318,7 +322,7 @@ def run_worker(recipe: Recipe, n_trials: int | None, parent: str, index: int) ->
         raise HarnessError(f"sweep run {parent!r} has no eval/start.json of these golden sets "
                            "to join", key="--worker-of")
     prepared.start_from_json(prep, saved)
-    study = open_study(recipe, space, worker=index)
+    study = open_study(recipe, space, worker=index, n_trials=n_trials)
     _optimize(recipe, space, prep, tracker, study, parent, n_trials or space.n_trials)
     if distributed.world_size() > 1:
         distributed.share(None)  # the study is done: the other ranks stop following
@@ -388,7 +392,7 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
     prep = prepared.prepare(recipe, tracker, scorings=total + 1, select=True)
     if group:
         distributed.join()
-    study = open_study(recipe, space)
+    study = open_study(recipe, space, n_trials=total)
     optuna.storages.fail_stale_trials(study)
     retries.repair_killed_runs(study, tracker)
     retries.retry_interrupted(study)
@@ -402,7 +406,8 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
         if parent_id:
             say(f"resuming study {name!r} ({len(finished(study))} of {total} trials done)")
         else:
-            tracker.log_params({"recipe": recipe.to_dict(), "sweep": space.model_dump(mode="json"),
+            tracker.log_params({"recipe": run.recipe_params(recipe),
+                                "sweep": space.model_dump(mode="json"),
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE,
                                 "distributed/world_size": distributed.world_size()})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
@@ -469,9 +474,12 @@ def _report(recipe: Recipe, tracker, study, prep, spread: dict | None) -> Path:
     work = ctx.ledger.totals()  # this process's: workers' trials log their own
     tracker.log_metrics({**timing.metrics({k: v for k, v in times.items() if k != "other"}),
                          **ledger.metrics(work)})
+    from harness.tracking.reader import SAMPLING_TAG
     with phase("writing the sweep report"), context.timed("report"):
         images = study_plots(study, markdown.report_dir(recipe, study.study_name))
-        path = markdown.write_sweep(recipe, summary(study, spread), prep.before, tracker,
+        summarized = summary(study, spread)
+        tracker.set_tags({SAMPLING_TAG: summarized.sampling})
+        path = markdown.write_sweep(recipe, summarized, prep.before, tracker,
                                     images, times, work, machine=prep.plan.machine())
         tracker.log_artifacts(str(path.parent), "report")
     tracker.log_metrics(ctx.clock.closing_metrics())

@@ -18,6 +18,8 @@ MODEL_TAG = "harness.model_id"  # a run's LoggedModel (its trained adapter or mo
 BEST_MODEL_TAG = "harness.best_model_id"  # a sweep run's best trial's LoggedModel
 EVALUATIONS_TAG = "harness.evaluations"  # + .before / .after: the run's evaluation runs
 EVALUATION_OF_TAG = "harness.evaluation_of"  # an evaluation run's source run
+SAMPLED_BY_TAG = "harness.sampled_by"  # a trial run: where the sampler took its values from
+SAMPLING_TAG = "harness.sampling"  # a sweep run: its trials grouped by where their values came from
 MAX_PARAM = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH, without importing mlflow here
 _SECRETS = [(re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),  # user:password@host
             (re.compile(r"([?&;](?:token|access_token|api_key|apikey|key|password|passwd|secret|"

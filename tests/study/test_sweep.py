@@ -44,6 +44,9 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert float(p["recipe.trainer.learning_rate"]) == pytest.approx(
         study.trials[0].params["trainer.learning_rate"])
     assert p["recipe.adapter.r"] == str(study.trials[0].params["adapter.r"])
+    # the recipe sets no alpha: the run shows the one it trained with, 2 x the trial's rank
+    assert p["recipe.adapter.alpha"] == str(2 * study.trials[0].params["adapter.r"])
+    assert t0.data.tags["harness.sampled_by"] == "drawn at random"
     assert p["device/dtype"] == "float32"
     # per-step training metrics from the TRL trainer
     assert len(client.get_metric_history(t0.info.run_id, "loss")) == 2
@@ -98,7 +101,9 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     assert "math/numeric_accuracy" in report and "## Examples (best trial)" in report
     assert "## Fixed and broken (best trial)" in report and "delta [95% CI]" in report
     assert "**Read `math_heldout`** (2 examples held out from selection and pruning)" in report
+    assert "Sampler: trials 0-1 drawn at random." in report
     pm = client.get_run(parent.info.run_id).data
+    assert pm.tags["harness.sampling"] == "trials 0-1 drawn at random"
     assert "best_after/math_heldout/numeric_accuracy" in pm.metrics
     assert pm.tags["mlflow.note.content"] == out.heldout.line
 
@@ -121,6 +126,7 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     tags = client.get_run(parent.info.run_id).data.tags
     assert tags["harness.best_trial"] == str(best.number)
     assert float(tags["best.trainer.learning_rate"]) == best.params["trainer.learning_rate"]
+    assert tags["harness.sampling"] == "trials 0-2 drawn at random"  # the resumed study's
 
     # the same study under another experiment: one line naming the keys, no run left behind
     # (MLflow cannot resume the sweep run there; seen on the H100 on 2026-12-07)
@@ -139,6 +145,31 @@ def test_sweep_logs_everything_and_resumes(recipe_dict, tmp_path, client):
     runs = client.search_runs([exp.experiment_id])
     assert sum(x.data.tags.get("harness.kind") == "sweep" for x in runs) == 2
     assert all(x.info.status == "FINISHED" for x in runs)
+
+
+@pytest.mark.slow
+def test_the_default_sampler_says_which_trials_came_from_its_start_and_its_model(
+        recipe_dict, tmp_path, client):
+    """The sweep file names no sampler: gp, 4 random trials of 5 then the GP's; the report,
+    the sweep run's tag and each trial run's tag say so."""
+    from harness.study import samplers
+    space = tmp_path / "default.yaml"
+    space.write_text("n_trials: 5\nparams:\n"
+                     "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
+                     "  adapter.r: {type: categorical, choices: [4, 8]}\n")
+    d = dict(recipe_dict, sweep=dict(recipe_dict["sweep"], space=str(space)),
+             tracking=dict(recipe_dict["tracking"], log_models="none", log_evaluations="none"))
+    out = sweep.run_sweep(recipe.build(d, "tiny.yaml"))
+    assert out.trials == 5 and samplers.start_size(5) == 4
+    line = "trials 0-3 from a random start, 4 from GP's model"
+    report = (tmp_path / "reports" / "tiny" / "report.md").read_text()
+    assert f"Sampler: {line}." in report
+    assert client.get_run(out.parent_run_id).data.tags["harness.sampling"] == line
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id],
+                              "tags.`harness.kind` = 'trial'")
+    assert sorted((int(r.data.tags["harness.trial"]), r.data.tags["harness.sampled_by"])
+                  for r in runs) == [(i, "from a random start") for i in range(4)] + [
+                      (4, "from GP's model")]
 
 
 @pytest.mark.slow
