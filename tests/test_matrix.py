@@ -5,7 +5,7 @@ from the package), on the tiny model.
 Cells are chosen so each feature appears at least once, not the full product: each method
 (sft, dpo, reward, kto, grpo), each data format (messages; prompt/completion as strings and as
 chat; instruction/input/output; question/answer; plain text; explicit and implicit preference
-pairs; unpaired prompt/completion/label; prompts with answers)
+pairs; unpaired prompt/completion/label; prompts with answers; ShareGPT conversations)
 and file type (JSONL, CSV, Parquet), each command (train, sweep, eval, rerun, report, export),
 each pruner intermediate (objective on packed varlen batches, eval_loss), early stopping and
 init_from chaining. Every cell checks the MLflow runs' statuses, their metrics and the report,
@@ -51,6 +51,11 @@ def _rows(fmt: str, n: int = 12) -> list[dict]:
         p, a, bad = q["prompt"], q["chosen"], q["rejected"]
         out.append({
             "messages": {"messages": [chat("user", p), chat("assistant", a)]},
+            # ShareGPT, two assistant turns: both trained
+            "conversations": {"conversations": [
+                {"from": "system", "value": "Solve it."}, {"from": "human", "value": p},
+                {"from": "gpt", "value": a}, {"from": "human", "value": "Sure?"},
+                {"from": "gpt", "value": "Yes."}]},
             "prompt_completion": {"prompt": p, "completion": a},
             "prompt_completion_chat": {"prompt": [chat("user", p)],
                                        "completion": [chat("assistant", a)]},
@@ -90,6 +95,7 @@ PRUNE_EVAL_LOSS = ("n_trials: 2\nsampler: tpe\nseed: 0\n"
 CELLS = [
     Cell("sft-messages-jsonl-train-report-export", "messages", "jsonl",
          ["train", "report", "export"]),
+    Cell("sft-conversations-jsonl-train", "conversations", "jsonl", ["train"]),
     Cell("sft-prompt-completion-strings-csv-early-stopping", "prompt_completion", "csv", ["train"],
          recipe={"data.eval_rows": 4, "early_stopping": {"patience": 2, "eval_steps": 1},
                  "trainer.max_steps": 4}),
@@ -218,7 +224,7 @@ def test_scenario(cell, user_dir, tiny_model_dir, capsys):
             assert {"train", set_name, "general_knowledge"} <= inputs
             # conversations train every assistant turn; SmolLM2's template has no markers
             assert run.data.params.get("data.turn_mask") == (
-                "harness_incremental" if cell.fmt == "messages" else None)
+                "harness_incremental" if cell.fmt in ("messages", "conversations") else None)
         elif command == "report":
             Path("reports/cell/report.md").unlink()
             _cli(capsys, "report", run.info.run_id, "--tracking-uri", store)
@@ -340,3 +346,41 @@ def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg
         assert {mlflow.artifacts.load_dict(f"runs:/{r.info.run_id}/manifest.json")["device"][
             "torch_threads"] for r in trials} == {share}, i
     mlflow.set_tracking_uri(None)
+
+
+def test_the_shipped_chat_recipe_from_a_users_folder(user_dir, tiny_model_dir, capsys):
+    """recipes/sft_chat.yaml as a user copies it beside their chats: every assistant turn
+    trained, a golden set cut from the file, the shipped sweep space (gp sampler), and a report
+    that says what the set can detect and what the sampler did."""
+    import shutil
+
+    import mlflow
+    src = Path(__file__).resolve().parent.parent / "recipes"
+    (user_dir / "recipes" / "data").mkdir(parents=True)
+    shutil.copy(src / "data" / "bookshop_chats.jsonl", user_dir / "recipes" / "data")
+    d = yaml.safe_load((src / "sft_chat.yaml").read_text())
+    store = f"sqlite:///{user_dir}/mlflow.db"
+    d["model"]["name"] = tiny_model_dir
+    d["trainer"].update(max_steps=2, per_device_train_batch_size=4)
+    d["eval"].update(max_examples=4, batch_size=4)
+    d["eval"]["from_train"].update(rows=8, max_new_tokens=6)
+    d["sweep"]["storage"] = "sqlite:///optuna.db"
+    d["tracking"] = {"uri": store}
+    Path("chat.yaml").write_text(yaml.safe_dump(d))
+    said = _cli(capsys, "sweep", "chat.yaml")
+    assert "sweep sft_chat: 2 trials finished" in said
+    assert "every assistant turn trained: harness_incremental" in said
+    assert "8 held out as golden set chats" in said
+    client = mlflow.MlflowClient(store)
+    runs = _runs(client, "sft_chat")
+    assert runs and all(r.info.status == "FINISHED" for r in runs)
+    trials = [r for r in runs if r.data.tags["harness.kind"] == "trial"]
+    assert len(trials) == 2
+    assert all("after/chats/rougeL" in t.data.metrics for t in trials)
+    assert all(t.data.params["data.turn_mask"] == "harness_incremental" for t in trials)
+    assert all(t.data.params["data.rows_golden"] == "8" for t in trials)
+    best = next(t for t in trials if "after/chats_heldout/rougeL" in t.data.metrics)
+    assert "p_holm/chats_heldout/rougeL" in best.data.metrics
+    report = Path("reports/sft_chat/report.md").read_text()
+    assert "What these golden sets can detect" in report and "chats_heldout" in report
+    assert "Sampler:" in report
