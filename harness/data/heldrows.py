@@ -78,9 +78,9 @@ def split(row: dict, source: str, index: int) -> tuple[list[dict], str]:
 def check_prompt(turns, source: str, index: int, column: str = "prompt") -> None:
     """A golden-set prompt given as a conversation: {role, content} turns (a system turn first,
     roles alternating, as training rows are checked) that end with the user's turn."""
-    from harness.data.trainset import _check_messages
+    from harness.data.turns import check_messages
     if not (isinstance(turns, list) and turns and isinstance(turns[-1], dict)
             and turns[-1].get("role") == "user"):
         raise HarnessError(f"{column!r}: a conversation must end with the user's turn",
                            file=source, row=index)
-    _check_messages(turns + [{"role": "assistant", "content": "-"}], source, index)
+    check_messages(turns + [{"role": "assistant", "content": "-"}], source, index)
