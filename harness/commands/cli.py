@@ -69,6 +69,9 @@ def cmd_validate(args) -> int:
     sets = len(r.eval.goldensets) + bool(r.eval.from_train)
     print(f"{args.recipe}: ok ({r.method}, model {r.model.name}, {sets} golden set(s), "
           f"objective {r.sweep.objective}, {objective.direction(r)})")
+    from harness.core import fences
+    if fences.off_line():
+        print(f"  {fences.off_line()}")
     # what each golden set can show, so it is sized before any GPU time is spent
     for sizing in prepared.sizings(r, manifests):
         print(f"  {sizing if isinstance(sizing, str) else sizing.line()}")
@@ -353,6 +356,10 @@ def _run(args, preparing: bool) -> int:
     stopping.reset()
     stopping.install()  # SIGTERM and SIGINT end runs as Ctrl-C does
     try:
+        if preparing:
+            from harness.core import fences
+            if fences.off_line():  # before the run's time is spent on the plain path
+                print(f"harness: {fences.off_line()}", file=sys.stderr)
         if preparing and getattr(args, "processes", 1) == 1:
             from harness.train import distributed
             distributed.pin_first_gpu()  # before anything starts CUDA

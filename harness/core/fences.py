@@ -57,11 +57,29 @@ def why_not(patch: str) -> str | None:
     return None
 
 
+#: the command that installs the versions CI tested (constraints.txt at the checkout's root)
+TESTED_SET = "pip install -c constraints.txt -e ."
+
+
 @functools.cache
 def allowed(patch: str) -> bool:
     """Whether to apply `patch`; says once on stderr why not (harness.core.fences)."""
     why = why_not(patch)
     if why:
-        print(f"harness: {patch.replace('_', ' ')} off: {why} (harness/fences.py)",
+        print(f"harness: {patch.replace('_', ' ')} off: {why} (harness/core/fences.py)",
               file=sys.stderr)
     return why is None
+
+
+def off_line() -> str | None:
+    """One line naming every patch this install turns off and the command that brings the
+    tested versions back, or None when all are on: said before a run, and by validate, so a
+    user learns of a slower plain path before spending the time."""
+    off = {p: why_not(p) for p in TESTED}
+    off = {p: why for p, why in off.items() if why}
+    if not off:
+        return None
+    # one reason a package: several patches usually share it
+    reasons = dict.fromkeys(why.split(" is outside")[0] for why in off.values())
+    return (f"fast paths off, outside the versions they were tested with ({', '.join(reasons)}): "
+            f"{', '.join(off)}; the tested set: {TESTED_SET}")

@@ -61,3 +61,25 @@ def test_outside_the_tested_trl_the_harness_takes_plain_trl_batches(fenced, reci
     fenced("cuda_graphs", "trl")
     assert "trl " in trainers.graph_blocker(r, config, gpu) and ">=999" in \
         trainers.graph_blocker(r, config, gpu)
+
+
+def test_validate_and_a_run_name_the_fences_off_and_the_tested_set(fenced, recipe_dict,
+                                                                    write_recipe, capsys):
+    """A user learns before the run which fast paths this install turns off and the one command
+    that brings the tested versions back (issue 48)."""
+    from harness.commands import cli
+    path = write_recipe(recipe_dict)
+    assert cli.main(["validate", path]) == 0
+    assert "fast paths off" not in capsys.readouterr().out  # the tested set: all on
+    fenced("trace_store", "mlflow")
+    fenced("fused_norm", "transformers")
+    assert cli.main(["validate", path]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if "fast paths off" in x)
+    from importlib.metadata import version
+    assert f"(transformers {version('transformers')}, mlflow {version('mlflow')}):" in line
+    assert line.endswith("fused_norm, trace_store; the tested set: "
+                         "pip install -c constraints.txt -e .")
+    # a run says it first, before its time is spent (here: an unknown recipe key stops it)
+    assert cli.main(["train", path, "--set", "nosuch=1"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("harness: fast paths off") and err[-1].startswith("error: ")
