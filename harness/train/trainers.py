@@ -205,9 +205,8 @@ def build_config(recipe: Recipe, plan: models.DevicePlan, output_dir: str,
         eval_strategy="epoch" if has_eval else "no",
         disable_tqdm=not sys.stderr.isatty(), optim=plan.optim,
         dataloader_num_workers=plan.loader_workers,
-        # kept across epochs: otherwise the last step of an epoch joins them and the first of
-        # the next forks them again and waits for their first batch (~0.1 s an epoch on the
-        # H200 machine, docs/benchmarks.md)
+        # kept across epochs: else each epoch's end joins them and the next forks them again
+        # and waits for their first batch (~0.1 s an epoch on an H200, docs/benchmarks.md)
         dataloader_persistent_workers=bool(
             recipe.trainer.get("dataloader_num_workers", plan.loader_workers)),
         logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
