@@ -22,7 +22,9 @@ TESTED: dict[str, dict[str, str]] = {
     # graphs.py: the backbone's forward replaced by captured graphs; TRL's padding-free batches
     # (cu_seq_lens_*, max_length_*) reshaped; the CUDA generator's state after a failed capture
     "cuda_graphs": {"torch": ">=2.11,<2.14", "transformers": ">=5.17,<5.25", "trl": ">=1.16,<1.17"},
-    # kernels.py: transformers' Llama/Mistral/Qwen RMSNorm forward swapped for F.rms_norm
+    # kernels.py: transformers' Llama/Mistral/Qwen RMSNorm forward swapped for F.rms_norm.
+    # Not 5.25: there the patched forward is gone by the end of a training run (test_kernels'
+    # training test fails putting it back, 2026-12-07): the plain norm runs, as the fence says
     "fused_norm": {"transformers": ">=5.17,<5.25"},
     # models.py: torch._C._accelerator_setAllocatorSettings("expandable_segments:True")
     "allocator_settings": {"torch": ">=2.11,<2.14"},
@@ -33,8 +35,9 @@ TESTED: dict[str, dict[str, str]] = {
     # train.PreparedRows: rows TRL prepared handed to the next trainer (skip_prepare_dataset)
     "prepared_rows": {"trl": ">=1.16,<1.17", "datasets": ">=5.0,<6"},
     # records.py: finished traces handed to the tracking store's start_trace / log_spans
-    # (TracingClient.store) with MLflow's trace metadata helpers, instead of genai.evaluate
-    "trace_store": {"mlflow": ">=3.17,<3.18"},
+    # (TracingClient.store) with MLflow's trace metadata helpers, instead of genai.evaluate;
+    # 3.18.0 passed tests/tracking/test_records.py (both writers) and the ledger (2026-12-07)
+    "trace_store": {"mlflow": ">=3.17,<3.19"},
 }
 
 
