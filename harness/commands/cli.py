@@ -70,8 +70,8 @@ def cmd_validate(args) -> int:
     print(f"{args.recipe}: ok ({r.method}, model {r.model.name}, {sets} golden set(s), "
           f"objective {r.sweep.objective}, {objective.direction(r)})")
     from harness.core import fences
-    if fences.off_line():
-        print(f"  {fences.off_line()}")
+    if off := fences.off_line():
+        print(f"  {off}")
     # what each golden set can show, so it is sized before any GPU time is spent
     for sizing in prepared.sizings(r, manifests):
         print(f"  {sizing if isinstance(sizing, str) else sizing.line()}")
@@ -358,8 +358,8 @@ def _run(args, preparing: bool) -> int:
     try:
         if preparing:
             from harness.core import fences
-            if fences.off_line():  # before the run's time is spent on the plain path
-                print(f"harness: {fences.off_line()}", file=sys.stderr)
+            if off := fences.off_line():  # before the run's time is spent on the plain path
+                print(f"harness: {off}", file=sys.stderr)
         if preparing and getattr(args, "processes", 1) == 1:
             from harness.train import distributed
             distributed.pin_first_gpu()  # before anything starts CUDA

@@ -48,16 +48,22 @@ def installed(package: str) -> str | None:
         return None
 
 
-def why_not(patch: str) -> str | None:
-    """None when every package the patch touches is within its tested versions; else why not."""
+def _outside(patch: str) -> tuple[str, str, str] | None:
+    """(package, installed version, tested range) of the first package outside its range."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
     for package, spec in TESTED[patch].items():
         have = installed(package)
         # a local build (2.13.0+cpu) is its release
         if have is not None and Version(Version(have).base_version) not in SpecifierSet(spec):
-            return f"{package} {have} is outside the versions it was tested with ({spec})"
+            return package, have, spec
     return None
+
+
+def why_not(patch: str) -> str | None:
+    """None when every package the patch touches is within its tested versions; else why not."""
+    out = _outside(patch)
+    return out and f"{out[0]} {out[1]} is outside the versions it was tested with ({out[2]})"
 
 
 #: the command that installs the versions CI tested (constraints.txt at the checkout's root)
@@ -78,11 +84,10 @@ def off_line() -> str | None:
     """One line naming every patch this install turns off and the command that brings the
     tested versions back, or None when all are on: said before a run, and by validate, so a
     user learns of a slower plain path before spending the time."""
-    off = {p: why_not(p) for p in TESTED}
-    off = {p: why for p, why in off.items() if why}
+    off = {p: out for p in TESTED if (out := _outside(p))}
     if not off:
         return None
     # one reason a package: several patches usually share it
-    reasons = dict.fromkeys(why.split(" is outside")[0] for why in off.values())
+    reasons = dict.fromkeys(f"{package} {have}" for package, have, _ in off.values())
     return (f"fast paths off, outside the versions they were tested with ({', '.join(reasons)}): "
             f"{', '.join(off)}; the tested set: {TESTED_SET}")

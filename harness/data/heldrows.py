@@ -32,8 +32,9 @@ class HeldRows:
     rows: list[dict] | None = None  # the converted rows, in file order, once chosen
     digests: frozenset[str] = field(default_factory=frozenset)
 
-    def take(self, rows: list[dict], source: str) -> list[dict]:
-        """`rows` (converted, in file order) without the held ones; the first call holds them."""
+    def take(self, rows: list[dict], source: str, lines: list[int]) -> tuple[list[dict], list[int]]:
+        """`rows` (converted, in file order; `lines`: each one's line in the file) without the
+        held ones, with their lines; the first call holds them."""
         ids = [digest(r) for r in rows]
         if self.rows is None:
             n = count(self.size, len(rows))
@@ -46,8 +47,9 @@ class HeldRows:
             self.rows = [rows[i] for i in held]
             self.digests = frozenset(ids[i] for i in held)
             for i, row in zip(held, self.rows):
-                split(row, source, i + 1)  # a row with no answer to score fails now, not later
-        return [r for r, d in zip(rows, ids) if d not in self.digests]
+                split(row, source, lines[i])  # a row with no answer to score fails now
+        kept = [i for i, d in enumerate(ids) if d not in self.digests]
+        return [rows[i] for i in kept], [lines[i] for i in kept]
 
     def examples(self, source: str) -> tuple[list[list[dict]], list[str]]:
         """(prompts as chat messages, references) of the held rows."""

@@ -237,13 +237,14 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised",
     # converted in file order, so an error's row number is the row's line in the file
     convert = to_prompt if kind == "prompt" else functools.partial(
         to_trl, train_turns=spec.train_turns)
-    rows = [convert(r, fmt, spec.train, skip + i + 1)
-            for i, r in enumerate(raw.select(range(skip, len(raw))))]
+    lines = list(range(skip + 1, len(raw) + 1))  # each row's line, for errors after slicing
+    rows = [convert(r, fmt, spec.train, line)
+            for line, r in zip(lines, raw.select(range(skip, len(raw))))]
     if fmt == "preference" and all(r["chosen"] == r["rejected"] for r in rows):
         raise HarnessError("chosen equals rejected on every row: nothing to prefer",
                            file=spec.train, row=skip + 1)
     if held is not None:
-        rows = held.take(rows, spec.train)
+        rows, lines = held.take(rows, spec.train, lines)
     n_eval = spec.eval_rows
     n_train = len(rows) - n_eval if spec.max_rows is None else min(spec.max_rows, len(rows) - n_eval)
     if n_train <= 0:
@@ -256,7 +257,7 @@ def load_train(spec: DataSpec, seed: int, kind: str = "supervised",
     if all_turns:  # masked once selected (a slice of a large file costs no more than the slice)
         if masker is None:
             raise TypeError("all-turn conversations need load_train's masker")
-        ds = ds.add_column(turns.ROW_COLUMN, range(skip + 1, skip + 1 + len(rows)))
+        ds = ds.add_column(turns.ROW_COLUMN, lines)
     if spec.shuffle:
         ds = ds.shuffle(seed=seed)
     train = ds.select(range(n_eval, n_eval + n_train)).flatten_indices()

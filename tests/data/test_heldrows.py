@@ -99,3 +99,13 @@ def test_text_rows_have_no_answer_to_hold_out(tmp_path):
 def test_a_share_is_at_least_one_row():
     assert heldrows.count(0.01, 10) == 1 and heldrows.count(0.1, 200) == 20
     assert heldrows.count(7, 200) == 7
+
+
+def test_the_rows_kept_carry_their_lines_in_the_file():
+    """Errors after the cut (a conversation the mask cannot split) name the row's own line."""
+    rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(10)]
+    held = HeldRows(3, seed=0)
+    kept, lines = held.take(rows, "f.jsonl", list(range(5, 15)))  # data.skip_rows: 4
+    assert len(kept) == len(lines) == 7
+    assert all(r == rows[line - 5] for r, line in zip(kept, lines))
+    assert {heldrows.digest(r) for r in held.rows}.isdisjoint(heldrows.digest(r) for r in kept)
