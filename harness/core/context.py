@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 
+from harness.core.beside import Beside
 from harness.core.ledger import Ledger
 from harness.core.timing import Clock
 
@@ -71,10 +72,11 @@ def collector_paused(pause: bool = True) -> Iterator[Collector]:
 
 @dataclass
 class RunContext:
-    """What one command times and counts, and its hold on the collector."""
+    """What one command times and counts, its hold on the collector, and its writer thread."""
     clock: Clock = field(default_factory=Clock)
     ledger: Ledger = field(default_factory=Ledger)
     collector: Collector = field(default_factory=Collector)  # not paused unless the CLI's is
+    beside: Beside = field(default_factory=Beside)
 
 
 _CURRENT: ContextVar[RunContext | None] = ContextVar("harness_run_context", default=None)
@@ -92,8 +94,12 @@ def command(pause_collector: bool = False,
         token = _CURRENT.set(ctx)
         try:
             yield ctx
+            wait_beside()  # a command that did not wait: its writes, and any error, first
         finally:
-            _CURRENT.reset(token)
+            try:
+                ctx.beside.shut()  # after an error: what was submitted is still written
+            finally:
+                _CURRENT.reset(token)
 
 
 def current() -> RunContext:
@@ -110,6 +116,33 @@ def timed(phase: str) -> Iterator[None]:
     """The block's seconds counted to `phase` on the current command's clock."""
     with current().clock.timed(phase):
         yield
+
+
+def beside(fn) -> None:
+    """`fn()` on the current command's writer thread (harness.core.beside), timed and counted on
+    the writer's own clock and ledger until `wait_beside` folds them into the command's."""
+    writer = current().beside
+    there = RunContext(clock=writer.clock, ledger=writer.ledger)
+
+    def run():
+        with command(ctx=there):
+            fn()
+    writer.submit(run)
+
+
+def wait_beside() -> None:
+    """Everything the current command's writer thread was given, written; its counts added to
+    the command's ledger, its seconds to the clock's `beside` ones, and the time this waited
+    counted to the `evaluations` phase (the only work it does now). Raises its first error."""
+    ctx = current()
+    if not ctx.beside.given:
+        return
+    with timed("evaluations"):
+        folded = ctx.beside.wait()
+    for what, n in folded.counts.items():
+        ctx.ledger.add(what, n)
+    for phase, seconds in folded.seconds.items():
+        ctx.clock.beside[phase] += seconds
 
 
 def count(what: str, n: int = 1) -> None:

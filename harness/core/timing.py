@@ -23,6 +23,10 @@ PHASES = {"startup": "start-up (imports, stores)", "data": "data preparation",
           "other": "other (Optuna, waiting for workers, untimed)"}
 
 
+#: the prefix of a phase's seconds on the writer thread, beside the command's (harness.core.beside)
+BESIDE = "beside/"
+
+
 class Clock:
     """One command's seconds per phase, from its start (on its run context)."""
 
@@ -31,6 +35,9 @@ class Clock:
         self.first: float | None = None  # when the first phase began
         self.seconds: dict[str, float] = defaultdict(float)
         self._stack: list[list] = []  # [phase, began, seconds of the phases inside it]
+        # seconds of work done on the writer thread (harness.core.beside), per phase: they
+        # overlap this clock's phases, so they are not among them and add nothing to the wall
+        self.beside: dict[str, float] = defaultdict(float)
 
     @contextmanager
     def timed(self, phase: str):
@@ -73,7 +80,11 @@ class Clock:
         seconds, and time/total."""
         end = self.command_times()
         return {"time/report": end.get("report", 0.0), "time/other": end["other"],
-                "time/total": self.elapsed()}
+                "time/total": self.elapsed(), **metrics(self.beside_times())}
+
+    def beside_times(self) -> dict[str, float]:
+        """The writer thread's seconds per phase, as `beside/<phase>` keys (see `rows`)."""
+        return {f"{BESIDE}{k}": v for k, v in self.beside.items()}
 
 
 def since(now: dict[str, float], mark: dict[str, float]) -> dict[str, float]:
@@ -90,10 +101,14 @@ def from_metrics(metrics_: dict[str, float]) -> dict[str, float]:
 
 
 def rows(times: dict[str, float]) -> list[list]:
-    """[phase, seconds, share] rows in PHASES order and a last `total` row (the logged
-    time/total where there is one, else the phases' sum), for a report's table."""
-    phases = {k: v for k, v in times.items() if k != "total"}
+    """[phase, seconds, share] rows in PHASES order and a `total` row (the logged time/total
+    where there is one, else the phases' sum), for a report's table; then the writer thread's
+    phases (`beside/` keys), which overlap the others and are not in the total."""
+    phases = {k: v for k, v in times.items() if k != "total" and not k.startswith(BESIDE)}
     total = times.get("total") or sum(phases.values()) or 1.0
     known = [k for k in PHASES if k in phases] + sorted(set(phases) - set(PHASES))
+    beside = sorted(k for k in times if k.startswith(BESIDE))
     return [[PHASES.get(k, k), f"{phases[k]:.1f}", f"{100 * phases[k] / total:.0f}%"]
-            for k in known] + [["total", f"{total:.1f}", "100%"]]
+            for k in known] + [["total", f"{total:.1f}", "100%"]] + [
+        [f"{PHASES.get(k.removeprefix(BESIDE), k)}, beside the work above", f"{times[k]:.1f}",
+         "overlapped"] for k in beside]

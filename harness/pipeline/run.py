@@ -7,7 +7,7 @@ import gc
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.train import checkpoints, trainers
+from harness.train import checkpoints, steps, trainers
 from harness.eval import scoring
 from harness.eval.comparison import Comparison, compare, delta_text
 from harness.eval.objective import EVAL_LOSS
@@ -137,6 +137,7 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     # the run's time/ metrics cover the whole command: preparing and scoring the start too
     outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags,
                       times_from={})
+    context.wait_beside()  # its records written: the report and time/ metrics count them
     with phase("writing the report"), context.timed("report"):
         path = markdown.write_run(recipe, outcome, prep.before, tracker, name,
                                   machine=prep.plan.machine())
@@ -172,6 +173,18 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
                               sum(len(r.examples) * len(r.metrics) for r in results.values()))
     tracker.set_tags({f"{EVALUATIONS_TAG}.{side}": run_id}, run_id=of_run)
     return run_id
+
+
+def write_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: str,
+                      side: str, model_id: str | None = None) -> None:
+    """`log_evaluations`, on the command's writer thread (harness.core.beside) where the records
+    take the bulk path, so the next trial trains meanwhile; else (genai.evaluate swaps stdout
+    and the global random generator) here. A sweep waits for it before it reads them back."""
+    if tracker.records_beside():
+        context.beside(lambda: log_evaluations(recipe, tracker, results, of_run, name, side,
+                                               model_id))
+    else:
+        log_evaluations(recipe, tracker, results, of_run, name, side, model_id)
 
 
 def score_held_out(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> bool:
@@ -220,10 +233,22 @@ def recover(prep: Prepared, recipe: Recipe, tracker, run_id: str) -> Outcome | N
     outcome = Outcome(run_id, saved.comparison, saved.after, view.tags["harness.adapter_dir"],
                       {k: v for k, v in view.metrics.items() if k == EVAL_LOSS},
                       model_id=view.tags.get(MODEL_TAG))
-    if recipe.tracking.log_evaluations == "all" and tracker.needs_evaluations(run_id, "after"):
-        log_evaluations(recipe, tracker, saved.after, run_id, view.name, "after",
-                        outcome.model_id)
+    records_again(recipe, tracker, run_id, saved.after)
     return outcome
+
+
+def records_again(recipe: Recipe, tracker, run_id: str, after: dict | None = None) -> bool:
+    """A finished trial's `after` evaluation records written again where its process was
+    killed before they were all written (they are written beside the next trial, so a kill can
+    cut them off after the trial is complete). Returns whether they were missing."""
+    if recipe.tracking.log_evaluations != "all" or not tracker.needs_evaluations(run_id, "after"):
+        return False
+    from harness.tracking.reader import MODEL_TAG
+    view = tracker.read_run(run_id)
+    after = after if after is not None else read_results(tracker, run_id).after
+    say(f"{view.name}: its evaluation records were cut off; writing them again")
+    write_evaluations(recipe, tracker, after, run_id, view.name, "after", view.tags.get(MODEL_TAG))
+    return True
 
 
 def _trained_model(prep: Prepared, recipe: Recipe, tracker, run_id: str, view):
@@ -272,10 +297,10 @@ def run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: b
                            callbacks=callbacks, on_start=on_start, resume=resume)
     policy = recipe.tracking.log_evaluations
     if policy == "all" or (policy == "best" and not nested):
-        log_evaluations(recipe, tracker, outcome.after, outcome.run_id, run_name, "after",
-                        outcome.model_id)
+        write_evaluations(recipe, tracker, outcome.after, outcome.run_id, run_name, "after",
+                          outcome.model_id)
         if not nested:  # harness train: the start's side too (a sweep's is on its own run)
-            log_evaluations(recipe, tracker, prep.before, outcome.run_id, run_name, "before")
+            write_evaluations(recipe, tracker, prep.before, outcome.run_id, run_name, "before")
     # logged once the run has ended, so that its own logging counts too
     outcome.times = timing.since(ctx.clock.totals(), mark)
     outcome.work = timing.since(ctx.ledger.totals(), counted)  # counts only grow: as for seconds
@@ -310,7 +335,8 @@ def _run_one(prep: Prepared, recipe: Recipe, tracker, run_name: str, *, nested: 
         try:
             with phase(f"training {run_name}"), context.timed("train"):
                 result = trainers.train(recipe, model, prep.tok, train_ds, eval_ds, prep.plan,
-                                     out_dir, callbacks=callbacks, report_to=tracker.report_to,
+                                     out_dir, callbacks=[*(callbacks or []), steps.writer_window()],
+                                     report_to=tracker.report_to,
                                      reward_models=prep.reward_models, handover=prep.handover,
                                      resume_from=resume[1] if resume else None)
         except HarnessError as e:  # the run ends FAILED; the reason is on it

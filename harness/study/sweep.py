@@ -412,7 +412,11 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
                                 "distributed/world_size": distributed.world_size()})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
         _score_start(recipe, tracker, prep, parent)
+        for t in finished(study):  # a killed process's trials whose records it did not write
+            if t.state.name == "COMPLETE" and TrialAttrs.of(t).run_id:
+                run.records_again(recipe, tracker, TrialAttrs.of(t).run_id)
         _run_trials(recipe, space, prep, tracker, study, parent, total, workers, group)
+        context.wait_beside()  # every trial's records written before the chosen one's are read
         heldout, spread = best.conclude(prep, recipe, tracker, study, name, parent,
                                         len(finished(study)))
         path = _report(recipe, tracker, study, prep, spread)
@@ -443,7 +447,7 @@ def _score_start(recipe: Recipe, tracker, prep, parent: str) -> None:
                                  for k, v in flat_metrics(getattr(prep, side)).items()})
     # again when a killed process left them half-logged
     if recipe.tracking.log_evaluations != "none" and tracker.needs_evaluations(parent, "before"):
-        run.log_evaluations(recipe, tracker, prep.before, parent, study_name(recipe), "before")
+        run.write_evaluations(recipe, tracker, prep.before, parent, study_name(recipe), "before")
 
 
 def _run_trials(recipe: Recipe, space: SweepFile, prep, tracker, study, parent: str, total: int,
@@ -480,7 +484,8 @@ def _report(recipe: Recipe, tracker, study, prep, spread: dict | None) -> Path:
         summarized = summary(study, spread)
         tracker.set_tags({SAMPLING_TAG: summarized.sampling})
         path = markdown.write_sweep(recipe, summarized, prep.before, tracker,
-                                    images, times, work, machine=prep.plan.machine())
+                                    images, {**times, **ctx.clock.beside_times()}, work,
+                                    machine=prep.plan.machine())
         tracker.log_artifacts(str(path.parent), "report")
     tracker.log_metrics(ctx.clock.closing_metrics())
     return path

@@ -241,6 +241,12 @@ class Tracker(Reader):
         context.count("records", len(records))
         context.count("assessments", sum(len(s) for s in scores))
 
+    def records_beside(self) -> bool:
+        """Whether evaluation records may be written on a thread beside the command's: the
+        bulk path (client calls by run id) may; genai.evaluate's swaps process-wide state."""
+        from harness.core import fences
+        return fences.allowed("trace_store")
+
     def check_records(self, run_id: str, traces: int, assessments: int) -> None:
         """Count back what evaluation run `run_id` holds: fewer traces or assessments than were
         written is an error, not a silent loss."""

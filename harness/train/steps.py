@@ -10,8 +10,13 @@ SmolLM2-135M is 2,499 modules and 692 parameters. What is trimmed here gives the
   `total_flos` every step, counting the parameters again each time (`num_parameters`, 4.2 ms
   of host time on the H200 machine, 4.7 ms on this 2-core CPU). The count is taken once a
   model: a run does not change it.
+
+And the command's writer thread (harness.core.beside) runs while the trainer steps, where the
+training thread waits on the device, rather than while the trainer is built.
 """
 from __future__ import annotations
+
+from harness.core import context
 
 
 class LeanSteps:
@@ -38,3 +43,21 @@ def lean(trainer_class: type) -> type:
     """`trainer_class` with LeanSteps mixed in, under its own name (model cards, logs)."""
     return type(trainer_class.__name__, (LeanSteps, trainer_class),
                 {"__doc__": trainer_class.__doc__})
+
+
+def writer_window(after: int = 3):
+    """A callback that opens the command's writer thread (harness.core.beside) once the trainer
+    has taken `after` steps (the first ones capture CUDA graphs and compile: host work of its
+    own) and closes it when training ends, so the writer's Python shares the interpreter's lock
+    with steps that wait on the GPU, not with set-up that does not. (Made here, not at import:
+    transformers' Trainer modules cost a command's start-up seconds.)"""
+    from transformers import TrainerCallback
+
+    class WriterWindow(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= after:
+                context.current().beside.open()
+
+        def on_train_end(self, args, state, control, **kwargs):
+            context.current().beside.close()
+    return WriterWindow()

@@ -138,6 +138,48 @@ def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe
     assert not [x for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
 
 
+@pytest.mark.slow
+def test_a_complete_trials_records_cut_off_by_a_kill_are_written_by_the_next_start(
+        recipe_dict, client):
+    """A trial's after records are written beside the next trial (harness.core.beside), so a
+    kill -9 can land after Optuna has the trial COMPLETE and before its records are all in: its
+    evaluation run RUNNING, its run without `harness.evaluations.after`. The same command ends
+    that run KILLED and writes the trial's records again, equal to its saved results; and the
+    records the thread wrote are counted in the sweep's work and timed apart."""
+    import optuna
+
+    from harness.config import recipe
+    from harness.core import context
+    from harness.study import sweep
+    from harness.tracking import records
+    from harness.tracking.reader import EVALUATION_OF_TAG, KIND_TAG
+    from harness.tracking.tracker import Tracker
+    r = recipe.build(recipe_dict, "t.yaml", {"tracking.log_evaluations": "all"})
+    with context.command():  # counted from zero, as a command's are
+        parent = sweep.run_sweep(r).parent_run_id
+    metrics = client.get_run(parent).data.metrics
+    study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
+    exp = client.get_run(parent).info.experiment_id
+    evaluation_runs = [x.info.run_id for x in client.search_runs([exp])
+                       if x.data.tags.get(KIND_TAG) in ("before", "after")]
+    assert len(evaluation_runs) == 1 + len(study.trials)
+    # the thread's counts folded into the sweep's: every trace the store holds, counted once
+    assert metrics["work/records"] == sum(records.count(client, e)[0] for e in evaluation_runs)
+    assert metrics["time/beside/evaluations"] > 0
+    trial = study.trials[0].user_attrs["mlflow_run_id"]
+    stale = client.create_run(exp, run_name="trial-0/after", tags={
+        KIND_TAG: "after", EVALUATION_OF_TAG: trial, "mlflow.parentRunId": trial}).info.run_id
+    client.delete_tag(trial, "harness.evaluations.after")
+    sweep.run_sweep(r)  # the study is complete: nothing to train, the records to write again
+    assert client.get_run(stale).info.status == "KILLED"
+    again = client.get_run(trial).data.tags["harness.evaluations.after"]
+    assert again != stale and client.get_run(again).info.status == "FINISHED"
+    saved = Tracker(r).load_json(trial, "eval/results.json")
+    _same(_scores(again), {k: v for name in saved["after"]
+                           for k, v in _expected(saved["after"], name).items()})
+    assert not [x for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
+
+
 def test_harness_eval_records_each_side(recipe_dict, tiny_model_dir, client):
     """`harness eval MODEL --before BASE`: the eval run's two sides as evaluation runs."""
     from harness.eval import scoring
