@@ -70,14 +70,15 @@ class PackageVersion:
 
 
 def versions(patch: str) -> tuple[PackageVersion, ...]:
+    """Each package `patch` touches, in TESTED's order."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
     rows = []
     for package, spec in TESTED[patch].items():
         have = installed(package)
         # a local build (2.13.0+cpu) is its release
-        rows.append(PackageVersion(package, have, spec, have is None or
-                             Version(Version(have).base_version) in SpecifierSet(spec)))
+        inside = have is None or Version(Version(have).base_version) in SpecifierSet(spec)
+        rows.append(PackageVersion(package, have, spec, inside))
     return tuple(rows)
 
 
