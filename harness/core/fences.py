@@ -6,8 +6,9 @@ allocator settings and CUDA generator state. A release may change them without a
 Each patch asks `allowed(name)` first; outside the versions below it is skipped, with one line
 saying why, and the harness takes the plain path (slower, never wrong).
 
-To widen a range: run the tests that exercise the patch (CPU suite; `bench/gpu_matrix.py` and
-`bench/sweep_e2e.py` on a GPU for the GPU-only ones) on the new release, then edit TESTED.
+To widen a range: run the tests that exercise the patch (marked `fenced`; `make test-newest` runs
+them on the newest releases; `bench/newest_wheels.sh` for the GPU-only ones) on the new release,
+then edit TESTED. `harness fences` says which are on here.
 """
 from __future__ import annotations
 
