@@ -57,6 +57,19 @@ def _quiet() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+def cmd_fences(args) -> int:
+    """One line a fenced patch: on or off on this install, and each library's version against
+    the versions it was tested with; --check: exit 1 when any is off (CI on the newest releases)."""
+    from harness.core import fences
+    rows = fences.report()
+    for row in rows:
+        print(row.line())
+    verdict = fences.verdict(rows)
+    if verdict:
+        print(f"{verdict}; the tested set: {fences.TESTED_SET}")
+    return 1 if verdict and args.check else 0
+
+
 def cmd_validate(args) -> int:
     from harness.pipeline import prepared
     from harness.config import recipe
@@ -281,6 +294,10 @@ def parser() -> argparse.ArgumentParser:
                    "again with K more seeds and report the spread (sweep.repeat_best)")
     s.add_argument("--worker-of", help=argparse.SUPPRESS)  # a spawned worker: the sweep's run id
     s.add_argument("--group-result", help=argparse.SUPPRESS)  # a rank of a multi-GPU sweep
+    f = sub.add_parser("fences", help="which fast paths (patches of library internals) this "
+                       "install runs, and which library versions turn any off")
+    f.add_argument("--check", action="store_true", help="exit 1 when any is off")
+    f.set_defaults(fn=cmd_fences)
     e = sub.add_parser("eval", help="score a model on golden sets without training, alone or "
                        "against --before", description="MODEL: embedded:<name>, a Hub id, a model "
                        "or adapter folder, or an MLflow run id (runs:/<id> or the bare id).")

@@ -6,11 +6,13 @@ allocator settings and CUDA generator state. A release may change them without a
 Each patch asks `allowed(name)` first; outside the versions below it is skipped, with one line
 saying why, and the harness takes the plain path (slower, never wrong).
 
-To widen a range: run the tests that exercise the patch (CPU suite; `bench/gpu_matrix.py` and
-`bench/sweep_e2e.py` on a GPU for the GPU-only ones) on the new release, then edit TESTED.
+To widen a range: run the tests that exercise the patch (marked `fenced`; `make test-newest` runs
+them on the newest releases; `bench/newest_wheels.sh` for the GPU-only ones) on the new release,
+then edit TESTED. `harness fences` says which are on here.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -22,10 +24,11 @@ TESTED: dict[str, dict[str, str]] = {
     # graphs.py: the backbone's forward replaced by captured graphs; TRL's padding-free batches
     # (cu_seq_lens_*, max_length_*) reshaped; the CUDA generator's state after a failed capture
     "cuda_graphs": {"torch": ">=2.11,<2.14", "transformers": ">=5.17,<5.25", "trl": ">=1.16,<1.17"},
-    # kernels.py: transformers' Llama/Mistral/Qwen RMSNorm forward swapped for F.rms_norm.
-    # Not 5.25: there the patched forward is gone by the end of a training run (test_kernels'
-    # training test fails putting it back, 2026-12-07): the plain norm runs, as the fence says
-    "fused_norm": {"transformers": ">=5.17,<5.25"},
+    # kernels.py: transformers' Llama/Mistral/Qwen RMSNorm classes swapped for subclasses running
+    # F.rms_norm, which kernelizing (5.25, the kernels package) is told to skip; test_kernels
+    # passed on 5.24 (no kernels) and on 5.25 with kernels 0.19.1 (2026-12-08). kernels is not
+    # fenced: each transformers release pins its minor (5.25: <0.20)
+    "fused_norm": {"transformers": ">=5.17,<5.26"},
     # models.py: torch._C._accelerator_setAllocatorSettings("expandable_segments:True")
     "allocator_settings": {"torch": ">=2.11,<2.14"},
     # train.padding_free: TRL's rule for when SFTTrainer flattens a batch, written out here
@@ -41,6 +44,11 @@ TESTED: dict[str, dict[str, str]] = {
 }
 
 
+#: patches that run on a GPU only: a CPU (CI) checks their versions, and the GPU run
+#: (`bench/newest_wheels.sh`) tests them before their range is widened
+GPU_ONLY = frozenset({"cuda_graphs", "allocator_settings"})
+
+
 def installed(package: str) -> str | None:
     try:
         return version(package)
@@ -48,16 +56,37 @@ def installed(package: str) -> str | None:
         return None
 
 
-def _outside(patch: str) -> tuple[str, str, str] | None:
-    """(package, installed version, tested range) of the first package outside its range."""
+@dataclasses.dataclass(frozen=True)
+class PackageVersion:
+    """One package a patch touches, as installed here, against the versions it was tested with."""
+    package: str
+    have: str | None  # None: not installed, which no fence holds against
+    tested: str
+    inside: bool
+
+    def __str__(self) -> str:
+        where = "not installed" if self.have is None else \
+            f"{self.have} {'in' if self.inside else 'OUTSIDE'}"
+        return f"{self.package} {where} {self.tested}"
+
+
+def versions(patch: str) -> tuple[PackageVersion, ...]:
+    """Each package `patch` touches, in TESTED's order."""
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
+    rows = []
     for package, spec in TESTED[patch].items():
         have = installed(package)
         # a local build (2.13.0+cpu) is its release
-        if have is not None and Version(Version(have).base_version) not in SpecifierSet(spec):
-            return package, have, spec
-    return None
+        inside = have is None or Version(Version(have).base_version) in SpecifierSet(spec)
+        rows.append(PackageVersion(package, have, spec, inside))
+    return tuple(rows)
+
+
+def _outside(patch: str) -> tuple[str, str, str] | None:
+    """(package, installed version, tested range) of the first package outside its range."""
+    out = next((v for v in versions(patch) if not v.inside), None)
+    return out and (out.package, out.have, out.tested)
 
 
 def why_not(patch: str) -> str | None:
@@ -91,3 +120,40 @@ def off_line() -> str | None:
     reasons = dict.fromkeys(f"{package} {have}" for package, have, _ in off.values())
     return (f"fast paths off, outside the versions they were tested with ({', '.join(reasons)}): "
             f"{', '.join(off)}; the tested set: {TESTED_SET}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fence:
+    """A patch on this install: on or off, each package it touches, where it can run."""
+    patch: str
+    versions: tuple[PackageVersion, ...]
+    gpu_only: bool
+
+    @property
+    def on(self) -> bool:
+        return all(v.inside for v in self.versions)
+
+    def line(self) -> str:
+        where = "; GPU only (on a CPU: versions checked, not run)" if self.gpu_only else ""
+        return (f"{self.patch:<19} {'on ' if self.on else 'OFF'}  "
+                f"{', '.join(map(str, self.versions))}{where}")
+
+
+def report() -> list[Fence]:
+    """Every patch in TESTED on this install (`harness fences`)."""
+    return [Fence(p, versions(p), p in GPU_ONLY) for p in TESTED]
+
+
+def verdict(fences: list[Fence]) -> str | None:
+    """None when every fence is on; else the line naming the ones off, and what widens each: a
+    CPU one after its tests pass on the new release, a GPU one after the GPU run."""
+    off = [f for f in fences if not f.on]
+    if not off:
+        return None
+    cpu = [f.patch for f in off if not f.gpu_only]
+    gpu = [f.patch for f in off if f.gpu_only]
+    parts = ([f"{', '.join(cpu)} (widen TESTED once their tests pass on these releases)"]
+             if cpu else []) + \
+        ([f"{', '.join(gpu)} (GPU only: widen after the GPU check, bench/newest_wheels.sh)"]
+         if gpu else [])
+    return f"fences off on these releases: {'; '.join(parts)}"

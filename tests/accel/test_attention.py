@@ -154,6 +154,7 @@ def test_packed_batches_padded_to_max_length_train_to_the_same_losses(recipe_dic
     assert len(loss(padded)) == 3 and loss(padded) == pytest.approx(loss(plain), rel=1e-4)
 
 
+@pytest.mark.fenced  # padding_free_rule
 def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, recipe_dict,
                                                                    tmp_path):
     import dataclasses
@@ -201,6 +202,7 @@ def test_gpu_plan_takes_the_fast_path_and_the_recipe_can_opt_out(monkeypatch, re
 
 
 
+@pytest.mark.fenced  # allocator_settings
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA allocator needs a GPU")
 def test_gpu_plan_loads_the_model_into_segments_that_grow_in_place(tiny_model_dir):
     spec = recipe.ModelSpec(name=tiny_model_dir)

@@ -168,6 +168,7 @@ def test_cuda_graphs_are_a_gpu_default_and_refused_on_a_cpu(recipe_dict, monkeyp
     assert not models.device_plan(recipe.ModelSpec(cuda_graphs=False)).cuda_graphs
 
 
+@pytest.mark.fenced  # cuda_graphs
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_training_through_cuda_graphs_matches_the_eager_run(recipe_dict, tmp_path):
     over = {**PACKED, "trainer.max_steps": 6, "data.builtin_rows": 96,
@@ -195,6 +196,7 @@ def test_training_through_cuda_graphs_matches_the_eager_run(recipe_dict, tmp_pat
     assert "forward" not in vars(backbone)
 
 
+@pytest.mark.fenced  # cuda_graphs
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
 def test_a_replayed_graph_draws_new_dropout_masks_and_gives_gradients(tiny_model_dir, dropout):
@@ -213,6 +215,7 @@ def test_a_replayed_graph_draws_new_dropout_masks_and_gives_gradients(tiny_model
             torch.testing.assert_close(g, grads[0][name], atol=1e-2, rtol=1e-2)
 
 
+@pytest.mark.fenced  # cuda_graphs
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_a_step_that_cannot_be_captured_trains_on_without_graphs(tiny_model_dir, capfd):
     from peft import LoraConfig, get_peft_model
@@ -240,6 +243,7 @@ def test_a_step_that_cannot_be_captured_trains_on_without_graphs(tiny_model_dir,
         assert graphed.key(batch) is not None
 
 
+@pytest.mark.fenced  # cuda_graphs
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_a_shape_this_process_has_run_is_captured_at_once_for_a_new_model(tiny_model_dir):
     """A sweep's later trial: the same model shape, new adapters, the batch shapes seen before."""
@@ -255,6 +259,7 @@ def test_a_shape_this_process_has_run_is_captured_at_once_for_a_new_model(tiny_m
     assert other.steps == 1
 
 
+@pytest.mark.fenced  # cuda_graphs
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_a_capture_at_once_that_fails_runs_eagerly_and_captures_the_next_time(tiny_model_dir,
                                                                               capfd):
@@ -273,6 +278,7 @@ def test_a_capture_at_once_that_fails_runs_eagerly_and_captures_the_next_time(ti
     assert all(g.abs().sum() > 0 for g in grads[2].values())
 
 
+@pytest.mark.fenced  # cuda_graphs
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA GPU")
 def test_a_batch_of_fewer_sequences_replays_the_graph_of_more(tiny_model_dir):
     model = _lora(tiny_model_dir, 4)

@@ -12,6 +12,8 @@ from harness import models
 from harness.config import recipe
 from harness.train import trainers
 
+pytestmark = pytest.mark.fenced
+
 
 @pytest.fixture
 def fenced(monkeypatch):
@@ -20,6 +22,20 @@ def fenced(monkeypatch):
         monkeypatch.setitem(fences.TESTED, patch, {package: ">=999"})
         fences.allowed.cache_clear()
     yield fence
+    fences.allowed.cache_clear()
+
+
+@pytest.fixture
+def every_fence_on(monkeypatch):
+    """Every range admits the version installed here: the newest releases' check (.ci/newest)
+    runs the tests below on releases that may turn a fence off; `harness fences --check` and the
+    test after this fixture are what say so."""
+    for patch, packages in fences.TESTED.items():
+        monkeypatch.setitem(fences.TESTED, patch, {
+            p: f"=={fences.installed(p).split('+')[0]}" if fences.installed(p) else spec
+            for p, spec in packages.items()})
+    fences.allowed.cache_clear()
+    yield
     fences.allowed.cache_clear()
 
 
@@ -39,18 +55,19 @@ def test_a_fenced_patch_says_why_once_and_is_skipped(fenced, tiny_model_dir, cap
     norms = [m for m in model.modules() if type(m).__name__ == "LlamaRMSNorm"]
     with kernels.fused_norms(model, True) as n:
         # inside the tested versions: every norm swapped (2 layers' 2 and the final one)
-        assert n == len(norms) == 5 and all("forward" in m.__dict__ for m in norms)
+        assert n == len(norms) == 5 and all(type(m).__name__ == "FusedLlamaRMSNorm"
+                                            for m in norms)
     fenced("fused_norm", "transformers")
     for _ in range(2):
         with kernels.fused_norms(model, True) as n:
-            assert n == 0 and not any("forward" in m.__dict__ for m in model.modules())
+            assert n == 0 and all(type(m).__name__ == "LlamaRMSNorm" for m in norms)
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("harness: fused norm off: transformers ") \
         and "outside the versions it was tested with (>=999)" in lines[0]
 
 
-def test_outside_the_tested_trl_the_harness_takes_plain_trl_batches(fenced, recipe_dict,
-                                                                     tmp_path):
+def test_outside_the_tested_trl_the_harness_takes_plain_trl_batches(every_fence_on, fenced,
+                                                                     recipe_dict, tmp_path):
     r = recipe.build(recipe_dict, "t.yaml", {"trainer.packing": True})
     gpu = dataclasses.replace(models.device_plan(r.model), cuda_graphs=True, pad_packed=True,
                               packing=True)
@@ -63,8 +80,9 @@ def test_outside_the_tested_trl_the_harness_takes_plain_trl_batches(fenced, reci
         trainers.graph_blocker(r, config, gpu)
 
 
-def test_validate_and_a_run_name_the_fences_off_and_the_tested_set(fenced, recipe_dict,
-                                                                    write_recipe, capsys):
+def test_validate_and_a_run_name_the_fences_off_and_the_tested_set(every_fence_on, fenced,
+                                                                    recipe_dict, write_recipe,
+                                                                    capsys):
     """A user learns before the run which fast paths this install turns off and the one command
     that brings the tested versions back (issue 48)."""
     from harness.commands import cli
@@ -83,3 +101,35 @@ def test_validate_and_a_run_name_the_fences_off_and_the_tested_set(fenced, recip
     assert cli.main(["train", path, "--set", "nosuch=1"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("harness: fast paths off") and err[-1].startswith("error: ")
+
+
+def test_the_report_says_which_fences_are_off_and_what_widens_each(monkeypatch, capsys):
+    """`harness fences`: one line a patch, each package against its tested range; --check fails
+    naming those off, a GPU-only one sent to the GPU check (the CI step on the newest releases)."""
+    from harness.commands import cli
+    real = fences.installed
+    newest = {"transformers": "9.0.0", "trl": "1.99.0"}
+    monkeypatch.setattr(fences, "installed", lambda p: newest.get(p) or real(p))
+    rows = {f.patch: f for f in fences.report()}
+    assert list(rows) == list(fences.TESTED)
+    graphs, lm_head, store = rows["cuda_graphs"], rows["fused_lm_head"], rows["trace_store"]
+    assert not graphs.on and graphs.gpu_only and not lm_head.on and not lm_head.gpu_only
+    assert store.on and not store.gpu_only  # mlflow as installed here: within its range
+    assert [(v.package, v.have, v.inside) for v in lm_head.versions] == [("trl", "1.99.0", False)]
+    assert "transformers 9.0.0 OUTSIDE >=5.17" in graphs.line() and graphs.line().startswith(
+        "cuda_graphs         OFF ") and "GPU only" in graphs.line()
+    assert cli.main(["fences", "--check"]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == len(fences.TESTED) + 1
+    assert out[-1].startswith("fences off on these releases: fused_norm, padding_free_rule, "
+                              "fused_lm_head, prepared_rows (widen TESTED once their tests pass")
+    assert "; cuda_graphs (GPU only: widen after the GPU check" in out[-1]
+    assert cli.main(["fences"]) == 0  # without --check it only says
+    newest.clear()
+    monkeypatch.setattr(fences, "installed", lambda p: "1.0" if p == "datasets" else real(p))
+    assert cli.main(["fences", "--check"]) == 1  # datasets 1.0 < 5.0: prepared_rows alone
+    assert capsys.readouterr().out.splitlines()[-1].startswith(
+        "fences off on these releases: prepared_rows (")
+    monkeypatch.setattr(fences, "installed", lambda p: None)  # no package a fence holds against
+    assert fences.verdict(fences.report()) is None
+    assert all(str(v).endswith(f"not installed {v.tested}") for v in fences.versions("fused_norm"))

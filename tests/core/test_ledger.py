@@ -12,7 +12,7 @@ from conftest import ROOT
 from harness.commands import cli
 from harness.core import context, ledger
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.fenced]  # a tiny sweep through every CPU fence
 TABLE = "## The cost ledger"
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 
+pytestmark = pytest.mark.fenced  # trace_store: both writers
 
 def _scores(run_id: str) -> dict:
     """{(prompt, assessment name): value} of the run's evaluation traces."""

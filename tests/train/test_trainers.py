@@ -66,6 +66,7 @@ def _embeds_with_noise(model) -> bool:
         return not torch.equal(emb(ids), emb.weight[ids])
 
 
+@pytest.mark.fenced  # fused_lm_head
 def test_sft_with_lora_trains_only_the_adapter_and_masks_the_prompt(recipe_dict, tmp_path):
     from transformers import TrainerCallback
     noisy = []
@@ -360,6 +361,7 @@ def test_a_full_disk_ends_training_with_one_line(recipe_dict, tmp_path):
 
 @pytest.mark.parametrize("packing", [False, True])
 @pytest.mark.slow
+@pytest.mark.fenced  # prepared_rows
 def test_a_second_trainer_takes_the_rows_the_first_prepared_and_trains_the_same(recipe_dict,
                                                                                    tmp_path,
                                                                                    packing):
