@@ -25,8 +25,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from harness.core.ledger import Ledger
@@ -51,6 +52,20 @@ class Beside:
         self._pending: list[Future] = []
         self.clock, self.ledger = Clock(), Ledger()
         self._window = threading.Event()  # closed: submitted work waits
+        self.in_trials = False
+
+    @contextmanager
+    def trials(self) -> Iterator[None]:
+        """A sweep's trials: work given to the writer inside waits for its window (a trainer's
+        steps, or the command waiting). Outside, there is no next trial to overlap and
+        harness.core.context.beside does the work at once, on the command's thread."""
+        self.in_trials = True
+        self.close()
+        try:
+            yield
+        finally:
+            self.in_trials = False
+            self.open()
 
     def open(self) -> None:
         self._window.set()

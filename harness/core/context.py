@@ -120,8 +120,11 @@ def timed(phase: str) -> Iterator[None]:
 
 def beside(fn) -> None:
     """`fn()` on the current command's writer thread (harness.core.beside), timed and counted on
-    the writer's own clock and ledger until `wait_beside` folds them into the command's."""
+    the writer's own clock and ledger until `wait_beside` folds them into the command's; at
+    once, here, outside a sweep's trials (`Beside.trials`), where nothing would overlap it."""
     writer = current().beside
+    if not writer.in_trials:
+        return fn()
     there = RunContext(clock=writer.clock, ledger=writer.ledger)
 
     def run():

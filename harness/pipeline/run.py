@@ -137,7 +137,6 @@ def train_and_report(recipe: Recipe, tracker, tags: dict | None = None, name: st
     # the run's time/ metrics cover the whole command: preparing and scoring the start too
     outcome = run_one(prep, recipe, tracker, name or recipe.name, nested=False, tags=tags,
                       times_from={})
-    context.wait_beside()  # its records written: the report and time/ metrics count them
     with phase("writing the report"), context.timed("report"):
         path = markdown.write_run(recipe, outcome, prep.before, tracker, name,
                                   machine=prep.plan.machine())
@@ -177,9 +176,10 @@ def log_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: s
 
 def write_evaluations(recipe: Recipe, tracker, results: dict, of_run: str, name: str,
                       side: str, model_id: str | None = None) -> None:
-    """`log_evaluations`, on the command's writer thread (harness.core.beside) where the records
-    take the bulk path, so the next trial trains meanwhile; else (genai.evaluate swaps stdout
-    and the global random generator) here. A sweep waits for it before it reads them back."""
+    """`log_evaluations`, on the command's writer thread (harness.core.beside) during a sweep's
+    trials where the records take the bulk path, so the next trial trains meanwhile; else
+    (genai.evaluate swaps stdout and the global random generator) here. A sweep waits for it
+    before it reads them back."""
     if tracker.records_beside():
         context.beside(lambda: log_evaluations(recipe, tracker, results, of_run, name, side,
                                                model_id))

@@ -4,6 +4,7 @@ each) or by workers; Optuna's plots and the study's summary the report reads. Th
 harness.study.best."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -411,11 +412,14 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE,
                                 "distributed/world_size": distributed.world_size()})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
-        _score_start(recipe, tracker, prep, parent)
-        for t in finished(study):  # a killed process's trials whose records it did not write
-            if t.state.name == "COMPLETE" and TrialAttrs.of(t).run_id:
-                run.records_again(recipe, tracker, TrialAttrs.of(t).run_id)
-        _run_trials(recipe, space, prep, tracker, study, parent, total, workers, group)
+        # records written beside the trials' training steps (harness.core.beside); with
+        # worker processes training, this one has nothing to overlap
+        with context.current().beside.trials() if workers == 1 else contextlib.nullcontext():
+            _score_start(recipe, tracker, prep, parent)
+            for t in finished(study):  # a killed process's trials whose records it did not write
+                if t.state.name == "COMPLETE" and TrialAttrs.of(t).run_id:
+                    run.records_again(recipe, tracker, TrialAttrs.of(t).run_id)
+            _run_trials(recipe, space, prep, tracker, study, parent, total, workers, group)
         context.wait_beside()  # every trial's records written before the chosen one's are read
         heldout, spread = best.conclude(prep, recipe, tracker, study, name, parent,
                                         len(finished(study)))

@@ -20,7 +20,7 @@ def test_work_runs_in_order_on_another_thread_and_is_folded_in_when_the_command_
                 context.count("records", 10)
                 seen.append((i, threading.current_thread().name))
         return run
-    with context.command(ctx=ctx):
+    with context.command(ctx=ctx), ctx.beside.trials():
         for i in range(3):
             context.beside(job(i))
         assert ctx.ledger.totals().get("records", 0) < 30  # not folded in before the wait
@@ -48,7 +48,7 @@ def test_an_error_on_the_thread_is_raised_where_the_command_waits_after_the_rest
 
     def fails():
         raise RuntimeError("evaluation run r holds 0 traces")
-    with context.command(ctx=ctx):
+    with context.command(ctx=ctx), ctx.beside.trials():
         context.beside(fails)
         context.beside(lambda: ran.append("next"))
         with pytest.raises(RuntimeError, match="holds 0 traces"):
@@ -63,10 +63,11 @@ def test_a_command_that_does_not_wait_waits_when_it_ends_and_raises_there():
     def slow():
         time.sleep(0.2)
         ran.append(True)
-    with context.command(ctx=ctx):
+    with context.command(ctx=ctx), ctx.beside.trials():
         context.beside(slow)
     assert ran == [True]
-    with pytest.raises(ValueError), context.command(ctx=context.RunContext()):
+    late = context.RunContext()
+    with pytest.raises(ValueError), context.command(ctx=late), late.beside.trials():
         context.beside(lambda: (_ for _ in ()).throw(ValueError("late")))
 
 
@@ -76,7 +77,16 @@ def test_a_command_ending_in_an_error_still_writes_what_it_gave_the_thread():
     def slow():
         time.sleep(0.2)
         ran.append(True)
-    with pytest.raises(KeyError), context.command(ctx=context.RunContext()):
+    ctx = context.RunContext()
+    with pytest.raises(KeyError), context.command(ctx=ctx), ctx.beside.trials():
         context.beside(slow)
         raise KeyError("the command's own error")
     assert ran == [True]  # written, and the command's error is the one that surfaced
+
+
+def test_outside_a_sweeps_trials_the_work_is_done_at_once_on_the_commands_thread():
+    ctx, seen = context.RunContext(), []
+    with context.command(ctx=ctx):
+        context.beside(lambda: seen.append(threading.current_thread() is threading.main_thread()))
+        assert seen == [True]
+        assert not ctx.beside.given
