@@ -78,6 +78,19 @@ def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_score
     # in the golden set's order, as the UI lists them (newest first)
     want = [e["prompt"] for e in saved["after"]["math"]["examples"]]
     assert [t.data.spans[0].inputs["prompt"] for t in traces][::-1] == want
+    # another recipe seeded alike (seed 42, as every shipped recipe), into the same store: its
+    # trace ids must not repeat the first's (issue 48: ids drawn from the seeded global
+    # generator collided across experiments and the second run's records were lost)
+    other = recipe.build(dict(recipe_dict, name="tiny-again"), "t2.yaml",
+                         {"trainer.learning_rate": 5e-4})
+    assert other.seed == r.seed
+    second, _ = run.train_and_report(other, Tracker(other))
+    again = client.get_run(second.run_id).data.tags
+    for side in ("before", "after"):
+        _same(_scores(again[f"harness.evaluations.{side}"]),
+              _expected(Tracker(other).load_json(second.run_id, "eval/results.json")[side]))
+    assert not {t.info.trace_id for t in traces} & {t.info.trace_id for t in mlflow.search_traces(
+        run_id=again["harness.evaluations.after"], return_type="list")}
 
 
 @pytest.mark.slow
