@@ -133,3 +133,31 @@ def test_the_report_says_which_fences_are_off_and_what_widens_each(monkeypatch, 
     monkeypatch.setattr(fences, "installed", lambda p: None)  # no package a fence holds against
     assert fences.verdict(fences.report()) is None
     assert all(str(v).endswith(f"not installed {v.tested}") for v in fences.versions("fused_norm"))
+
+
+def test_a_gpu_check_owed_for_exactly_these_releases_passes_the_check_and_nothing_else(
+        monkeypatch, capsys):
+    """OWED_GPU_CHECK: a GPU-only fence off on the newest releases, its GPU run owed, is said and
+    lets the check pass; a release past the listed one, another fence off, or the entry left
+    behind once the fence is on, fails it."""
+    from harness.commands import cli
+    real = fences.installed
+    newest = {"transformers": "9.0.0"}
+    monkeypatch.setattr(fences, "installed", lambda p: newest.get(p) or real(p))
+    monkeypatch.setitem(fences.TESTED, "fused_norm", {"transformers": ">=5.17"})  # CPU: on
+    monkeypatch.setattr(fences, "OWED_GPU_CHECK", {"cuda_graphs": {"transformers": "9.0.0"}})
+    rows = {f.patch: f for f in fences.report()}
+    assert rows["cuda_graphs"].owed and "its GPU check owed" in rows["cuda_graphs"].line()
+    assert cli.main(["fences", "--check"]) == 0
+    newest["transformers"] = "9.1.0"  # the next release: the owed check no longer covers it
+    assert cli.main(["fences", "--check"]) == 1
+    assert "cuda_graphs (GPU only" in capsys.readouterr().out.splitlines()[-1]
+    newest["transformers"] = "9.0.0"
+    newest["mlflow"] = "9.9.0"  # a CPU fence off beside it fails, the owed one still said
+    assert cli.main(["fences", "--check"]) == 1
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert "trace_store" in last and "cuda_graphs" not in last
+    del newest["mlflow"]  # widened on the listed release, the entry left behind: fails
+    monkeypatch.setitem(fences.TESTED, "cuda_graphs", {"transformers": ">=5.17"})
+    assert cli.main(["fences", "--check"]) == 1
+    assert "cuda_graphs on, still in OWED_GPU_CHECK" in capsys.readouterr().out.splitlines()[-1]
