@@ -60,9 +60,12 @@ class DevicePlan:
     # the varlen kernel given fewer K/V heads than query heads where this torch's takes them
     # (harness.accel.attention); off: K and V copied to the query's heads first
     grouped_kv: bool = True
+    # a sweep's evaluation records written beside the next trial's steps (harness.core.beside):
+    # on a GPU, where the host idles while a step runs; a CPU's steps keep its cores busy
+    records_beside: bool = False
 
     SWITCHES: ClassVar[tuple[str, ...]] = ("lean_steps", "merged_rollouts", "bucket_views",
-                                           "grouped_kv")
+                                           "grouped_kv", "records_beside")
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items() if k not in self.SWITCHES}
@@ -91,7 +94,7 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
                           fused_norm=spec.fused_norm is not False, loader_workers=2,
                           pad_packed=True,
                           expandable_segments="PYTORCH_CUDA_ALLOC_CONF" not in os.environ,
-                          cuda_graphs=spec.cuda_graphs is not False)
+                          cuda_graphs=spec.cuda_graphs is not False, records_beside=True)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
     return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",

@@ -412,9 +412,10 @@ def run_sweep(recipe: Recipe, n_trials: int | None = None,
                                 "storage": recipe.sweep.storage or DEFAULT_STORAGE,
                                 "distributed/world_size": distributed.world_size()})
             tracker.log_dict(recipe.to_dict(), "recipe.yaml")
-        # records written beside the trials' training steps (harness.core.beside); with
-        # worker processes training, this one has nothing to overlap
-        with context.current().beside.trials() if workers == 1 else contextlib.nullcontext():
+        # records written beside the trials' training steps on a GPU (harness.core.beside);
+        # with worker processes training, this one has nothing to overlap
+        beside = prep.plan.records_beside and workers == 1
+        with context.current().beside.trials() if beside else contextlib.nullcontext():
             _score_start(recipe, tracker, prep, parent)
             for t in finished(study):  # a killed process's trials whose records it did not write
                 if t.state.name == "COMPLETE" and TrialAttrs.of(t).run_id:

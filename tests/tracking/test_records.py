@@ -154,7 +154,7 @@ def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe
 
 @pytest.mark.slow
 def test_a_complete_trials_records_cut_off_by_a_kill_are_written_by_the_next_start(
-        recipe_dict, client):
+        recipe_dict, client, monkeypatch):
     """A trial's after records are written beside the next trial (harness.core.beside), so a
     kill -9 can land after Optuna has the trial COMPLETE and before its records are all in: its
     evaluation run RUNNING, its run without `harness.evaluations.after`. The same command ends
@@ -168,6 +168,12 @@ def test_a_complete_trials_records_cut_off_by_a_kill_are_written_by_the_next_sta
     from harness.tracking import records
     from harness.tracking.reader import EVALUATION_OF_TAG, KIND_TAG
     from harness.tracking.tracker import Tracker
+    import dataclasses
+
+    from harness import models
+    planned = models.device_plan  # the writer thread, as a GPU's plan has it, on this CPU
+    monkeypatch.setattr(models, "device_plan",
+                        lambda spec: dataclasses.replace(planned(spec), records_beside=True))
     r = recipe.build(recipe_dict, "t.yaml", {"tracking.log_evaluations": "all"})
     with context.command():  # counted from zero, as a command's are
         parent = sweep.run_sweep(r).parent_run_id
