@@ -15,8 +15,10 @@ own train_runtime beside it (what the peer's training seconds measure); then the
 per-phase table and each trial's scoring seconds. With --compiled, two more harness arms decode
 compiled (eval.decoding: compiled), the first with empty compile caches and the second with the
 caches the first left, and the base model's greedy outputs are compared with the eager arm's.
+With --beside, one more arm writes the evaluation records beside the next trial's training steps
+(DevicePlan.records_beside, off by default until this arm wins on a GPU).
 
-    python bench/sweep_e2e.py --shared ../shared --trials 2 [--compiled] [--rows 4000]
+    python bench/sweep_e2e.py --shared ../shared --trials 2 [--compiled] [--beside] [--rows 4000]
 """
 from __future__ import annotations
 
@@ -85,8 +87,14 @@ def peer(model: str, shared: str, lrs: list[float], rows: int, root: Path) -> di
             "trials": [x for x in lines if str(x.get("phase", "")).startswith(("base", "trial"))]}
 
 
+#: `python -c` for `harness` with device-plan switches set (DevicePlan.SWITCHES: no recipe key)
+SWITCHED = ("import dataclasses, sys; from harness import models; planned = models.device_plan; "
+            "models.device_plan = lambda spec: dataclasses.replace(planned(spec), **{switches}); "
+            "from harness.commands.cli import main; sys.exit(main())")
+
+
 def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, root: Path,
-            decoding: str, env: dict | None = None) -> dict:
+            decoding: str, env: dict | None = None, switches: dict | None = None) -> dict:
     import mlflow
     root.mkdir(parents=True)
     space = root / "space.yaml"
@@ -104,7 +112,8 @@ def harness(label: str, model: str, shared: str, lrs: list[float], rows: int, ro
     path.write_text(yaml.safe_dump(d))
     said: list[str] = []
     prof = ["-m", "cProfile", "-o", str(PROFILE / f"{label}.prof")] if PROFILE else []
-    wall, _, err = timed_process([sys.executable, *prof, "-m", "harness", "sweep", str(path)], env)
+    launch = ["-c", SWITCHED.format(switches=switches)] if switches else ["-m", "harness"]
+    wall, _, err = timed_process([sys.executable, *prof, *launch, "sweep", str(path)], env)
     if PROFILE:
         said += profile_lines(PROFILE / f"{label}.prof")
     said += [x for x in err.splitlines() if x.startswith("[harness]")]
@@ -161,6 +170,8 @@ def main() -> None:
     ap.add_argument("--compiled", action="store_true", help="also decode compiled, caches cold "
                     "then warm, and compare the base's greedy outputs with the eager arm's")
     ap.add_argument("--no-peer", action="store_true")
+    ap.add_argument("--beside", action="store_true", help="one more harness arm with the "
+                    "records written beside the next trial's steps (DevicePlan.records_beside)")
     ap.add_argument("--no-eager", action="store_true", help="skip the harness's default arm")
     ap.add_argument("--no-warm", action="store_true", help="--compiled: the cold arm only")
     ap.add_argument("--why", action="store_true", help="the harness arms print their slowest "
@@ -181,6 +192,9 @@ def main() -> None:
         if not args.no_eager:
             arms.append(harness("harness", model, shared, lrs, args.rows, root / "harness",
                                 "auto", why))
+        if args.beside:
+            arms.append(harness("harness_beside", model, shared, lrs, args.rows,
+                                root / "beside", "auto", why, {"records_beside": True}))
         if args.compiled:
             caches = {"TORCHINDUCTOR_CACHE_DIR": f"{d}/inductor", "TRITON_CACHE_DIR": f"{d}/triton"}
             for label in ("compiled_cold",) + (() if args.no_warm else ("compiled_warm",)):

@@ -61,7 +61,9 @@ class DevicePlan:
     # (harness.accel.attention); off: K and V copied to the query's heads first
     grouped_kv: bool = True
     # a sweep's evaluation records written beside the next trial's steps (harness.core.beside):
-    # on a GPU, where the host idles while a step runs; a CPU's steps keep its cores busy
+    # meant for a GPU, where the host idles while a step runs (a CPU's steps keep its cores
+    # busy). Off until its windowed form is measured on a GPU: free to run at any time it cost
+    # an H100 sweep 7 s (docs/benchmarks.md, 2026-12-08); a test turns it on
     records_beside: bool = False
 
     SWITCHES: ClassVar[tuple[str, ...]] = ("lean_steps", "merged_rollouts", "bucket_views",
@@ -94,7 +96,7 @@ def device_plan(spec: ModelSpec) -> DevicePlan:
                           fused_norm=spec.fused_norm is not False, loader_workers=2,
                           pad_packed=True,
                           expandable_segments="PYTORCH_CUDA_ALLOC_CONF" not in os.environ,
-                          cuda_graphs=spec.cuda_graphs is not False, records_beside=True)
+                          cuda_graphs=spec.cuda_graphs is not False)
     # bf16 and gradient checkpointing are >10x slower on a small CPU: fp32, no checkpointing
     dtype = "float32" if spec.dtype == "auto" else spec.dtype
     return DevicePlan("cpu", dtype, False, False, attention=spec.attn_implementation or "sdpa",
