@@ -60,14 +60,15 @@ class DevicePlan:
     # the varlen kernel given fewer K/V heads than query heads where this torch's takes them
     # (harness.accel.attention); off: K and V copied to the query's heads first
     grouped_kv: bool = True
-    # a sweep's evaluation records written beside the next trial's steps (harness.core.beside):
-    # meant for a GPU, where the host idles while a step runs (a CPU's steps keep its cores
-    # busy). Off until its windowed form is measured on a GPU: free to run at any time it cost
-    # an H100 sweep 7 s (docs/benchmarks.md, 2026-12-08); a test turns it on
-    records_beside: bool = False
 
     SWITCHES: ClassVar[tuple[str, ...]] = ("lean_steps", "merged_rollouts", "bucket_views",
-                                           "grouped_kv", "records_beside")
+                                           "grouped_kv")
+    # a sweep's evaluation records written beside the next trial's steps (harness.core.beside):
+    # meant for a GPU, where the host idles while a step runs (a CPU's steps keep its cores
+    # busy). Off until its windowed form is measured on a GPU (free to run at any time it cost
+    # an H100 sweep 7 s, docs/benchmarks.md, 2026-12-08); bench/sweep_e2e.py --beside and a
+    # test turn it on. Logged, like the plan's other choices
+    records_beside: bool = False
 
     def as_params(self) -> dict:
         return {f"device/{k}": v for k, v in self.__dict__.items() if k not in self.SWITCHES}
