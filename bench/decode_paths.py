@@ -28,12 +28,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import statistics
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 SETS = ["math", "general_knowledge", "qa", "rewrite", "summarize", "classify", "gsm8k"]
 
@@ -52,8 +54,9 @@ class PathResult:
     def row(self) -> str:
         same = sum(a["same"] for a in self.agreement.values())
         n = sum(a["n"] for a in self.agreement.values())
+        per_step = f"{1000 * self.seconds / self.steps:.2f}" if self.steps else "n/a"
         return (f"| {self.name} | {self.seconds:.2f} | {self.new_tokens / self.seconds:,.0f} | "
-                f"{1000 * self.seconds / max(self.steps, 1):.2f} | {self.setup_s:.2f} | "
+                f"{per_step} | {self.setup_s:.2f} | "
                 f"{self.peak_gib:.2f} | {same}/{n} |")
 
 
@@ -68,7 +71,8 @@ def load(name: str):
     from harness.config import recipe
     from common import random_model  # bench/common.py (the script's folder is on sys.path)
     if name == "tiny":
-        shared = os.environ.get("HARNESS_SHARED", "../shared")
+        # ../shared beside the repository, as tests/conftest.py finds it
+        shared = os.environ.get("HARNESS_SHARED", Path(__file__).resolve().parents[2] / "shared")
         tok = AutoTokenizer.from_pretrained(f"{shared}/anchors/smollm2-135m")
         cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64,
                           num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -100,9 +104,9 @@ def golden_rows(tok, names: list[str]):
             continue
         if not scoring.generates(gs, "causal-lm"):
             continue
-        cap = gs.manifest.max_new_tokens
-        rows += [(gs.name, scoring.render(tok, scoring.chat_prompt(tok, p, gs.manifest.system_prompt)),
-                  cap) for p in gs.prompts]
+        m = gs.manifest
+        rows += [(gs.name, scoring.render(tok, scoring.chat_prompt(tok, p, m.system_prompt)),
+                  m.max_new_tokens) for p in gs.prompts]
     return rows
 
 
@@ -122,6 +126,11 @@ def agreement(tok, sets: list[str], ref: list[str], out: list[str]) -> dict:
                   "first_diff_min": min(diffs, default=None),
                   "first_diff_median": statistics.median(diffs) if diffs else None}
     return res
+
+
+def counted(toks: list[list[int]], eos: int) -> int:
+    """New tokens as the eager path counts them: a closing eos is padding there."""
+    return sum(len(x) - (bool(x) and x[-1] == eos) for x in toks)
 
 
 class Timer:
@@ -159,22 +168,24 @@ def eager(model, tok, texts, caps, batch, device) -> tuple[PathResult, list[str]
                       {"batch": batch}), out
 
 
-def continuous(model, tok, texts, caps, device, args) -> tuple[PathResult, list[str]]:
-    """transformers' continuous batching: each row a request with its own cap."""
+def continuous(model, tok, texts, caps, device, args, page: int,
+               requests: int) -> tuple[PathResult, list[str]]:
+    """transformers' continuous batching: each row a request with its own cap; the manager's
+    knobs set where this transformers has them (page_size from 5.17, block_size before)."""
     import dataclasses
     import inspect
 
     from transformers import GenerationConfig
     from transformers.generation import configuration_utils as cu
     ids = [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
-    want = {"page_size": args.cb_page, "block_size": args.cb_page,  # 5.17+ / before
+    want = {"page_size": page, "block_size": page,
             "max_memory_percent": args.cb_memory, "max_batch_tokens": args.cb_batch_tokens,
-            "max_requests_per_batch": args.cb_requests, "use_cuda_graph": device == "cuda",
+            "max_requests_per_batch": requests, "use_cuda_graph": device == "cuda",
             "auto_switch_to_flash": False, "allow_block_sharing": False,
             "use_async_batching": args.cb_async}
     cls = getattr(cu, "ContinuousBatchingConfig", None)
     if cls is None:
-        return PathResult("cb (no ContinuousBatchingConfig here)", float("nan"), 0, 0), []
+        raise RuntimeError("this transformers has no ContinuousBatchingConfig")
     names = {f.name for f in dataclasses.fields(cls)}
     if "page_size" in names:
         want.pop("block_size")
@@ -185,14 +196,13 @@ def continuous(model, tok, texts, caps, device, args) -> tuple[PathResult, list[
     before_attn = model.config._attn_implementation
     if args.cb_attn:
         model.set_attn_implementation(args.cb_attn)
+    from transformers.generation.continuous_batching import continuous_api
+    hints = getattr(continuous_api, "WorkloadHints", None)  # sizes the cache to the work
+    kw = {"generation_config": gen, "continuous_batching_config": cb_cfg,
+          "workload_hints": hints and hints(max_prompt_length=max(map(len, ids)),
+                                            max_generated_length=max(caps), num_requests=len(ids))}
     sig = inspect.signature(model.init_continuous_batching).parameters
-    hints = getattr(__import__("transformers.generation.continuous_batching.continuous_api",
-                               fromlist=["x"]), "WorkloadHints", None)
-    extra = {}
-    if hints is not None and "workload_hints" in sig:
-        extra["workload_hints"] = hints(max_prompt_length=max(map(len, ids)),
-                                        max_generated_length=max(caps), num_requests=len(ids))
-    manager = model.init_continuous_batching(gen, cb_cfg, **extra)
+    manager = model.init_continuous_batching(**{k: v for k, v in kw.items() if k in sig})
     with Timer(device) as w:
         if device == "cuda" and hasattr(manager, "warmup"):  # captures the graphs up front
             manager.warmup()
@@ -215,14 +225,16 @@ def continuous(model, tok, texts, caps, device, args) -> tuple[PathResult, list[
             if hasattr(manager, "destroy"):
                 manager.destroy()
     model.set_attn_implementation(before_attn)
-    toks = [results[f"r{i}"].generated_tokens if f"r{i}" in results else [] for i in range(len(ids))]
+    toks = [results[f"r{i}"].generated_tokens if f"r{i}" in results else []
+            for i in range(len(ids))]
     errors = sum(1 for r in results.values() if r.error)
     if errors:
         print(f"cb: {errors} requests failed")
     out = [tok.decode(x, skip_special_tokens=True) for x in toks]
-    steps = max((len(x) for x in toks), default=0)  # a lower bound: CB's steps mix prefills
-    return PathResult("cb", t.seconds, sum(map(len, toks)), steps, w.seconds, t.peak_gib,
-                      settings), out
+    # steps: not counted (CB's forward passes mix prefill and decode rows)
+    return PathResult(f"cb p{page} r{requests}", t.seconds, counted(toks, tok.eos_token_id), 0,
+                      w.seconds,
+                      t.peak_gib, settings), out
 
 
 class GraphDecoder:
@@ -278,14 +290,17 @@ class GraphDecoder:
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.k[i][rows, :, pos] = k[:, :, 0]
             self.v[i][rows, :, pos] = v[:, :, 0]
+            # grouped-query attention without enable_gqa (the fused kernels may not take it):
+            # a K/V head's query heads as its query rows (head h reads K/V head h // groups)
             o = torch.nn.functional.scaled_dot_product_attention(
-                q, self.k[i][:b], self.v[i][:b], attn_mask=mask, scale=a.scaling,
-                enable_gqa=True)
-            h = h + a.o_proj(o.transpose(1, 2).reshape(b, 1, -1))
+                q.reshape(b, self.k[i].shape[1], -1, self.head_dim), self.k[i][:b],
+                self.v[i][:b], attn_mask=mask, scale=a.scaling)
+            h = h + a.o_proj(o.reshape(b, 1, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
         return self.model.lm_head(m.norm(h))[:, -1].argmax(-1)
 
     def step(self, b: int):
+        assert b in self.sizes, b  # only captured sizes run (checked uncaptured on a CPU too)
         if self.capture:
             self.graphs[b].replay()
             return self.out[b]
@@ -302,7 +317,8 @@ class GraphDecoder:
         with torch.inference_mode():
             o = self.model(input_ids=inp, attention_mask=att,
                            position_ids=(att.cumsum(-1) - 1).clamp(min=0), use_cache=True)
-            for i, layer in enumerate(o.past_key_values.layers):
+            cache = getattr(o, "cache", None) or o.past_key_values  # renamed in 5.2x
+            for i, layer in enumerate(cache.layers):
                 for j, (s, x) in enumerate(zip(slots, ids)):
                     self.k[i][s, :, :len(x)] = layer.keys[j, :, width - len(x):]
                     self.v[i][s, :, :len(x)] = layer.values[j, :, width - len(x):]
@@ -340,12 +356,11 @@ class GraphDecoder:
                 slot_row = [None if r is not None and done(r) else r for r in slot_row]
                 continue
             live = [s for s, r in enumerate(slot_row) if r is not None]
-            b = next(s for s in sizes if s >= len(live))
-            if not order and live[-1] >= b:  # queue empty: pack into the smallest size
-                self.pack(live)
+            if not order and live[-1] >= next(s for s in sizes if s >= len(live)):
+                self.pack(live)  # queue empty: live rows to the front, a smaller size
                 slot_row = [slot_row[s] for s in live] + [None] * (len(slot_row) - len(live))
                 live = list(range(len(live)))
-            b = max(b, live[-1] + 1)
+            b = next(s for s in sizes if s > live[-1])  # the smallest size holding every row
             nxt_t = self.step(b)
             nxt = nxt_t.tolist()
             steps += 1
@@ -363,15 +378,18 @@ class GraphDecoder:
 def graph_paths(model, tok, texts, caps, sets, ref, device, args) -> list[PathResult]:
     ids = [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
     max_len = max(len(x) + c for x, c in zip(ids, caps)) + 1
-    with Timer(device) as t:
-        dec = GraphDecoder(model, args.graph_sizes, max_len, capture=device == "cuda")
+    from harness.accel import attention
+    with Timer(device) as t, attention.scoring_kernels(model):  # SDPA as eager scoring picks
+        dec = GraphDecoder(model, sorted({*args.graph_sizes, *args.small_sizes}), max_len,
+                           capture=device == "cuda")
     results = []
     for b in args.graph_sizes:
-        with Timer(device) as r:
+        with Timer(device) as r, attention.scoring_kernels(model):
             toks, steps = dec.decode(tok, ids, caps, b, tok.eos_token_id)
         out = [tok.decode(x, skip_special_tokens=True) for x in toks]
         label = f"graphs b{b}" + ("" if dec.capture else " (no capture: CPU)")
-        results.append(PathResult(label, r.seconds, sum(map(len, toks)), steps, dec.capture_s,
+        results.append(PathResult(label, r.seconds, counted(toks, tok.eos_token_id), steps,
+                                  dec.capture_s,
                                   max(r.peak_gib, t.peak_gib),
                                   {"sizes": [s for s in dec.sizes if s <= b], "max_len": max_len},
                                   agreement(tok, sets, ref, out)))
@@ -416,11 +434,16 @@ def main() -> None:
                     help="tiny | random:CONFIG_DIR | a model name the harness resolves")
     ap.add_argument("--goldensets", nargs="+", default=SETS)
     ap.add_argument("--eager-batch", type=int, default=None, help="default: the harness's")
-    ap.add_argument("--graph-sizes", type=int, nargs="+", default=[32, 64, 128, 256])
-    ap.add_argument("--cb-page", type=int, default=64, help="KV page (block) size, tokens")
+    ap.add_argument("--graph-sizes", type=int, nargs="+", default=[32, 64, 128, 256],
+                    help="captured batch sizes; one run with each as the largest")
+    ap.add_argument("--small-sizes", type=int, nargs="*", default=[4, 8, 16],
+                    help="also captured: what the last rows shrink to")
+    ap.add_argument("--cb-page", type=int, nargs="+", default=[64],
+                    help="KV page (block) sizes, tokens; one CB run a page size x requests")
     ap.add_argument("--cb-memory", type=float, default=0.5, help="share of free memory for KV")
     ap.add_argument("--cb-batch-tokens", type=int, default=None, help="default: auto")
-    ap.add_argument("--cb-requests", type=int, default=256, help="max requests a batch")
+    ap.add_argument("--cb-requests", type=int, nargs="+", default=[256],
+                    help="max requests a batch")
     ap.add_argument("--cb-async", action=argparse.BooleanOptionalAction, default=None)
     ap.add_argument("--cb-attn", default=None, help="attn_implementation for CB (default: "
                     "the model's; 5.17 names sdpa_paged / paged|sdpa)")
@@ -443,11 +466,13 @@ def main() -> None:
     res.agreement = agreement(tok, sets, ref, ref)
     results = [res]
     print(f"{res.name}: {res.seconds:.2f} s", flush=True)
-    if "cb" not in args.skip:
+    for page, req in itertools.product(args.cb_page, args.cb_requests):
+        if "cb" in args.skip:
+            break
         try:
-            r, out = continuous(model, tok, texts, caps, device, args)
+            r, out = continuous(model, tok, texts, caps, device, args, page, req)
             r.agreement = agreement(tok, sets, ref, out) if out else {}
-            print(f"cb settings: {r.settings}", flush=True)
+            print(f"{r.name}: {r.seconds:.2f} s; settings {r.settings}", flush=True)
             results.append(r)
         except Exception as e:  # noqa: BLE001 - said, and the other paths still run
             print(f"cb: did not run here ({type(e).__name__}: {str(e)[:200]})", flush=True)
