@@ -65,9 +65,11 @@ class DevicePlan:
                                            "grouped_kv")
     # a sweep's evaluation records written beside the next trial's steps (harness.core.beside):
     # meant for a GPU, where the host idles while a step runs (a CPU's steps keep its cores
-    # busy). Off until its windowed form is measured on a GPU (free to run at any time it cost
-    # an H100 sweep 7 s, docs/benchmarks.md, 2026-12-08); bench/sweep_e2e.py --beside and a
-    # test turn it on. Logged, like the plan's other choices
+    # busy). Off until two things: its windowed form measured on a GPU (free to run at any
+    # time it cost an H100 sweep 7 s, docs/benchmarks.md, 2026-12-08), and its runs ended
+    # without MLflow's set_terminated, which shuts down the store's async logging queue that
+    # the trial's own metrics (transformers' MLflowCallback) go through: a run ended on each
+    # thread at once deadlocked in that shutdown (a test sweep, 2026-12-08). Logged
     records_beside: bool = False
 
     def as_params(self) -> dict:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,11 @@ class Tracker(Reader):
         # sets into every trial; MLflow infers a dataset's schema and digest once per object
         # (~1.8 s for 4,000 rows), so each is built once and kept with the rows it describes
         self._datasets: dict[int, tuple] = {}
+        # ending a run shuts down the store's async logging queue (one a store, shared by every
+        # thread); two threads ending runs at once (a trial on the command's thread, its
+        # predecessor's evaluation run on the writer thread, harness.core.beside) deadlocked
+        # in that shutdown's joins (2026-12-08, MLflow 3.17): run ends go one at a time
+        self._ending = threading.RLock()
 
     def _get_or_create_experiment(self, name: str):
         """The experiment `name` in this store, made when new (as mlflow.set_experiment makes
@@ -117,12 +123,17 @@ class Tracker(Reader):
         # stop it again, each stop waiting up to a second for the thread's poll
         run = self.mlflow.active_run()
         try:
-            self.mlflow.end_run(status=status)
+            with self._ending:
+                self.mlflow.end_run(status=status)
         except KeyboardInterrupt:  # a SIGTERM (torchrun stopping a group) while ending: the
             # status is written anyway, then the interrupt goes on; the run never stays RUNNING
             if run is not None:
-                self.client.set_terminated(run.info.run_id, status)
+                self._terminate(run.info.run_id, status)
             raise
+
+    def _terminate(self, run_id: str, status: str) -> None:
+        with self._ending:
+            self.client.set_terminated(run_id, status)
 
     def log_params(self, params: dict) -> None:
         flat = flatten(params)
@@ -328,7 +339,7 @@ class Tracker(Reader):
         if run is None or run.status != "RUNNING":
             return False
         self.set_tags(tags, run_id)
-        self.client.set_terminated(run_id, status)
+        self._terminate(run_id, status)
         return True
 
     def needs_evaluations(self, of_run: str, side: str) -> bool:
@@ -347,7 +358,7 @@ class Tracker(Reader):
         runs = self._search(f"tags.`{EVALUATION_OF_TAG}` = '{of_run}' and "
                             "attributes.status = 'RUNNING'")
         for r in runs:
-            self.client.set_terminated(r.info.run_id, "KILLED")
+            self._terminate(r.info.run_id, "KILLED")
         return len(runs)
 
     def _has_artifact(self, run_id: str, path: str) -> bool:
