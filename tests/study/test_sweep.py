@@ -173,7 +173,9 @@ def test_the_default_sampler_says_which_trials_came_from_its_start_and_its_model
     space.write_text("n_trials: 5\nparams:\n"
                      "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
                      "  adapter.r: {type: categorical, choices: [4, 8]}\n")
+    # one step a trial: what is checked is who drew each trial, not what it trained
     d = dict(recipe_dict, sweep=dict(recipe_dict["sweep"], space=str(space)),
+             trainer=dict(recipe_dict["trainer"], max_steps=1),
              tracking=dict(recipe_dict["tracking"], log_models="none", log_evaluations="none"))
     out = sweep.run_sweep(recipe.build(d, "tiny.yaml"))
     assert out.trials == 5 and samplers.start_size(5) == 4
