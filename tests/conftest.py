@@ -115,11 +115,14 @@ def small_goldenset(tmp_path, shipped: str, manifest: str, rows: int = 4) -> str
     return str(path)
 
 
+MATH_MANIFEST = ("name: math\ntask: math\nmax_new_tokens: 6\n"
+                 "metrics: [numeric_accuracy, answer_format, perplexity]\n")
+
+
 @pytest.fixture
 def tiny_goldenset(tmp_path) -> str:
     """Four rows of the real math golden set, short generations."""
-    return small_goldenset(tmp_path, "math.jsonl", "name: math\ntask: math\nmax_new_tokens: 6\n"
-                           "metrics: [numeric_accuracy, answer_format, perplexity]\n")
+    return small_goldenset(tmp_path, "math.jsonl", MATH_MANIFEST)
 
 
 @pytest.fixture
@@ -141,28 +144,36 @@ def empty_mlflow_store(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
-def recipe_dict(tmp_path, tiny_model_dir, tiny_goldenset, empty_mlflow_store) -> dict:
-    """A complete recipe for the tiny model; every store under tmp_path."""
+def tiny_recipe(folder: Path, model_dir: str, empty_store: Path) -> dict:
+    """A complete recipe for the tiny model, every store (MLflow's a copy of `empty_store`)
+    under `folder`: `recipe_dict`'s, and a module fixture's that trains once for several
+    tests."""
     import shutil
-    shutil.copyfile(empty_mlflow_store, tmp_path / "mlflow.db")
-    space = tmp_path / "space.yaml"
+    shutil.copyfile(empty_store, folder / "mlflow.db")
+    goldenset = small_goldenset(folder, "math.jsonl", MATH_MANIFEST)
+    space = folder / "space.yaml"
     space.write_text("n_trials: 2\nsampler: random\nseed: 0\nparams:\n"
                      "  trainer.learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}\n"
                      "  adapter.r: {type: categorical, choices: [4, 8]}\n")
     return {
         "name": "tiny",
-        "model": {"name": tiny_model_dir},
+        "model": {"name": model_dir},
         "adapter": {"r": 4},  # alpha follows r (2 x r), as a rank sweep wants
         "data": {"train": "builtin:math", "builtin_rows": 8},
         "trainer": {"max_steps": 2, "per_device_train_batch_size": 4, "max_length": 128},
-        "eval": {"goldensets": [tiny_goldenset], "batch_size": 4, "forgetting_guard": None},
+        "eval": {"goldensets": [goldenset], "batch_size": 4, "forgetting_guard": None},
         "sweep": {"space": str(space), "objective": "math/numeric_accuracy",
-                  "storage": f"sqlite:///{tmp_path}/optuna.db"},
-        "tracking": {"uri": f"sqlite:///{tmp_path}/mlflow.db"},
-        "output_dir": str(tmp_path / "outputs"),
-        "reports_dir": str(tmp_path / "reports"),
+                  "storage": f"sqlite:///{folder}/optuna.db"},
+        "tracking": {"uri": f"sqlite:///{folder}/mlflow.db"},
+        "output_dir": str(folder / "outputs"),
+        "reports_dir": str(folder / "reports"),
     }
+
+
+@pytest.fixture
+def recipe_dict(tmp_path, tiny_model_dir, empty_mlflow_store) -> dict:
+    """A complete recipe for the tiny model; every store under tmp_path."""
+    return tiny_recipe(tmp_path, tiny_model_dir, empty_mlflow_store)
 
 
 @pytest.fixture

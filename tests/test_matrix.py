@@ -327,6 +327,8 @@ def test_two_workers_two_sweeps_in_a_row(recipe_dict, tmp_path, write_recipe, pg
                           space=str(tmp_path / ("grid4.yaml" if i == 1 else "space4.yaml")))
         d["tracking"] = {"uri": mlflow_server}
         d["eval"] = dict(d["eval"], max_examples=2)
+        # one step a trial: the race is in asking, logging and telling, not in training
+        d["trainer"] = dict(d["trainer"], max_steps=1)
         out = sweep.run_sweep(recipe.build(d, write_recipe(d, f"r{i}.yaml")), workers=2)
         study = optuna.load_study(study_name=f"tiny-{i}", storage=storage.open_storage(
             url, recipe.SweepFile(params={"x": {"type": "int", "low": 0, "high": 1}})))

@@ -50,14 +50,17 @@ RATES = [1e-4, 1e-3]
 
 
 def _recipe(recipe_dict, tmp_path, write_recipe, method: str = "sft", storage: str = "sqlite",
-            points: int = 1):
-    """A grid sweep of `points` learning rates (one keeps CI short; the workers split two)."""
+            points: int = 1, steps: int = 4):
+    """A grid sweep of `points` learning rates (one keeps CI short; the workers split two).
+    `steps`: 4 where the signal must land in training after its first logged step; 1 for a
+    moment before or after training (each step costs ~1 s on the 2-core CPU: TRL's fused LM
+    head over the tiny model's 49k vocabulary; a command stopped and run again trains twice)."""
     rates = RATES[:points]
     (tmp_path / "grid.yaml").write_text(
         f"n_trials: {points}\nsampler: grid\nparams:\n"
         f"  trainer.learning_rate: {{type: categorical, choices: {rates}}}\n")
     d = dict(recipe_dict, tracking=dict(recipe_dict["tracking"], log_evaluations="all"))
-    d["trainer"] = dict(d["trainer"], max_steps=4, dataloader_num_workers=2)
+    d["trainer"] = dict(d["trainer"], max_steps=steps, dataloader_num_workers=2)
     d["sweep"] = dict(d["sweep"], space=str(tmp_path / "grid.yaml"))
     if storage == "journal":
         d["sweep"]["storage"] = f"journal:///{tmp_path}/study.log"
@@ -188,7 +191,8 @@ def _ended_cleanly(code: int, out: str, how: str) -> None:
 def test_a_stop_signal_at_any_moment_ends_cleanly_and_the_sweep_resumes(
         recipe_dict, tmp_path, write_recipe, how, moment, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    d, path = _recipe(recipe_dict, tmp_path, write_recipe)
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe,
+                      steps=4 if moment == "training" else 1)
     code, out = _stop_at(path, MOMENTS[moment], how)
     _ended_cleanly(code, out, how)
     if how != "SIGTERM+SIGKILL":
@@ -276,7 +280,8 @@ def test_sigterm_to_train_and_eval(recipe_dict, tmp_path, write_recipe, command,
                                    monkeypatch):
     """`harness train` and `harness eval` stopped at a moment of theirs: one line, nothing
     RUNNING, and the same command then runs to the end."""
-    d, path = _recipe(recipe_dict, tmp_path, write_recipe)
+    d, path = _recipe(recipe_dict, tmp_path, write_recipe,
+                      steps=4 if "{'loss'" in moment else 1)
     model = d["model"]["name"]
     argv = ["train", path] if command == "train" else \
         ["eval", model, "--before", model, "--recipe", path]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import tiny_recipe
 from harness.eval import goldensets
 from harness.commands import logged_runs
 from harness.pipeline import manifest, run
@@ -13,11 +14,18 @@ from harness.core.errors import HarnessError
 from harness.tracking.tracker import Tracker
 
 
-@pytest.fixture
-def trained(recipe_dict, write_recipe):
-    """One `harness train` run of the tiny recipe: (recipe, outcome, MLflow client)."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_model_dir, empty_mlflow_store):
+    """One `harness train` run of the tiny recipe: (recipe, outcome, MLflow client). Trained
+    once for the module's tests (once per xdist process that runs any): each reads the run
+    back or exports it into its own tmp_path, and none changes what another reads (a rerun
+    adds a run of its own; a registered model has a name of its own)."""
     import mlflow
-    r = recipe.build(recipe_dict, write_recipe(recipe_dict))
+    import yaml
+    folder = tmp_path_factory.mktemp("trained")
+    d = tiny_recipe(folder, tiny_model_dir, empty_mlflow_store)
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(d))
+    r = recipe.build(d, str(folder / "recipe.yaml"))
     outcome, _ = run.train_and_report(r, Tracker(r))
     yield r, outcome, mlflow.MlflowClient(r.tracking.uri)
     mlflow.set_tracking_uri(None)

@@ -95,10 +95,16 @@ def test_a_train_run_has_before_and_after_evaluation_runs_with_the_harness_score
 
 @pytest.mark.slow
 def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
+    """The start's records and the best trial's alone, none logged twice by a resume with
+    nothing to run. Then a kill -9 while the sweep logged the start's records: the evaluation
+    run stays RUNNING and the sweep run has no `harness.evaluations.before`. The same command
+    ends that run KILLED and logs the records again (the store is put in that state by hand: a
+    real kill lands at a random point). One sweep for both: the repair's own test ran another."""
     import optuna
 
     from harness.config import recipe
     from harness.study import sweep
+    from harness.tracking.reader import EVALUATION_OF_TAG, KIND_TAG
     from harness.tracking.tracker import Tracker
     r = recipe.build(dict(recipe_dict, sweep=dict(recipe_dict["sweep"], heldout=0)), "t.yaml")
     out = sweep.run_sweep(r)
@@ -117,6 +123,18 @@ def test_a_sweep_records_the_start_and_only_the_best_trial(recipe_dict, client):
     sweep.run_sweep(r)
     assert client.get_run(best_run).data.tags["harness.evaluations.after"] == after_run
 
+    # the start's records cut off by a kill
+    exp = parent.info.experiment_id
+    stale = client.create_run(exp, run_name="tiny/before", tags={
+        KIND_TAG: "before", EVALUATION_OF_TAG: parent.info.run_id,
+        "mlflow.parentRunId": parent.info.run_id}).info.run_id
+    client.delete_tag(parent.info.run_id, "harness.evaluations.before")
+    sweep.run_sweep(r)  # the study is complete: nothing to train, the records to repair
+    assert client.get_run(stale).info.status == "KILLED"
+    again = client.get_run(parent.info.run_id).data.tags["harness.evaluations.before"]
+    assert again != stale and client.get_run(again).info.status == "FINISHED"
+    assert not [x for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
+
 
 @pytest.mark.slow
 def test_none_logs_no_records(recipe_dict, client):
@@ -131,35 +149,18 @@ def test_none_logs_no_records(recipe_dict, client):
 
 
 @pytest.mark.slow
-def test_records_a_killed_process_left_running_are_ended_and_logged_again(recipe_dict, client):
-    """kill -9 while the sweep logged the start's records: the evaluation run stays RUNNING
-    and the sweep run has no `harness.evaluations.before`. The same command ends that run
-    KILLED and logs the records again (the store is put in that state by hand: a real kill
-    lands at a random point)."""
-    from harness.config import recipe
-    from harness.study import sweep
-    from harness.tracking.reader import EVALUATION_OF_TAG, KIND_TAG
-    r = recipe.build(recipe_dict, "t.yaml")
-    parent = sweep.run_sweep(r).parent_run_id
-    exp = client.get_run(parent).info.experiment_id
-    stale = client.create_run(exp, run_name="tiny/before", tags={
-        KIND_TAG: "before", EVALUATION_OF_TAG: parent, "mlflow.parentRunId": parent}).info.run_id
-    client.delete_tag(parent, "harness.evaluations.before")
-    sweep.run_sweep(r)  # the study is complete: nothing to train, the records to repair
-    assert client.get_run(stale).info.status == "KILLED"
-    again = client.get_run(parent).data.tags["harness.evaluations.before"]
-    assert again != stale and client.get_run(again).info.status == "FINISHED"
-    assert not [x for x in client.search_runs([exp]) if x.info.status == "RUNNING"]
-
-
-@pytest.mark.slow
 def test_a_complete_trials_records_cut_off_by_a_kill_are_written_by_the_next_start(
         recipe_dict, client):
-    """A trial's after records are written beside the next trial (harness.core.beside), so a
-    kill -9 can land after Optuna has the trial COMPLETE and before its records are all in: its
+    """A kill -9 can land after Optuna has the trial COMPLETE and before its records are all in
+    (the more so where they are written beside the next trial, harness.core.beside): its
     evaluation run RUNNING, its run without `harness.evaluations.after`. The same command ends
     that run KILLED and writes the trial's records again, equal to its saved results; and the
-    records the thread wrote are counted in the sweep's work and timed apart."""
+    records written are counted once in the sweep's work.
+
+    First, log_evaluations: all as the sweep left it: every trial's after records; the chosen
+    trial, scored on the held-out part once chosen (sweep.heldout_scoring: chosen), gets those
+    records in the same evaluation run, which then holds every set its results hold. (Their
+    own test ran the same sweep again.)"""
     import optuna
 
     from harness.config import recipe
@@ -179,6 +180,14 @@ def test_a_complete_trials_records_cut_off_by_a_kill_are_written_by_the_next_sta
     assert len(evaluation_runs) == 1 + len(study.trials)
     # the thread's counts folded into the sweep's: every trace the store holds, counted once
     assert metrics["work/records"] == sum(records.count(client, e)[0] for e in evaluation_runs)
+    for t in study.trials:
+        run_id = t.user_attrs["mlflow_run_id"]
+        saved = Tracker(r).load_json(run_id, "eval/results.json")
+        want = {k: v for name in saved["after"] for k, v in _expected(saved["after"], name).items()}
+        assert ("math_heldout" in saved["after"]) == (t.number == study.best_trial.number)
+        evaluation_run = client.get_run(run_id).data.tags["harness.evaluations.after"]
+        _same(_scores(evaluation_run), want)
+        assert client.get_run(evaluation_run).info.status == "FINISHED"
     trial = study.trials[0].user_attrs["mlflow_run_id"]
     stale = client.create_run(exp, run_name="trial-0/after", tags={
         KIND_TAG: "after", EVALUATION_OF_TAG: trial, "mlflow.parentRunId": trial}).info.run_id
@@ -205,30 +214,6 @@ def test_harness_eval_records_each_side(recipe_dict, tiny_model_dir, client):
     for side in ("before", "after"):
         saved = scoring.results_to_json(out["results"][side])
         _same(_scores(tags[f"harness.evaluations.{side}"]), _expected(saved))
-
-
-@pytest.mark.slow
-def test_all_records_every_trial_and_the_chosen_ones_held_out_examples_join_its_run(
-        recipe_dict, client):
-    """log_evaluations: all: every trial's after records; the chosen trial, scored on the
-    held-out part once chosen (sweep.heldout_scoring: chosen), gets those records in the same
-    evaluation run, which then holds every set its results hold."""
-    import optuna
-
-    from harness.config import recipe
-    from harness.study import sweep
-    from harness.tracking.tracker import Tracker
-    r = recipe.build(recipe_dict, "t.yaml", {"tracking.log_evaluations": "all"})
-    sweep.run_sweep(r)
-    study = optuna.load_study(study_name="tiny", storage=recipe_dict["sweep"]["storage"])
-    for t in study.trials:
-        run_id = t.user_attrs["mlflow_run_id"]
-        saved = Tracker(r).load_json(run_id, "eval/results.json")
-        want = {k: v for name in saved["after"] for k, v in _expected(saved["after"], name).items()}
-        assert ("math_heldout" in saved["after"]) == (t.number == study.best_trial.number)
-        evaluation_run = client.get_run(run_id).data.tags["harness.evaluations.after"]
-        _same(_scores(evaluation_run), want)
-        assert client.get_run(evaluation_run).info.status == "FINISHED"
 
 
 @pytest.mark.slow

@@ -31,8 +31,10 @@ def _trial_run(client, exp_name: str):
 def test_a_trial_killed_after_its_checkpoint_resumes_from_it(recipe_dict, tmp_path,
                                                              write_recipe, client):
     import torch
-    steps = 8
-    d = dict(recipe_dict, checkpoint_minutes=0.001)  # each step (0.06 s): several saves a trial
+    # each step saves a checkpoint; the signal goes at the first, so a trial of 5 steps keeps
+    # 3 or more after it (a step costs ~1 s on the 2-core CPU, in each of the three runs)
+    steps = 5
+    d = dict(recipe_dict, checkpoint_minutes=0.001)  # several saves a trial
     d["trainer"] = dict(d["trainer"], max_steps=steps)
     (tmp_path / "one.yaml").write_text(
         "n_trials: 1\nsampler: random\nseed: 0\nparams:\n"
