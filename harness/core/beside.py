@@ -24,7 +24,6 @@ Only work that touches no process-wide state may go here: MLflow's client calls 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -37,10 +36,9 @@ from harness.core.timing import Clock
 @dataclass
 class Folded:
     """What `wait` hands the command: the thread's seconds per phase and counts since the last
-    wait, and how long the command waited."""
+    wait (the command times its own waiting)."""
     seconds: dict[str, float] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
-    waited: float = 0.0
 
 
 class Beside:
@@ -100,14 +98,12 @@ class Beside:
 
     def wait(self) -> Folded:
         """Blocks until everything submitted is written; returns the thread's seconds and counts
-        since the last wait (then forgets them) and the seconds waited. Raises the first error
+        since the last wait (then forgets them). Raises the first error
         the thread met, once every submitted write has ended."""
-        began = time.perf_counter()
         self.open()
         pending, self._pending = self._pending, []
         errors = [e for f in pending if (e := f.exception()) is not None]
-        waited = time.perf_counter() - began
-        folded = Folded(dict(self.clock.seconds), self.ledger.totals(), waited)
+        folded = Folded(dict(self.clock.seconds), self.ledger.totals())
         self.clock.seconds.clear()
         self.ledger.counts.clear()
         if errors:
